@@ -1,0 +1,115 @@
+"""Atomic, durable file writes (DESIGN.md §5.7).
+
+Temp file in the same directory → write → fsync → rename → fsync the directory.
+A crash at any instant leaves either the old file or the new one, never a mix;
+the temp file is removed when the write fails. Files are 0600, directories 0700.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lorch.errors import StorageError
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def ensure_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) with mode 0700; fsync the parent of each new level."""
+    p = Path(path)
+    missing: list[Path] = []
+    cur = p
+    while not cur.exists():
+        missing.append(cur)
+        cur = cur.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise StorageError(f"cannot create directory {d}: {e.strerror}") from e
+        fsync_dir(d.parent)
+    return p
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_temp(target: Path, data: bytes) -> Path:
+    ensure_dir(target.parent)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except OSError as e:
+        raise StorageError(f"cannot write {target}: {e.strerror}") from e
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    except BaseException as e:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise StorageError(f"cannot write {target}: {e.strerror}") from e
+        raise
+    os.close(fd)
+    return tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably."""
+    target = Path(path)
+    tmp = _write_temp(target, data)
+    try:
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise StorageError(f"cannot write {target}: {e.strerror}") from e
+        raise
+    fsync_dir(target.parent)
+
+
+def atomic_create_bytes(path: str | os.PathLike[str], data: bytes) -> bool:
+    """Create ``path`` atomically only if it does not exist yet.
+
+    Returns False (and writes nothing) when the file is already there: receipts
+    use this so that a step number, once taken, is never overwritten.
+    """
+    target = Path(path)
+    tmp = _write_temp(target, data)
+    try:
+        os.link(tmp, target)
+    except OSError as e:
+        if e.errno == errno.EEXIST:
+            return False
+        raise StorageError(f"cannot write {target}: {e.strerror}") from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(target.parent)
+    return True
+
+
+def json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike[str], value: Any) -> None:
+    atomic_write_bytes(path, json_bytes(value))

@@ -1,0 +1,84 @@
+"""The exception tree of lorch.
+
+Every error a user can cause is a :class:`LorchError` carrying its exit code; the
+CLI turns it into one line on stderr (``cli.main`` is the only place that does).
+
+    LorchError                      exit 1 unless the subclass says otherwise
+    ├── UsageError                  exit 2: bad arguments, unknown run or scenario
+    ├── ConfigError                 exit 2: lorch.json missing fields, bad values
+    ├── SchemaError                 a document does not match its JSON Schema
+    ├── FramingError                bytes that are not one valid NDJSON line
+    │   ├── LineTooLong
+    │   └── BadEncoding / BadJSON
+    ├── LedgerError                 a ledger line that cannot be read (not a torn tail)
+    ├── PathEscape                  a path outside the workspace
+    ├── StorageError                disk full, unwritable directory, fsync failure
+    ├── AgentError                  an agent could not be started or failed for good
+    └── RunFailed                   the workflow ended in failure (exit 1)
+"""
+
+from __future__ import annotations
+
+
+class LorchError(Exception):
+    """Root of every error lorch raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(LorchError):
+    exit_code = 2
+
+
+class ConfigError(LorchError):
+    exit_code = 2
+
+
+class SchemaError(LorchError):
+    """An instance failed its schema; ``path`` is the JSON path of the first mistake."""
+
+    def __init__(self, message: str, *, schema: str = "", path: str = "$") -> None:
+        super().__init__(message)
+        self.schema = schema
+        self.path = path
+
+
+class FramingError(LorchError):
+    """A line that is not a single valid NDJSON message."""
+
+    def __init__(self, message: str, *, size: int = 0, prefix: bytes = b"") -> None:
+        super().__init__(message)
+        self.size = size
+        self.prefix = prefix
+
+
+class LineTooLong(FramingError):
+    pass
+
+
+class BadEncoding(FramingError):
+    pass
+
+
+class BadJSON(FramingError):
+    pass
+
+
+class LedgerError(LorchError):
+    pass
+
+
+class PathEscape(LorchError):
+    pass
+
+
+class StorageError(LorchError):
+    pass
+
+
+class AgentError(LorchError):
+    pass
+
+
+class RunFailed(LorchError):
+    pass

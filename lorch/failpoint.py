@@ -1,0 +1,77 @@
+"""Deterministic crash injection for the ledger writer.
+
+``LORCH_CRASH_AT=MODE:K`` makes the process act when ledger record *K* (1-based,
+counted in the ledger file, whoever appended the earlier records) is written:
+
+- ``after:K``     SIGKILL lorch right after record K is durable;
+- ``torn:K``      write part of record K (no newline), fsync, SIGKILL lorch;
+- ``agent:K``     after record K is durable, SIGKILL the process group of the
+                  agent that is working on a command (lorch itself goes on);
+- ``powerloss:K`` after record K is durable, SIGKILL every agent group and lorch.
+
+Unset, it costs one attribute check per append. The crash harness is its user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+
+from lorch.errors import UsageError
+
+ENV = "LORCH_CRASH_AT"
+MODES = ("after", "torn", "agent", "powerloss")
+
+# Process groups of the agents this lorch process runs, by role, and the role
+# currently working on a command. The supervisor keeps these up to date.
+agent_groups: dict[str, int] = {}
+busy_role: list[str] = []
+
+
+@dataclass(frozen=True)
+class Failpoint:
+    mode: str
+    k: int
+
+    def before_write(self, n: int) -> bool:
+        """True when record ``n`` must be torn instead of written."""
+        return self.mode == "torn" and n == self.k
+
+    def after_durable(self, n: int) -> None:
+        if n != self.k:
+            return
+        if self.mode == "after":
+            kill_self()
+        elif self.mode == "agent":
+            for role in busy_role:
+                _kill_group(agent_groups.get(role))
+        elif self.mode == "powerloss":
+            for pgid in list(agent_groups.values()):
+                _kill_group(pgid)
+            kill_self()
+
+
+def parse(spec: str) -> Failpoint:
+    mode, sep, k = spec.partition(":")
+    if not sep or mode not in MODES or not k.isdigit() or int(k) < 1:
+        raise UsageError(
+            f"{ENV}={spec!r}: expected MODE:K with MODE one of {', '.join(MODES)} and K >= 1"
+        )
+    return Failpoint(mode, int(k))
+
+
+def from_env() -> Failpoint | None:
+    spec = os.environ.get(ENV)
+    return parse(spec) if spec else None
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_group(pgid: int | None) -> None:
+    if pgid:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)

@@ -1,0 +1,32 @@
+"""Paths that agents name must stay inside the workspace (DESIGN.md §5.8)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from lorch.errors import PathEscape
+
+
+def safe_relpath(workspace: Path, rel: str) -> Path:
+    """Resolve an agent-supplied relative path, refusing any escape.
+
+    Refused: empty, absolute, any ``..`` component, NUL bytes, and a path whose
+    real location (after following symlinks) is outside the workspace.
+    """
+    if not rel or "\x00" in rel:
+        raise PathEscape(f"artifact path {rel!r} is empty or contains NUL")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or rel.startswith(("/", "\\")) or os.path.isabs(rel):
+        raise PathEscape(
+            f"artifact path {rel!r} is absolute; expected a path relative to the workspace"
+        )
+    if any(part == ".." for part in pure.parts):
+        raise PathEscape(
+            f"artifact path {rel!r} contains '..'; expected a path inside the workspace"
+        )
+    root = workspace.resolve()
+    full = (root / pure).resolve()
+    if full != root and root not in full.parents:
+        raise PathEscape(f"artifact path {rel!r} leads outside the workspace (through a symlink)")
+    return root / pure

@@ -1,0 +1,100 @@
+"""Derived files: receipts, run state and the run index (all written atomically).
+
+These are caches of the ledger (DESIGN.md §5.2): resume rebuilds any that a
+crash left missing or stale. Receipt step numbers are taken by creating the file
+exclusively, so a step number once used is never reused, across resumes and runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from lorch import schemas
+from lorch.atomic import atomic_create_bytes, atomic_write_json, json_bytes
+from lorch.errors import StorageError
+
+_STEP = re.compile(r"^step-(\d+)\.json$")
+
+
+def receipts_dir(workspace: Path, task_id: str) -> Path:
+    return workspace / "receipts" / task_id
+
+
+def iter_receipts(workspace: Path, task_id: str | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """Every receipt (optionally of one task), in step order."""
+    base = workspace / "receipts"
+    dirs = [base / task_id] if task_id else sorted(p for p in base.glob("*") if p.is_dir())
+    out: list[tuple[int, str, Path, dict[str, Any]]] = []
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            m = _STEP.match(p.name)
+            if not m:
+                continue
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise StorageError(f"{p}: unreadable receipt: {e}") from e
+            out.append((int(m.group(1)), d.name, p, data))
+    out.sort(key=lambda t: (t[1], t[0]))
+    return [(p, data) for _, _, p, data in out]
+
+
+def find_receipt(workspace: Path, task_id: str, run_id: str, ik: str) -> Path | None:
+    for p, data in iter_receipts(workspace, task_id):
+        if data.get("run_id") == run_id and data.get("idempotency_key") == ik:
+            return p
+    return None
+
+
+def write_receipt(workspace: Path, receipt: dict[str, Any]) -> tuple[Path, int]:
+    """Write a receipt at the next free step number; return (path, step).
+
+    ``receipt`` must not contain ``step``; it is filled in here.
+    """
+    d = receipts_dir(workspace, receipt["task_id"])
+    existing = [int(m.group(1)) for p in d.glob("step-*.json") if (m := _STEP.match(p.name))]
+    step = max(existing, default=0) + 1
+    while True:
+        body = {**receipt, "step": step}
+        schemas.validate("receipt", body, source=f"receipt step {step}")
+        path = d / f"step-{step}.json"
+        if atomic_create_bytes(path, json_bytes(body)):
+            return path, step
+        step += 1
+
+
+def write_run_state(workspace: Path, state: dict[str, Any]) -> None:
+    schemas.validate("run-state", state, source="state/run.json")
+    atomic_write_json(workspace / "state" / "run.json", state)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise StorageError(f"{path}: unreadable: {e}") from e
+
+
+def read_index(workspace: Path) -> dict[str, Any]:
+    data = read_json(workspace / "state" / "index.json")
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        return {"runs": []}
+    return data
+
+
+def update_index(workspace: Path, entry: dict[str, Any]) -> None:
+    """Insert or replace the entry for ``entry['run_id']``; other runs are kept."""
+    index = read_index(workspace)
+    runs = [r for r in index["runs"] if r.get("run_id") != entry["run_id"]]
+    runs.append(entry)
+    runs.sort(key=lambda r: (r.get("started_at", ""), r.get("run_id", "")))
+    body = {"runs": runs}
+    schemas.validate("index", body, source="state/index.json")
+    atomic_write_json(workspace / "state" / "index.json", body)
