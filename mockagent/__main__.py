@@ -1,0 +1,3 @@
+from mockagent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,503 @@
+"""The mock agent's engine: read commands, answer from the fixture, stay idempotent.
+
+This module speaks the wire protocol on its own (it does not use lorch's codec),
+so a framing bug in lorch cannot hide behind the same bug here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+MAX_LINE = 262_144
+ACTIONS = ("implement", "implement_changes", "review", "update_spec", "intake", "task_discovery")
+TERMINAL = {
+    "builder.completed",
+    "review.completed",
+    "spec.updated",
+    "spec.no_changes_needed",
+    "spec.changes_requested",
+    "orchestration.proposed_tasks",
+    "orchestration.needs_clarification",
+    "orchestration.plan_conflict",
+    "error",
+}
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+
+
+class Fatal(Exception):
+    """The agent must stop (an injected fault asked for it)."""
+
+
+@dataclass
+class Options:
+    role: str
+    agent_id: str
+    workspace: Path
+    state_dir: Path
+    fixture: dict[str, Any]
+    fixture_dir: Path
+    heartbeat_interval: float
+    heartbeats: bool
+    seed: int
+    review_changes: int
+    spec_changes: int
+    expect_snapshot: str | None
+
+
+@dataclass
+class Output:
+    """All stdout writes go through here: whole lines, under one lock, flushed."""
+
+    stream: IO[bytes]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def line(self, message: dict[str, Any]) -> None:
+        self.raw(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+
+    def raw(self, data: bytes) -> None:
+        with self.lock:
+            self.stream.write(data)
+            self.stream.flush()
+
+
+class Agent:
+    def __init__(self, opts: Options, out: Output) -> None:
+        self.o = opts
+        self.out = out
+        self.started = time.monotonic()
+        self.seq = 0
+        self.status = "starting"
+        self.heartbeats_on = opts.heartbeats and not self._misbehave("skip_heartbeats")
+        self.stop = threading.Event()
+        self.calls: dict[str, int] = {}
+        self.rng = random.Random(opts.seed)
+        self.journal_path = opts.state_dir / "journal.ndjson"
+        opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (opts.state_dir / "cache").mkdir(exist_ok=True, mode=0o700)
+        (opts.state_dir / "locks").mkdir(exist_ok=True, mode=0o700)
+        self._mark_interrupted()
+
+    # -- misc -----------------------------------------------------------------
+
+    def _misbehave(self, name: str) -> Any:
+        return (self.o.fixture.get("misbehave") or {}).get(name)
+
+    def log(self, text: str) -> None:
+        sys.stderr.write(f"mockagent[{self.o.role}] {text}\n")
+        sys.stderr.flush()
+
+    # -- heartbeats -----------------------------------------------------------
+
+    def heartbeat(self, status: str | None = None, task_id: str | None = None) -> None:
+        if status:
+            self.status = status
+        if not self.heartbeats_on:
+            return
+        hb: dict[str, Any] = {
+            "kind": "heartbeat",
+            "agent": {"agent_type": self.o.role, "agent_id": self.o.agent_id},
+            "seq": self.seq,
+            "status": self.status,
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "last_activity_at": now(),
+        }
+        if task_id:
+            hb["task_id"] = task_id
+        self.seq += 1
+        self.out.line(hb)
+
+    def heartbeat_loop(self) -> None:
+        while not self.stop.wait(self.o.heartbeat_interval):
+            self.heartbeat()
+
+    # -- journal and cache ----------------------------------------------------
+
+    def journal(self, ik: str, action: str, task_id: str, attempt: int, state: str) -> None:
+        line = canonical(
+            {
+                "ik": ik,
+                "action": action,
+                "task_id": task_id,
+                "attempt": attempt,
+                "state": state,
+                "pid": os.getpid(),
+                "at": now(),
+            }
+        )
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _mark_interrupted(self) -> None:
+        """Executions started by a process that is gone and never finished."""
+        if not self.journal_path.exists():
+            return
+        open_runs: dict[tuple[str, int], dict[str, Any]] = {}
+        with open(self.journal_path, "rb") as f:
+            for raw in f:
+                try:
+                    e = json.loads(raw)
+                except ValueError:
+                    continue
+                k = (e["ik"], e["pid"])
+                if e["state"] == "started":
+                    open_runs[k] = e
+                elif e["state"] in ("completed", "interrupted"):
+                    open_runs.pop(k, None)
+        for (ik, pid), e in open_runs.items():
+            if pid != os.getpid() and not _alive(pid):
+                # The cache is written after the work and before the "completed"
+                # line: a cache entry means the work finished before the crash.
+                state = "completed" if self.cache_path(ik).exists() else "interrupted"
+                self.journal(ik, e["action"], e["task_id"], e["attempt"], state)
+
+    def cache_path(self, ik: str) -> Path:
+        return self.o.state_dir / "cache" / f"{ik.removeprefix('ik:')}.json"
+
+    # -- commands -------------------------------------------------------------
+
+    def error_event(self, cmd: dict[str, Any] | None, code: str, message: str) -> dict[str, Any]:
+        return self.event(cmd, "error", status="failed", payload={"code": code, "message": message})
+
+    def event(
+        self,
+        cmd: dict[str, Any] | None,
+        kind: str,
+        *,
+        status: str | None = None,
+        payload: dict[str, Any] | None = None,
+        artifacts: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        cmd = cmd or {}
+        ev: dict[str, Any] = {
+            "kind": "event",
+            "message_id": f"evt-{uuid.uuid4().hex[:12]}",
+            "correlation_id": str(cmd.get("correlation_id") or "unknown"),
+            "task_id": str(cmd.get("task_id") or "unknown"),
+            "from": {"agent_type": self.o.role, "agent_id": self.o.agent_id},
+            "event": kind,
+            "payload": payload or {},
+            "occurred_at": now(),
+        }
+        if status is not None:
+            ev["status"] = status
+        if artifacts:
+            ev["artifacts"] = artifacts
+        snap = (cmd.get("version") or {}).get("snapshot_id")
+        if snap:
+            ev["observed_version"] = {"snapshot_id": snap}
+        return ev
+
+    def emit(self, ev: dict[str, Any]) -> None:
+        mode = self._misbehave("correlation_id")
+        if mode == "drop":
+            ev = {k: v for k, v in ev.items() if k != "correlation_id"}
+        elif mode == "change":
+            ev = {**ev, "correlation_id": ev["correlation_id"] + "-other"}
+        self.out.line(ev)
+
+    def handle_line(self, raw: bytes) -> None:
+        if len(raw) > MAX_LINE:
+            self.emit(self.error_event(None, "line_too_long", f"line of {len(raw)} bytes"))
+            return
+        try:
+            cmd = json.loads(raw)
+        except ValueError as e:
+            self.emit(self.error_event(None, "bad_json", f"invalid JSON: {e}"))
+            return
+        if not isinstance(cmd, dict) or cmd.get("kind") != "command":
+            self.emit(self.error_event(None, "schema_violation", "expected a command object"))
+            return
+        missing = [
+            k for k in ("correlation_id", "task_id", "idempotency_key", "action") if k not in cmd
+        ]
+        if missing:
+            self.emit(self.error_event(cmd, "schema_violation", f"missing {', '.join(missing)}"))
+            return
+        action = cmd["action"]
+        if action not in ACTIONS:
+            self.emit(self.error_event(cmd, "unknown_action", f"unknown action {action!r}"))
+            return
+        snap = (cmd.get("version") or {}).get("snapshot_id")
+        if (
+            self.o.expect_snapshot
+            and snap != self.o.expect_snapshot
+            and not self._misbehave("ignore_version")
+        ):
+            self.emit(
+                self.error_event(
+                    cmd,
+                    "version_mismatch",
+                    f"command snapshot {snap} differs from workspace {self.o.expect_snapshot}",
+                )
+            )
+            return
+        self.execute(cmd)
+
+    def execute(self, cmd: dict[str, Any]) -> None:
+        ik = cmd["idempotency_key"]
+        action = cmd["action"]
+        task_id = cmd["task_id"]
+        attempt = int((cmd.get("retry") or {}).get("attempt", 0))
+        digest = sha256_hex(
+            canonical([action, task_id, cmd.get("inputs"), cmd.get("version")]).encode()
+        )
+        lock_path = self.o.state_dir / "locks" / f"{ik.removeprefix('ik:')}.lock"
+        with open(lock_path, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            cached = self._load_cache(ik)
+            redo = self._misbehave("redo_on_repeat") or self._misbehave("rewrite_files_on_repeat")
+            if cached is not None and not redo:
+                if cached["digest"] != digest:
+                    self.emit(
+                        self.error_event(
+                            cmd,
+                            "idempotency_conflict",
+                            f"key {ik} was used before with different inputs",
+                        )
+                    )
+                    return
+                self.journal(ik, action, task_id, attempt, "cached")
+                for ev in cached["events"]:
+                    self.emit({**ev, "message_id": f"evt-{uuid.uuid4().hex[:12]}"})
+                return
+            self.heartbeat("busy", task_id)
+            self.journal(ik, action, task_id, attempt, "started")
+            try:
+                events = self.perform(cmd, attempt)
+            finally:
+                self.heartbeat("ready")
+            if events and events[-1]["event"] != "error":
+                atomic_write(
+                    self.cache_path(ik),
+                    canonical({"digest": digest, "events": events}).encode(),
+                )
+            self.journal(ik, action, task_id, attempt, "completed")
+            for ev in events:
+                self.emit(ev)
+
+    def _load_cache(self, ik: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.cache_path(ik).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data
+
+    # -- responses ------------------------------------------------------------
+
+    def response_for(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        from mockagent.fixture import default_response, pick_response
+
+        action = cmd["action"]
+        self.calls[action] = self.calls.get(action, 0) + 1
+        picked = pick_response(self.o.fixture, cmd, self.calls[action])
+        if picked is not None:
+            return picked
+        return default_response(self.o.role, cmd, self.o.review_changes, self.o.spec_changes)
+
+    def perform(self, cmd: dict[str, Any], attempt: int) -> list[dict[str, Any]]:
+        from mockagent.fixture import render
+
+        resp = self.response_for(cmd)
+        ctx = {
+            "task_id": cmd["task_id"],
+            "ik": cmd["idempotency_key"],
+            "correlation_id": cmd["correlation_id"],
+            "round": str((cmd.get("inputs") or {}).get("round", 1)),
+            "snapshot_id": str((cmd.get("version") or {}).get("snapshot_id", "")),
+            "call": str(self.calls.get(cmd["action"], 1)),
+            "attempt": str(attempt),
+        }
+        resp = render(resp, ctx)
+        fault = resp.get("fault")
+        if fault and not self._fault_fires(fault, attempt):
+            fault = None
+        self._delay(resp.get("delay_ms", 0))
+        if fault and fault.get("at", "before_files") == "before_files":
+            self.fire(fault, cmd)
+        artifacts = []
+        out: list[dict[str, Any]] = []
+        for f in resp.get("files", []):
+            art = self.write_file(f)
+            artifacts.append(art)
+            out.append(
+                self.event(cmd, "artifact.produced", payload={"path": art["path"]}, artifacts=[art])
+            )
+        if fault and fault.get("at") == "after_files":
+            self.fire(fault, cmd)
+        if resp.get("error"):
+            err = resp["error"]
+            code, msg = (
+                (err, err)
+                if isinstance(err, str)
+                else (err.get("code", "error"), err.get("message", ""))
+            )
+            out.append(self.error_event(cmd, code, msg))
+            return out
+        for spec in resp.get("events", []):
+            kind = spec["type"]
+            arts = spec.get("artifacts")
+            if arts is None and kind in TERMINAL and artifacts:
+                arts = artifacts
+            out.append(
+                self.event(
+                    cmd,
+                    kind,
+                    status=spec.get("status"),
+                    payload=spec.get("payload") or {},
+                    artifacts=arts,
+                )
+            )
+        return out
+
+    def _fault_fires(self, fault: dict[str, Any], attempt: int) -> bool:
+        if "attempt" in fault and fault["attempt"] != attempt:
+            return False
+        if "call" in fault and fault["call"] != sum(self.calls.values()):
+            return False
+        p = fault.get("probability")
+        return not (p is not None and (p <= 0 or self.rng.random() >= p))
+
+    def _delay(self, ms: float) -> None:
+        if ms > 0:
+            self.stop.wait(ms / 1000.0)
+
+    def write_file(self, spec: dict[str, Any]) -> dict[str, Any]:
+        from mockagent.fixture import safe_target
+
+        target = safe_target(self.o.workspace, spec["path"])
+        if "content_file" in spec:
+            data = (self.o.fixture_dir / spec["content_file"]).read_bytes()
+        else:
+            data = str(spec.get("content", "")).encode()
+        atomic_write(target, data)
+        return {"path": spec["path"], "sha256": "sha256:" + sha256_hex(data), "size": len(data)}
+
+    def fire(self, fault: dict[str, Any], cmd: dict[str, Any]) -> None:
+        kind = fault["kind"]
+        self.log(f"injecting fault {kind}")
+        if kind == "exit":
+            os._exit(int(fault.get("code", 1)))
+        elif kind == "hang":
+            self.heartbeats_on = False
+            self.stop.wait()
+            raise Fatal("hang ended by stop")
+        elif kind == "stop_heartbeats":
+            self.heartbeats_on = False
+        elif kind == "garbage":
+            self.out.raw(b"this is not json {{{\n")
+        elif kind == "oversized":
+            self.out.raw(b'{"kind":"log","pad":"' + b"x" * (MAX_LINE + 10) + b'"}\n')
+        elif kind == "half_line":
+            self.out.raw(b'{"kind":"event","message_id":"evt-')
+            os._exit(int(fault.get("code", 1)))
+        elif kind == "stderr_burst":
+            n = int(fault.get("lines", 10_000))
+            for i in range(n):
+                sys.stderr.write(f"mockagent stderr line {i}\n")
+            sys.stderr.flush()
+        elif kind == "wrong_task":
+            self.emit({**self.event(cmd, "builder.progress"), "task_id": "T-9999"})
+        elif kind == "wrong_correlation":
+            self.emit({**self.event(cmd, "builder.progress"), "correlation_id": "corr-wrong"})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def serve(opts: Options) -> int:
+    out = Output(sys.stdout.buffer)
+    agent = Agent(opts, out)
+
+    def on_term(signum: int, frame: object) -> None:
+        agent.stop.set()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    agent.heartbeat("starting")
+    if agent.heartbeats_on:
+        threading.Thread(target=agent.heartbeat_loop, daemon=True).start()
+    agent.heartbeat("ready")
+    stdin = sys.stdin.buffer
+    while True:
+        raw = stdin.readline(MAX_LINE + 2)
+        if not raw:
+            break
+        if not raw.endswith(b"\n") and len(raw) > MAX_LINE:
+            # Discard the rest of an over-long line without holding it in memory.
+            size = len(raw)
+            while raw and not raw.endswith(b"\n"):
+                raw = stdin.readline(1 << 16)
+                size += len(raw)
+            agent.emit(agent.error_event(None, "line_too_long", f"line of {size} bytes"))
+            continue
+        line = raw.rstrip(b"\n")
+        if not line.strip():
+            continue
+        try:
+            agent.handle_line(line)
+        except Fatal:
+            break
+    agent.heartbeat("stopping")
+    agent.stop.set()
+    return 0

@@ -1,0 +1,96 @@
+"""Command line of mockagent (argparse: it starts fast, which tests need)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROLES = ("builder", "reviewer", "spec_maintainer", "orchestration")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mockagent",
+        description="A scriptable mock agent for lorch. Subcommand: mockagent validate FIXTURE.",
+    )
+    p.add_argument("--script", type=Path, help="fixture file (JSON)")
+    p.add_argument("--type", dest="role", choices=ROLES, help="the agent's role")
+    p.add_argument("--id", dest="agent_id", help="agent id (default: ROLE#1)")
+    p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
+    p.add_argument("--no-heartbeat", action="store_true", help="send no heartbeats")
+    p.add_argument("--workspace", type=Path, help="workspace (default: $LORCH_WORKSPACE or cwd)")
+    p.add_argument("--state-dir", type=Path, help="cache and journal dir")
+    p.add_argument("--seed", type=int, default=0, help="seed for random delays and faults")
+    p.add_argument("--review-changes-count", type=int, default=0, metavar="N")
+    p.add_argument("--spec-changes-count", type=int, default=0, metavar="N")
+    return p
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"mockagent: {message}\n")
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    from mockagent.fixture import FixtureError, load
+
+    if args_list[:1] == ["validate"]:
+        if len(args_list) != 2:
+            return _fail("usage: mockagent validate FIXTURE")
+        try:
+            load(Path(args_list[1]))
+        except FixtureError as e:
+            return _fail(str(e))
+        print(f"{args_list[1]}: ok")
+        return 0
+
+    args = _parser().parse_args(args_list)
+    role = args.role or os.environ.get("LORCH_ROLE")
+    if role not in ROLES:
+        return _fail(f"no role: pass --type with one of {', '.join(ROLES)} (or set LORCH_ROLE)")
+    fixture: dict[str, object] = {}
+    fixture_dir = Path.cwd()
+    if args.script is not None:
+        try:
+            fixture = load(args.script)
+        except FixtureError as e:
+            return _fail(str(e))
+        fixture_dir = args.script.resolve().parent
+    workspace = (args.workspace or Path(os.environ.get("LORCH_WORKSPACE") or Path.cwd())).resolve()
+    state_dir = args.state_dir or (
+        Path(os.environ["MOCKAGENT_STATE_DIR"])
+        if os.environ.get("MOCKAGENT_STATE_DIR")
+        else workspace / ".mockagent" / role
+    )
+    interval = args.heartbeat_interval or float(os.environ.get("LORCH_HEARTBEAT_INTERVAL") or 10)
+    expect = fixture.get("expect_snapshot") or os.environ.get("LORCH_SNAPSHOT_ID") or None
+
+    from mockagent.agent import Options, serve
+
+    opts = Options(
+        role=role,
+        agent_id=args.agent_id or os.environ.get("LORCH_AGENT_ID") or f"{role}#1",
+        workspace=workspace,
+        state_dir=state_dir,
+        fixture=fixture,
+        fixture_dir=fixture_dir,
+        heartbeat_interval=interval,
+        heartbeats=not args.no_heartbeat,
+        seed=args.seed,
+        review_changes=args.review_changes_count,
+        spec_changes=args.spec_changes_count,
+        expect_snapshot=str(expect) if expect else None,
+    )
+    try:
+        return serve(opts)
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

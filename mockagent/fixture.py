@@ -1,0 +1,181 @@
+"""Fixtures: loading, validation, response selection, templates, role defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+ROLES = ("builder", "reviewer", "spec_maintainer", "orchestration")
+
+
+class FixtureError(Exception):
+    """A fixture that cannot be used; the message names the file and JSON path."""
+
+
+def _schema_file() -> Path:
+    here = Path(__file__).resolve().parent
+    for base in (here.parent / "lorch" / "_data" / "schemas", here.parent / "schemas"):
+        p = base / "v1" / "fixture.v1.json"
+        if p.is_file():
+            return p
+    raise FixtureError("mockagent installation is missing schemas/v1/fixture.v1.json")
+
+
+def _path(parts: Any) -> str:
+    out = "$"
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read and validate a fixture; raise FixtureError with the JSON path of the mistake."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FixtureError(f"{path}: no such fixture file") from None
+    except json.JSONDecodeError as e:
+        raise FixtureError(
+            f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
+    validate(data, path)
+    return data  # type: ignore[no-any-return]
+
+
+def validate(data: Any, path: Path) -> None:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(_schema_file().read_text(encoding="utf-8"))
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(data), key=lambda e: -len(e.absolute_path)
+    )
+    if errors:
+        e = errors[0]
+        raise FixtureError(f"{path}: {_path(e.absolute_path)}: {e.message}")
+    for action, spec in (data.get("responses") or {}).items():
+        for i, resp in enumerate(_responses(spec)):
+            where = f"$.responses.{action}" + (f"[{i}]" if isinstance(spec, list) else "")
+            for j, f in enumerate(resp.get("files", [])):
+                if "content_file" in f and not (path.parent / f["content_file"]).is_file():
+                    raise FixtureError(
+                        f"{path}: {where}.files[{j}].content_file: "
+                        f"no such file {f['content_file']!r} next to the fixture"
+                    )
+    for rule in data.get("match", []):
+        for j, f in enumerate(rule.get("response", {}).get("files", [])):
+            if "content_file" in f and not (path.parent / f["content_file"]).is_file():
+                raise FixtureError(f"{path}: $.match.files[{j}].content_file: missing file")
+
+
+def _responses(spec: Any) -> list[dict[str, Any]]:
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, dict) and "sequence" in spec:
+        return list(spec["sequence"])
+    return [spec]
+
+
+def _matches(rule: dict[str, Any], cmd: dict[str, Any]) -> bool:
+    when = rule.get("when", {})
+    inputs = cmd.get("inputs") or {}
+    for key, want in when.items():
+        if key == "action":
+            got = cmd.get("action")
+        elif key == "task_id":
+            got = cmd.get("task_id")
+        elif key == "round":
+            got = inputs.get("round")
+        else:
+            got = inputs.get(key)
+        if got != want:
+            return False
+    return True
+
+
+def pick_response(fixture: dict[str, Any], cmd: dict[str, Any], call: int) -> dict[str, Any] | None:
+    """The response for this command: first matching rule, else the action's sequence."""
+    for rule in fixture.get("match", []):
+        if _matches(rule, cmd):
+            return dict(rule["response"])
+    spec = (fixture.get("responses") or {}).get(cmd["action"])
+    if spec is None:
+        return None
+    seq = _responses(spec)
+    after = spec.get("after", "repeat_last") if isinstance(spec, dict) else "repeat_last"
+    if not seq:
+        return None
+    if call <= len(seq):
+        return dict(seq[call - 1])
+    if after == "cycle":
+        return dict(seq[(call - 1) % len(seq)])
+    return dict(seq[-1])
+
+
+def render(value: Any, ctx: dict[str, str]) -> Any:
+    """Replace ``{name}`` placeholders in every string of ``value``."""
+    if isinstance(value, str):
+        for k, v in ctx.items():
+            value = value.replace("{" + k + "}", v)
+        return value
+    if isinstance(value, list):
+        return [render(v, ctx) for v in value]
+    if isinstance(value, dict):
+        return {k: render(v, ctx) for k, v in value.items()}
+    return value
+
+
+def safe_target(workspace: Path, rel: str) -> Path:
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or not rel:
+        raise FixtureError(f"file path {rel!r} must be relative and inside the workspace")
+    return workspace / pure
+
+
+def default_response(
+    role: str, cmd: dict[str, Any], review_changes: int, spec_changes: int
+) -> dict[str, Any]:
+    """A correct, always-succeeding answer for the role."""
+    task = cmd["task_id"]
+    rnd = int((cmd.get("inputs") or {}).get("round", 1))
+    action = cmd["action"]
+    if role == "builder" or action in ("implement", "implement_changes"):
+        return {
+            "files": [
+                {
+                    "path": f"src/{task.lower()}.py",
+                    "content": f'"""Work for {task}, round {rnd}."""\n\nROUND = {rnd}\n',
+                }
+            ],
+            "events": [
+                {
+                    "type": "builder.completed",
+                    "status": "success",
+                    "payload": {"tests": {"status": "pass", "summary": "1 passed"}},
+                }
+            ],
+        }
+    if role == "reviewer" or action == "review":
+        status = "changes_requested" if rnd <= review_changes else "approved"
+        body = json.dumps({"task_id": task, "round": rnd, "status": status}, sort_keys=True)
+        return {
+            "files": [{"path": f"reviews/{task}.json", "content": body + "\n"}],
+            "events": [
+                {
+                    "type": "review.completed",
+                    "status": status,
+                    "payload": {"review_path": f"reviews/{task}.json", "summary": f"round {rnd}"},
+                }
+            ],
+        }
+    if role == "spec_maintainer" or action == "update_spec":
+        changes = rnd <= spec_changes
+        body = json.dumps({"task_id": task, "round": rnd, "changes": changes}, sort_keys=True)
+        event = "spec.changes_requested" if changes else "spec.updated"
+        return {
+            "files": [{"path": f"spec_notes/{task}.json", "content": body + "\n"}],
+            "events": [{"type": event, "payload": {"notes_path": f"spec_notes/{task}.json"}}],
+        }
+    return {
+        "events": [{"type": "orchestration.proposed_tasks", "payload": {"tasks": [{"id": task}]}}]
+    }
