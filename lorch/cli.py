@@ -1,0 +1,261 @@
+"""The ``lorch`` command line.
+
+``main`` is the one place where a :class:`LorchError` becomes a one-line
+message on stderr and an exit status (0 success, 1 failed run or check,
+2 usage or configuration error). Library code never prints or exits.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lorch.errors import LorchError
+
+WORKSPACE = click.option(
+    "--workspace",
+    "-w",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Workspace directory.",
+)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lorch")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """lorch: run a task through implement → review → spec, resumable at any instant.
+
+    `lorch` alone is `lorch run`.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run_cmd)
+
+
+@cli.command("run")
+@WORKSPACE
+@click.option("--task", "task_id", help="Task id (default: task.id in lorch.json).")
+@click.option("-v", "--verbose", is_flag=True, help="Also show the agents' stderr.")
+def run_cmd(workspace: Path = Path("."), task_id: str | None = None, verbose: bool = False) -> None:
+    """Start a run of a task."""
+    from lorch.runner import Console, run
+
+    outcome = run(workspace, task_id, console=Console(verbose=verbose))
+    _finish(outcome.status, outcome.reason)
+
+
+@cli.command("resume")
+@WORKSPACE
+@click.option("--run", "run_id", help="Run id (default: the newest unfinished run).")
+@click.option("-v", "--verbose", is_flag=True, help="Also show the agents' stderr.")
+def resume_cmd(workspace: Path, run_id: str | None, verbose: bool) -> None:
+    """Finish a crashed or interrupted run."""
+    from lorch.runner import Console, resume
+
+    outcome = resume(workspace, run_id, console=Console(verbose=verbose))
+    _finish(outcome.status, outcome.reason)
+
+
+def _finish(status: str, reason: str) -> None:
+    if status != "completed":
+        raise click.exceptions.Exit(_fail(f"run {status}: {reason}" if reason else f"run {status}"))
+
+
+def _fail(message: str, code: int = 1) -> int:
+    click.echo(f"lorch: {message}", err=True)
+    return code
+
+
+@cli.command("status")
+@WORKSPACE
+@click.option("--run", "run_id", help="Show this run's command timeline.")
+def status_cmd(workspace: Path, run_id: str | None) -> None:
+    """List the runs in the workspace, or one run's timeline."""
+    from lorch import ledger, store
+    from lorch.errors import UsageError
+    from lorch.workflow import State
+
+    if run_id is None:
+        runs = store.read_index(workspace)["runs"]
+        known = {r["run_id"] for r in runs}
+        events = workspace / "events"
+        extra = sorted(p.stem for p in events.glob("run-*.ndjson")) if events.is_dir() else []
+        if not runs and not extra:
+            click.echo(f"no runs in {workspace}")
+            return
+        for r in runs:
+            failure = f"  {r['failure']}" if r.get("failure") else ""
+            click.echo(
+                f"{r['run_id']}  {r['task_id']}  {r['status']:<9}  {r['updated_at']}{failure}"
+            )
+        for rid in extra:
+            if rid not in known:
+                click.echo(f"{rid}  (not in the index; `lorch resume --run {rid}` rebuilds it)")
+        return
+    path = workspace / "events" / f"{run_id}.ndjson"
+    if not path.exists():
+        raise UsageError(f"{workspace}: no run {run_id}")
+    state = State()
+    for record in ledger.read(path):
+        state.fold(record)
+        if record["kind"] == "command":
+            attempt = record["retry"]["attempt"]
+            click.echo(
+                f"{record['correlation_id']:<16} {record['action']:<18} "
+                f"round {record['inputs'].get('round', 1):<3} attempt {attempt + 1}  "
+                f"{record['idempotency_key'][:19]}…"
+            )
+        elif record.get("event") in ("review.completed", "builder.completed") or str(
+            record.get("event", "")
+        ).startswith(("spec.", "error")):
+            click.echo(f"{'':<16} → {record['event']} {record.get('status', '')}".rstrip())
+    click.echo(f"status: {state.status}" + (f" ({state.failure})" if state.failure else ""))
+
+
+@cli.command("verify")
+@WORKSPACE
+@click.option("--run", "run_id", required=True, help="Run id to verify.")
+def verify_cmd(workspace: Path, run_id: str) -> None:
+    """Check a run against the run-validation rules."""
+    from lorch.verify import verify
+
+    rules = verify(workspace, run_id)
+    failed = 0
+    for name, problems in rules.items():
+        mark = "ok  " if not problems else "FAIL"
+        click.echo(f"{mark} {name}")
+        for p in problems:
+            click.echo(f"     {p}")
+        failed += bool(problems)
+    if failed:
+        raise click.exceptions.Exit(_fail(f"run {run_id}: {failed} rule(s) failed"))
+    click.echo(f"run {run_id}: all rules hold")
+
+
+def _schema_for(path: Path, data: Any) -> str | None:
+    if isinstance(data, dict) and data.get("kind") in ("command", "event", "heartbeat", "log"):
+        return str(data["kind"])
+    name = path.name
+    if name == "lorch.json":
+        return "config"
+    if name == "run.json":
+        return "run-state"
+    if name == "index.json":
+        return "index"
+    if name.endswith(".manifest.json"):
+        return "snapshot-manifest"
+    if name.startswith("step-") and path.parent.parent.name == "receipts":
+        return "receipt"
+    return None
+
+
+@cli.command("validate")
+@click.option(
+    "--schemas",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="File to check (repeatable); NDJSON or JSON.",
+)
+@click.argument("more", nargs=-1, type=click.Path(path_type=Path))
+def validate_cmd(files: tuple[Path, ...], more: tuple[Path, ...]) -> None:
+    """Validate NDJSON or JSON files against lorch's schemas."""
+    from lorch import protocol, schemas
+
+    bad = 0
+    for path in (*files, *more):
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            click.echo(f"{path}: cannot read: {e.strerror}")
+            bad += 1
+            continue
+        if path.suffix == ".ndjson":
+            lines = raw.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            for n, line in enumerate(lines, 1):
+                try:
+                    protocol.decode(line)
+                except LorchError as e:
+                    click.echo(f"{path}:{n}: {e}")
+                    bad += 1
+            continue
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            click.echo(f"{path}: invalid JSON: {e}")
+            bad += 1
+            continue
+        name = _schema_for(path, data)
+        if name is None:
+            click.echo(f"{path}: cannot tell which schema applies (not a known lorch file)")
+            bad += 1
+            continue
+        for where, what in schemas.errors(name, data):
+            click.echo(f"{path}: {where}: {what} (schema {name})")
+            bad += 1
+    if bad:
+        raise click.exceptions.Exit(_fail(f"{bad} problem(s) found"))
+    click.echo("all valid")
+
+
+@cli.command("doctor")
+@WORKSPACE
+def doctor_cmd(workspace: Path) -> None:
+    """Check Python, the agent commands, the workspace and fsync."""
+    from lorch.doctor import checks
+
+    failed = 0
+    for name, ok, detail in checks(workspace):
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
+        failed += not ok
+    if failed:
+        raise click.exceptions.Exit(_fail(f"{failed} check(s) failed"))
+
+
+# The crash harness and the conformance kit register their commands here.
+TOOLS = (("lorch.crashtest.cli", "crashtest"), ("lorch.conformance.cli", "conformance"))
+
+
+def _register_tools() -> None:
+    import importlib
+
+    for module, name in TOOLS:
+        try:
+            command = getattr(importlib.import_module(module), name)
+        except ImportError:
+            continue
+        cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: every LorchError becomes one line and its exit code."""
+    _register_tools()
+    try:
+        cli.main(args=argv, prog_name="lorch", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("lorch: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except LorchError as e:
+        click.echo(f"lorch: {e}", err=True)
+        return e.exit_code
+    except BrokenPipeError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

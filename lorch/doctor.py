@@ -1,0 +1,50 @@
+"""``lorch doctor``: can lorch work here?"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from lorch.errors import LorchError
+
+
+def checks(workspace: Path) -> list[tuple[str, bool, str]]:
+    out: list[tuple[str, bool, str]] = []
+    v = sys.version_info
+    out.append(("python", v >= (3, 11), f"{v.major}.{v.minor}.{v.micro} (need 3.11+)"))
+    ws = workspace.resolve()
+    writable = ws.is_dir() and os.access(ws, os.W_OK)
+    out.append(("workspace writable", writable, str(ws)))
+    if writable:
+        try:
+            fd, name = tempfile.mkstemp(dir=ws, prefix=".lorch-doctor-")
+            try:
+                os.write(fd, b"x")
+                os.fsync(fd)
+                out.append(("fsync", True, "works on the workspace's file system"))
+            finally:
+                os.close(fd)
+                os.unlink(name)
+        except OSError as e:
+            out.append(("fsync", False, str(e)))
+    if not (ws / "lorch.json").exists():
+        out.append(("lorch.json", True, "none yet; `lorch run` creates one wired to mockagent"))
+        return out
+    from lorch.config import load
+    from lorch.runner import resolve_argv
+
+    try:
+        config = load(ws)
+    except LorchError as e:
+        out.append(("lorch.json", False, str(e)))
+        return out
+    out.append(("lorch.json", True, "valid"))
+    for role, cfg in sorted(config.agents.items()):
+        try:
+            argv = resolve_argv(role, cfg.cmd, ws / cfg.cwd if cfg.cwd else ws)
+            out.append((f"agent {role}", True, argv[0]))
+        except LorchError as e:
+            out.append((f"agent {role}", False, str(e)))
+    return out

@@ -1,0 +1,787 @@
+"""``lorch run`` and ``lorch resume``: one loop over the ledger, shared by both.
+
+Write-ahead everywhere (DESIGN.md §5.1): a command is appended and fsynced
+before its first byte reaches the agent; an agent's event is appended and
+fsynced before lorch acts on it. Receipts, ``state/run.json``, the index and
+the transcript are derived from the ledger and rebuilt by resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import queue
+import random
+import shutil
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from lorch import _planted, failpoint, ledger, protocol, snapshot, store, transcript
+from lorch.atomic import ensure_dir
+from lorch.checksum import sha256_file
+from lorch.config import Config, ensure, load
+from lorch.errors import AgentError, ConfigError, LorchError, PathEscape, StorageError, UsageError
+from lorch.paths import safe_relpath
+from lorch.supervisor import (
+    AgentProcess,
+    Backoff,
+    Incoming,
+    Redactor,
+    kill_orphan,
+    secret_values,
+)
+from lorch.workflow import Check, Finish, Pending, Send, State, next_step
+
+Record = dict[str, Any]
+
+
+class Interrupted(LorchError):
+    """Ctrl-C: agents were stopped and the run can be resumed."""
+
+    exit_code = 130
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str
+    reason: str = ""
+
+
+@dataclass
+class Console:
+    """Where the live transcript goes (stdout by default); colour only on a TTY."""
+
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    color: bool | None = None
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.color is None:
+            self.color = self.out.isatty() and os.environ.get("NO_COLOR") is None
+        self._lock = threading.Lock()
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def record(self, record: Record) -> None:
+        text = transcript.render(record, color=bool(self.color))
+        if text is not None:
+            self.say(text)
+
+
+def new_run_id() -> str:
+    return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def _id(prefix: str) -> str:
+    return protocol.new_message_id(prefix)
+
+
+def _deadline(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@contextlib.contextmanager
+def workspace_lock(workspace: Path) -> Iterator[None]:
+    """One lorch process per workspace at a time."""
+    ensure_dir(workspace / "state")
+    path = workspace / "state" / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                f"{workspace}: another lorch process is running in this workspace"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def agent_path_env() -> str:
+    """PATH with the running Python's scripts dir first (docs/decisions.md D3)."""
+    bindir = os.path.dirname(sys.executable)
+    return f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def resolve_argv(role: str, cmd: list[str], cwd: Path) -> list[str]:
+    exe = cmd[0]
+    if os.sep in exe:
+        full = exe if os.path.isabs(exe) else str(cwd / exe)
+        if not os.access(full, os.X_OK):
+            raise ConfigError(f"lorch.json: $.agents.{role}.cmd: {exe!r} is not an executable file")
+        return [full, *cmd[1:]]
+    found = shutil.which(exe, path=agent_path_env())
+    if found is None:
+        raise ConfigError(f"lorch.json: $.agents.{role}.cmd: command {exe!r} not found on PATH")
+    return [found, *cmd[1:]]
+
+
+class ReceiptWriter:
+    """Writes one receipt per accepted command, never twice for the same key."""
+
+    def __init__(self, workspace: Path, run_id: str, task_id: str) -> None:
+        self.workspace = workspace
+        self.run_id = run_id
+        self.done = {
+            data.get("idempotency_key")
+            for _, data in store.iter_receipts(workspace, task_id)
+            if data.get("run_id") == run_id
+        }
+
+    def write(self, pending: Pending, snapshot_id: str) -> None:
+        ik = pending.ik
+        if ik in self.done or pending.terminal is None:
+            return
+        cmd, ev = pending.command, pending.terminal
+        receipt: Record = {
+            "run_id": self.run_id,
+            "task_id": cmd["task_id"],
+            "action": cmd["action"],
+            "agent_type": cmd["to"]["agent_type"],
+            "idempotency_key": ik,
+            "correlation_id": cmd["correlation_id"],
+            "command_message_id": cmd["message_id"],
+            "snapshot_id": snapshot_id,
+            "terminal_event": ev["event"],
+            "event_ids": list(pending.event_ids),
+            "artifacts": list(ev.get("artifacts") or []),
+            "completed_at": ev.get("occurred_at") or protocol.now_rfc3339(),
+        }
+        if "status" in ev:
+            receipt["status"] = ev["status"]
+        store.write_receipt(self.workspace, receipt)
+        self.done.add(ik)
+
+
+class Runner:
+    def __init__(
+        self,
+        workspace: Path,
+        config: Config,
+        console: Console,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.workspace = workspace
+        self.config = config
+        self.console = console
+        self.clock = clock
+        self.state = State()
+        self.ledger: ledger.Ledger | None = None
+        self.agents: dict[str, AgentProcess] = {}
+        self.inbox: queue.Queue[Incoming] = queue.Queue()
+        self.generation = 0
+        self.stop_event = threading.Event()
+        self.redactor = Redactor(
+            secret_values(dict(os.environ), *(a.env for a in config.agents.values()))
+        )
+        p = config.policy
+        self.backoff = Backoff(
+            p.backoff_initial_s, p.backoff_factor, p.backoff_max_s, rng or random.Random()
+        )
+        self.receipts: ReceiptWriter | None = None
+
+    # -- ledger ---------------------------------------------------------------
+
+    def append(self, record: Record, *, sync: bool = True) -> None:
+        assert self.ledger is not None
+        self.ledger.append(record, sync=sync)
+        self.state.fold(record)
+        self.console.record(record)
+
+    def system(self, name: str, payload: Record, correlation_id: str | None = None) -> None:
+        self.append(
+            {
+                "kind": "event",
+                "message_id": _id("evt"),
+                "correlation_id": correlation_id or self.state.run_id,
+                "task_id": self.state.task_id,
+                "from": {"agent_type": "system"},
+                "event": name,
+                "payload": payload,
+                "occurred_at": protocol.now_rfc3339(),
+            }
+        )
+
+    def _on_accept(self, pending: Pending) -> None:
+        if self.receipts is not None and self.state.snapshot_id:
+            self.receipts.write(pending, self.state.snapshot_id)
+
+    # -- derived state --------------------------------------------------------
+
+    def write_state(self) -> None:
+        s = self.state
+        if not s.run_id:
+            return
+        p = s.pending
+        action = p.command["action"] if p else s.last_action
+        stage = {
+            "implement": "implement",
+            "implement_changes": "implement",
+            "review": "review",
+            "update_spec": "spec",
+        }.get(str(action), "starting")
+        if s.finished:
+            stage = "done"
+        now = protocol.now_rfc3339()
+        body = {
+            "run_id": s.run_id,
+            "task_id": s.task_id,
+            "status": s.status,
+            "stage": stage,
+            "review_round": s.rounds.get("review", 0),
+            "spec_round": s.rounds.get("update_spec", 0),
+            "snapshot_id": s.snapshot_id,
+            "started_at": s.started_at or now,
+            "updated_at": now,
+            "ledger_records": s.records,
+            "pending": None
+            if p is None
+            else {
+                "idempotency_key": p.ik,
+                "correlation_id": p.command["correlation_id"],
+                "action": p.command["action"],
+                "agent_type": p.role,
+                "attempt": p.attempt,
+            },
+            "agents": {role: dict(v) for role, v in s.agents.items()},
+            "failure": s.failure,
+        }
+        store.write_run_state(self.workspace, body)
+
+    def write_index(self) -> None:
+        s = self.state
+        now = protocol.now_rfc3339()
+        store.update_index(
+            self.workspace,
+            {
+                "run_id": s.run_id,
+                "task_id": s.task_id,
+                "status": s.status,
+                "snapshot_id": s.snapshot_id,
+                "started_at": s.started_at or now,
+                "updated_at": now,
+                "ledger": f"events/{s.run_id}.ndjson",
+                "failure": s.failure,
+            },
+        )
+
+    def write_derived(self) -> None:
+        self.write_state()
+        self.write_index()
+        transcript.rebuild(self.workspace, self.state.run_id)
+
+    # -- agents ---------------------------------------------------------------
+
+    def agent(self, role: str) -> AgentProcess:
+        proc = self.agents.get(role)
+        if proc is not None and proc.alive():
+            return proc
+        if proc is not None:
+            proc.kill()
+        cfg = self.config.agents.get(role)
+        if cfg is None:
+            raise ConfigError(f"lorch.json: $.agents.{role}: no agent configured for role {role}")
+        cwd = (self.workspace / cfg.cwd) if cfg.cwd else self.workspace
+        argv = resolve_argv(role, cfg.cmd, cwd)
+        self.generation += 1
+        env = {
+            **os.environ,
+            **cfg.env,
+            "PATH": agent_path_env(),
+            "LORCH_WORKSPACE": str(self.workspace),
+            "LORCH_RUN_ID": self.state.run_id,
+            "LORCH_ROLE": role,
+            "LORCH_AGENT_ID": f"{role}#{self.generation}",
+            "LORCH_SNAPSHOT_ID": str(self.state.snapshot_id),
+            "LORCH_HEARTBEAT_INTERVAL": str(cfg.heartbeat_interval_s),
+        }
+        for var in (failpoint.ENV, _planted.ENV):
+            env.pop(var, None)
+        proc = AgentProcess(
+            role,
+            argv,
+            cwd=cwd,
+            env=env,
+            inbox=self.inbox,
+            log_path=self.workspace / "logs" / role / f"{self.state.run_id}.ndjson",
+            redactor=self.redactor,
+            generation=self.generation,
+            clock=self.clock,
+            heartbeat_interval=cfg.heartbeat_interval_s,
+            heartbeat_misses=self.config.policy.heartbeat_misses,
+            on_stderr=self.console.say if self.console.verbose else None,
+        )
+        self.agents[role] = proc
+        self.system(
+            "system.agent_started",
+            {
+                "role": role,
+                "pid": proc.pid,
+                "pgid": proc.pgid,
+                "argv": [self.redactor.text(a) for a in argv],
+            },
+        )
+        return proc
+
+    def stop_agents(self) -> None:
+        for proc in list(self.agents.values()):
+            proc.stop()
+        self.agents.clear()
+
+    def kill_agent(self, role: str) -> int | None:
+        proc = self.agents.pop(role, None)
+        return proc.kill() if proc is not None else None
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.stop_event.wait(seconds)
+
+    # -- the loop ---------------------------------------------------------------
+
+    def drive(self) -> Outcome:
+        while True:
+            step = next_step(
+                self.state,
+                message_id=_id("cmd"),
+                deadline=_deadline(self._timeout_for(self.state)),
+            )
+            if isinstance(step, Finish):
+                if not self.state.finished:
+                    if step.status == "completed":
+                        self.system("system.run_completed", {"reason": ""})
+                    else:
+                        self.system("system.run_failed", {"reason": step.reason})
+                self.stop_agents()
+                self.write_derived()
+                return Outcome(self.state.run_id, self.state.status, self.state.failure or "")
+            if isinstance(step, Check):
+                self.check(step.pending)
+                continue
+            self.send(step)
+
+    def _timeout_for(self, state: State) -> float:
+        p = state.pending
+        if p is None:
+            return max(self.config.policy_timeouts().values())
+        return self.config.policy_timeouts().get(str(p.command["action"]), 600.0)
+
+    def check(self, pending: Pending) -> None:
+        problems = self.artifact_problems(pending.terminal or {})
+        if not problems:
+            self.state.accept()
+            return
+        for path, reason in problems:
+            self.system(
+                "system.artifact_rejected",
+                {"path": path, "reason": reason},
+                pending.command["correlation_id"],
+            )
+        self.system(
+            "system.command_failed",
+            {
+                "idempotency_key": pending.ik,
+                "attempt": pending.attempt,
+                "reason": f"artifact {problems[0][0]!r} rejected: {problems[0][1]}",
+                "code": "artifact_mismatch",
+            },
+            pending.command["correlation_id"],
+        )
+
+    def artifact_problems(self, event: Record) -> list[tuple[str, str]]:
+        problems = []
+        for art in event.get("artifacts") or []:
+            path = str(art.get("path"))
+            try:
+                full = safe_relpath(self.workspace, path)
+            except PathEscape as e:
+                problems.append((path, str(e)))
+                continue
+            if not full.is_file():
+                problems.append((path, "no such file in the workspace"))
+                continue
+            sha, size = sha256_file(full)
+            if sha != art.get("sha256") or size != art.get("size"):
+                problems.append(
+                    (
+                        path,
+                        f"agent claimed {art.get('sha256')} ({art.get('size')} bytes), "
+                        f"file has {sha} ({size} bytes)",
+                    )
+                )
+        return problems
+
+    def send(self, step: Send) -> None:
+        cmd = step.command
+        if step.resend and _planted.enabled("new_key_on_resend"):
+            cmd = {**cmd, "idempotency_key": "ik:" + os.urandom(32).hex()}
+        role = cmd["to"]["agent_type"]
+        try:
+            proc = self.agent(role)
+        except AgentError as e:
+            self.fail_attempt(cmd, str(e), "agent_start_failed", role=role, kill=False)
+            self.restart(role, str(e))
+            return
+        self.append(cmd, sync=not _planted.enabled("skip_command_fsync"))
+        self.write_state()
+        failpoint.busy_role[:] = [role]
+        try:
+            if not proc.send(protocol.encode(cmd)):
+                self.on_agent_gone(cmd, proc)
+                return
+            self.wait_for_answer(cmd, proc)
+        finally:
+            failpoint.busy_role[:] = []
+
+    def wait_for_answer(self, cmd: Record, proc: AgentProcess) -> None:
+        role = proc.role
+        cfg = self.config.agents[role]
+        timeout = cfg.timeouts_s.get(cmd["action"], 600.0)
+        proc.watchdog.beat()
+        proc.watchdog.arm(timeout)
+        try:
+            while True:
+                wait = min(proc.watchdog.next_check_in(), 0.5)
+                try:
+                    item: Incoming | None = self.inbox.get(timeout=max(wait, 0.001))
+                except queue.Empty:
+                    item = None
+                if item is not None and self.handle(item, cmd, proc):
+                    return
+                if proc.watchdog.timed_out():
+                    self.fail_attempt(
+                        cmd, f"{cmd['action']} timed out after {timeout:g} s", "timeout"
+                    )
+                    self.restart(role, "timeout")
+                    return
+                if proc.watchdog.unhealthy():
+                    misses = self.config.policy.heartbeat_misses
+                    reason = (
+                        f"no heartbeat from {role} for {misses} intervals of "
+                        f"{proc.watchdog.interval:g} s"
+                    )
+                    self.fail_attempt(cmd, reason, "heartbeat_timeout")
+                    self.restart(role, reason)
+                    return
+        finally:
+            proc.watchdog.disarm()
+
+    def handle(self, item: Incoming, cmd: Record, proc: AgentProcess) -> bool:
+        """Act on one item from an agent; True when the command's attempt is over."""
+        current = self.agents.get(item.role)
+        if current is None or current.generation != item.generation:
+            return False  # a predecessor's last words
+        working = item.role == proc.role
+        if item.eof:
+            rc = self.kill_agent(item.role)
+            self.system(
+                "system.agent_exited",
+                {"role": item.role, "pid": current.pid, "returncode": rc if rc is not None else -1},
+            )
+            if working:
+                self.fail_attempt(
+                    cmd, f"agent {item.role} exited (code {rc})", "agent_exited", kill=False
+                )
+                self.restart(item.role, f"exited with code {rc}")
+                return True
+            return False
+        if item.error is not None:
+            err = item.error
+            prefix = getattr(err, "prefix", b"")
+            self.system(
+                "system.protocol_error",
+                {
+                    "role": item.role,
+                    "reason": str(err),
+                    "size": item.raw_size,
+                    "prefix": self.redactor.text(prefix.decode("utf-8", "replace")),
+                },
+                cmd["correlation_id"] if working else None,
+            )
+            if working:
+                self.fail_attempt(cmd, f"protocol error: {err}", "protocol_error")
+                self.restart(item.role, "protocol error")
+                return True
+            return False
+        msg = item.message
+        assert msg is not None
+        if (
+            not working
+            or msg.get("correlation_id") != cmd["correlation_id"]
+            or msg.get("task_id") != cmd["task_id"]
+        ):
+            self.system(
+                "system.protocol_error",
+                {
+                    "role": item.role,
+                    "reason": (
+                        f"event {msg.get('event')} for task {msg.get('task_id')} / correlation "
+                        f"{msg.get('correlation_id')}, expected {cmd['task_id']} / {cmd['correlation_id']}"
+                    ),
+                    "size": item.raw_size,
+                    "prefix": self.redactor.text(
+                        protocol.encode(msg)[:80].decode("utf-8", "replace")
+                    ),
+                },
+                cmd["correlation_id"] if working else None,
+            )
+            if working:
+                self.fail_attempt(cmd, "event for the wrong task or correlation", "protocol_error")
+                self.restart(item.role, "protocol error")
+                return True
+            return False
+        name = msg.get("event")
+        if (
+            name in protocol.TERMINAL_EVENTS
+            and name != "error"
+            and _planted.enabled("receipt_before_ledger")
+            and self.state.pending is not None
+            and self.state.snapshot_id
+        ):
+            early = Pending(self.state.pending.command, msg, [*self.state.pending.event_ids])
+            if self.receipts is not None:
+                self.receipts.write(early, self.state.snapshot_id)
+        self.append(msg)
+        if name == "error":
+            p = self.state.pending
+            self.sleep(self.backoff.delay(p.attempt if p else 0))
+            return True
+        return name in protocol.TERMINAL_EVENTS
+
+    def fail_attempt(
+        self, cmd: Record, reason: str, code: str, *, role: str | None = None, kill: bool = True
+    ) -> None:
+        self.system(
+            "system.command_failed",
+            {
+                "idempotency_key": cmd["idempotency_key"],
+                "attempt": cmd["retry"]["attempt"],
+                "reason": reason,
+                "code": code,
+            },
+            cmd["correlation_id"],
+        )
+        if kill:
+            self.kill_agent(role or cmd["to"]["agent_type"])
+
+    def on_agent_gone(self, cmd: Record, proc: AgentProcess) -> None:
+        rc = self.kill_agent(proc.role)
+        self.fail_attempt(
+            cmd, f"agent {proc.role} closed its input (code {rc})", "agent_exited", kill=False
+        )
+        self.restart(proc.role, "stdin closed")
+
+    def restart(self, role: str, reason: str) -> None:
+        n = self.state.restarts.get(role, 0)
+        limit = self.config.policy.max_restarts
+        if n >= limit:
+            self.system(
+                "system.run_failed",
+                {"reason": f"agent {role} failed after {limit} restarts: {reason}"},
+            )
+            return
+        delay = self.backoff.delay(n)
+        self.system(
+            "system.agent_restarted",
+            {"role": role, "restarts": n + 1, "delay_s": round(delay, 3), "reason": reason},
+        )
+        self.sleep(delay)
+
+
+# -- entry points ---------------------------------------------------------------
+
+
+def _task(config: Config, task_id: str | None) -> dict[str, Any]:
+    if task_id is None:
+        if config.task is None:
+            raise ConfigError(f"{config.path}: no task: pass --task ID or set $.task.id")
+        return dict(config.task)
+    if config.task is not None and config.task.get("id") == task_id:
+        return dict(config.task)
+    from lorch import schemas
+
+    schemas.validate("config", {**config.raw, "task": {"id": task_id}}, source="--task")
+    return {"id": task_id}
+
+
+def _guard(runner: Runner, body: Callable[[], Outcome]) -> Outcome:
+    try:
+        return body()
+    except KeyboardInterrupt:
+        runner.stop_event.set()
+        runner.stop_agents()
+        with contextlib.suppress(LorchError, OSError):
+            runner.write_derived()
+        raise Interrupted(
+            f"interrupted; agents stopped. Resume with: lorch resume --workspace "
+            f"{runner.workspace} --run {runner.state.run_id}"
+        ) from None
+    except BaseException:
+        runner.stop_agents()
+        raise
+    finally:
+        if runner.ledger is not None:
+            runner.ledger.close()
+
+
+def run(workspace: Path, task_id: str | None = None, *, console: Console | None = None) -> Outcome:
+    console = console or Console()
+    workspace = workspace.resolve()
+    ensure_dir(workspace)
+    with workspace_lock(workspace):
+        config, created = ensure(workspace)
+        if created:
+            console.say(
+                f"[lorch] no lorch.json here: created {config.path} wired to the built-in "
+                "mock agents (scenario happy-path)"
+            )
+        task = _task(config, task_id)
+        for role, cfg in config.agents.items():
+            resolve_argv(role, cfg.cmd, (workspace / cfg.cwd) if cfg.cwd else workspace)
+        runner = Runner(workspace, config, console)
+        run_id = new_run_id()
+
+        def body() -> Outcome:
+            runner.ledger, _ = ledger.Ledger.open(
+                workspace / "events" / f"{run_id}.ndjson", fsync=config.policy.fsync
+            )
+            runner.system(
+                "system.run_started",
+                {
+                    "run_id": run_id,
+                    "task": task,
+                    "policy": config.policy.as_record(),
+                    "config_digest": config.digest,
+                },
+                run_id,
+            )
+            runner.receipts = ReceiptWriter(workspace, run_id, task["id"])
+            runner.state.on_accept = runner._on_accept
+            runner.write_index()
+            manifest = snapshot.take(workspace)
+            runner.system(
+                "system.snapshot",
+                {
+                    "snapshot_id": manifest["snapshot_id"],
+                    "files": len(manifest["files"]),
+                    "manifest": f"snapshots/{manifest['snapshot_id']}.manifest.json",
+                },
+            )
+            return runner.drive()
+
+        return _guard(runner, body)
+
+
+def find_unfinished(workspace: Path) -> str:
+    events = workspace / "events"
+    candidates = sorted(events.glob("run-*.ndjson"), reverse=True) if events.is_dir() else []
+    for path in candidates:
+        s = State()
+        for record in ledger.read(path, validate=False):
+            s.fold(record)
+        if not s.finished:
+            return path.stem
+    if candidates:
+        raise UsageError(f"{workspace}: no unfinished run to resume (newest: {candidates[0].stem})")
+    raise UsageError(f"{workspace}: no runs in this workspace")
+
+
+def resume(
+    workspace: Path, run_id: str | None = None, *, console: Console | None = None
+) -> Outcome:
+    console = console or Console()
+    workspace = workspace.resolve()
+    if not workspace.is_dir():
+        raise UsageError(f"{workspace}: no such workspace")
+    with workspace_lock(workspace):
+        config = load(workspace)
+        run_id = run_id or find_unfinished(workspace)
+        path = workspace / "events" / f"{run_id}.ndjson"
+        if not path.exists():
+            raise UsageError(f"{workspace}: no run {run_id} (no {path.relative_to(workspace)})")
+        runner = Runner(workspace, config, console)
+
+        def body() -> Outcome:
+            if _planted.enabled("no_torn_cut"):
+                torn = None
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+                runner.ledger = ledger.Ledger(
+                    path, fd, ledger.scan(path).records, fsync=config.policy.fsync
+                )
+            else:
+                runner.ledger, torn = ledger.Ledger.open(path, fsync=config.policy.fsync)
+            state = runner.state
+            for record in ledger.read(path):
+                state.fold(record)
+                if record.get("event") == "system.run_started":
+                    runner.receipts = ReceiptWriter(workspace, state.run_id, state.task_id)
+                    state.on_accept = runner._on_accept
+            if not state.run_id:
+                # The crash came before record 1 was durable: start the run afresh.
+                state.run_id = run_id
+                runner.system(
+                    "system.run_started",
+                    {
+                        "run_id": run_id,
+                        "task": _task(config, None),
+                        "policy": config.policy.as_record(),
+                        "config_digest": config.digest,
+                    },
+                    run_id,
+                )
+                runner.receipts = ReceiptWriter(workspace, run_id, state.task_id)
+                state.on_accept = runner._on_accept
+            if torn is not None:
+                console.say(
+                    f"[lorch] cut a torn last line ({torn.size} bytes) from {path.name}: {torn.reason}"
+                )
+            if state.finished:
+                runner.write_derived()
+                console.say(
+                    f"[lorch] run {run_id} already {state.status}"
+                    + (f": {state.failure}" if state.failure else "")
+                )
+                return Outcome(run_id, state.status, state.failure or "")
+            killed = []
+            if not _planted.enabled("no_orphan_kill"):
+                for _role, info in sorted(state.agents.items()):
+                    if kill_orphan(int(info["pid"]), int(info["pgid"])):
+                        killed.append(int(info["pid"]))
+            if state.snapshot_id is None:
+                manifest = snapshot.take(workspace)
+                runner.system(
+                    "system.snapshot",
+                    {
+                        "snapshot_id": manifest["snapshot_id"],
+                        "files": len(manifest["files"]),
+                        "manifest": f"snapshots/{manifest['snapshot_id']}.manifest.json",
+                    },
+                )
+            runner.system(
+                "system.resumed",
+                {
+                    "torn_tail": None if torn is None else {"line": torn.line, "size": torn.size},
+                    "orphans_killed": killed,
+                },
+            )
+            runner.write_index()
+            return runner.drive()
+
+        return _guard(runner, body)
+
+
+__all__ = ["Console", "Interrupted", "Outcome", "StorageError", "resume", "run"]

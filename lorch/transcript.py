@@ -1,0 +1,141 @@
+"""The human transcript: one line per ledger record worth showing.
+
+The same function renders the live console output and
+``transcripts/<run_id>.txt`` (rebuilt from the ledger by resume), so the file
+and what the user saw never disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from lorch import ledger
+from lorch.atomic import ensure_dir, fsync_dir
+
+COLORS = {"lorch": "\x1b[36m", "send": "\x1b[35m", "ok": "\x1b[32m", "bad": "\x1b[31m"}
+RESET = "\x1b[0m"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
+def line(record: dict[str, Any]) -> tuple[str, str] | None:
+    """(style, text) for a record, or None if it is not shown."""
+    if record.get("kind") == "command":
+        inputs = record.get("inputs") or {}
+        attempt = record["retry"]["attempt"]
+        extra = f", attempt {attempt + 1}" if attempt else ""
+        return (
+            "send",
+            f"[lorch→{record['to']['agent_type']}] {record['action']} "
+            f"({record['task_id']}, round {inputs.get('round', 1)}{extra})",
+        )
+    name = str(record.get("event", ""))
+    payload = record.get("payload") or {}
+    who = record.get("from", {}).get("agent_type", "?")
+    if who == "system":
+        return _system(name, payload)
+    status = record.get("status")
+    if name == "artifact.produced":
+        arts = record.get("artifacts") or []
+        shown = ", ".join(f"{a['path']} ({_size(a['size'])})" for a in arts) or payload.get(
+            "path", ""
+        )
+        return ("agent", f"[{who}] artifact.produced {shown}")
+    if name == "builder.completed":
+        tests = payload.get("tests") or {}
+        return (
+            "ok" if tests.get("status") == "pass" else "bad",
+            f"[{who}] builder.completed {status or ''} (tests {tests.get('status', '?')}: "
+            f"{tests.get('summary', '')})".replace("  ", " "),
+        )
+    if name == "review.completed":
+        where = f" ({payload['review_path']})" if payload.get("review_path") else ""
+        return (
+            "ok" if status == "approved" else "agent",
+            f"[{who}] review.completed {status}{where}",
+        )
+    if name.startswith("spec."):
+        where = f" ({payload['notes_path']})" if payload.get("notes_path") else ""
+        return ("ok", f"[{who}] {name}{where}")
+    if name == "error":
+        return ("bad", f"[{who}] error {payload.get('code', '')}: {payload.get('message', '')}")
+    if name == "builder.progress":
+        return ("agent", f"[{who}] builder.progress {payload.get('message', '')}".rstrip())
+    return ("agent", f"[{who}] {name}" + (f" {status}" if status else ""))
+
+
+def _system(name: str, p: dict[str, Any]) -> tuple[str, str] | None:
+    if name == "system.run_started":
+        return ("lorch", f"[lorch] run {p.get('run_id')} task {(p.get('task') or {}).get('id')}")
+    if name == "system.snapshot":
+        return ("lorch", f"[lorch] snapshot {p.get('snapshot_id')} ({p.get('files', 0)} files)")
+    if name == "system.agent_started":
+        return ("lorch", f"[lorch] started {p.get('role')} (pid {p.get('pid')})")
+    if name == "system.agent_exited":
+        return ("bad", f"[lorch] {p.get('role')} exited (code {p.get('returncode')})")
+    if name == "system.agent_restarted":
+        return (
+            "bad",
+            f"[lorch] restarting {p.get('role')} in {p.get('delay_s', 0):.2f} s "
+            f"(restart {p.get('restarts')}): {p.get('reason')}",
+        )
+    if name == "system.protocol_error":
+        return ("bad", f"[lorch] protocol error from {p.get('role')}: {p.get('reason')}")
+    if name == "system.command_failed":
+        return ("bad", f"[lorch] attempt {p.get('attempt', 0) + 1} failed: {p.get('reason')}")
+    if name == "system.artifact_rejected":
+        return ("bad", f"[lorch] artifact rejected {p.get('path')}: {p.get('reason')}")
+    if name == "system.resumed":
+        torn = p.get("torn_tail")
+        extra = f"; cut a torn last line of {torn['size']} bytes" if torn else ""
+        orphans = p.get("orphans_killed") or []
+        extra += f"; ended orphaned agents {', '.join(map(str, orphans))}" if orphans else ""
+        return ("lorch", f"[lorch] resumed{extra}")
+    if name == "system.run_completed":
+        return ("ok", "[lorch] DONE")
+    if name in ("system.run_failed", "system.run_aborted"):
+        return ("bad", f"[lorch] FAILED: {p.get('reason')}")
+    return ("lorch", f"[lorch] {name}")
+
+
+def render(record: dict[str, Any], *, color: bool) -> str | None:
+    shown = line(record)
+    if shown is None:
+        return None
+    style, text = shown
+    if color and style in COLORS:
+        return f"{COLORS[style]}{text}{RESET}"
+    return text
+
+
+def rebuild(workspace: Path, run_id: str) -> Path:
+    """Write ``transcripts/<run_id>.txt`` from the ledger (streaming, atomic)."""
+    src = workspace / "events" / f"{run_id}.ndjson"
+    target = workspace / "transcripts" / f"{run_id}.txt"
+    ensure_dir(target.parent)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for record in ledger.read(src, validate=False):
+                text = render(record, color=False)
+                if text is not None:
+                    f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+    return target

@@ -1,0 +1,110 @@
+"""``lorch verify``: the run-validation rules (MASTER-SPEC §11.1), over the ledger.
+
+Each rule gives a list of problems; the run passes when every list is empty.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lorch import ledger, schemas, store
+from lorch.checksum import sha256_file
+from lorch.errors import LedgerError, PathEscape, UsageError
+from lorch.paths import safe_relpath
+from lorch.protocol import TERMINAL_EVENTS
+from lorch.workflow import State
+
+
+def verify(workspace: Path, run_id: str) -> dict[str, list[str]]:
+    """Rule name → problems found (empty list: the rule holds)."""
+    path = workspace / "events" / f"{run_id}.ndjson"
+    if not path.exists():
+        raise UsageError(f"{workspace}: no run {run_id} (no events/{run_id}.ndjson)")
+    rules: dict[str, list[str]] = {
+        "ledger_replays": [],
+        "terminal_event_for_every_command": [],
+        "receipts_match_files": [],
+        "final_review_approved": [],
+        "spec_terminal_event": [],
+        "run_completed": [],
+        "derived_files_valid": [],
+    }
+    state = State()
+    open_keys: dict[str, str] = {}
+    answered: set[str] = set()
+    last_review: dict[str, Any] | None = None
+    spec_done = False
+    try:
+        for record in ledger.read(path, allow_torn=False):
+            state.fold(record)
+            if record["kind"] == "command":
+                open_keys[record["correlation_id"]] = record["idempotency_key"]
+                continue
+            name = record.get("event")
+            if name in TERMINAL_EVENTS and record.get("from", {}).get("agent_type") != "system":
+                answered.add(record["correlation_id"])
+                if name == "review.completed":
+                    last_review = record
+                if name in ("spec.updated", "spec.no_changes_needed"):
+                    spec_done = True
+    except LedgerError as e:
+        rules["ledger_replays"].append(str(e))
+    for corr in sorted(set(open_keys) - answered):
+        rules["terminal_event_for_every_command"].append(f"command {corr} has no terminal event")
+    receipts = [(p, r) for p, r in store.iter_receipts(workspace) if r.get("run_id") == run_id]
+    if not receipts:
+        rules["receipts_match_files"].append("no receipts for this run")
+    for p, r in receipts:
+        for err in schemas.errors("receipt", r):
+            rules["derived_files_valid"].append(f"{p}: {err[0]}: {err[1]}")
+    # Only the newest receipt of each path must match: later rounds rewrite files.
+    newest: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for p, r in receipts:
+        for art in r.get("artifacts", []):
+            newest[art["path"]] = (p, art)
+    for rel, (p, art) in sorted(newest.items()):
+        try:
+            full = safe_relpath(workspace, rel)
+        except PathEscape as e:
+            rules["receipts_match_files"].append(f"{p}: {e}")
+            continue
+        if not full.is_file():
+            rules["receipts_match_files"].append(f"{p}: {rel} is missing")
+            continue
+        sha, size = sha256_file(full)
+        if sha != art["sha256"] or size != art["size"]:
+            rules["receipts_match_files"].append(
+                f"{p}: {rel} has {sha} ({size} bytes), receipt says {art['sha256']}"
+            )
+    if last_review is None or last_review.get("status") != "approved":
+        status = None if last_review is None else last_review.get("status")
+        rules["final_review_approved"].append(f"last review.completed status is {status!r}")
+    if not spec_done:
+        rules["spec_terminal_event"].append("no spec.updated or spec.no_changes_needed event")
+    if state.status != "completed":
+        rules["run_completed"].append(
+            f"run status is {state.status}" + (f": {state.failure}" if state.failure else "")
+        )
+    run_json = workspace / "state" / "run.json"
+    data = store.read_json(run_json)
+    if isinstance(data, dict) and data.get("run_id") == run_id:
+        if data.get("status") != state.status:
+            rules["run_completed"].append(
+                f"state/run.json says {data.get('status')}, ledger says {state.status}"
+            )
+        for err in schemas.errors("run-state", data):
+            rules["derived_files_valid"].append(f"{run_json}: {err[0]}: {err[1]}")
+    index = store.read_json(workspace / "state" / "index.json")
+    if index is not None:
+        for err in schemas.errors("index", index):
+            rules["derived_files_valid"].append(f"state/index.json: {err[0]}: {err[1]}")
+    return rules
+
+
+def snapshot_manifests(workspace: Path) -> list[tuple[Path, Any]]:
+    out = []
+    for p in sorted((workspace / "snapshots").glob("*.manifest.json")):
+        out.append((p, json.loads(p.read_text(encoding="utf-8"))))
+    return out

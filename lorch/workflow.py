@@ -1,0 +1,342 @@
+"""The workflow as a pure reducer over ledger records (DESIGN.md §5.3).
+
+``State.fold(record)`` folds one ledger record into a small state, and
+``next_step(state)`` says what to do next. ``run`` and ``resume`` share both:
+resume replays the ledger through ``fold`` and asks ``next_step``, so it can
+only ever send what the ledger implies. The state stays small however long the
+run: it keeps counters, the pending command and the last accepted answer, not
+the history.
+
+The loop (MASTER-SPEC §4.2):
+
+    implement → review ─ changes_requested → implement_changes → review …
+                       └ approved → update_spec ─ spec.changes_requested → implement_changes …
+                                                └ spec.updated | spec.no_changes_needed → done
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorch.canonical import digest, idempotency_key
+from lorch.protocol import TERMINAL_EVENTS
+
+Record = dict[str, Any]
+
+ROLE_OF = {
+    "implement": "builder",
+    "implement_changes": "builder",
+    "review": "reviewer",
+    "update_spec": "spec_maintainer",
+    "intake": "orchestration",
+    "task_discovery": "orchestration",
+}
+PRIORITY = 5
+
+
+@dataclass
+class Pending:
+    """The command in flight: its last record, and what came back for it."""
+
+    command: Record
+    terminal: Record | None = None
+    event_ids: list[str] = field(default_factory=list)
+    failed: str | None = None  # reason of the failure of the current attempt
+    failed_code: str | None = None
+
+    @property
+    def ik(self) -> str:
+        return str(self.command["idempotency_key"])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.command["retry"]["attempt"])
+
+    @property
+    def role(self) -> str:
+        return str(self.command["to"]["agent_type"])
+
+
+@dataclass(frozen=True)
+class Send:
+    """Append ``command`` to the ledger, then send it. ``resend`` keeps its key."""
+
+    command: Record
+    resend: bool = False
+
+
+@dataclass(frozen=True)
+class Check:
+    """A terminal answer arrived: check its artifacts, then accept or reject it."""
+
+    pending: Pending
+
+
+@dataclass(frozen=True)
+class Finish:
+    status: str  # completed | failed
+    reason: str
+
+
+Step = Send | Check | Finish
+
+
+@dataclass
+class State:
+    run_id: str = ""
+    task: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    snapshot_id: str | None = None
+    started_at: str = ""
+    updated_at: str = ""
+    status: str = "running"
+    failure: str | None = None
+    records: int = 0
+    commands: int = 0  # distinct keys sent
+    rounds: dict[str, int] = field(default_factory=dict)  # commands per action
+    completed: set[str] = field(default_factory=set)
+    pending: Pending | None = None
+    last_answer: Record | None = None  # last accepted terminal event
+    last_action: str | None = None  # action it answered
+    restarts: dict[str, int] = field(default_factory=dict)
+    agents: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Called with each accepted command (receipts); not part of the decision.
+    on_accept: Callable[[Pending], None] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return str(self.task.get("id", ""))
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"
+
+    # -- folding ---------------------------------------------------------------
+
+    def fold(self, record: Record) -> None:
+        self.records += 1
+        if record.get("kind") == "command":
+            self._fold_command(record)
+            return
+        name = record.get("event", "")
+        ts = record.get("occurred_at")
+        if isinstance(ts, str):
+            self.updated_at = ts
+        if record.get("from", {}).get("agent_type") == "system":
+            self._fold_system(name, record)
+            return
+        p = self.pending
+        if p is None or record.get("correlation_id") != p.command["correlation_id"]:
+            return
+        p.event_ids.append(str(record["message_id"]))
+        if name == "error":
+            payload = record.get("payload") or {}
+            p.failed = str(payload.get("message") or payload.get("code") or "error event")
+            p.failed_code = str(payload.get("code") or "error")
+            p.terminal = None
+        elif name in TERMINAL_EVENTS and p.failed is None:
+            p.terminal = record
+
+    def _fold_command(self, record: Record) -> None:
+        self._settle()
+        ik = record["idempotency_key"]
+        if self.pending is None or self.pending.ik != ik:
+            self.commands += 1
+            action = record["action"]
+            self.rounds[action] = self.rounds.get(action, 0) + 1
+        self.pending = Pending(command=record)
+
+    def _fold_system(self, name: str, record: Record) -> None:
+        payload = record.get("payload") or {}
+        if name == "system.run_started":
+            self.run_id = str(payload.get("run_id", ""))
+            self.task = dict(payload.get("task") or {})
+            self.policy = dict(payload.get("policy") or {})
+            self.started_at = str(record.get("occurred_at", ""))
+        elif name == "system.snapshot":
+            self.snapshot_id = payload.get("snapshot_id")
+        elif name == "system.agent_started":
+            self.agents[str(payload["role"])] = {"pid": payload["pid"], "pgid": payload["pgid"]}
+        elif name == "system.agent_restarted":
+            role = str(payload.get("role"))
+            self.restarts[role] = self.restarts.get(role, 0) + 1
+        elif name == "system.command_failed":
+            p = self.pending
+            if p is not None and payload.get("idempotency_key") == p.ik:
+                p.failed = str(payload.get("reason", "failed"))
+                p.failed_code = str(payload.get("code", "failed"))
+                p.terminal = None
+        elif name == "system.run_completed":
+            self._settle()
+            self.status = "completed"
+        elif name == "system.run_failed":
+            self.status = "failed"
+            self.failure = str(payload.get("reason", ""))
+        elif name == "system.run_aborted":
+            self.status = "aborted"
+            self.failure = str(payload.get("reason", ""))
+
+    def _settle(self) -> None:
+        """A terminal answer followed by anything but a rejection was accepted."""
+        p = self.pending
+        if p is not None and p.terminal is not None and p.failed is None:
+            self.accept()
+
+    def accept(self) -> None:
+        p = self.pending
+        assert p is not None and p.terminal is not None
+        self.completed.add(p.ik)
+        self.last_answer = p.terminal
+        self.last_action = str(p.command["action"])
+        self.pending = None
+        if self.on_accept is not None:
+            self.on_accept(p)
+
+    # -- deciding --------------------------------------------------------------
+
+    def policy_value(self, name: str, default: Any) -> Any:
+        return self.policy.get(name, default)
+
+
+def answer_digest(event: Record) -> str:
+    """What a loop command answers, as a digest: a pure function of the ledger."""
+    return digest(
+        {
+            "event": event.get("event"),
+            "status": event.get("status"),
+            "payload": event.get("payload", {}),
+            "artifacts": event.get("artifacts", []),
+        }
+    )
+
+
+def build_command(
+    state: State,
+    action: str,
+    inputs: dict[str, Any],
+    *,
+    message_id: str,
+    deadline: str,
+    expected: list[dict[str, Any]] | None = None,
+) -> Record:
+    expected_outputs = expected or []
+    assert state.snapshot_id is not None
+    ik = idempotency_key(action, state.task_id, state.snapshot_id, inputs, expected_outputs)
+    return {
+        "kind": "command",
+        "message_id": message_id,
+        "correlation_id": f"corr-{state.task_id}-{state.commands + 1}",
+        "task_id": state.task_id,
+        "idempotency_key": ik,
+        "to": {"agent_type": ROLE_OF[action]},
+        "action": action,
+        "inputs": inputs,
+        "expected_outputs": expected_outputs,
+        "version": {"snapshot_id": state.snapshot_id},
+        "deadline": deadline,
+        "retry": {"attempt": 0, "max_attempts": int(state.policy_value("max_attempts", 3))},
+        "priority": PRIORITY,
+    }
+
+
+def next_step(state: State, *, message_id: str, deadline: str) -> Step:
+    """What to do next, given only the folded ledger (plus fresh ids and times)."""
+    if state.finished:
+        return Finish(state.status, state.failure or "")
+    p = state.pending
+    if p is not None:
+        if p.failed is not None:
+            max_attempts = int(state.policy_value("max_attempts", 3))
+            if p.attempt + 1 >= max_attempts:
+                return Finish(
+                    "failed",
+                    f"agent {p.role} failed {p.command['action']} for task {state.task_id} "
+                    f"after {p.attempt + 1} attempts: {p.failed_code}: {p.failed}",
+                )
+            return Send(_resend(p.command, message_id, deadline, p.attempt + 1), resend=True)
+        if p.terminal is not None:
+            return Check(p)
+        # Sent but never answered (lorch or the agent died): send it again, same key.
+        return Send(_resend(p.command, message_id, deadline, p.attempt), resend=True)
+    return _next_new(state, message_id=message_id, deadline=deadline)
+
+
+def _resend(command: Record, message_id: str, deadline: str, attempt: int) -> Record:
+    return {
+        **command,
+        "message_id": message_id,
+        "deadline": deadline,
+        "retry": {**command["retry"], "attempt": attempt},
+    }
+
+
+def _next_new(state: State, *, message_id: str, deadline: str) -> Step:
+    max_rounds = int(state.policy_value("max_rounds", 10))
+    answer = state.last_answer
+    task = state.task_id
+
+    def make(
+        action: str, inputs: dict[str, Any], expected: list[dict[str, Any]] | None = None
+    ) -> Step:
+        return Send(
+            build_command(
+                state, action, inputs, message_id=message_id, deadline=deadline, expected=expected
+            )
+        )
+
+    def builder_round() -> int:
+        return state.rounds.get("implement", 0) + state.rounds.get("implement_changes", 0) + 1
+
+    if answer is None:
+        expected = [{"path": p, "required": True} for p in state.task.get("expected_outputs", [])]
+        return make("implement", {"round": 1, "task": state.task}, expected)
+
+    name = answer.get("event")
+    status = answer.get("status")
+    payload = answer.get("payload") or {}
+    if name == "builder.completed":
+        tests = payload.get("tests")
+        if not isinstance(tests, dict) or tests.get("status") not in ("pass", "fail"):
+            return Finish(
+                "failed", f"task {task}: builder.completed carries no payload.tests status"
+            )
+        if tests["status"] == "fail" and not state.policy_value("allowed_failures", False):
+            return Finish(
+                "failed", f"task {task}: builder tests failed: {tests.get('summary', '')}"
+            )
+        review_round = state.rounds.get("review", 0) + 1
+        if review_round > max_rounds:
+            return Finish("failed", f"task {task}: review round cap of {max_rounds} reached")
+        return make("review", {"round": review_round, "answers": answer_digest(answer)})
+    if name == "review.completed":
+        if status == "approved":
+            spec_round = state.rounds.get("update_spec", 0) + 1
+            if spec_round > max_rounds:
+                return Finish("failed", f"task {task}: spec round cap of {max_rounds} reached")
+            return make("update_spec", {"round": spec_round, "answers": answer_digest(answer)})
+        if status == "changes_requested":
+            return make(
+                "implement_changes",
+                {
+                    "round": builder_round(),
+                    "reason": "review",
+                    "answers": answer_digest(answer),
+                    "notes_path": payload.get("review_path"),
+                },
+            )
+        return Finish("failed", f"task {task}: review.completed with unknown status {status!r}")
+    if name == "spec.changes_requested":
+        return make(
+            "implement_changes",
+            {
+                "round": builder_round(),
+                "reason": "spec",
+                "answers": answer_digest(answer),
+                "notes_path": payload.get("notes_path"),
+            },
+        )
+    if name in ("spec.updated", "spec.no_changes_needed"):
+        return Finish("completed", "")
+    return Finish("failed", f"task {task}: unexpected answer {name!r} to {state.last_action}")
