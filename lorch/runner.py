@@ -197,8 +197,11 @@ class Runner:
 
     # -- ledger ---------------------------------------------------------------
 
-    def append(self, record: Record, *, sync: bool = True) -> None:
+    def append(self, record: Record, *, sync: bool = True, trusted: bool = False) -> None:
+        """Validate, append durably, fold, show. ``trusted``: validated on receipt."""
         assert self.ledger is not None
+        if not trusted:
+            protocol.validate_message(record, source=f"ledger record {self.ledger.records + 1}")
         self.ledger.append(record, sync=sync)
         self.state.fold(record)
         self.console.record(record)
@@ -555,7 +558,7 @@ class Runner:
             early = Pending(self.state.pending.command, msg, [*self.state.pending.event_ids])
             if self.receipts is not None:
                 self.receipts.write(early, self.state.snapshot_id)
-        self.append(msg)
+        self.append(msg, trusted=True)
         if name == "error":
             p = self.state.pending
             self.sleep(self.backoff.delay(p.attempt if p else 0))
@@ -656,6 +659,7 @@ def run(workspace: Path, task_id: str | None = None, *, console: Console | None 
         run_id = new_run_id()
 
         def body() -> Outcome:
+            runner.state.task = task
             runner.ledger, _ = ledger.Ledger.open(
                 workspace / "events" / f"{run_id}.ndjson", fsync=config.policy.fsync
             )
@@ -696,7 +700,9 @@ def find_unfinished(workspace: Path) -> str:
         if not s.finished:
             return path.stem
     if candidates:
-        raise UsageError(f"{workspace}: no unfinished run to resume (newest: {candidates[0].stem})")
+        # Nothing unfinished: the newest run, so resume reports it (and rebuilds
+        # its derived files, in case a crash came after its last record).
+        return candidates[0].stem
     raise UsageError(f"{workspace}: no runs in this workspace")
 
 
@@ -733,6 +739,7 @@ def resume(
             if not state.run_id:
                 # The crash came before record 1 was durable: start the run afresh.
                 state.run_id = run_id
+                state.task = _task(config, None)
                 runner.system(
                     "system.run_started",
                     {
