@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: every LorchError becomes one line and its exit code."""
     _register_tools()
     try:
-        cli.main(args=argv, prog_name="lorch", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="lorch", standalone_mode=False)
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.exceptions.Abort:
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 1
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
