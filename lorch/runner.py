@@ -532,8 +532,9 @@ class Runner:
                 {
                     "role": item.role,
                     "reason": (
-                        f"event {msg.get('event')} for task {msg.get('task_id')} / correlation "
-                        f"{msg.get('correlation_id')}, expected {cmd['task_id']} / {cmd['correlation_id']}"
+                        f"event {msg.get('event')} for task {msg.get('task_id')} / "
+                        f"correlation {msg.get('correlation_id')}, expected "
+                        f"{cmd['task_id']} / {cmd['correlation_id']}"
                     ),
                     "size": item.raw_size,
                     "prefix": self.redactor.text(
@@ -754,7 +755,8 @@ def resume(
                 state.on_accept = runner._on_accept
             if torn is not None:
                 console.say(
-                    f"[lorch] cut a torn last line ({torn.size} bytes) from {path.name}: {torn.reason}"
+                    f"[lorch] cut a torn last line ({torn.size} bytes) from {path.name}: "
+                    f"{torn.reason}"
                 )
             if state.finished:
                 runner.write_derived()

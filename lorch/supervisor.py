@@ -357,11 +357,9 @@ def kill_orphan(pid: int, pgid: int, *, clock: Callable[[], float] = time.monoto
         os.killpg(pgid, signal.SIGKILL)
     deadline = clock() + 10
     while clock() < deadline:
-        try:
-            # Reap it if it happens to be our child; otherwise watch /proc.
+        # Reap it if it happens to be our child; otherwise watch /proc.
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
             return True
         time.sleep(0.01)

@@ -123,6 +123,9 @@ class Agent:
         opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (opts.state_dir / "cache").mkdir(exist_ok=True, mode=0o700)
         (opts.state_dir / "locks").mkdir(exist_ok=True, mode=0o700)
+        # Call numbers per action, in the order keys were first started: kept in
+        # the journal, so a restarted agent continues a sequence where it was.
+        self.keys_by_action: dict[str, list[str]] = {}
         self._mark_interrupted()
 
     # -- misc -----------------------------------------------------------------
@@ -193,6 +196,9 @@ class Agent:
                 except ValueError:
                     continue
                 k = (e["ik"], e["pid"])
+                seen = self.keys_by_action.setdefault(e["action"], [])
+                if e["ik"] not in seen:
+                    seen.append(e["ik"])
                 if e["state"] == "started":
                     open_runs[k] = e
                 elif e["state"] in ("completed", "interrupted"):
@@ -342,7 +348,10 @@ class Agent:
         from mockagent.fixture import default_response, pick_response
 
         action = cmd["action"]
-        self.calls[action] = self.calls.get(action, 0) + 1
+        seen = self.keys_by_action.setdefault(action, [])
+        if cmd["idempotency_key"] not in seen:
+            seen.append(cmd["idempotency_key"])
+        self.calls[action] = seen.index(cmd["idempotency_key"]) + 1
         picked = pick_response(self.o.fixture, cmd, self.calls[action])
         if picked is not None:
             return picked
@@ -363,7 +372,7 @@ class Agent:
         }
         resp = render(resp, ctx)
         fault = resp.get("fault")
-        if fault and not self._fault_fires(fault, attempt):
+        if fault and not self._fault_fires(fault, attempt, self.calls.get(cmd["action"], 1)):
             fault = None
         self._delay(resp.get("delay_ms", 0))
         if fault and fault.get("at", "before_files") == "before_files":
@@ -403,10 +412,10 @@ class Agent:
             )
         return out
 
-    def _fault_fires(self, fault: dict[str, Any], attempt: int) -> bool:
+    def _fault_fires(self, fault: dict[str, Any], attempt: int, call: int) -> bool:
         if "attempt" in fault and fault["attempt"] != attempt:
             return False
-        if "call" in fault and fault["call"] != sum(self.calls.values()):
+        if "call" in fault and fault["call"] != call:
             return False
         p = fault.get("probability")
         return not (p is not None and (p <= 0 or self.rng.random() >= p))

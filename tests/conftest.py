@@ -15,7 +15,9 @@ def script(name: str) -> str:
     """Path of a console script installed next to the running Python."""
     path = BIN / name
     if not path.exists():
-        pytest.fail(f"{name} is not installed next to {sys.executable}; run pip install -e '.[test]'")
+        pytest.fail(
+            f"{name} is not installed next to {sys.executable}; run pip install -e '.[test]'"
+        )
     return str(path)
 
 

@@ -75,11 +75,15 @@ def test_event_status_is_a_free_string() -> None:
 
 def test_splits_only_on_newline() -> None:
     s = protocol.LineSplitter()
-    payload = json.dumps({"kind": "log", "message": "a\rb\u2028c\x85d"}, ensure_ascii=False).encode()
+    payload = json.dumps(
+        {"kind": "log", "message": "a\rb\u2028c\x85d"}, ensure_ascii=False
+    ).encode()
     assert list(s.feed(payload + b"\n")) == [payload]
 
 
-@given(st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=10), st.data())
+@given(
+    st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")), max_size=10), st.data()
+)
 def test_any_chunking_gives_the_same_lines(lines: list[bytes], data: st.DataObject) -> None:
     stream = b"".join(line + b"\n" for line in lines)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))

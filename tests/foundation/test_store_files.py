@@ -156,7 +156,11 @@ def test_index_keeps_other_runs(tmp_path: Path) -> None:
         "ledger": "events/run-20261124-120000-0123abcd.ndjson",
     }
     store.update_index(tmp_path, entry)
-    other = {**entry, "run_id": "run-20261124-130000-0123abce", "started_at": "2026-11-24T13:00:00Z"}
+    other = {
+        **entry,
+        "run_id": "run-20261124-130000-0123abce",
+        "started_at": "2026-11-24T13:00:00Z",
+    }
     store.update_index(tmp_path, other)
     store.update_index(tmp_path, {**entry, "status": "completed"})
     runs = store.read_index(tmp_path)["runs"]

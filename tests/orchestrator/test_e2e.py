@@ -1,0 +1,289 @@
+"""End-to-end: the real lorch and mockagent as subprocesses, on bundled scenarios."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorch import schemas
+from lorch.scenarios import load
+
+from .conftest import Runner, completions, records, run_ids, terminal_events
+
+pytestmark = pytest.mark.e2e
+
+SCENARIOS = [
+    "happy-path",
+    "review-loop",
+    "spec-loop",
+    "tests-failing",
+    "tests-failing-allowed",
+    "agent-crash-restart",
+    "heartbeat-timeout",
+    "garbage-output",
+]
+
+
+def assert_every_file_valid(ws: Path) -> None:
+    for rid in run_ids(ws):
+        records(ws, rid)  # validates every ledger line
+    for p in ws.glob("receipts/*/step-*.json"):
+        schemas.validate("receipt", json.loads(p.read_text()), source=str(p))
+    schemas.validate("run-state", json.loads((ws / "state/run.json").read_text()))
+    schemas.validate("index", json.loads((ws / "state/index.json").read_text()))
+    for p in ws.glob("snapshots/*.manifest.json"):
+        schemas.validate("snapshot-manifest", json.loads(p.read_text()))
+    schemas.validate("config", json.loads((ws / "lorch.json").read_text()))
+    for p in [*ws.glob("receipts/**/*"), *ws.glob("state/*"), *ws.glob("events/*")]:
+        if p.is_file():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_outcome(name: str, scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario(name)
+    expected = load(name)["expected"]
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == (0 if expected["status"] == "completed" else 1), r.stderr
+    assert terminal_events(ws) == expected["terminal_events"]
+    for f in expected["files"]:
+        assert (ws / f).is_file(), f
+    state = json.loads((ws / "state/run.json").read_text())
+    assert state["status"] == expected["status"]
+    assert max(completions(ws).values()) == 1
+    assert_every_file_valid(ws)
+    if expected["status"] == "completed":
+        v = lorch("verify", "--workspace", str(ws), "--run", run_ids(ws)[0])
+        assert v.returncode == 0, v.stdout
+        assert "[lorch] DONE" in r.stdout
+        transcript = (ws / "transcripts" / f"{run_ids(ws)[0]}.txt").read_text()
+        assert transcript.splitlines()[-1] == "[lorch] DONE"
+
+
+def test_failing_tests_message_names_task_and_summary(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("tests-failing")
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == 1
+    assert "T-0042" in r.stderr and "1 failed: test_greet" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_fault_scenarios_record_their_faults(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    expectations = {
+        "agent-crash-restart": "agent_exited",
+        "heartbeat-timeout": "heartbeat_timeout",
+        "garbage-output": "protocol_error",
+    }
+    for name, code in expectations.items():
+        ws = scenario(name)
+        r = lorch("run", "--workspace", str(ws))
+        assert r.returncode == 0, r.stderr
+        recs = records(ws)
+        codes = [x["payload"]["code"] for x in recs if x.get("event") == "system.command_failed"]
+        assert codes == [code], name
+        assert any(x.get("event") == "system.agent_restarted" for x in recs)
+        cmds = [x for x in recs if x["kind"] == "command" and x["action"] == "implement"]
+        assert len({c["idempotency_key"] for c in cmds}) == 1 and len(cmds) == 2
+        assert [c["retry"]["attempt"] for c in cmds] == [0, 1]
+        if name == "garbage-output":
+            err = next(x for x in recs if x.get("event") == "system.protocol_error")
+            assert err["payload"]["size"] > 0 and err["payload"]["prefix"].startswith(
+                "this is not json"
+            )
+        import shutil
+
+        shutil.rmtree(ws)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["after", "torn", "powerloss", "agent"])
+def test_sigkill_at_every_record_then_resume(
+    mode: str, scenario, lorch: Runner, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    base = scenario("review-loop")
+    r = lorch("run", "--workspace", str(base))
+    assert r.returncode == 0
+    n = len(records(base))
+    final = {p.relative_to(base): p.read_bytes() for p in (base / "src").rglob("*") if p.is_file()}
+    for k in range(1, n + 1, 3 if mode in ("agent",) else 2):
+        ws = tmp_path / f"{mode}-{k}"
+        from lorch.scenarios import materialize
+
+        materialize("review-loop", ws)
+        first = lorch("run", "--workspace", str(ws), env={"LORCH_CRASH_AT": f"{mode}:{k}"})
+        if mode != "agent":
+            assert first.returncode == -signal.SIGKILL, (k, first.stderr)
+        resumed = lorch("resume", "--workspace", str(ws))
+        assert resumed.returncode == 0, (k, resumed.stdout, resumed.stderr)
+        rid = run_ids(ws)[0]
+        assert lorch("verify", "--workspace", str(ws), "--run", rid).returncode == 0
+        done = completions(ws)
+        assert max(done.values()) == 1, (k, done)
+        keys = {x["idempotency_key"] for x in records(ws) if x["kind"] == "command"}
+        assert set(done) == keys
+        got = {p.relative_to(ws): p.read_bytes() for p in (ws / "src").rglob("*") if p.is_file()}
+        assert got == final
+
+
+def test_resume_of_a_completed_run_says_so(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    assert lorch("run", "--workspace", str(ws)).returncode == 0
+    r = lorch("resume", "--workspace", str(ws))
+    assert r.returncode == 0 and "already completed" in r.stdout
+
+
+def test_resume_of_a_failed_run_exits_1_with_reason(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("tests-failing")
+    assert lorch("run", "--workspace", str(ws)).returncode == 1
+    r = lorch("resume", "--workspace", str(ws))
+    assert r.returncode == 1 and "builder tests failed" in r.stderr
+
+
+def test_second_run_keeps_the_first(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    assert lorch("run", "--workspace", str(ws)).returncode == 0
+    assert lorch("run", "--workspace", str(ws)).returncode == 0
+    ids = run_ids(ws)
+    assert len(ids) == 2
+    status = lorch("status", "--workspace", str(ws)).stdout
+    for rid in ids:
+        assert rid in status
+        assert lorch("verify", "--workspace", str(ws), "--run", rid).returncode == 0
+    steps = sorted(int(p.stem.split("-")[1]) for p in (ws / "receipts/T-0042").glob("step-*.json"))
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_independent_agent(tmp_path: Path, lorch: Runner) -> None:
+    agent = str(Path(__file__).parent.parent / "agents" / "simple_agent.py")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    cfg = {
+        "version": "1",
+        "task": {"id": "T-0007"},
+        "agents": {
+            role: {"cmd": [sys.executable, agent, role], "heartbeat_interval_s": 0.5}
+            for role in ("builder", "reviewer", "spec_maintainer")
+        },
+    }
+    (ws / "lorch.json").write_text(json.dumps(cfg))
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == 0, r.stderr
+    assert terminal_events(ws) == [
+        "builder.completed",
+        "review.completed:approved",
+        "spec.no_changes_needed",
+    ]
+    assert (ws / "simple" / "T-0007.txt").read_text() == "# T-0007 round 1\n"
+    # A garbage-printing independent agent: protocol error, restart, completion.
+    ws2 = tmp_path / "ws2"
+    ws2.mkdir()
+    (ws2 / "lorch.json").write_text(json.dumps({**cfg, "policy": {"backoff": {"initial_s": 0.01}}}))
+    r = lorch("run", "--workspace", str(ws2), env={"SIMPLE_AGENT_GARBAGE": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "protocol error from builder" in r.stdout
+
+
+def test_bad_config_names_the_json_path(tmp_path: Path, lorch: Runner) -> None:
+    (tmp_path / "lorch.json").write_text(
+        json.dumps({"version": "1", "agents": {"builder": {"cmd": []}}})
+    )
+    r = lorch("run", "--workspace", str(tmp_path))
+    assert r.returncode == 2
+    assert "lorch.json" in r.stderr and "$.agents" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "lorch.json").write_text("{bad json")
+    r = lorch("run", "--workspace", str(tmp_path))
+    assert r.returncode == 2 and "line 1 column 2" in r.stderr
+
+
+def test_agent_command_not_found(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    cfg = json.loads((ws / "lorch.json").read_text())
+    cfg["agents"]["reviewer"]["cmd"] = ["no-such-agent-xyz"]
+    (ws / "lorch.json").write_text(json.dumps(cfg))
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == 2
+    assert "reviewer" in r.stderr and "no-such-agent-xyz" in r.stderr
+    assert not (ws / "events").exists()
+
+
+def test_error_events_retry_with_same_key_then_fail(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    (ws / "fixtures/reviewer.json").write_text(
+        json.dumps(
+            {"responses": {"review": {"error": {"code": "quota_exceeded", "message": "no quota"}}}}
+        )
+    )
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == 1
+    assert "reviewer" in r.stderr and "quota_exceeded" in r.stderr
+    reviews = [x for x in records(ws) if x["kind"] == "command" and x["action"] == "review"]
+    assert len(reviews) == 3 and len({c["idempotency_key"] for c in reviews}) == 1
+
+
+def test_stderr_burst_is_fully_logged(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    fx = json.loads((ws / "fixtures/builder.json").read_text())
+    fx["responses"]["implement"]["fault"] = {"kind": "stderr_burst", "lines": 10000}
+    (ws / "fixtures/builder.json").write_text(json.dumps(fx))
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == 0, r.stderr
+    log = (ws / "logs/builder" / f"{run_ids(ws)[0]}.ndjson").read_text().splitlines()
+    lines = [json.loads(x)["line"] for x in log if '"stderr"' in x]
+    burst = [x for x in lines if x.startswith("mockagent stderr line ")]
+    assert burst == [f"mockagent stderr line {i}" for i in range(10000)]
+
+
+def test_secrets_never_recorded(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    secret = "tok-5up3r-s3cr3t"
+    cfg = json.loads((ws / "lorch.json").read_text())
+    cfg["agents"]["builder"]["cmd"] += ["--id", secret]
+    (ws / "lorch.json").write_text(json.dumps(cfg))
+    r = lorch("run", "--workspace", str(ws), env={"SERVICE_TOKEN": secret})
+    assert r.returncode == 0, r.stderr
+    for p in [*ws.glob("events/*"), *ws.glob("logs/**/*"), *ws.glob("transcripts/*")]:
+        if p.is_file():
+            assert secret not in p.read_text(), p
+    assert secret not in r.stdout
+
+
+def test_unwritable_ledger_is_a_clean_error(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    (ws / "events").write_text("a file where the ledger directory should be")
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("lorch: cannot open ledger") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_interrupt_leaves_a_resumable_run(
+    scenario, lorch_bin: str, clean_env: dict[str, str], lorch: Runner
+) -> None:  # type: ignore[no-untyped-def]
+    import pexpect
+
+    ws = scenario("happy-path")
+    fx = json.loads((ws / "fixtures/reviewer.json").read_text())
+    fx["responses"]["review"]["delay_ms"] = 60000
+    (ws / "fixtures/reviewer.json").write_text(json.dumps(fx))
+    child = pexpect.spawn(
+        lorch_bin, ["run", "--workspace", str(ws)], env=clean_env, encoding="utf-8", timeout=30
+    )
+    child.expect(r"review \(T-0042, round 1\)")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    assert "lorch resume" in (child.before or "")
+    state = json.loads((ws / "state/run.json").read_text())
+    assert state["status"] == "running"
+    fx["responses"]["review"]["delay_ms"] = 0
+    (ws / "fixtures/reviewer.json").write_text(json.dumps(fx))
+    r = lorch("resume", "--workspace", str(ws))
+    assert r.returncode == 0, r.stderr
+    assert max(completions(ws).values()) == 1
