@@ -13,6 +13,7 @@ file and line number; nothing is ever skipped silently.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -192,10 +193,26 @@ class Ledger:
         self.records = n
         if fp is not None:
             if fp.mode == "powerloss" and fp.k == n:
-                # A power cut loses what the page cache held: keep only synced bytes.
-                os.ftruncate(self._fd, self.synced_size)
+                self._lose_power(n)
             fp.after_durable(n)
         return n
+
+    def _lose_power(self, n: int) -> None:
+        """Simulate a power cut: the page cache is lost, only synced bytes stay.
+
+        Bytes lorch wrote but never synced are a write-ahead violation whatever
+        happens next, so their count is left in ``<ledger>.powerloss.json`` for
+        the crash harness to report.
+        """
+        lost = self.size - self.synced_size
+        if lost:
+            note = self.path.with_name(self.path.name + ".powerloss.json")
+            note.write_text(json.dumps({"record": n, "lost_bytes": lost}))
+            fd = os.open(note, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        os.ftruncate(self._fd, self.synced_size)
+        os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:

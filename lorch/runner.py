@@ -556,7 +556,9 @@ class Runner:
             and self.state.pending is not None
             and self.state.snapshot_id
         ):
-            early = Pending(self.state.pending.command, msg, [*self.state.pending.event_ids])
+            early = Pending(
+                self.state.pending.command, msg, [*self.state.pending.event_ids, msg["message_id"]]
+            )
             if self.receipts is not None:
                 self.receipts.write(early, self.state.snapshot_id)
         self.append(msg, trusted=True)

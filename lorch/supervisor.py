@@ -344,9 +344,11 @@ class AgentProcess:
 def group_alive(pid: int, pgid: int) -> bool:
     """Is ``pid`` alive and still in process group ``pgid`` (not a recycled pid)?"""
     try:
-        return os.getpgid(pid) == pgid
+        same = os.getpgid(pid) == pgid
     except (ProcessLookupError, PermissionError):
         return False
+    # A zombie (dead, not yet reaped by its new parent) is not alive.
+    return same and not _is_zombie(pid)
 
 
 def kill_orphan(pid: int, pgid: int, *, clock: Callable[[], float] = time.monotonic) -> bool:

@@ -1,0 +1,132 @@
+"""``lorch crashtest SCENARIO``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from lorch.crashtest import report
+from lorch.crashtest.harness import (
+    DEFAULT_MODES,
+    MODES,
+    Interrupted,
+    Options,
+    Result,
+)
+from lorch.crashtest.harness import (
+    crashtest as run,
+)
+from lorch.errors import UsageError
+
+
+def parse_offsets(spec: str | None) -> list[int] | None:
+    """``3``, ``1-5``, ``1,4,9-12``; None means every offset."""
+    if not spec:
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise UsageError(f"--offsets {spec!r}: expected numbers and ranges like 1,4,9-12")
+        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    return out
+
+
+class Progress:
+    def __init__(self, stream: object = None) -> None:
+        self.stream = sys.stderr
+        self.tty = self.stream.isatty()
+
+    def __call__(self, done: int, total: int, result: Result) -> None:
+        if self.tty:
+            width = 30
+            filled = int(width * done / total)
+            bar = "#" * filled + "-" * (width - filled)
+            self.stream.write(f"\r[{bar}] {done}/{total} {result.point.name:<14}")
+            if done == total:
+                self.stream.write("\n")
+        elif done == total or done % 25 == 0:
+            self.stream.write(f"{done}/{total} points\n")
+        self.stream.flush()
+
+
+@click.command("crashtest")
+@click.argument("scenario")
+@click.option(
+    "--modes",
+    default=",".join(DEFAULT_MODES),
+    show_default=True,
+    help=f"Comma-separated: {', '.join(MODES)}.",
+)
+@click.option("--offsets", default=None, help="Offsets to explore (e.g. 1,4,9-12); default: all.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parallel points (default: cores).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JSON report.",
+)
+@click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JUnit XML report.",
+)
+@click.option(
+    "--keep-failed",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep failed points' workspaces here.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for the external killer."
+)
+def crashtest(
+    scenario: str,
+    modes: str,
+    offsets: str | None,
+    jobs: int | None,
+    json_path: Path | None,
+    junit_path: Path | None,
+    keep_failed: Path | None,
+    seed: int,
+) -> None:
+    """Crash SCENARIO at every ledger offset in every mode, resume, check invariants."""
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    for m in mode_list:
+        if m not in MODES:
+            raise UsageError(f"unknown crash mode {m!r}; known: {', '.join(MODES)}")
+    opts = Options(seed=seed, keep_failed=keep_failed, progress=Progress())
+    if jobs is not None:
+        opts.jobs = jobs
+    if keep_failed is not None:
+        keep_failed.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    partial = False
+    try:
+        baseline, results = run(scenario, mode_list, parse_offsets(offsets), opts)
+    except Interrupted as i:
+        baseline, results, partial = i.baseline, i.results, True
+    seconds = time.monotonic() - started
+    click.echo(report.table(results))
+    for r in results:
+        if r.verdict == "fail":
+            where = f" (workspace kept in {r.workspace})" if r.workspace else ""
+            click.echo(f"reproduce: {report.reproduce(scenario, r)}{where}")
+    click.echo(report.summary(results, seconds, partial=partial))
+    if json_path:
+        report.to_json(json_path, scenario, baseline, results, seconds)
+    if junit_path:
+        report.to_junit(junit_path, scenario, results, seconds)
+    if partial:
+        raise click.exceptions.Exit(130)
+    if any(r.verdict == "fail" for r in results):
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,493 @@
+"""The crash-injection harness (DESIGN.md §8).
+
+A clean baseline of the scenario is recorded twice (and the two compared), so
+"record k" names the same point in every run. Then, for every offset k and
+every mode, the scenario runs in a fresh workspace, is crashed at k, resumed
+(again if the mode crashes the resume too), and the invariants are checked.
+lorch and the agents only ever run as subprocesses: a crash kills nothing else.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorch import ledger, scenarios, snapshot
+from lorch.checksum import sha256_file
+from lorch.errors import LedgerError, UsageError
+from lorch.supervisor import group_alive
+
+MODES = ("kill", "torn", "agent", "powerloss", "double", "external")
+DEFAULT_MODES = ("kill", "torn", "agent", "powerloss", "double")
+FAILPOINT = {
+    "kill": "after",
+    "torn": "torn",
+    "agent": "agent",
+    "powerloss": "powerloss",
+    "double": "after",
+}
+INVARIANTS = (
+    "write_ahead",
+    "completed",
+    "ledger_replays",
+    "one_key_per_command",
+    "verify",
+    "files_equal",
+    "receipts_match",
+    "no_duplicate_work",
+    "keys_completed_once",
+    "orphans_ended",
+    "no_stray_processes",
+)
+# Fields that differ between two clean runs without meaning anything.
+VOLATILE = {
+    "message_id",
+    "occurred_at",
+    "deadline",
+    "run_id",
+    "pid",
+    "pgid",
+    "argv",
+    "delay_s",
+    "config_digest",
+}
+RUN_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Point:
+    offset: int
+    mode: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}@{self.offset}"
+
+
+@dataclass
+class Result:
+    point: Point
+    record: str
+    verdict: str  # pass | fail
+    invariant: str = ""
+    detail: str = ""
+    seconds: float = 0.0
+    workspace: str | None = None
+
+
+@dataclass
+class Baseline:
+    scenario: Path
+    records: list[dict[str, Any]]
+    files: dict[str, str]
+    status: str
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    def describe(self, k: int) -> str:
+        r = self.records[k - 1]
+        if r["kind"] == "command":
+            return f"command {r['action']}"
+        return f"event {r['event']}"
+
+
+@dataclass
+class Options:
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    seed: int = 0
+    keep_failed: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # tests only: planted bugs
+    progress: Callable[[int, int, Result], None] | None = None
+
+
+def lorch_argv() -> list[str]:
+    return [sys.executable, "-m", "lorch"]
+
+
+def _env(extra: dict[str, str], failpoint: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LORCH_CRASH_AT", "LORCH_PLANT_BUG")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    if failpoint:
+        env["LORCH_CRASH_AT"] = failpoint
+    return env
+
+
+class Procs:
+    """Every process group the harness started, so Ctrl-C can end them all."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.groups: set[int] = set()
+        self.stopping = threading.Event()
+
+    def run(self, args: list[str], env: dict[str, str], timeout: float = RUN_TIMEOUT) -> int:
+        if self.stopping.is_set():
+            raise KeyboardInterrupt
+        proc = subprocess.Popen(
+            args,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        with self.lock:
+            self.groups.add(proc.pid)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return -999
+        finally:
+            with self.lock:
+                self.groups.discard(proc.pid)
+
+    def kill_all(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            groups = list(self.groups)
+        for g in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(g, signal.SIGKILL)
+
+
+PROCS = Procs()
+
+
+def normalise(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("*" if k in VOLATILE else normalise(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalise(v) for v in value]
+    if isinstance(value, str) and value.startswith("run-"):
+        return "run-*"
+    return value
+
+
+def workspace_files(ws: Path) -> dict[str, str]:
+    return {rel: sha256_file(ws / rel)[0] for rel in snapshot.iter_files(ws)}
+
+
+def the_ledger(ws: Path) -> Path | None:
+    found = sorted((ws / "events").glob("run-*.ndjson")) if (ws / "events").is_dir() else []
+    return found[0] if found else None
+
+
+def read_records(ws: Path, *, strict: bool = False) -> list[dict[str, Any]]:
+    path = the_ledger(ws)
+    if path is None:
+        return []
+    return list(ledger.read(path, validate=strict, allow_torn=not strict))
+
+
+def journals(ws: Path) -> list[dict[str, Any]]:
+    out = []
+    for j in sorted(ws.glob(".mockagent/*/journal.ndjson")):
+        for line in j.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+def run_clean(scenario: Path, ws: Path, extra_env: dict[str, str]) -> int:
+    scenarios.materialize(scenario, ws)
+    return PROCS.run([*lorch_argv(), "run", "--workspace", str(ws)], _env(extra_env, None))
+
+
+def record_baseline(scenario_ref: str | Path, extra_env: dict[str, str] | None = None) -> Baseline:
+    scenario = scenarios.resolve(scenario_ref)
+    meta = scenarios.load(scenario)
+    expected = meta.get("expected", {}).get("status", "completed")
+    runs = []
+    for i in range(2):
+        with tempfile.TemporaryDirectory(prefix="lorch-baseline-") as tmp:
+            ws = Path(tmp) / "ws"
+            rc = run_clean(scenario, ws, extra_env or {})
+            recs = read_records(ws)
+            status = _final_status(recs)
+            if status != expected:
+                raise UsageError(
+                    f"scenario {scenario.name}: baseline run {i + 1} ended {status} "
+                    f"(exit {rc}), expected {expected}"
+                )
+            runs.append(Baseline(scenario, recs, workspace_files(ws), status))
+    a, b = runs
+    na, nb = [normalise(r) for r in a.records], [normalise(r) for r in b.records]
+    if len(na) != len(nb) or na != nb:
+        k = next(
+            (i for i, (x, y) in enumerate(zip(na, nb, strict=False)) if x != y),
+            min(len(na), len(nb)),
+        )
+        raise UsageError(
+            f"scenario {scenario.name}: two clean runs differ at record {k + 1} "
+            f"({len(na)} vs {len(nb)} records): offsets would not name the same point"
+        )
+    if a.files != b.files:
+        raise UsageError(f"scenario {scenario.name}: two clean runs left different files")
+    return a
+
+
+def _final_status(records: list[dict[str, Any]]) -> str:
+    for r in reversed(records):
+        e = r.get("event")
+        if e == "system.run_completed":
+            return "completed"
+        if e in ("system.run_failed", "system.run_aborted"):
+            return "failed"
+    return "running"
+
+
+def points(
+    baseline: Baseline, modes: Iterable[str], offsets: Iterable[int] | None = None
+) -> list[Point]:
+    modes = list(modes)
+    for m in modes:
+        if m not in MODES:
+            raise UsageError(f"unknown crash mode {m!r}; known: {', '.join(MODES)}")
+    chosen = list(offsets) if offsets is not None else list(range(1, baseline.n + 1))
+    for k in chosen:
+        if not 1 <= k <= baseline.n:
+            raise UsageError(
+                f"offset {k} is beyond the ledger: the baseline has records 1..{baseline.n}"
+            )
+    return [Point(k, m) for m in modes for k in chosen]
+
+
+class Broken(Exception):
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(detail)
+        self.invariant = invariant
+        self.detail = detail
+
+
+def _alive_agents(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    out = []
+    for r in records:
+        if r.get("event") == "system.agent_started":
+            pid, pgid = int(r["payload"]["pid"]), int(r["payload"]["pgid"])
+            if group_alive(pid, pgid):
+                out.append((pid, pgid))
+    return out
+
+
+def check_write_ahead(ws: Path) -> None:
+    path = the_ledger(ws)
+    if path is not None:
+        note = path.with_name(path.name + ".powerloss.json")
+        if note.exists():
+            lost = json.loads(note.read_text())
+            raise Broken(
+                "write_ahead",
+                f"{lost['lost_bytes']} bytes of the ledger were never fsynced when power failed "
+                f"at record {lost['record']}",
+            )
+    keys = {r["idempotency_key"] for r in read_records(ws) if r["kind"] == "command"}
+    for j in journals(ws):
+        if j["state"] == "started" and j["ik"] not in keys:
+            raise Broken(
+                "write_ahead",
+                f"agent started work on {j['ik'][:19]}… which is not in the durable ledger",
+            )
+
+
+def explore(point: Point, baseline: Baseline, opts: Options, workdir: Path) -> Result:
+    started = time.monotonic()
+    ws = workdir / f"{point.mode}-{point.offset}"
+    result = Result(point, baseline.describe(point.offset), "pass")
+    try:
+        _explore(point, baseline, opts, ws)
+    except Broken as b:
+        result.verdict, result.invariant, result.detail = "fail", b.invariant, b.detail
+    result.seconds = time.monotonic() - started
+    if result.verdict == "fail" and opts.keep_failed is not None:
+        dest = opts.keep_failed / ws.name
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(ws, dest, symlinks=True)
+        result.workspace = str(dest)
+    shutil.rmtree(ws, ignore_errors=True)
+    return result
+
+
+def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
+    scenarios.materialize(baseline.scenario, ws)
+    run_args = [*lorch_argv(), "run", "--workspace", str(ws)]
+    resume_args = [*lorch_argv(), "resume", "--workspace", str(ws)]
+    if point.mode == "external":
+        _external_crash(point, baseline, opts, ws, run_args)
+    else:
+        PROCS.run(run_args, _env(opts.extra_env, f"{FAILPOINT[point.mode]}:{point.offset}"))
+    check_write_ahead(ws)
+    if point.mode == "double" and _final_status(read_records(ws)) == "running":
+        path = the_ledger(ws)
+        n = ledger.scan(path).records if path is not None else 0
+        PROCS.run(resume_args, _env(opts.extra_env, f"after:{n + 1}"))
+        check_write_ahead(ws)
+    for _ in range(5):
+        rc = PROCS.run(resume_args, _env(opts.extra_env, None))
+        if rc != -signal.SIGKILL:
+            break
+    check_invariants(ws, baseline)
+
+
+def check_orphans(recs: list[dict[str, Any]], ws: Path) -> None:
+    """No agent of a crashed run may still work once a resume has begun.
+
+    Resume must end the crashed run's agents before it starts new ones; an
+    agent it left running shows up as journal lines written after the
+    ``system.resumed`` record by a pid that lorch started before it.
+    """
+    old: set[int] = set()
+    entries = journals(ws)
+    for r in recs:
+        if r.get("event") == "system.agent_started":
+            old.add(int(r["payload"]["pid"]))
+        elif r.get("event") == "system.resumed":
+            at = r["occurred_at"]
+            late = [j for j in entries if j["pid"] in old and j["at"] > at]
+            if late:
+                j = late[0]
+                raise Broken(
+                    "orphans_ended",
+                    f"agent pid {j['pid']} of the crashed run was still working "
+                    f"({j['state']} {j['ik'][:19]}…) after resume began",
+                )
+
+
+def _external_crash(
+    point: Point, baseline: Baseline, opts: Options, ws: Path, args: list[str]
+) -> None:
+    rng = random.Random(f"{opts.seed}:{point.offset}")
+    delay = rng.uniform(0.0, 1.5)
+    proc = subprocess.Popen(
+        args,
+        env=_env(opts.extra_env, None),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    with PROCS.lock:
+        PROCS.groups.add(proc.pid)
+    try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(delay)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        with PROCS.lock:
+            PROCS.groups.discard(proc.pid)
+
+
+def check_invariants(ws: Path, baseline: Baseline) -> None:
+    try:
+        recs = read_records(ws, strict=True)
+    except LedgerError as e:
+        raise Broken("ledger_replays", str(e)) from None
+    status = _final_status(recs)
+    if status != baseline.status:
+        raise Broken("completed", f"run ended {status}, baseline ended {baseline.status}")
+    corr_keys: dict[str, set[str]] = collections.defaultdict(set)
+    for r in recs:
+        if r["kind"] == "command":
+            corr_keys[r["correlation_id"]].add(r["idempotency_key"])
+    for corr, keys in corr_keys.items():
+        if len(keys) > 1:
+            raise Broken("one_key_per_command", f"{corr} was sent with {len(keys)} different keys")
+    path = the_ledger(ws)
+    assert path is not None
+    if status == "completed":
+        from lorch.verify import verify
+
+        problems = [f"{k}: {v[0]}" for k, v in verify(ws, path.stem).items() if v]
+        if problems:
+            raise Broken("verify", problems[0])
+    files = workspace_files(ws)
+    if files != baseline.files:
+        diff = sorted(set(files.items()) ^ set(baseline.files.items()))
+        raise Broken("files_equal", f"workspace differs from baseline at {diff[0][0]}")
+    ledger_ids = {r["message_id"] for r in recs}
+    for p in sorted(ws.glob("receipts/*/step-*.json")):
+        receipt = json.loads(p.read_text())
+        missing = [e for e in receipt["event_ids"] if e not in ledger_ids]
+        if missing:
+            raise Broken(
+                "receipts_match", f"{p.name} names event {missing[0]} that is not in the ledger"
+            )
+    done = collections.Counter(j["ik"] for j in journals(ws) if j["state"] == "completed")
+    twice = [k for k, c in done.items() if c > 1]
+    if twice:
+        raise Broken(
+            "no_duplicate_work", f"work for {twice[0][:19]}… was completed {done[twice[0]]} times"
+        )
+    keys = {r["idempotency_key"] for r in recs if r["kind"] == "command"}
+    never = sorted(k for k in keys if done[k] == 0)
+    if never and (ws / ".mockagent").is_dir():
+        raise Broken(
+            "keys_completed_once",
+            f"{never[0][:19]}… is in the ledger but its work was never completed",
+        )
+    check_orphans(recs, ws)
+    strays = _alive_agents(recs)
+    if strays:
+        raise Broken("no_stray_processes", f"agent pid {strays[0][0]} outlived the run")
+
+
+def crashtest(
+    scenario_ref: str | Path,
+    modes: Iterable[str] = DEFAULT_MODES,
+    offsets: Iterable[int] | None = None,
+    opts: Options | None = None,
+) -> tuple[Baseline, list[Result]]:
+    """Record the baseline, explore every point in parallel, return the results."""
+    opts = opts or Options()
+    baseline = record_baseline(scenario_ref, opts.extra_env)
+    todo = points(baseline, modes, offsets)
+    results: list[Result] = []
+    PROCS.stopping.clear()
+    with tempfile.TemporaryDirectory(prefix="lorch-crashtest-") as tmp:
+        pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
+        try:
+            futures = [pool.submit(explore, p, baseline, opts, Path(tmp)) for p in todo]
+            for fut in as_completed(futures):
+                res = fut.result()
+                results.append(res)
+                if opts.progress is not None:
+                    opts.progress(len(results), len(todo), res)
+        except KeyboardInterrupt:
+            PROCS.kill_all()
+            for f in futures:
+                f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            results.sort(key=lambda r: (MODES.index(r.point.mode), r.point.offset))
+            raise Interrupted(baseline, results) from None
+        pool.shutdown(wait=True)
+    results.sort(key=lambda r: (MODES.index(r.point.mode), r.point.offset))
+    return baseline, results
+
+
+class Interrupted(Exception):
+    def __init__(self, baseline: Baseline, results: list[Result]) -> None:
+        super().__init__("interrupted")
+        self.baseline = baseline
+        self.results = results
