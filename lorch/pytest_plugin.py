@@ -53,3 +53,64 @@ def lorch_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
         return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
 
     return run
+
+
+# -- crash points -----------------------------------------------------------------
+
+MARKER = "lorch_crashpoints"
+_baselines: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(scenario, modes=None, offsets=None, env=None): run the test once per crash "
+        "point of the scenario; the test takes the `lorch_crash_point` fixture",
+    )
+
+
+class CrashPoint:
+    """One crash point of a scenario: ``explore()`` crashes, resumes, checks."""
+
+    def __init__(self, baseline: Any, point: Any, env: dict[str, str]) -> None:
+        self.baseline = baseline
+        self.point = point
+        self.env = env
+
+    def explore(self, workdir: Path) -> Any:
+        from lorch.crashtest.harness import Options, explore
+
+        return explore(self.point, self.baseline, Options(jobs=1, extra_env=self.env), workdir)
+
+    def __repr__(self) -> str:
+        return f"CrashPoint({self.point.name})"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker(MARKER)
+    if marker is None or "lorch_crash_point" not in metafunc.fixturenames:
+        return
+    from lorch.crashtest.harness import DEFAULT_MODES, points, record_baseline
+
+    scenario = str(marker.args[0] if marker.args else marker.kwargs["scenario"])
+    modes = marker.kwargs.get("modes") or DEFAULT_MODES
+    env = dict(marker.kwargs.get("env") or {})
+    key = (scenario, tuple(sorted(env.items())))
+    if key not in _baselines:
+        _baselines[key] = record_baseline(scenario, env)
+    baseline = _baselines[key]
+    chosen = points(baseline, modes, marker.kwargs.get("offsets"))
+    metafunc.parametrize(
+        "lorch_crash_point",
+        [CrashPoint(baseline, p, env) for p in chosen],
+        ids=[p.name for p in chosen],
+    )
+
+
+@pytest.fixture
+def lorch_crash_point(request: pytest.FixtureRequest) -> CrashPoint:
+    """Set by the ``lorch_crashpoints`` marker; see docs/crash-testing.md."""
+    param = getattr(request, "param", None)
+    if not isinstance(param, CrashPoint):
+        pytest.fail(f"lorch_crash_point needs @pytest.mark.{MARKER}(scenario, ...) on the test")
+    return param

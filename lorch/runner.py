@@ -497,7 +497,11 @@ class Runner:
             )
             if working:
                 self.fail_attempt(
-                    cmd, f"agent {item.role} exited (code {rc})", "agent_exited", kill=False
+                    cmd,
+                    f"agent {item.role} exited (code {rc})"
+                    + (f": {current.last_stderr}" if current.last_stderr else ""),
+                    "agent_exited",
+                    kill=False,
                 )
                 self.restart(item.role, f"exited with code {rc}")
                 return True

@@ -172,6 +172,7 @@ class AgentProcess:
             self._log.close()
             raise AgentError(f"agent {role}: cannot start {argv[0]!r}: {e.strerror}") from None
         self.pid = self.proc.pid
+        self.last_stderr = ""
         self.pgid = os.getpgid(self.pid)
         failpoint.agent_groups[role] = self.pgid
         self.watchdog = Watchdog(clock, heartbeat_interval, heartbeat_misses)
@@ -259,6 +260,7 @@ class AgentProcess:
     def _write_stderr(self, lines: list[str]) -> None:
         if not lines:
             return
+        self.last_stderr = lines[-1][:200]
         if self._on_stderr is not None:
             for s in lines:
                 self._on_stderr(f"[{self.role} stderr] {self._redactor.text(s)}")

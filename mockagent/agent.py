@@ -98,14 +98,22 @@ class Output:
 
     stream: IO[bytes]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
 
     def line(self, message: dict[str, Any]) -> None:
         self.raw(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
 
     def raw(self, data: bytes) -> None:
         with self.lock:
-            self.stream.write(data)
-            self.stream.flush()
+            if self.closed:
+                return
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                # The reader is gone (lorch died): finish the work at hand so it
+                # is cached and journaled, then stop at EOF on stdin.
+                self.closed = True
 
 
 class Agent:
@@ -323,7 +331,7 @@ class Agent:
             self.heartbeat("busy", task_id)
             self.journal(ik, action, task_id, attempt, "started")
             try:
-                events = self.perform(cmd, attempt)
+                events, shown = self.perform(cmd, attempt)
             finally:
                 self.heartbeat("ready")
             if events and events[-1]["event"] != "error":
@@ -332,7 +340,9 @@ class Agent:
                     canonical({"digest": digest, "events": events}).encode(),
                 )
             self.journal(ik, action, task_id, attempt, "completed")
-            for ev in events:
+            # The terminal answer goes out only once the work is durable (cache
+            # and journal): an accepted answer is never followed by a redo.
+            for ev in events[shown:]:
                 self.emit(ev)
 
     def _load_cache(self, ik: str) -> dict[str, Any] | None:
@@ -357,7 +367,12 @@ class Agent:
             return picked
         return default_response(self.o.role, cmd, self.o.review_changes, self.o.spec_changes)
 
-    def perform(self, cmd: dict[str, Any], attempt: int) -> list[dict[str, Any]]:
+    def perform(self, cmd: dict[str, Any], attempt: int) -> tuple[list[dict[str, Any]], int]:
+        """Do the work; return all events and how many were already streamed.
+
+        Non-terminal events stream out as they happen (with their delays); the
+        terminal one is left for the caller to send once the work is durable.
+        """
         from mockagent.fixture import render
 
         resp = self.response_for(cmd)
@@ -379,10 +394,19 @@ class Agent:
             self.fire(fault, cmd)
         artifacts = []
         out: list[dict[str, Any]] = []
+        shown = 0
+
+        def stream(ev: dict[str, Any]) -> None:
+            nonlocal shown
+            out.append(ev)
+            if ev["event"] not in TERMINAL and shown == len(out) - 1:
+                self.emit(ev)
+                shown += 1
+
         for f in resp.get("files", []):
             art = self.write_file(f)
             artifacts.append(art)
-            out.append(
+            stream(
                 self.event(cmd, "artifact.produced", payload={"path": art["path"]}, artifacts=[art])
             )
         if fault and fault.get("at") == "after_files":
@@ -395,13 +419,14 @@ class Agent:
                 else (err.get("code", "error"), err.get("message", ""))
             )
             out.append(self.error_event(cmd, code, msg))
-            return out
+            return out, shown
         for spec in resp.get("events", []):
+            self._delay(spec.get("delay_ms", 0))
             kind = spec["type"]
             arts = spec.get("artifacts")
             if arts is None and kind in TERMINAL and artifacts:
                 arts = artifacts
-            out.append(
+            stream(
                 self.event(
                     cmd,
                     kind,
@@ -410,7 +435,7 @@ class Agent:
                     artifacts=arts,
                 )
             )
-        return out
+        return out, shown
 
     def _fault_fires(self, fault: dict[str, Any], attempt: int, call: int) -> bool:
         if "attempt" in fault and fault["attempt"] != attempt:

@@ -47,12 +47,14 @@ def validate(data: Any, path: Path) -> None:
     from jsonschema import Draft202012Validator
 
     schema = json.loads(_schema_file().read_text(encoding="utf-8"))
-    errors = sorted(
-        Draft202012Validator(schema).iter_errors(data), key=lambda e: -len(e.absolute_path)
-    )
-    if errors:
-        e = errors[0]
-        raise FixtureError(f"{path}: {_path(e.absolute_path)}: {e.message}")
+    from jsonschema.exceptions import best_match
+
+    e = best_match(Draft202012Validator(schema).iter_errors(data))
+    if e is not None:
+        # Inside a oneOf, the deepest alternative's error names the real mistake.
+        while e.context:
+            e = max(e.context, key=lambda c: len(c.absolute_path))
+        raise FixtureError(f"{path}: {_path(e.absolute_path)}: {_short(e.message)}")
     for action, spec in (data.get("responses") or {}).items():
         for i, resp in enumerate(_responses(spec)):
             where = f"$.responses.{action}" + (f"[{i}]" if isinstance(spec, list) else "")
@@ -66,6 +68,10 @@ def validate(data: Any, path: Path) -> None:
         for j, f in enumerate(rule.get("response", {}).get("files", [])):
             if "content_file" in f and not (path.parent / f["content_file"]).is_file():
                 raise FixtureError(f"{path}: $.match.files[{j}].content_file: missing file")
+
+
+def _short(message: str, limit: int = 160) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 def _responses(spec: Any) -> list[dict[str, Any]]:

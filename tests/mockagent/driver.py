@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -106,10 +107,8 @@ class Agent:
     def close(self) -> int:
         """EOF, wait, and release every pipe (idempotent; works on a dead agent)."""
         assert self.proc.stdin is not None
-        try:
+        with contextlib.suppress(BrokenPipeError):
             self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
         try:
             rc = self.proc.wait(10)
             # Collect what it said on the way out (e.g. the "stopping" heartbeat).

@@ -1,0 +1,84 @@
+"""The harness must be able to fail: each planted bug is caught, by the right invariant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lorch.crashtest import Options, crashtest
+from lorch.resources import scenarios_dir
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+# happy-path records: 3 builder started, 4 command implement, 5 artifact.produced,
+# 8 builder.completed.
+
+
+def variant(tmp_path: Path, change: dict[str, Any]) -> Path:
+    """A copy of happy-path with the builder fixture's implement response changed."""
+    import shutil
+
+    dest = tmp_path / "scenario"
+    shutil.copytree(scenarios_dir() / "happy-path", dest)
+    fx = dest / "fixtures" / "builder.json"
+    body = json.loads(fx.read_text())
+    body.update(change.pop("top", {}))
+    body["responses"]["implement"].update(change)
+    fx.write_text(json.dumps(body))
+    return dest
+
+
+def failures(
+    scenario: str | Path, modes: list[str], offsets: list[int], bug: str | None = None
+) -> dict[str, str]:
+    env = {"LORCH_PLANT_BUG": bug} if bug else {}
+    _, results = crashtest(scenario, modes, offsets, Options(jobs=2, extra_env=env))
+    return {r.point.name: r.invariant for r in results if r.verdict == "fail"}
+
+
+@pytest.mark.parametrize(
+    ("bug", "modes", "offsets", "invariant"),
+    [
+        ("new_key_on_resend", ["kill"], [4, 5], "one_key_per_command"),
+        ("skip_command_fsync", ["powerloss"], [4, 10], "write_ahead"),
+        ("receipt_before_ledger", ["torn"], [8], "receipts_match"),
+        ("no_torn_cut", ["torn"], [5, 8], "ledger_replays"),
+    ],
+)
+def test_planted_orchestrator_bug_is_caught(
+    bug: str, modes: list[str], offsets: list[int], invariant: str
+) -> None:
+    assert failures("happy-path", modes, offsets) == {}  # the same points pass without the bug
+    found = failures("happy-path", modes, offsets, bug)
+    assert found, f"{bug} was not caught"
+    assert set(found.values()) == {invariant}, found
+
+
+def test_orphaned_agents_left_running_are_caught(tmp_path: Path) -> None:
+    # The builder reports progress, then works 1.5 s more: a crash at the progress
+    # record (7) leaves it busy, and only resume can end it.
+    slow = variant(
+        tmp_path,
+        {
+            "events": [
+                {"type": "builder.progress", "payload": {"message": "halfway"}},
+                {
+                    "type": "builder.completed",
+                    "status": "success",
+                    "delay_ms": 1500,
+                    "payload": {"tests": {"status": "pass", "summary": "1 passed"}},
+                },
+            ]
+        },
+    )
+    assert failures(slow, ["kill"], [7]) == {}
+    assert failures(slow, ["kill"], [7], "no_orphan_kill") == {"kill@7": "orphans_ended"}
+
+
+def test_agent_that_redoes_work_is_caught(tmp_path: Path) -> None:
+    redo = variant(tmp_path, {"top": {"misbehave": {"redo_on_repeat": True}}})
+    found = failures(redo, ["kill"], [5, 6])
+    assert found and set(found.values()) == {"no_duplicate_work"}, found
