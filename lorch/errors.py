@@ -14,6 +14,7 @@ CLI turns it into one line on stderr (``cli.main`` is the only place that does).
     ├── PathEscape                  a path outside the workspace
     ├── StorageError                disk full, unwritable directory, fsync failure
     ├── AgentError                  an agent could not be started or failed for good
+    │   └── AgentStartError         exit 2: the agent under test cannot run at all
     └── RunFailed                   the workflow ended in failure (exit 1)
 """
 
@@ -78,6 +79,10 @@ class StorageError(LorchError):
 
 class AgentError(LorchError):
     pass
+
+
+class AgentStartError(AgentError):
+    exit_code = 2
 
 
 class RunFailed(LorchError):

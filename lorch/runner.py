@@ -342,9 +342,21 @@ class Runner:
         return proc
 
     def stop_agents(self) -> None:
-        for proc in list(self.agents.values()):
+        procs = list(self.agents.values())
+        for proc in procs:
+            proc.close_input()  # all at once: they wind down in parallel
+        for proc in procs:
             proc.stop()
         self.agents.clear()
+
+    def start_agents(self) -> None:
+        """Start every configured role up front, so their start-up overlaps."""
+        for role in ("builder", "reviewer", "spec_maintainer", "orchestration"):
+            if role in self.config.agents and role not in self.agents:
+                try:
+                    self.agent(role)
+                except LorchError:
+                    return  # the first command to that role will report it
 
     def kill_agent(self, role: str) -> int | None:
         proc = self.agents.pop(role, None)
@@ -357,6 +369,8 @@ class Runner:
     # -- the loop ---------------------------------------------------------------
 
     def drive(self) -> Outcome:
+        if not self.state.finished:
+            self.start_agents()
         while True:
             step = next_step(
                 self.state,

@@ -301,11 +301,15 @@ class AgentProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
 
-    def stop(self, grace: float = 2.0) -> int | None:
-        """EOF, then SIGTERM, then SIGKILL to the group; always reaped."""
+    def close_input(self) -> None:
+        """EOF on the agent's stdin: a well-behaved agent exits."""
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError, ValueError):
                 self.proc.stdin.close()
+
+    def stop(self, grace: float = 2.0) -> int | None:
+        """EOF, then SIGTERM, then SIGKILL to the group; always reaped."""
+        self.close_input()
         rc = self._wait(grace)
         if rc is None:
             self._signal_group(signal.SIGTERM)

@@ -29,7 +29,7 @@ def test_reports(tmp_path: Path) -> None:
         "--modes",
         "kill,torn",
         "--offsets",
-        "4-5",
+        "6-7",
         "--jobs",
         "2",
         "--json",
@@ -41,7 +41,7 @@ def test_reports(tmp_path: Path) -> None:
     assert "4 points explored, 4 passed, 0 failed" in r.stdout
     assert "command implement" in r.stdout and "PASS" in r.stdout
     body = json.loads(j.read_text())
-    assert body["passed"] == 4 and body["failed"] == 0 and body["baseline_records"] == 17
+    assert body["passed"] == 4 and body["failed"] == 0 and body["baseline_records"] == 19
     suite = ET.parse(x).getroot()
     assert suite.tag == "testsuite" and suite.get("tests") == "4" and suite.get("failures") == "0"
 
@@ -85,9 +85,9 @@ def test_failed_point_keeps_workspace_and_names_reproducer(tmp_path: Path) -> No
     keep.mkdir()
     # Planted bugs reach lorch only through the library's test-only extra_env.
     opts = Options(jobs=1, keep_failed=keep, extra_env={"LORCH_PLANT_BUG": "no_torn_cut"})
-    _, results = run("happy-path", ["torn"], [5], opts)
+    _, results = run("happy-path", ["torn"], [7], opts)
     (r,) = results
     assert r.verdict == "fail" and r.invariant == "ledger_replays"
     assert "FAIL" in table(results) and "ledger_replays" in table(results)
-    assert reproduce("happy-path", r) == "lorch crashtest happy-path --modes torn --offsets 5"
+    assert reproduce("happy-path", r) == "lorch crashtest happy-path --modes torn --offsets 7"
     assert r.workspace is not None and (Path(r.workspace) / "lorch.json").exists()

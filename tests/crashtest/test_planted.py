@@ -13,8 +13,8 @@ from lorch.resources import scenarios_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# happy-path records: 3 builder started, 4 command implement, 5 artifact.produced,
-# 8 builder.completed.
+# happy-path records: 3-5 agents started, 6 command implement, 7 artifact.produced,
+# 9 builder.progress, 10 builder.completed, 11 command review.
 
 
 def variant(tmp_path: Path, change: dict[str, Any]) -> Path:
@@ -42,10 +42,10 @@ def failures(
 @pytest.mark.parametrize(
     ("bug", "modes", "offsets", "invariant"),
     [
-        ("new_key_on_resend", ["kill"], [4, 5], "one_key_per_command"),
-        ("skip_command_fsync", ["powerloss"], [4, 10], "write_ahead"),
-        ("receipt_before_ledger", ["torn"], [8], "receipts_match"),
-        ("no_torn_cut", ["torn"], [5, 8], "ledger_replays"),
+        ("new_key_on_resend", ["kill"], [6, 7], "one_key_per_command"),
+        ("skip_command_fsync", ["powerloss"], [6, 11], "write_ahead"),
+        ("receipt_before_ledger", ["torn"], [10], "receipts_match"),
+        ("no_torn_cut", ["torn"], [7, 10], "ledger_replays"),
     ],
 )
 def test_planted_orchestrator_bug_is_caught(
@@ -59,7 +59,7 @@ def test_planted_orchestrator_bug_is_caught(
 
 def test_orphaned_agents_left_running_are_caught(tmp_path: Path) -> None:
     # The builder reports progress, then works 1.5 s more: a crash at the progress
-    # record (7) leaves it busy, and only resume can end it.
+    # record (9) leaves it busy, and only resume can end it.
     slow = variant(
         tmp_path,
         {
@@ -74,11 +74,11 @@ def test_orphaned_agents_left_running_are_caught(tmp_path: Path) -> None:
             ]
         },
     )
-    assert failures(slow, ["kill"], [7]) == {}
-    assert failures(slow, ["kill"], [7], "no_orphan_kill") == {"kill@7": "orphans_ended"}
+    assert failures(slow, ["kill"], [9]) == {}
+    assert failures(slow, ["kill"], [9], "no_orphan_kill") == {"kill@9": "orphans_ended"}
 
 
 def test_agent_that_redoes_work_is_caught(tmp_path: Path) -> None:
     redo = variant(tmp_path, {"top": {"misbehave": {"redo_on_repeat": True}}})
-    found = failures(redo, ["kill"], [5, 6])
+    found = failures(redo, ["kill"], [7, 8])
     assert found and set(found.values()) == {"no_duplicate_work"}, found

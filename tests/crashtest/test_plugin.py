@@ -10,7 +10,7 @@ EXAMPLE = """
 import pytest
 
 
-@pytest.mark.lorch_crashpoints("happy-path", modes=["kill", "torn"], offsets=[4, 8])
+@pytest.mark.lorch_crashpoints("happy-path", modes=["kill", "torn"], offsets=[6, 10])
 def test_resume_after_crash(lorch_crash_point, tmp_path):
     result = lorch_crash_point.explore(tmp_path)
     assert result.verdict == "pass", f"{result.invariant}: {result.detail}"
@@ -29,7 +29,7 @@ def test_docs_example_suite_runs(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "lorch", "-v")
     result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(
-        ["*test_resume_after_crash?kill@4?*PASSED*", "*test_resume_after_crash?torn@8?*PASSED*"]
+        ["*test_resume_after_crash?kill@6?*PASSED*", "*test_resume_after_crash?torn@10?*PASSED*"]
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -141,8 +142,11 @@ def _set(doc: Any, path: list[Any], value: Any) -> None:
 
 def test_all_schemas_are_valid_schemas() -> None:
     assert sorted(VALID) == sorted(schemas.NAMES)
-    for name in schemas.NAMES:
-        schemas.validator(name)
+    from jsonschema import Draft202012Validator
+
+    for name in (*schemas.NAMES, "fixture"):
+        path = schemas.schema_path(name)
+        Draft202012Validator.check_schema(json.loads(path.read_text()))
 
 
 @pytest.mark.parametrize("name", schemas.NAMES)

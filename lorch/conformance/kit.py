@@ -1,0 +1,188 @@
+"""Running the battery and writing its reports (table, JSON, JUnit, transcript)."""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorch.atomic import atomic_write_bytes
+from lorch.conformance.checks import CHECKS, Outcome, Session, Verdict
+from lorch.errors import AgentError, AgentStartError, UsageError
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome]
+    transcript: str
+    seconds: float
+    unexpected_passes: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not any(o.blocking for o in self.outcomes)
+
+
+def read_expected(path: Path | None) -> set[str]:
+    if path is None:
+        return set()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read expected failures: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = [ln.split("#")[0].strip() for ln in text.splitlines()]
+    ids = {str(x) for x in data if x}
+    known = {c.id for c in CHECKS}
+    unknown = sorted(ids - known)
+    if unknown:
+        raise UsageError(
+            f"{path}: unknown check id {unknown[0]!r}; known: {', '.join(sorted(known))}"
+        )
+    return ids
+
+
+def run_battery(
+    argv: list[str],
+    *,
+    role: str = "builder",
+    workspace: Path | None = None,
+    only: list[str] | None = None,
+    timeout: float = 10.0,
+    expected: set[str] | None = None,
+) -> Report:
+    known = {c.id for c in CHECKS}
+    for c in only or []:
+        if c not in known:
+            raise UsageError(f"--only {c}: unknown check; known: {', '.join(sorted(known))}")
+    started = time.monotonic()
+    session = Session(argv, role, workspace, timeout)
+    outcomes: list[Outcome] = []
+    try:
+        session.start()
+        _ensure_alive(session)
+        for check in CHECKS:
+            if only and check.id not in only:
+                continue
+            try:
+                verdict = check.run(session)
+            except AgentError:
+                raise
+            except Exception as e:
+                verdict = Verdict("fail", f"check could not complete: {type(e).__name__}: {e}")
+            if (
+                session.agent.proc is not None
+                and session.agent.proc.poll() is not None
+                and check.id not in ("LIFE-001", "LIFE-002")
+            ):
+                session.start()
+            outcomes.append(
+                Outcome(check, verdict, expected_failure=check.id in (expected or set()))
+            )
+        transcript = session.agent.t.dump(session.agent.redactor)
+    finally:
+        session.close()
+    unexpected = [
+        o.check.id
+        for o in outcomes
+        if o.check.id in (expected or set()) and o.verdict.status == "pass"
+    ]
+    return Report(outcomes, transcript, time.monotonic() - started, unexpected)
+
+
+def _ensure_alive(session: Session) -> None:
+    """The agent must at least start and answer; else exit 2 with the reason."""
+    cmd = session.command()
+    ex = session.exchange(cmd, timeout=session.timeout)
+    proc = session.agent.proc
+    assert proc is not None
+    if ex.terminal is None and not ex.heartbeats and not ex.events:
+        rc = proc.poll()
+        tail = session.agent.stderr_tail()
+        why = (
+            f"exited with code {rc}"
+            if rc is not None
+            else f"printed nothing in {session.timeout:g} s"
+        )
+        session.close()
+        raise AgentStartError(
+            f"agent {session.argv[0]!r} {why}" + (f"; stderr: {tail}" if tail else "")
+        )
+    session.cache["baseline"] = ex
+
+
+def table(report: Report) -> str:
+    rows = [("check", "severity", "verdict", "evidence")]
+    for o in report.outcomes:
+        v = o.verdict.status.upper() + (
+            " (expected)" if o.expected_failure and o.verdict.status == "fail" else ""
+        )
+        where = (
+            f" [transcript lines {', '.join(map(str, o.verdict.lines[:5]))}]"
+            if o.verdict.lines and o.verdict.status == "fail"
+            else ""
+        )
+        rows.append((o.check.id, o.check.severity, v, o.verdict.evidence + where))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}".rstrip() for r in rows
+    )
+
+
+def summary(report: Report) -> str:
+    counts = {
+        s: sum(o.verdict.status == s for o in report.outcomes) for s in ("pass", "fail", "skip")
+    }
+    verdict = "CONFORMS" if report.passed else "DOES NOT CONFORM"
+    line = f"{verdict}: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} not applicable in {report.seconds:.1f} s"
+    if report.unexpected_passes:
+        line += (
+            f"; listed as expected failures but passing now: {', '.join(report.unexpected_passes)}"
+        )
+    return line
+
+
+def to_json(path: Path, report: Report) -> None:
+    body = {
+        "conforms": report.passed,
+        "seconds": round(report.seconds, 3),
+        "unexpected_passes": report.unexpected_passes,
+        "checks": [
+            {
+                "id": o.check.id,
+                "severity": o.check.severity,
+                "rule": o.check.rule,
+                "why": o.check.why,
+                "verdict": o.verdict.status,
+                "expected_failure": o.expected_failure,
+                "evidence": o.verdict.evidence,
+                "transcript_lines": o.verdict.lines,
+            }
+            for o in report.outcomes
+        ],
+    }
+    atomic_write_bytes(path, (json.dumps(body, indent=2) + "\n").encode())
+
+
+def to_junit(path: Path, report: Report) -> None:
+    suite = ET.Element(
+        "testsuite",
+        name="lorch conformance",
+        tests=str(len(report.outcomes)),
+        failures=str(sum(o.verdict.status == "fail" for o in report.outcomes)),
+        skipped=str(sum(o.verdict.status == "skip" for o in report.outcomes)),
+        time=f"{report.seconds:.3f}",
+    )
+    for o in report.outcomes:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"conformance.{o.check.severity}", name=o.check.id
+        )
+        if o.verdict.status == "fail":
+            ET.SubElement(case, "failure", message=o.verdict.evidence).text = o.check.why
+        elif o.verdict.status == "skip":
+            ET.SubElement(case, "skipped", message=o.verdict.evidence)
+    atomic_write_bytes(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True) + b"\n")
