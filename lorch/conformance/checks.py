@@ -6,6 +6,7 @@ failure blamed on the agent.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import time
@@ -299,7 +300,7 @@ def heartbeats(s: Session) -> Verdict:
             _n(beats),
         )
     seqs = [ln.message["seq"] for ln in beats if ln.message]
-    if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(seqs)):
         return Verdict("fail", f"heartbeat seq not increasing: {seqs[:10]}", _n(beats))
     pids = {ln.message["pid"] for ln in beats if ln.message}
     if pids != {s.agent.pid}:
@@ -307,10 +308,11 @@ def heartbeats(s: Session) -> Verdict:
             "fail", f"heartbeat pid {sorted(pids)} is not the agent's pid {s.agent.pid}", _n(beats)
         )
     statuses = [ln.message["status"] for ln in beats if ln.message]
-    for a, b in zip(statuses, statuses[1:], strict=False):
+    for a, b in itertools.pairwise(statuses):
         if b not in STATUS_NEXT[a]:
             return Verdict("fail", f"heartbeat status went {a} → {b}", _n(beats))
-    gaps = [b.at - a.at for a, b in zip(beats, beats[1:], strict=False)]
+    now = time.monotonic() - s.transcript.started
+    gaps = [b.at - a.at for a, b in itertools.pairwise(beats)] + [now - beats[-1].at]
     worst = max(gaps)
     if worst > HEARTBEAT_INTERVAL * 3:
         return Verdict(

@@ -78,6 +78,8 @@ class AgentUnderTest:
     # -- life -------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.proc is not None:
+            self.kill()  # the previous process and its pipes, whatever its state
         self.generation += 1
         self.inbox = queue.Queue()
         self.proc = subprocess.Popen(

@@ -104,6 +104,59 @@ def work(cmd):
     return [event(cmd, "spec.no_changes_needed", None, {})]
 
 
+def error(cmd, code, message):
+    base = {"correlation_id": "unknown", "task_id": "unknown"}
+    if isinstance(cmd, dict):
+        base.update(
+            {k: cmd[k] for k in ("correlation_id", "task_id") if isinstance(cmd.get(k), str)}
+        )
+    return event(base, "error", "failed", {"code": code, "message": message})
+
+
+def answer(line):
+    """Events for one input line; never raises on bad input."""
+    if len(line) > 262144:
+        return [error(None, "line_too_long", "%d bytes" % len(line))]
+    try:
+        cmd = json.loads(line)
+    except ValueError:
+        return [error(None, "bad_json", "not JSON")]
+    if not isinstance(cmd, dict) or cmd.get("kind") != "command" or "idempotency_key" not in cmd:
+        return [error(cmd, "schema_violation", "not a command")]
+    if cmd.get("action") not in (
+        "implement",
+        "implement_changes",
+        "review",
+        "update_spec",
+        "intake",
+        "task_discovery",
+    ):
+        return [error(cmd, "unknown_action", str(cmd.get("action")))]
+    snap = os.environ.get("LORCH_SNAPSHOT_ID")
+    if snap and cmd.get("version", {}).get("snapshot_id") != snap:
+        return [error(cmd, "version_mismatch", "other snapshot")]
+    digest = hashlib.sha256(
+        json.dumps([cmd["action"], cmd["inputs"]], sort_keys=True).encode()
+    ).hexdigest()
+    key = os.path.join(CACHE, cmd["idempotency_key"][3:] + ".json")
+    if os.path.exists(key):
+        with open(key) as f:
+            saved = json.load(f)
+        if saved["digest"] != digest:
+            return [error(cmd, "idempotency_conflict", "key reused with other inputs")]
+        events = saved["events"]
+        for e in events:
+            e["correlation_id"] = cmd["correlation_id"]
+        return events
+    status[0] = "busy"
+    events = work(cmd)
+    with open(key + ".tmp", "w") as f:
+        json.dump({"digest": digest, "events": events}, f)
+    os.replace(key + ".tmp", key)
+    status[0] = "ready"
+    return events
+
+
 def main():
     os.makedirs(CACHE, exist_ok=True)
     beat()
@@ -114,20 +167,8 @@ def main():
             open(marker, "w").close()
             sys.stdout.write("not json at all\n")
             sys.stdout.flush()
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        key = os.path.join(CACHE, cmd["idempotency_key"][3:] + ".json")
-        if os.path.exists(key):
-            with open(key) as f:
-                events = json.load(f)
-        else:
-            status[0] = "busy"
-            events = work(cmd)
-            with open(key + ".tmp", "w") as f:
-                json.dump(events, f)
-            os.replace(key + ".tmp", key)
-            status[0] = "ready"
-        for e in events:
+    for line in sys.stdin.buffer:
+        for e in answer(line.rstrip(b"\n")):
             e["message_id"] = "evt-" + uuid.uuid4().hex[:12]
             out(e)
 

@@ -1,0 +1,228 @@
+"""The conformance kit discriminates: good agents pass, each bad behaviour is caught."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lorch.conformance import run_battery
+from lorch.errors import AgentStartError
+
+pytestmark = pytest.mark.e2e
+
+SIMPLE = str(Path(__file__).parent.parent / "agents" / "simple_agent.py")
+
+
+def mock(tmp_path: Path, fixture: dict[str, Any] | None = None) -> list[str]:
+    argv = [str(Path(sys.executable).parent / "mockagent"), "--type", "builder"]
+    if fixture is not None:
+        p = tmp_path / "fixture.json"
+        p.write_text(json.dumps(fixture))
+        argv += ["--script", str(p)]
+    return argv
+
+
+def failed(report: Any) -> set[str]:
+    return {o.check.id for o in report.outcomes if o.verdict.status == "fail"}
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lorch", "conformance", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_correct_mockagent_passes_with_reports(tmp_path: Path) -> None:
+    j, x, t = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "t.txt"
+    r = cli(
+        "--json",
+        str(j),
+        "--junit",
+        str(x),
+        "--transcript",
+        str(t),
+        "--",
+        *mock(tmp_path),
+        env={"API_TOKEN": "sekrit-value-123"},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CONFORMS: 17 passed, 0 failed" in r.stdout
+    body = json.loads(j.read_text())
+    assert body["conforms"] and len(body["checks"]) == 17
+    assert {c["id"] for c in body["checks"]} >= {"IDEMP-001", "IDEMP-003", "VER-001", "LIFE-002"}
+    suite = ET.parse(x).getroot()
+    assert suite.get("tests") == "17" and suite.get("failures") == "0"
+    text = t.read_text()
+    assert " in " in text and " out " in text
+
+
+@pytest.mark.parametrize(
+    ("misbehave", "expected"),
+    [
+        (
+            {"redo_on_repeat": True},
+            {"IDEMP-001", "IDEMP-002", "IDEMP-003", "IDEMP-004", "IDEMP-006"},
+        ),
+        (
+            {"rewrite_files_on_repeat": True},
+            {"IDEMP-001", "IDEMP-002", "IDEMP-003", "IDEMP-004", "IDEMP-006"},
+        ),
+        ({"correlation_id": "change"}, {"CORR-001"}),
+        ({"correlation_id": "drop"}, {"PROTO-001"}),
+        ({"skip_heartbeats": True}, {"HB-001"}),
+        ({"ignore_version": True}, {"VER-001"}),
+    ],
+)
+def test_each_misbehaviour_is_caught(
+    tmp_path: Path, misbehave: dict[str, Any], expected: set[str]
+) -> None:
+    report = run_battery(mock(tmp_path, {"misbehave": misbehave}), timeout=3)
+    assert not report.passed
+    assert expected <= failed(report), failed(report)
+    if len(expected) == 1 and "PROTO-001" not in expected:
+        assert failed(report) == expected
+
+
+def ok_response(**extra: Any) -> dict[str, Any]:
+    body = {
+        "files": [{"path": "out.txt", "content": "{round}"}],
+        "events": [{"type": "builder.completed", "payload": {"tests": {"status": "pass"}}}],
+    }
+    body.update(extra)
+    return {"responses": {"implement": body}}
+
+
+@pytest.mark.parametrize(
+    ("fault", "check"),
+    [
+        ({"kind": "garbage"}, "PROTO-001"),
+        ({"kind": "oversized"}, "PROTO-001"),
+        ({"kind": "wrong_correlation"}, "CORR-001"),
+        ({"kind": "stop_heartbeats"}, "HB-001"),
+    ],
+)
+def test_fault_modes_are_caught(tmp_path: Path, fault: dict[str, Any], check: str) -> None:
+    report = run_battery(mock(tmp_path, ok_response(fault=fault)), timeout=3)
+    assert check in failed(report), failed(report)
+
+
+def test_an_agent_that_does_nothing_new_fails_the_negative_control(tmp_path: Path) -> None:
+    # Answers every round with the same canned artifact and never writes a file.
+    canned = {
+        "responses": {
+            "implement": {
+                "events": [
+                    {
+                        "type": "builder.completed",
+                        "artifacts": [
+                            {"path": "README.md", "sha256": "sha256:" + "0" * 64, "size": 1}
+                        ],
+                        "payload": {"tests": {"status": "pass"}},
+                    }
+                ]
+            }
+        }
+    }
+    report = run_battery(mock(tmp_path, canned), timeout=3, only=["ART-001", "IDEMP-005"])
+    assert failed(report) == {"ART-001", "IDEMP-005"}
+
+
+def test_independent_agent_conforms() -> None:
+    report = run_battery([sys.executable, SIMPLE, "builder"], timeout=5)
+    assert report.passed, [
+        (o.check.id, o.verdict.evidence) for o in report.outcomes if o.verdict.status == "fail"
+    ]
+    statuses = {o.check.id: o.verdict.status for o in report.outcomes}
+    assert statuses["IDEMP-004"] in ("pass", "skip")  # too fast to kill mid-work: not applicable
+
+
+def test_hanging_agent_times_out_as_failures(tmp_path: Path) -> None:
+    fx = {
+        "responses": {
+            "implement": [
+                {
+                    "events": [
+                        {"type": "builder.completed", "payload": {"tests": {"status": "pass"}}}
+                    ]
+                },
+                {"fault": {"kind": "hang"}},
+            ]
+        }
+    }
+    report = run_battery(mock(tmp_path, fx), timeout=1, only=["IDEMP-005"])
+    (o,) = report.outcomes
+    assert o.verdict.status == "fail" and "within 1 s" in o.verdict.evidence
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (["no-such-agent-xyz"], "command not found"),
+        (
+            [sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"],
+            "exited with code 3; stderr: boom",
+        ),
+        ([sys.executable, "-c", "import time; time.sleep(30)"], "printed nothing"),
+    ],
+)
+def test_agent_that_cannot_run_exits_2(argv: list[str], text: str) -> None:
+    r = cli("--timeout", "1", "--", *argv)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert text in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(AgentStartError):
+        run_battery(argv, timeout=1)
+
+
+def test_expected_failures_file(tmp_path: Path) -> None:
+    fx = tmp_path / "fx.json"
+    fx.write_text(json.dumps({"misbehave": {"ignore_version": True}}))
+    known = tmp_path / "known.txt"
+    known.write_text("VER-001  # our agent ignores versions for now\nLIFE-001\n")
+    argv = [
+        str(Path(sys.executable).parent / "mockagent"),
+        "--type",
+        "builder",
+        "--script",
+        str(fx),
+    ]
+    r = cli("--expected-failures", str(known), "--", *argv)
+    assert r.returncode == 0, r.stdout
+    assert "FAIL (expected)" in r.stdout
+    assert "listed as expected failures but passing now: LIFE-001" in r.stdout
+    known.write_text("NOPE-999\n")
+    r = cli("--expected-failures", str(known), "--", *argv)
+    assert r.returncode == 2 and "unknown check id 'NOPE-999'" in r.stderr
+
+
+def test_no_processes_left_behind(tmp_path: Path) -> None:
+    marker = f"lorch-conformance-{os.getpid()}"
+    fx = tmp_path / "fx.json"
+    fx.write_text(
+        json.dumps({"expect_snapshot": "snap-000000000000", "misbehave": {"ignore_version": True}})
+    )
+    run_battery(
+        [
+            str(Path(sys.executable).parent / "mockagent"),
+            "--type",
+            "builder",
+            "--id",
+            marker,
+            "--script",
+            str(fx),
+        ],
+        timeout=2,
+    )
+    ps = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
+    alive = [ln for ln in ps.splitlines() if marker in ln and not ln.startswith("Z")]
+    assert alive == []
