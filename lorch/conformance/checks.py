@@ -296,7 +296,8 @@ def heartbeats(s: Session) -> Verdict:
     if len(beats) < 2:
         return Verdict(
             "fail",
-            f"{len(beats)} heartbeat(s) over {HEARTBEAT_INTERVAL * 4:g} s with LORCH_HEARTBEAT_INTERVAL={HEARTBEAT_INTERVAL}",
+            f"{len(beats)} heartbeat(s) over {HEARTBEAT_INTERVAL * 4:g} s "
+            f"with LORCH_HEARTBEAT_INTERVAL={HEARTBEAT_INTERVAL}",
             _n(beats),
         )
     seqs = [ln.message["seq"] for ln in beats if ln.message]
@@ -317,7 +318,8 @@ def heartbeats(s: Session) -> Verdict:
     if worst > HEARTBEAT_INTERVAL * 3:
         return Verdict(
             "fail",
-            f"a gap of {worst:.2f} s between heartbeats (interval {HEARTBEAT_INTERVAL} s, 3 missed = unhealthy)",
+            f"a gap of {worst:.2f} s between heartbeats "
+            f"(interval {HEARTBEAT_INTERVAL} s, 3 missed = unhealthy)",
             _n(beats),
         )
     return Verdict(
@@ -341,7 +343,8 @@ def correlation(s: Session) -> Verdict:
         m = wrong[0].message or {}
         return Verdict(
             "fail",
-            f"event {m.get('event')} has task {m.get('task_id')} / correlation {m.get('correlation_id')}, expected {cmd['task_id']} / {cmd['correlation_id']}",
+            f"event {m.get('event')} has task {m.get('task_id')} / correlation "
+            f"{m.get('correlation_id')}, expected {cmd['task_id']} / {cmd['correlation_id']}",
             _n(wrong),
         )
     return Verdict("pass", f"{len(ex.events)} events echo task_id and correlation_id")
@@ -374,7 +377,8 @@ def artifacts(s: Session) -> Verdict:
         if (sha, size) != (a["sha256"], a["size"]):
             return Verdict(
                 "fail",
-                f"artifact {a['path']}: claimed {a['sha256']} ({a['size']} B), file is {sha} ({size} B)",
+                f"artifact {a['path']}: claimed {a['sha256']} ({a['size']} B), "
+                f"file is {sha} ({size} B)",
                 [ln.n],
             )
     return Verdict("pass", f"{len(arts)} artifact claims match the files")
@@ -388,7 +392,9 @@ def _repeat(s: Session, ex: Exchange, what: str) -> Verdict:
     if not equivalent(ex.terminal_msg, again.terminal_msg):
         return Verdict(
             "fail",
-            f"{what}: answer differs from the first ({ex.terminal_msg.get('event')} {ex.terminal_msg.get('status')} vs {again.terminal_msg.get('event')} {again.terminal_msg.get('status')})",
+            f"{what}: answer differs from the first "
+            f"({ex.terminal_msg.get('event')} {ex.terminal_msg.get('status')} vs "
+            f"{again.terminal_msg.get('event')} {again.terminal_msg.get('status')})",
             [ex.terminal.n if ex.terminal else 0, again.terminal.n if again.terminal else 0],
         )
     changed = diff(before, fingerprint(s.workspace))
@@ -460,7 +466,8 @@ def crash_mid_work(s: Session) -> Verdict:
         s.restart()
         return Verdict(
             "skip",
-            "the agent finished before it could be killed mid-work (no busy heartbeat or progress event first)",
+            "the agent finished before it could be killed mid-work "
+            "(no busy heartbeat or progress event first)",
         )
     s.restart()
     ex = s.exchange(s.again(cmd))
@@ -545,7 +552,8 @@ def version_mismatch(s: Session) -> Verdict:
         return Verdict("pass", "answered error version_mismatch")
     return Verdict(
         "fail",
-        f"a command for snapshot-000000000000 (workspace {s.snapshot_id}) got {msg.get('event')} {code or ''}".strip(),
+        f"a command for snapshot-000000000000 (workspace {s.snapshot_id}) "
+        f"got {msg.get('event')} {code or ''}".strip(),
         [ex.terminal.n] if ex.terminal else [],
     )
 

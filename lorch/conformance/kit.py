@@ -138,7 +138,10 @@ def summary(report: Report) -> str:
         s: sum(o.verdict.status == s for o in report.outcomes) for s in ("pass", "fail", "skip")
     }
     verdict = "CONFORMS" if report.passed else "DOES NOT CONFORM"
-    line = f"{verdict}: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} not applicable in {report.seconds:.1f} s"
+    line = (
+        f"{verdict}: {counts['pass']} passed, {counts['fail']} failed, "
+        f"{counts['skip']} not applicable in {report.seconds:.1f} s"
+    )
     if report.unexpected_passes:
         line += (
             f"; listed as expected failures but passing now: {', '.join(report.unexpected_passes)}"

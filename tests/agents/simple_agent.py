@@ -116,7 +116,7 @@ def error(cmd, code, message):
 def answer(line):
     """Events for one input line; never raises on bad input."""
     if len(line) > 262144:
-        return [error(None, "line_too_long", "%d bytes" % len(line))]
+        return [error(None, "line_too_long", f"{len(line)} bytes")]
     try:
         cmd = json.loads(line)
     except ValueError:
