@@ -103,6 +103,21 @@ class Output:
     def line(self, message: dict[str, Any]) -> None:
         self.raw(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
 
+    def chunked(self, data: bytes, size: int, gap: float) -> None:
+        """One line written in pieces; the lock keeps heartbeats out of its middle."""
+        with self.lock:
+            for i in range(0, len(data), size):
+                if self.closed:
+                    return
+                try:
+                    self.stream.write(data[i : i + size])
+                    self.stream.flush()
+                except (BrokenPipeError, ValueError):
+                    self.closed = True
+                    return
+                if gap > 0:
+                    time.sleep(gap)
+
     def raw(self, data: bytes) -> None:
         with self.lock:
             if self.closed:
@@ -126,6 +141,7 @@ class Agent:
         self.heartbeats_on = opts.heartbeats and not self._misbehave("skip_heartbeats")
         self.stop = threading.Event()
         self.calls: dict[str, int] = {}
+        self.dribble: dict[str, Any] | None = None
         self.rng = random.Random(opts.seed)
         self.journal_path = opts.state_dir / "journal.ndjson"
         opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -261,7 +277,13 @@ class Agent:
             ev = {k: v for k, v in ev.items() if k != "correlation_id"}
         elif mode == "change":
             ev = {**ev, "correlation_id": ev["correlation_id"] + "-other"}
-        self.out.line(ev)
+        if self.dribble is None:
+            self.out.line(ev)
+            return
+        # One line in small chunks with gaps: readers must reassemble lines.
+        data = json.dumps(ev, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        gap = float(self.dribble.get("gap_ms", 0)) / 1000.0
+        self.out.chunked(data, int(self.dribble["chunk"]), gap)
 
     def handle_line(self, raw: bytes) -> None:
         if len(raw) > MAX_LINE:
@@ -325,6 +347,7 @@ class Agent:
                     )
                     return
                 self.journal(ik, action, task_id, attempt, "cached")
+                self.dribble = None
                 for ev in cached["events"]:
                     self.emit({**ev, "message_id": f"evt-{uuid.uuid4().hex[:12]}"})
                 return
@@ -386,6 +409,7 @@ class Agent:
             "attempt": str(attempt),
         }
         resp = render(resp, ctx)
+        self.dribble = resp.get("dribble")
         fault = resp.get("fault")
         if fault and not self._fault_fires(fault, attempt, self.calls.get(cmd["action"], 1)):
             fault = None
@@ -445,8 +469,19 @@ class Agent:
         p = fault.get("probability")
         return not (p is not None and (p <= 0 or self.rng.random() >= p))
 
-    def _delay(self, ms: float) -> None:
+    def _delay(self, spec: Any) -> None:
+        """Wait a fixed or random (seeded) time; heartbeats go on meanwhile."""
+        if isinstance(spec, dict) and "uniform" in spec:
+            lo, hi = spec["uniform"]
+            ms = self.rng.uniform(lo, hi)
+        elif isinstance(spec, dict) and "lognormal" in spec:
+            p = spec["lognormal"]
+            ms = min(p["cap_ms"], self.rng.lognormvariate(p["mu"], p["sigma"]))
+        else:
+            ms = float(spec or 0)
         if ms > 0:
+            if isinstance(spec, dict):
+                self.log(f"random delay {ms:.3f} ms")
             self.stop.wait(ms / 1000.0)
 
     def write_file(self, spec: dict[str, Any]) -> dict[str, Any]:

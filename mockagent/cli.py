@@ -13,7 +13,10 @@ ROLES = ("builder", "reviewer", "spec_maintainer", "orchestration")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mockagent",
-        description="A scriptable mock agent for lorch. Subcommand: mockagent validate FIXTURE.",
+        description=(
+            "A scriptable mock agent for lorch. Also: mockagent validate FIXTURE; "
+            "mockagent record --out FIXTURE -- CMD ARGS..."
+        ),
     )
     p.add_argument("--script", type=Path, help="fixture file (JSON)")
     p.add_argument("--type", dest="role", choices=ROLES, help="the agent's role")
@@ -46,6 +49,17 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(e))
         print(f"{args_list[1]}: ok")
         return 0
+
+    if args_list[:1] == ["record"]:
+        rest = args_list[1:]
+        if len(rest) < 4 or rest[0] != "--out" or rest[2] != "--":
+            return _fail("usage: mockagent record --out FIXTURE -- CMD ARGS...")
+        from mockagent.record import record
+
+        try:
+            return record(Path(rest[1]), rest[3:])
+        except OSError as e:
+            return _fail(f"cannot run {rest[3]!r}: {e.strerror}")
 
     args = _parser().parse_args(args_list)
     role = args.role or os.environ.get("LORCH_ROLE")

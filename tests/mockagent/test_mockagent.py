@@ -460,3 +460,123 @@ def test_sigterm_and_eof_end_it_promptly(mockagent_bin: str, ws: Path) -> None:
     a.close()
     b = Agent(mockagent_bin, ws, "--type", "builder")
     assert b.close() == 0
+
+
+def test_random_delays_are_reproducible_from_the_seed(mockagent_bin: str, ws: Path) -> None:
+    logs: list[list[str]] = []
+    for seed in ("7", "7", "8"):
+        state = ws / f"s{len(logs)}"
+        fx = {
+            "responses": {
+                "implement": {
+                    "delay_ms": {"uniform": [0, 3]},
+                    "events": [
+                        {
+                            "type": "builder.completed",
+                            "delay_ms": {"lognormal": {"mu": 0, "sigma": 1, "cap_ms": 2}},
+                            "payload": {"tests": {"status": "pass"}},
+                        }
+                    ],
+                }
+            }
+        }
+        r = subprocess.run(
+            [
+                mockagent_bin,
+                "--type",
+                "builder",
+                "--seed",
+                seed,
+                "--state-dir",
+                str(state),
+                "--no-heartbeat",
+                "--workspace",
+                str(ws),
+                "--script",
+                fixture(ws, fx),
+            ],
+            input=b"".join(
+                json.dumps(command(inputs={"round": i}, corr=f"c{i}")).encode() + b"\n"
+                for i in range(3)
+            ),
+            capture_output=True,
+            timeout=20,
+        )
+        assert r.returncode == 0
+        logs.append([ln for ln in r.stderr.decode().splitlines() if "random delay" in ln])
+    assert len(logs[0]) == 6
+    assert logs[0] == logs[1] and logs[0] != logs[2]
+
+
+def test_dribbled_lines_arrive_whole(mockagent_bin: str, ws: Path) -> None:
+    fx = {
+        "responses": {
+            "implement": {
+                "dribble": {"chunk": 5, "gap_ms": 1},
+                "events": [
+                    {"type": "builder.progress", "payload": {"message": "x" * 200}},
+                    {"type": "builder.completed", "payload": {"tests": {"status": "pass"}}},
+                ],
+            }
+        }
+    }
+    a = Agent(
+        mockagent_bin,
+        ws,
+        "--type",
+        "builder",
+        "--heartbeat-interval",
+        "0.01",
+        "--script",
+        fixture(ws, fx),
+    )
+    a.send(command())
+    evs = a.events()
+    a.close()
+    assert [e["event"] for e in evs] == ["builder.progress", "builder.completed"]
+    for line in a.lines:
+        protocol.decode(line)  # heartbeats never land inside a dribbled line
+
+
+def test_record_then_replay(mockagent_bin: str, ws: Path, tmp_path: Path) -> None:
+    out = tmp_path / "recorded.json"
+    rec = subprocess.Popen(
+        [
+            mockagent_bin,
+            "record",
+            "--out",
+            str(out),
+            "--",
+            mockagent_bin,
+            "--type",
+            "reviewer",
+            "--review-changes-count",
+            "1",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ws,
+        env={**os.environ, "LORCH_WORKSPACE": str(ws)},
+    )
+    stdin = b"".join(
+        json.dumps(command("review", role="reviewer", inputs={"round": r}, corr=f"c{r}")).encode()
+        + b"\n"
+        for r in (1, 2)
+    )
+    stdout, _ = rec.communicate(stdin, timeout=20)
+    assert rec.returncode == 0
+    assert stdout.count(b"review.completed") == 2  # passed through
+    body = json.loads(out.read_text())
+    seq = body["responses"]["review"]
+    assert [r["events"][-1]["status"] for r in seq] == ["changes_requested", "approved"]
+    assert seq[0]["files"][0]["path"] == "reviews/T-0042.json"
+    check = subprocess.run([mockagent_bin, "validate", str(out)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    b = Agent(mockagent_bin, tmp_path, "--type", "reviewer", "--script", str(out))
+    statuses = []
+    for r in (1, 2):
+        b.send(command("review", role="reviewer", inputs={"round": r}, corr=f"c{r}"))
+        statuses.append(b.events()[-1]["status"])
+    b.close()
+    assert statuses == ["changes_requested", "approved"]
