@@ -525,13 +525,19 @@ class Agent:
 
 
 def _alive(pid: int) -> bool:
+    """Running, and not a zombie (a killed agent whose parent died stays one)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != b"Z"
 
 
 def serve(opts: Options) -> int:
