@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -35,6 +36,16 @@ TERMINAL = {
     "orchestration.plan_conflict",
     "error",
 }
+
+
+TASK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ID_RE = re.compile(r".{1,256}", re.S)
+SNAP_RE = re.compile(r"snap-[0-9a-f]{12}")
+
+
+def _echo(value: Any, pattern: re.Pattern[str]) -> str:
+    """Echo an id from a command, or "unknown" when it is not a valid one."""
+    return value if isinstance(value, str) and pattern.fullmatch(value) else "unknown"
 
 
 def now() -> str:
@@ -255,8 +266,8 @@ class Agent:
         ev: dict[str, Any] = {
             "kind": "event",
             "message_id": f"evt-{uuid.uuid4().hex[:12]}",
-            "correlation_id": str(cmd.get("correlation_id") or "unknown"),
-            "task_id": str(cmd.get("task_id") or "unknown"),
+            "correlation_id": _echo(cmd.get("correlation_id"), ID_RE),
+            "task_id": _echo(cmd.get("task_id"), TASK_RE),
             "from": {"agent_type": self.o.role, "agent_id": self.o.agent_id},
             "event": kind,
             "payload": payload or {},
@@ -266,8 +277,9 @@ class Agent:
             ev["status"] = status
         if artifacts:
             ev["artifacts"] = artifacts
-        snap = (cmd.get("version") or {}).get("snapshot_id")
-        if snap:
+        version = cmd.get("version")
+        snap = version.get("snapshot_id") if isinstance(version, dict) else None
+        if isinstance(snap, str) and SNAP_RE.fullmatch(snap):
             ev["observed_version"] = {"snapshot_id": snap}
         return ev
 
@@ -306,6 +318,10 @@ class Agent:
         action = cmd["action"]
         if action not in ACTIONS:
             self.emit(self.error_event(cmd, "unknown_action", f"unknown action {action!r}"))
+            return
+        problem = _schema_problem(cmd)
+        if problem is not None:
+            self.emit(self.error_event(cmd, "schema_violation", problem))
             return
         snap = (cmd.get("version") or {}).get("snapshot_id")
         if (
@@ -522,6 +538,26 @@ class Agent:
             self.emit({**self.event(cmd, "builder.progress"), "task_id": "T-9999"})
         elif kind == "wrong_correlation":
             self.emit({**self.event(cmd, "builder.progress"), "correlation_id": "corr-wrong"})
+
+
+_validator: Any = None
+
+
+def _schema_problem(cmd: dict[str, Any]) -> str | None:
+    """The first way ``cmd`` breaks the command schema (compiled on first use)."""
+    global _validator
+    if _validator is None:
+        from jsonschema import Draft202012Validator
+
+        from mockagent.fixture import schema_file
+
+        _validator = Draft202012Validator(json.loads(schema_file("command").read_text()))
+    for err in _validator.iter_errors(cmd):
+        where = "$" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path
+        )
+        return f"{where}: {err.message[:200]}"
+    return None
 
 
 def _alive(pid: int) -> bool:

@@ -13,13 +13,14 @@ class FixtureError(Exception):
     """A fixture that cannot be used; the message names the file and JSON path."""
 
 
-def _schema_file() -> Path:
+def schema_file(name: str) -> Path:
+    """A v1 schema file, from the installed package or the source tree."""
     here = Path(__file__).resolve().parent
     for base in (here.parent / "lorch" / "_data" / "schemas", here.parent / "schemas"):
-        p = base / "v1" / "fixture.v1.json"
+        p = base / "v1" / f"{name}.v1.json"
         if p.is_file():
             return p
-    raise FixtureError("mockagent installation is missing schemas/v1/fixture.v1.json")
+    raise FixtureError(f"mockagent installation is missing schemas/v1/{name}.v1.json")
 
 
 def _path(parts: Any) -> str:
@@ -46,7 +47,7 @@ def load(path: Path) -> dict[str, Any]:
 def validate(data: Any, path: Path) -> None:
     from jsonschema import Draft202012Validator
 
-    schema = json.loads(_schema_file().read_text(encoding="utf-8"))
+    schema = json.loads(schema_file("fixture").read_text(encoding="utf-8"))
     from jsonschema.exceptions import best_match
 
     e = best_match(Draft202012Validator(schema).iter_errors(data))

@@ -49,6 +49,14 @@ from lorch.conformance import kit
 @click.option(
     "--timeout", type=float, default=10.0, show_default=True, help="Seconds each wait may take."
 )
+@click.option(
+    "--fuzz",
+    "fuzz_examples",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Also run FUZZ-001 with this many generated commands.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fuzzer.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def conformance(
     role: str,
@@ -59,6 +67,8 @@ def conformance(
     transcript_path: Path | None,
     expected_failures: Path | None,
     timeout: float,
+    fuzz_examples: int,
+    seed: int,
     command: tuple[str, ...],
 ) -> None:
     """Check that the agent started by COMMAND is protocol-correct and idempotent."""
@@ -70,6 +80,8 @@ def conformance(
         only=list(only) or None,
         timeout=timeout,
         expected=expected,
+        fuzz_examples=fuzz_examples,
+        seed=seed,
     )
     click.echo(kit.table(report))
     click.echo(kit.summary(report))

@@ -9,8 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorch.atomic import atomic_write_bytes
-from lorch.conformance.checks import CHECKS, Outcome, Session, Verdict
+from lorch.conformance.checks import CHECKS, Check, Outcome, Session, Verdict
 from lorch.errors import AgentError, AgentStartError, UsageError
+
+
+def _not_run(session: Session) -> Verdict:
+    return Verdict("skip", "run with --fuzz")
+
+
+FUZZ = Check(
+    "FUZZ-001",
+    "recommended",
+    "DESIGN §3, §5.10",
+    "generated valid and near-valid commands must each get one answer, never a crash",
+    _not_run,
+)
 
 
 @dataclass
@@ -37,7 +50,7 @@ def read_expected(path: Path | None) -> set[str]:
     except ValueError:
         data = [ln.split("#")[0].strip() for ln in text.splitlines()]
     ids = {str(x) for x in data if x}
-    known = {c.id for c in CHECKS}
+    known = {c.id for c in CHECKS} | {FUZZ.id}
     unknown = sorted(ids - known)
     if unknown:
         raise UsageError(
@@ -54,8 +67,10 @@ def run_battery(
     only: list[str] | None = None,
     timeout: float = 10.0,
     expected: set[str] | None = None,
+    fuzz_examples: int = 0,
+    seed: int = 0,
 ) -> Report:
-    known = {c.id for c in CHECKS}
+    known = {c.id for c in CHECKS} | {FUZZ.id}
     for c in only or []:
         if c not in known:
             raise UsageError(f"--only {c}: unknown check; known: {', '.join(sorted(known))}")
@@ -83,6 +98,13 @@ def run_battery(
             outcomes.append(
                 Outcome(check, verdict, expected_failure=check.id in (expected or set()))
             )
+        if fuzz_examples and (not only or FUZZ.id in only):
+            from lorch.conformance.fuzz import fuzz
+
+            if session.agent.proc is None or session.agent.proc.poll() is not None:
+                session.start()
+            verdict = fuzz(session, seed=seed, examples=fuzz_examples)
+            outcomes.append(Outcome(FUZZ, verdict, expected_failure=FUZZ.id in (expected or set())))
         transcript = session.agent.t.dump(session.agent.redactor)
     finally:
         session.close()

@@ -226,3 +226,20 @@ def test_no_processes_left_behind(tmp_path: Path) -> None:
     ps = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
     alive = [ln for ln in ps.splitlines() if marker in ln and not ln.startswith("Z")]
     assert alive == []
+
+
+def test_fuzzing_passes_a_strict_agent_and_shrinks_a_lenient_ones_failure(tmp_path: Path) -> None:
+    good = run_battery(mock(tmp_path), only=["FUZZ-001"], fuzz_examples=60, seed=3, timeout=3)
+    (o,) = good.outcomes
+    assert o.verdict.status == "pass", o.verdict.evidence
+    # The independent agent accepts commands with a field missing: recommended, reported.
+    lenient = run_battery(
+        [sys.executable, SIMPLE, "builder"], only=["FUZZ-001"], fuzz_examples=60, seed=3, timeout=3
+    )
+    (o,) = lenient.outcomes
+    assert o.verdict.status == "fail" and "minimal input (seed 3)" in o.verdict.evidence
+    assert lenient.passed  # FUZZ-001 is recommended: it does not fail the run
+    again = run_battery(
+        [sys.executable, SIMPLE, "builder"], only=["FUZZ-001"], fuzz_examples=60, seed=3, timeout=3
+    )
+    assert again.outcomes[0].verdict.evidence.split("{")[0] == o.verdict.evidence.split("{")[0]
