@@ -423,6 +423,7 @@ class Agent:
             "snapshot_id": str((cmd.get("version") or {}).get("snapshot_id", "")),
             "call": str(self.calls.get(cmd["action"], 1)),
             "attempt": str(attempt),
+            "counter": str(sum(len(keys) for keys in self.keys_by_action.values())),
         }
         resp = render(resp, ctx)
         self.dribble = resp.get("dribble")

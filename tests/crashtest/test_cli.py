@@ -91,3 +91,12 @@ def test_failed_point_keeps_workspace_and_names_reproducer(tmp_path: Path) -> No
     assert "FAIL" in table(results) and "ledger_replays" in table(results)
     assert reproduce("happy-path", r) == "lorch crashtest happy-path --modes torn --offsets 7"
     assert r.workspace is not None and (Path(r.workspace) / "lorch.json").exists()
+
+
+def test_external_killer_mode() -> None:
+    from lorch.crashtest import Options
+    from lorch.crashtest import crashtest as run
+
+    _, results = run("happy-path", ["external"], [1, 2, 3], Options(jobs=2, seed=11))
+    assert [r.point.mode for r in results] == ["external"] * 3
+    assert all(r.verdict == "pass" for r in results), [(r.invariant, r.detail) for r in results]

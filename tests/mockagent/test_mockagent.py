@@ -160,7 +160,7 @@ def test_cycle_matching_and_templates(mockagent_bin: str, ws: Path) -> None:
         ev = a.events()[-1]
         got.append(ev["status"])
         if r == 1:
-            assert ev["payload"] == {"ik": c["idempotency_key"], "call": "1"}
+            assert ev["payload"] == {"ik": c["idempotency_key"], "call": "1", "n": "1"}
     a.send(command("review", role="reviewer", task="T-9", inputs={"round": 7}))
     assert a.events()[-1]["status"] == "special-T-9-7"
     a.close()
@@ -580,3 +580,24 @@ def test_record_then_replay(mockagent_bin: str, ws: Path, tmp_path: Path) -> Non
         statuses.append(b.events()[-1]["status"])
     b.close()
     assert statuses == ["changes_requested", "approved"]
+
+
+def test_fault_only_on_the_nth_call(mockagent_bin: str, ws: Path) -> None:
+    fx = {
+        "responses": {
+            "implement": {
+                "fault": {"kind": "garbage", "call": 2},
+                "events": [{"type": "builder.completed", "payload": {"tests": {"status": "pass"}}}],
+            }
+        }
+    }
+    a = Agent(mockagent_bin, ws, "--type", "builder", "--no-heartbeat", "--script", fixture(ws, fx))
+    for r in (1, 2, 3):
+        a.send(command(inputs={"round": r}, corr=f"c{r}"))
+        a.events()
+    a.close()
+    garbage = [i for i, line in enumerate(a.lines) if line == b"this is not json {{{"]
+    assert len(garbage) == 1
+    # it came with the second command's answer, not the first or third
+    completed = [i for i, line in enumerate(a.lines) if b"builder.completed" in line]
+    assert completed[0] < garbage[0] < completed[1]

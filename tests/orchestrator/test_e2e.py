@@ -287,3 +287,78 @@ def test_interrupt_leaves_a_resumable_run(
     r = lorch("resume", "--workspace", str(ws))
     assert r.returncode == 0, r.stderr
     assert max(completions(ws).values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("artifact", "reason"),
+    [
+        ({"path": "../outside.txt", "sha256": "sha256:" + "0" * 64, "size": 1}, "contains '..'"),
+        ({"path": "/etc/hostname", "sha256": "sha256:" + "0" * 64, "size": 1}, "is absolute"),
+        ({"path": "specs/SPEC.md", "sha256": "sha256:" + "0" * 64, "size": 1}, "agent claimed"),
+        ({"path": "missing.txt", "sha256": "sha256:" + "0" * 64, "size": 1}, "no such file"),
+    ],
+)
+def test_bad_artifacts_are_rejected_and_retried(
+    scenario, lorch: Runner, artifact: dict[str, object], reason: str
+) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    (ws / "fixtures/builder.json").write_text(
+        json.dumps(
+            {
+                "responses": {
+                    "implement": {
+                        "events": [
+                            {
+                                "type": "builder.completed",
+                                "status": "success",
+                                "artifacts": [artifact],
+                                "payload": {"tests": {"status": "pass", "summary": "ok"}},
+                            }
+                        ]
+                    }
+                }
+            }
+        )
+    )
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == 1
+    recs = records(ws)
+    rejected = [x for x in recs if x.get("event") == "system.artifact_rejected"]
+    assert len(rejected) == 3 and reason in rejected[0]["payload"]["reason"]
+    failed = [x for x in recs if x.get("event") == "system.command_failed"]
+    assert [f["payload"]["code"] for f in failed] == ["artifact_mismatch"] * 3
+    assert "artifact_mismatch" in r.stderr
+    assert not list(ws.glob("receipts/*/step-*.json"))
+
+
+def test_validate_and_doctor(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    assert lorch("run", "--workspace", str(ws)).returncode == 0
+    files = [
+        str(p)
+        for p in [
+            *ws.glob("events/*.ndjson"),
+            *ws.glob("receipts/*/*.json"),
+            ws / "state/run.json",
+            ws / "state/index.json",
+            ws / "lorch.json",
+            *ws.glob("snapshots/*.json"),
+        ]
+    ]
+    ok = lorch("validate", "--schemas", files[0], *files[1:])
+    assert ok.returncode == 0 and "all valid" in ok.stdout
+    ledger_path = next(ws.glob("events/*.ndjson"))
+    lines = ledger_path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b'"kind":"command"', b'"kind":"commandeer"')
+    bad = ws / "bad.ndjson"
+    bad.write_bytes(b"\n".join(lines))
+    r = lorch("validate", "--schemas", str(bad))
+    assert r.returncode == 1 and "bad.ndjson:4:" in r.stdout and "$.kind" in r.stdout
+    d = lorch("doctor", "--workspace", str(ws))
+    assert d.returncode == 0, d.stdout
+    assert "ok   agent builder" in d.stdout and "ok   fsync" in d.stdout
+    cfg = json.loads((ws / "lorch.json").read_text())
+    cfg["agents"]["builder"]["cmd"] = ["nowhere-agent"]
+    (ws / "lorch.json").write_text(json.dumps(cfg))
+    d = lorch("doctor", "--workspace", str(ws))
+    assert d.returncode == 1 and "FAIL agent builder" in d.stdout and "nowhere-agent" in d.stdout
