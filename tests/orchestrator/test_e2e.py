@@ -349,11 +349,12 @@ def test_validate_and_doctor(scenario, lorch: Runner) -> None:  # type: ignore[n
     assert ok.returncode == 0 and "all valid" in ok.stdout
     ledger_path = next(ws.glob("events/*.ndjson"))
     lines = ledger_path.read_bytes().split(b"\n")
-    lines[3] = lines[3].replace(b'"kind":"command"', b'"kind":"commandeer"')
+    n = next(i for i, line in enumerate(lines) if b'"kind":"command"' in line)
+    lines[n] = lines[n].replace(b'"kind":"command"', b'"kind":"commandeer"')
     bad = ws / "bad.ndjson"
     bad.write_bytes(b"\n".join(lines))
     r = lorch("validate", "--schemas", str(bad))
-    assert r.returncode == 1 and "bad.ndjson:4:" in r.stdout and "$.kind" in r.stdout
+    assert r.returncode == 1 and f"bad.ndjson:{n + 1}:" in r.stdout and "$.kind" in r.stdout
     d = lorch("doctor", "--workspace", str(ws))
     assert d.returncode == 0, d.stdout
     assert "ok   agent builder" in d.stdout and "ok   fsync" in d.stdout
