@@ -8,6 +8,7 @@ writing. The ``kind`` field selects the schema: command, event, heartbeat, log.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -201,6 +202,18 @@ def decode(line: bytes, *, source: str = "") -> Message:
     message = parse_line(line)
     validate_message(message, source=source)
     return message
+
+
+def read_chunks(fd: int, size: int = 65536) -> Iterator[bytes]:
+    """Bytes from a pipe until EOF (or until it breaks), one read at a time."""
+    while True:
+        try:
+            data = os.read(fd, size)
+        except OSError:
+            return
+        if not data:
+            return
+        yield data
 
 
 class LineSplitter:

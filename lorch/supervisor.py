@@ -192,13 +192,7 @@ class AgentProcess:
         assert self.proc.stdout is not None
         splitter = protocol.LineSplitter()
         fd = self.proc.stdout.fileno()
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                break
+        for data in protocol.read_chunks(fd):
             for item in splitter.feed(data):
                 if isinstance(item, FramingError):
                     self._put(error=item, raw_size=item.size)
@@ -239,13 +233,7 @@ class AgentProcess:
         assert self.proc.stderr is not None
         splitter = protocol.LineSplitter()
         fd = self.proc.stderr.fileno()
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                break
+        for data in protocol.read_chunks(fd):
             lines = []
             for item in splitter.feed(data):
                 if isinstance(item, FramingError):

@@ -17,17 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-TERMINAL = {
-    "builder.completed",
-    "review.completed",
-    "spec.updated",
-    "spec.no_changes_needed",
-    "spec.changes_requested",
-    "orchestration.proposed_tasks",
-    "orchestration.needs_clarification",
-    "orchestration.plan_conflict",
-    "error",
-}
+from mockagent.agent import TERMINAL
 
 
 def _secrets() -> list[str]:

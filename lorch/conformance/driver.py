@@ -115,13 +115,7 @@ class AgentUnderTest:
         self, fd: int, direction: str, gen: int, inbox: queue.Queue[Line | None] | None
     ) -> None:
         splitter = protocol.LineSplitter()
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                break
+        for data in protocol.read_chunks(fd):
             for item in splitter.feed(data):
                 if isinstance(item, FramingError):
                     line = self.t.add(direction, item.prefix + b"...", gen, problem=str(item))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lorch.canonical import idempotency_key
+from lorch.protocol import TERMINAL_EVENTS
 
 SNAP = "snap-0123456789ab"
 
@@ -125,15 +126,7 @@ class Agent:
                     stream.close()
 
 
-TERMINAL = {
-    "builder.completed",
-    "review.completed",
-    "spec.updated",
-    "spec.no_changes_needed",
-    "spec.changes_requested",
-    "orchestration.proposed_tasks",
-    "error",
-}
+TERMINAL = TERMINAL_EVENTS
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
