@@ -142,7 +142,7 @@ def test_cycle_matching_and_templates(mockagent_bin: str, ws: Path) -> None:
                             {
                                 "type": "review.completed",
                                 "status": "a",
-                                "payload": {"ik": "{ik}", "call": "{call}"},
+                                "payload": {"ik": "{ik}", "call": "{call}", "n": "{counter}"},
                             }
                         ]
                     },
