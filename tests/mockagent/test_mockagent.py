@@ -594,7 +594,8 @@ def test_fault_only_on_the_nth_call(mockagent_bin: str, ws: Path) -> None:
     a = Agent(mockagent_bin, ws, "--type", "builder", "--no-heartbeat", "--script", fixture(ws, fx))
     for r in (1, 2, 3):
         a.send(command(inputs={"round": r}, corr=f"c{r}"))
-        a.events()
+        while (line := a.raw_line(5)) is not None and b"builder.completed" not in line:
+            pass
     a.close()
     garbage = [i for i, line in enumerate(a.lines) if line == b"this is not json {{{"]
     assert len(garbage) == 1
