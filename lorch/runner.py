@@ -135,11 +135,11 @@ class ReceiptWriter:
     def __init__(self, workspace: Path, run_id: str, task_id: str) -> None:
         self.workspace = workspace
         self.run_id = run_id
+        existing = store.iter_receipts(workspace, task_id)
         self.done = {
-            data.get("idempotency_key")
-            for _, data in store.iter_receipts(workspace, task_id)
-            if data.get("run_id") == run_id
+            data.get("idempotency_key") for _, data in existing if data.get("run_id") == run_id
         }
+        self.next = store.next_step(workspace, task_id)
 
     def write(self, pending: Pending, snapshot_id: str) -> None:
         ik = pending.ik
@@ -162,7 +162,8 @@ class ReceiptWriter:
         }
         if "status" in ev:
             receipt["status"] = ev["status"]
-        store.write_receipt(self.workspace, receipt)
+        _, step = store.write_receipt(self.workspace, receipt, start=self.next)
+        self.next = step + 1
         self.done.add(ik)
 
 

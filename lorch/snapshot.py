@@ -16,7 +16,6 @@ from typing import Any
 
 from lorch.atomic import atomic_write_json
 from lorch.canonical import canonical_bytes
-from lorch.checksum import sha256_file
 from lorch.protocol import now_rfc3339
 
 # lorch's own output folders: what lorch writes is not part of the work.
@@ -50,12 +49,19 @@ def iter_files(root: Path) -> Iterator[str]:
     return iter(sorted(walk(root, ())))
 
 
+def _hash(path: Path) -> tuple[str, int, float]:
+    """sha256, size and mtime from one open file (constant memory)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return "sha256:" + digest, st.st_size, st.st_mtime
+
+
 def manifest(root: Path) -> dict[str, Any]:
     files = []
     for rel in iter_files(root):
-        full = root / rel
-        sha, size = sha256_file(full)
-        files.append({"path": rel, "sha256": sha, "size": size, "mtime": full.stat().st_mtime})
+        sha, size, mtime = _hash(root / rel)
+        files.append({"path": rel, "sha256": sha, "size": size, "mtime": mtime})
     return {"snapshot_id": snapshot_id(files), "created_at": now_rfc3339(), "files": files}
 
 

@@ -51,14 +51,23 @@ def find_receipt(workspace: Path, task_id: str, run_id: str, ik: str) -> Path | 
     return None
 
 
-def write_receipt(workspace: Path, receipt: dict[str, Any]) -> tuple[Path, int]:
+def next_step(workspace: Path, task_id: str) -> int:
+    d = receipts_dir(workspace, task_id)
+    existing = [int(m.group(1)) for p in d.glob("step-*.json") if (m := _STEP.match(p.name))]
+    return max(existing, default=0) + 1
+
+
+def write_receipt(
+    workspace: Path, receipt: dict[str, Any], *, start: int | None = None
+) -> tuple[Path, int]:
     """Write a receipt at the next free step number; return (path, step).
 
-    ``receipt`` must not contain ``step``; it is filled in here.
+    ``receipt`` must not contain ``step``; it is filled in here. ``start`` is a
+    caller's guess of the next free number (saves a directory scan); a taken
+    number is skipped either way, since files are created exclusively.
     """
     d = receipts_dir(workspace, receipt["task_id"])
-    existing = [int(m.group(1)) for p in d.glob("step-*.json") if (m := _STEP.match(p.name))]
-    step = max(existing, default=0) + 1
+    step = start if start is not None else next_step(workspace, receipt["task_id"])
     while True:
         body = {**receipt, "step": step}
         schemas.validate("receipt", body, source=f"receipt step {step}")
