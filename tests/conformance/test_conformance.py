@@ -54,6 +54,8 @@ def test_correct_mockagent_passes_with_reports(tmp_path: Path) -> None:
         str(t),
         "--",
         *mock(tmp_path),
+        "--id",
+        "sekrit-value-123",  # echoed in every heartbeat: must be redacted
         env={"API_TOKEN": "sekrit-value-123"},
     )
     assert r.returncode == 0, r.stdout + r.stderr
@@ -65,6 +67,7 @@ def test_correct_mockagent_passes_with_reports(tmp_path: Path) -> None:
     assert suite.get("tests") == "17" and suite.get("failures") == "0"
     text = t.read_text()
     assert " in " in text and " out " in text
+    assert "sekrit-value-123" not in text and '"agent_id":"***"' in text
 
 
 @pytest.mark.parametrize(
