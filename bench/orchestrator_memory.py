@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _workspace import loop_workspace
 
 CHILD = """
-import io, resource, sys
+import io, os, resource, sys
 from pathlib import Path
 from lorch.runner import Console, run
-out = run(Path(sys.argv[1]), console=Console(out=io.StringIO(), color=False))
+out = run(Path(sys.argv[1]), console=Console(out=open(os.devnull, "w"), color=False))
 assert out.status == "completed", out
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

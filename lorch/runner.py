@@ -164,7 +164,8 @@ class ReceiptWriter:
             receipt["status"] = ev["status"]
         _, step = store.write_receipt(self.workspace, receipt, start=self.next)
         self.next = step + 1
-        self.done.add(ik)
+        # `done` holds only the receipts found on disk at start: a live run accepts
+        # each key once, so it need not grow (memory stays flat over long runs).
 
 
 class Runner:

@@ -96,7 +96,8 @@ class State:
     records: int = 0
     commands: int = 0  # distinct keys sent
     rounds: dict[str, int] = field(default_factory=dict)  # commands per action
-    completed: set[str] = field(default_factory=set)
+    accepted: int = 0  # commands whose answers were accepted (a count: memory stays flat)
+    last_accepted_key: str | None = None
     pending: Pending | None = None
     last_answer: Record | None = None  # last accepted terminal event
     last_action: str | None = None  # action it answered
@@ -187,7 +188,8 @@ class State:
     def accept(self) -> None:
         p = self.pending
         assert p is not None and p.terminal is not None
-        self.completed.add(p.ik)
+        self.accepted += 1
+        self.last_accepted_key = p.ik
         self.last_answer = p.terminal
         self.last_action = str(p.command["action"])
         self.pending = None

@@ -181,7 +181,8 @@ def test_completed_key_is_never_resent() -> None:
     sim.reply(cmd, "builder.completed", "success", **PASS)
     step = sim.step()
     assert isinstance(step, Send) and step.command["action"] == "review"
-    assert cmd["idempotency_key"] in sim.state.completed
+    assert sim.state.last_accepted_key == cmd["idempotency_key"] and sim.state.accepted == 1
+    assert step.command["idempotency_key"] != cmd["idempotency_key"]
 
 
 def test_error_event_retries_then_fails_with_the_code() -> None:
