@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -161,6 +162,7 @@ class Agent:
         # Call numbers per action, in the order keys were first started: kept in
         # the journal, so a restarted agent continues a sequence where it was.
         self.keys_by_action: dict[str, list[str]] = {}
+        self._lock_fd = -1
         self._mark_interrupted()
 
     # -- misc -----------------------------------------------------------------
@@ -347,9 +349,7 @@ class Agent:
         digest = sha256_hex(
             canonical([action, task_id, cmd.get("inputs"), cmd.get("version")]).encode()
         )
-        lock_path = self.o.state_dir / "locks" / f"{ik.removeprefix('ik:')}.lock"
-        with open(lock_path, "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self.key_lock(ik):
             cached = self._load_cache(ik)
             redo = self._misbehave("redo_on_repeat") or self._misbehave("rewrite_files_on_repeat")
             if cached is not None and not redo:
@@ -384,10 +384,33 @@ class Agent:
             for ev in events[shown:]:
                 self.emit(ev)
 
+    @contextlib.contextmanager
+    def key_lock(self, ik: str) -> Iterator[None]:
+        """Exclusive per key, across processes: a byte-range lock in one shared file.
+
+        The byte at the key's offset stands for the key (a collision only makes
+        two keys wait for each other); the kernel drops the lock if we die.
+        """
+        if self._lock_fd < 0:
+            self._lock_fd = os.open(
+                self.o.state_dir / "locks" / "keys.lock", os.O_RDWR | os.O_CREAT, 0o600
+            )
+        offset = int(ik.removeprefix("ik:")[:12], 16)
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX, 1, offset)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
+
     def _load_cache(self, ik: str) -> dict[str, Any] | None:
         try:
-            data: dict[str, Any] = json.loads(self.cache_path(ik).read_bytes())
-        except (FileNotFoundError, ValueError):
+            fd = os.open(self.cache_path(ik), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                data: dict[str, Any] = json.loads(f.read())
+        except ValueError:
             return None
         return data
 
