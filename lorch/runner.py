@@ -222,6 +222,34 @@ class Runner:
             }
         )
 
+    def start_run(self, run_id: str, task: dict[str, Any]) -> None:
+        """Record 1 of every ledger: the run, its task and the policy it runs under."""
+        self.state.task = task
+        policy = self.config.policy
+        self.system(
+            "system.run_started",
+            {
+                "run_id": run_id,
+                "task": task,
+                "policy": policy.as_record(),
+                "config_digest": self.config.digest,
+            },
+            run_id,
+        )
+        self.receipts = ReceiptWriter(self.workspace, run_id, task["id"])
+        self.state.on_accept = self._on_accept
+
+    def take_snapshot(self) -> None:
+        manifest = snapshot.take(self.workspace)
+        self.system(
+            "system.snapshot",
+            {
+                "snapshot_id": manifest["snapshot_id"],
+                "files": len(manifest["files"]),
+                "manifest": f"snapshots/{manifest['snapshot_id']}.manifest.json",
+            },
+        )
+
     def _on_accept(self, pending: Pending) -> None:
         if self.receipts is not None and self.state.snapshot_id:
             self.receipts.write(pending, self.state.snapshot_id)
@@ -682,32 +710,12 @@ def run(workspace: Path, task_id: str | None = None, *, console: Console | None 
         run_id = new_run_id()
 
         def body() -> Outcome:
-            runner.state.task = task
             runner.ledger, _ = ledger.Ledger.open(
                 workspace / "events" / f"{run_id}.ndjson", fsync=config.policy.fsync
             )
-            runner.system(
-                "system.run_started",
-                {
-                    "run_id": run_id,
-                    "task": task,
-                    "policy": config.policy.as_record(),
-                    "config_digest": config.digest,
-                },
-                run_id,
-            )
-            runner.receipts = ReceiptWriter(workspace, run_id, task["id"])
-            runner.state.on_accept = runner._on_accept
+            runner.start_run(run_id, task)
             runner.write_index()
-            manifest = snapshot.take(workspace)
-            runner.system(
-                "system.snapshot",
-                {
-                    "snapshot_id": manifest["snapshot_id"],
-                    "files": len(manifest["files"]),
-                    "manifest": f"snapshots/{manifest['snapshot_id']}.manifest.json",
-                },
-            )
+            runner.take_snapshot()
             return runner.drive()
 
         return _guard(runner, body)
@@ -762,19 +770,7 @@ def resume(
             if not state.run_id:
                 # The crash came before record 1 was durable: start the run afresh.
                 state.run_id = run_id
-                state.task = _task(config, None)
-                runner.system(
-                    "system.run_started",
-                    {
-                        "run_id": run_id,
-                        "task": _task(config, None),
-                        "policy": config.policy.as_record(),
-                        "config_digest": config.digest,
-                    },
-                    run_id,
-                )
-                runner.receipts = ReceiptWriter(workspace, run_id, state.task_id)
-                state.on_accept = runner._on_accept
+                runner.start_run(run_id, _task(config, None))
             if torn is not None:
                 console.say(
                     f"[lorch] cut a torn last line ({torn.size} bytes) from {path.name}: "
@@ -793,15 +789,7 @@ def resume(
                     if kill_orphan(int(info["pid"]), int(info["pgid"])):
                         killed.append(int(info["pid"]))
             if state.snapshot_id is None:
-                manifest = snapshot.take(workspace)
-                runner.system(
-                    "system.snapshot",
-                    {
-                        "snapshot_id": manifest["snapshot_id"],
-                        "files": len(manifest["files"]),
-                        "manifest": f"snapshots/{manifest['snapshot_id']}.manifest.json",
-                    },
-                )
+                runner.take_snapshot()
             runner.system(
                 "system.resumed",
                 {
