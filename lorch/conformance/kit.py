@@ -124,6 +124,10 @@ def _ensure_alive(session: Session) -> None:
     assert proc is not None
     if ex.terminal is None and not ex.heartbeats and not ex.events:
         rc = proc.poll()
+        if rc is not None:
+            # It exited: let the readers reach EOF so its last stderr words are in.
+            for th in session.agent.threads:
+                th.join(timeout=2)
         tail = session.agent.stderr_tail()
         why = (
             f"exited with code {rc}"
