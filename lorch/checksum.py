@@ -17,9 +17,12 @@ def sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
     """Checksum and size of a file, reading it in fixed chunks (constant memory)."""
     h = hashlib.sha256()
     size = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
+        # A buffer no bigger than the file (+1 to see EOF in one read): most
+        # artifacts are small, and zeroing a whole chunk for each costs more
+        # than hashing them.
+        buf = bytearray(min(CHUNK, os.fstat(f.fileno()).st_size + 1))
+        view = memoryview(buf)
         while n := f.readinto(buf):
             h.update(view[:n])
             size += n

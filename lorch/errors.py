@@ -87,3 +87,32 @@ class AgentStartError(AgentError):
 
 class RunFailed(LorchError):
     pass
+
+
+# Raised by the validators generated from the schemas (lorch/_validators/); the
+# names and arguments are the ones the generated code uses.
+class JsonSchemaException(ValueError):
+    pass
+
+
+class JsonSchemaValueException(JsonSchemaException):
+    def __init__(
+        self,
+        message: str,
+        value: object = None,
+        name: str | None = None,
+        definition: object = None,
+        rule: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.value = value
+        self.name = name
+        self.definition = definition
+        self.rule = rule
+
+
+class JsonSchemaValuesException(JsonSchemaException):
+    def __init__(self, errors: list[JsonSchemaValueException]) -> None:
+        super().__init__(f"{len(errors)} validation errors")
+        self.errors = errors

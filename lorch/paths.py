@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 from lorch.errors import PathEscape
@@ -25,8 +26,15 @@ def safe_relpath(workspace: Path, rel: str) -> Path:
         raise PathEscape(
             f"artifact path {rel!r} contains '..'; expected a path inside the workspace"
         )
-    root = workspace.resolve()
-    full = (root / pure).resolve()
-    if full != root and root not in full.parents:
+    root = _real(str(workspace))
+    full = os.path.realpath(os.path.join(root, rel))
+    if full != root and not full.startswith(root.rstrip(os.sep) + os.sep):
         raise PathEscape(f"artifact path {rel!r} leads outside the workspace (through a symlink)")
-    return root / pure
+    return Path(root) / pure
+
+
+@lru_cache(maxsize=64)
+def _real(path: str) -> str:
+    # The workspace root is resolved once per process: a run checks every
+    # artifact against it, and it does not move under a running lorch.
+    return os.path.realpath(path)

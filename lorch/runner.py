@@ -42,6 +42,9 @@ from lorch.workflow import Check, Finish, Pending, Send, State, next_step
 
 Record = dict[str, Any]
 
+# While a run goes on, state/run.json may lag the ledger by at most this long.
+STATE_REFRESH_S = 1.0
+
 
 class Interrupted(LorchError):
     """Ctrl-C: agents were stopped and the run can be resumed."""
@@ -168,6 +171,58 @@ class ReceiptWriter:
         # each key once, so it need not grow (memory stays flat over long runs).
 
 
+class DerivedWriter:
+    """Writes derived files (receipts, run.json) in order, off the critical path.
+
+    They are caches of the ledger (DESIGN.md §5.2): each is queued only once the
+    ledger records it derives from are durable, and a crash that loses a queued
+    write is repaired by resume, which rebuilds what is missing. So lorch need
+    not wait for these writes before it sends the next command; it waits for
+    them (``flush``) before it records the end of a run and before it exits.
+    A failed write is raised at the next ``submit`` or ``flush``.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self._raise()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="derived")
+            self._thread.start()
+        self._queue.put(write)
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _loop(self) -> None:
+        while True:
+            write = self._queue.get()
+            try:
+                if write is None:
+                    return
+                if self._error is None:
+                    write()
+            except BaseException as e:  # handed to the main thread
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+
 class Runner:
     def __init__(
         self,
@@ -196,6 +251,9 @@ class Runner:
             p.backoff_initial_s, p.backoff_factor, p.backoff_max_s, rng or random.Random()
         )
         self.receipts: ReceiptWriter | None = None
+        self._state_key: tuple[object, ...] | None = None
+        self.derived = DerivedWriter()
+        self._state_at: float | None = None
 
     # -- ledger ---------------------------------------------------------------
 
@@ -251,12 +309,20 @@ class Runner:
         )
 
     def _on_accept(self, pending: Pending) -> None:
-        if self.receipts is not None and self.state.snapshot_id:
-            self.receipts.write(pending, self.state.snapshot_id)
+        receipts, snap = self.receipts, self.state.snapshot_id
+        if receipts is not None and snap:
+            self.derived.submit(lambda: receipts.write(pending, snap))
 
     # -- derived state --------------------------------------------------------
 
-    def write_state(self) -> None:
+    def write_state(self, *, force: bool = True) -> None:
+        """Rewrite ``state/run.json`` (a cache of the ledger, DESIGN.md §5.2).
+
+        While a run goes on (``force=False``) it is rewritten only when the run's
+        status, phase or agents change, or when the last write is
+        ``STATE_REFRESH_S`` old: a review loop then costs no run.json write per
+        command (docs/decisions.md, D13). Resume and the end of a run always write it.
+        """
         s = self.state
         if not s.run_id:
             return
@@ -270,6 +336,16 @@ class Runner:
         }.get(str(action), "starting")
         if s.finished:
             stage = "done"
+        key = (s.status, stage == "spec", repr(s.agents), repr(s.restarts))
+        t = self.clock()
+        if (
+            not force
+            and key == self._state_key
+            and self._state_at is not None
+            and t - self._state_at < STATE_REFRESH_S
+        ):
+            return
+        self._state_key, self._state_at = key, t
         now = protocol.now_rfc3339()
         body = {
             "run_id": s.run_id,
@@ -294,7 +370,7 @@ class Runner:
             "agents": {role: dict(v) for role, v in s.agents.items()},
             "failure": s.failure,
         }
-        store.write_run_state(self.workspace, body)
+        self.derived.submit(lambda: store.write_run_state(self.workspace, body))
 
     def write_index(self) -> None:
         s = self.state
@@ -315,6 +391,7 @@ class Runner:
 
     def write_derived(self) -> None:
         self.write_state()
+        self.derived.flush()
         self.write_index()
         transcript.rebuild(self.workspace, self.state.run_id)
 
@@ -408,6 +485,8 @@ class Runner:
                 deadline=_deadline(self._timeout_for(self.state)),
             )
             if isinstance(step, Finish):
+                # Every receipt is on disk before the run's end is recorded.
+                self.derived.flush()
                 if not self.state.finished:
                     if step.status == "completed":
                         self.system("system.run_completed", {"reason": ""})
@@ -484,7 +563,7 @@ class Runner:
             self.restart(role, str(e))
             return
         self.append(cmd, sync=not _planted.enabled("skip_command_fsync"))
-        self.write_state()
+        self.write_state(force=False)
         failpoint.busy_role[:] = [role]
         try:
             if not proc.send(protocol.encode(cmd)):
@@ -688,6 +767,9 @@ def _guard(runner: Runner, body: Callable[[], Outcome]) -> Outcome:
         runner.stop_agents()
         raise
     finally:
+        with contextlib.suppress(LorchError, OSError):
+            runner.derived.flush()
+        runner.derived.close()
         if runner.ledger is not None:
             runner.ledger.close()
 

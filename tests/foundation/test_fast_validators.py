@@ -1,0 +1,137 @@
+"""The generated fast validators: current with the schemas, and of one mind with jsonschema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lorch import schemas
+from lorch.runner import Console, run
+from lorch.scenarios import materialize
+
+
+@pytest.mark.parametrize("name", schemas.NAMES)
+def test_generated_validator_is_current(name: str) -> None:
+    on_disk = schemas.generated_path(name).read_text(encoding="utf-8")
+    assert on_disk == schemas.generate(name), (
+        f"{schemas.generated_path(name)} is stale: run `python -m lorch._validators`"
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
+    """Real documents of every kind, from one run of the review-loop scenario."""
+    ws = tmp_path_factory.mktemp("corpus") / "ws"
+    materialize("review-loop", ws)
+    with open(os.devnull, "w") as sink:
+        outcome = run(ws, console=Console(out=sink, color=False))
+    assert outcome.status == "completed"
+    docs: dict[str, list[Any]] = {name: [] for name in schemas.NAMES}
+    for path in ws.glob("events/*.ndjson"):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            docs[record["kind"]].append(record)
+    docs["receipt"] = [json.loads(p.read_text()) for p in ws.glob("receipts/*/step-*.json")]
+    docs["run-state"] = [json.loads((ws / "state/run.json").read_text())]
+    docs["index"] = [json.loads((ws / "state/index.json").read_text())]
+    docs["snapshot-manifest"] = [
+        json.loads(p.read_text()) for p in ws.glob("snapshots/*.manifest.json")
+    ]
+    docs["config"] = [json.loads((ws / "lorch.json").read_text())]
+    docs["heartbeat"] = [
+        {
+            "kind": "heartbeat",
+            "agent": {"agent_type": "builder", "agent_id": "b-1"},
+            "seq": 3,
+            "status": "busy",
+            "pid": 4242,
+            "uptime_s": 1.5,
+            "last_activity_at": "2026-01-01T00:00:00Z",
+            "task_id": "T-0042",
+        }
+    ]
+    docs["log"] = [
+        {
+            "kind": "log",
+            "level": "info",
+            "message": "hello",
+            "timestamp": "2026-01-01T00:00:00Z",
+        }
+    ]
+    return docs
+
+
+def test_corpus_is_valid_to_both_engines(corpus: dict[str, list[Any]]) -> None:
+    for name, docs in corpus.items():
+        assert docs, f"no {name} documents in the corpus"
+        for doc in docs:
+            assert schemas.validator(name).is_valid(doc), (name, doc)
+            assert schemas.fast(name)(doc), (name, doc)
+
+
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(["", "..", "T-1", "snap-0123456789ab", "sha256:" + "a" * 64, "ik:" + "0" * 64]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def _mutate(doc: Any, path: tuple[Any, ...], how: str, value: Any) -> Any:
+    doc = copy.deepcopy(doc)
+    if not path:
+        return value
+    parent = doc
+    for part in path[:-1]:
+        parent = parent[part]
+    last = path[-1]
+    if how == "delete" and isinstance(parent, dict):
+        del parent[last]
+    elif how == "extra" and isinstance(parent[last], dict):
+        parent[last]["unexpected_field"] = value
+    else:
+        parent[last] = value
+    return doc
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_engines_agree_on_broken_documents(corpus: dict[str, list[Any]], data: Any) -> None:
+    name = data.draw(st.sampled_from(schemas.NAMES))
+    doc = data.draw(st.sampled_from(corpus[name]))
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        path = data.draw(st.sampled_from(_paths(doc)))
+        how = data.draw(st.sampled_from(["replace", "delete", "extra"]))
+        doc = _mutate(doc, path, how, data.draw(ODD_VALUES))
+    reference = schemas.validator(name).is_valid(doc)
+    assert schemas.fast(name)(doc) == reference, (name, doc)
+
+
+def test_validate_names_the_path_when_the_fast_engine_rejects(
+    corpus: dict[str, list[Any]], tmp_path: Path
+) -> None:
+    bad = {**corpus["event"][0], "task_id": "../escape"}
+    with pytest.raises(schemas.SchemaError, match=r"\$\.task_id"):
+        schemas.validate("event", bad, source="line 3")
