@@ -6,23 +6,22 @@ so a framing bug in lorch cannot hide behind the same bug here.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
-import random
 import re
 import signal
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+
+# Only what the first heartbeat needs is imported up front; the rest (hashlib,
+# fcntl, random, the fixture code, jsonschema) on first use.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import random
+    from typing import IO, Any
+
+    from mockagent.journal import Journal
 
 MAX_LINE = 262_144
 ACTIONS = ("implement", "implement_changes", "review", "update_spec", "intake", "task_discovery")
@@ -43,77 +42,117 @@ TASK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ID_RE = re.compile(r".{1,256}", re.S)
 SNAP_RE = re.compile(r"snap-[0-9a-f]{12}")
 
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
 
 def _echo(value: Any, pattern: re.Pattern[str]) -> str:
     """Echo an id from a command, or "unknown" when it is not a valid one."""
     return value if isinstance(value, str) and pattern.fullmatch(value) else "unknown"
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC, microseconds: 2030-01-01T00:00:00.000000Z (the date part formatted once a second)."""
+    global _second
+    t = time.time()
+    sec = int(t)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{int((t - sec) * 1_000_000):06d}Z"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{os.urandom(6).hex()}"
 
 
 def sha256_hex(data: bytes) -> str:
+    import hashlib
+
     return hashlib.sha256(data).hexdigest()
 
 
 def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _canonical(value)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` with ``data``: the content and the name are durable on return."""
+    import contextlib
+
+    from mockagent.journal import fsync_dir
+
+    path = os.fspath(path)
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            getattr(os, "fdatasync", os.fsync)(fd)  # the data and the size
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    fsync_dir(path.parent)
+        raise
+    fsync_dir(parent)
 
 
 class Fatal(Exception):
     """The agent must stop (an injected fault asked for it)."""
 
 
-@dataclass
 class Options:
-    role: str
-    agent_id: str
-    workspace: Path
-    state_dir: Path
-    fixture: dict[str, Any]
-    fixture_dir: Path
-    heartbeat_interval: float
-    heartbeats: bool
-    seed: int
-    review_changes: int
-    spec_changes: int
-    expect_snapshot: str | None
+    """What the command line decided (paths are absolute or relative strings)."""
+
+    def __init__(
+        self,
+        *,
+        role: str,
+        agent_id: str,
+        workspace: str,
+        state_dir: str,
+        fixture: dict[str, Any],
+        fixture_dir: str,
+        heartbeat_interval: float,
+        heartbeats: bool,
+        seed: int,
+        review_changes: int,
+        spec_changes: int,
+        expect_snapshot: str | None,
+    ) -> None:
+        self.role = role
+        self.agent_id = agent_id
+        self.workspace = workspace
+        self.state_dir = state_dir
+        self.fixture = fixture
+        self.fixture_dir = fixture_dir
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeats = heartbeats
+        self.seed = seed
+        self.review_changes = review_changes
+        self.spec_changes = spec_changes
+        self.expect_snapshot = expect_snapshot
 
 
-@dataclass
 class Output:
     """All stdout writes go through here: whole lines, under one lock, flushed."""
 
-    stream: IO[bytes]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    closed: bool = False
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.closed = False
 
     def line(self, message: dict[str, Any]) -> None:
-        self.raw(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        self.raw(_compact(message).encode() + b"\n")
 
     def chunked(self, data: bytes, size: int, gap: float) -> None:
         """One line written in pieces; the lock keeps heartbeats out of its middle."""
@@ -151,19 +190,43 @@ class Agent:
         self.seq = 0
         self.status = "starting"
         self.heartbeats_on = opts.heartbeats and not self._misbehave("skip_heartbeats")
+        self.redo = bool(
+            self._misbehave("redo_on_repeat") or self._misbehave("rewrite_files_on_repeat")
+        )
         self.stop = threading.Event()
         self.calls: dict[str, int] = {}
         self.dribble: dict[str, Any] | None = None
-        self.rng = random.Random(opts.seed)
-        self.journal_path = opts.state_dir / "journal.ndjson"
-        opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (opts.state_dir / "cache").mkdir(exist_ok=True, mode=0o700)
-        (opts.state_dir / "locks").mkdir(exist_ok=True, mode=0o700)
-        # Call numbers per action, in the order keys were first started: kept in
-        # the journal, so a restarted agent continues a sequence where it was.
-        self.keys_by_action: dict[str, list[str]] = {}
+        self._rng: random.Random | None = None
         self._lock_fd = -1
-        self._mark_interrupted()
+        self._journal: Journal | None = None
+
+    def open_state(self) -> None:
+        """Open the state dir: read the journal, mark runs of dead processes interrupted."""
+        from mockagent.journal import Journal
+
+        self._journal = Journal(self.o.state_dir)
+        os.makedirs(os.path.join(self.o.state_dir, "locks"), mode=0o700, exist_ok=True)
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            self.open_state()
+            assert self._journal is not None
+        return self._journal
+
+    @property
+    def keys_by_action(self) -> dict[str, dict[str, int]]:
+        """Call numbers per action, in the order keys were first started: kept in
+        the journal, so a restarted agent continues a sequence where it was."""
+        return self.journal.keys_by_action
+
+    @property
+    def rng(self) -> random.Random:
+        if self._rng is None:
+            import random
+
+            self._rng = random.Random(self.o.seed)
+        return self._rng
 
     # -- misc -----------------------------------------------------------------
 
@@ -200,56 +263,6 @@ class Agent:
         while not self.stop.wait(self.o.heartbeat_interval):
             self.heartbeat()
 
-    # -- journal and cache ----------------------------------------------------
-
-    def journal(self, ik: str, action: str, task_id: str, attempt: int, state: str) -> None:
-        line = canonical(
-            {
-                "ik": ik,
-                "action": action,
-                "task_id": task_id,
-                "attempt": attempt,
-                "state": state,
-                "pid": os.getpid(),
-                "at": now(),
-            }
-        )
-        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, line.encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _mark_interrupted(self) -> None:
-        """Executions started by a process that is gone and never finished."""
-        if not self.journal_path.exists():
-            return
-        open_runs: dict[tuple[str, int], dict[str, Any]] = {}
-        with open(self.journal_path, "rb") as f:
-            for raw in f:
-                try:
-                    e = json.loads(raw)
-                except ValueError:
-                    continue
-                k = (e["ik"], e["pid"])
-                seen = self.keys_by_action.setdefault(e["action"], [])
-                if e["ik"] not in seen:
-                    seen.append(e["ik"])
-                if e["state"] == "started":
-                    open_runs[k] = e
-                elif e["state"] in ("completed", "interrupted"):
-                    open_runs.pop(k, None)
-        for (ik, pid), e in open_runs.items():
-            if pid != os.getpid() and not _alive(pid):
-                # The cache is written after the work and before the "completed"
-                # line: a cache entry means the work finished before the crash.
-                state = "completed" if self.cache_path(ik).exists() else "interrupted"
-                self.journal(ik, e["action"], e["task_id"], e["attempt"], state)
-
-    def cache_path(self, ik: str) -> Path:
-        return self.o.state_dir / "cache" / f"{ik.removeprefix('ik:')}.json"
-
     # -- commands -------------------------------------------------------------
 
     def error_event(self, cmd: dict[str, Any] | None, code: str, message: str) -> dict[str, Any]:
@@ -267,7 +280,7 @@ class Agent:
         cmd = cmd or {}
         ev: dict[str, Any] = {
             "kind": "event",
-            "message_id": f"evt-{uuid.uuid4().hex[:12]}",
+            "message_id": new_id("evt"),
             "correlation_id": _echo(cmd.get("correlation_id"), ID_RE),
             "task_id": _echo(cmd.get("task_id"), TASK_RE),
             "from": {"agent_type": self.o.role, "agent_id": self.o.agent_id},
@@ -295,7 +308,7 @@ class Agent:
             self.out.line(ev)
             return
         # One line in small chunks with gaps: readers must reassemble lines.
-        data = json.dumps(ev, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        data = _compact(ev).encode() + b"\n"
         gap = float(self.dribble.get("gap_ms", 0)) / 1000.0
         self.out.chunked(data, int(self.dribble["chunk"]), gap)
 
@@ -349,10 +362,13 @@ class Agent:
         digest = sha256_hex(
             canonical([action, task_id, cmd.get("inputs"), cmd.get("version")]).encode()
         )
-        with self.key_lock(ik):
-            cached = self._load_cache(ik)
-            redo = self._misbehave("redo_on_repeat") or self._misbehave("rewrite_files_on_repeat")
-            if cached is not None and not redo:
+        journal = self.journal
+        self.lock_key(ik, True)
+        try:
+            # Another mockagent sharing the state dir may have answered it meanwhile.
+            journal.refresh()
+            cached = None if self.redo else journal.answer(ik)
+            if cached is not None:
                 if cached["digest"] != digest:
                     self.emit(
                         self.error_event(
@@ -362,57 +378,52 @@ class Agent:
                         )
                     )
                     return
-                self.journal(ik, action, task_id, attempt, "cached")
+                journal.append(ik, action, task_id, attempt, "cached")
                 self.dribble = None
                 for ev in cached["events"]:
-                    self.emit({**ev, "message_id": f"evt-{uuid.uuid4().hex[:12]}"})
+                    self.emit({**ev, "message_id": new_id("evt")})
                 return
             self.heartbeat("busy", task_id)
-            self.journal(ik, action, task_id, attempt, "started")
+            # Bookkeeping only: the fsync of the "completed" line makes it durable too.
+            journal.append(ik, action, task_id, attempt, "started")
             try:
                 events, shown = self.perform(cmd, attempt)
             finally:
                 self.heartbeat("ready")
-            if events and events[-1]["event"] != "error":
-                atomic_write(
-                    self.cache_path(ik),
-                    canonical({"digest": digest, "events": events}).encode(),
-                )
-            self.journal(ik, action, task_id, attempt, "completed")
-            # The terminal answer goes out only once the work is durable (cache
-            # and journal): an accepted answer is never followed by a redo.
+            ok = bool(events) and events[-1]["event"] != "error"
+            # The answer is cached in the "completed" line, written once the files
+            # are durable; the terminal answer goes out only once that line is
+            # durable too: an accepted answer is never followed by a redo.
+            journal.append(
+                ik,
+                action,
+                task_id,
+                attempt,
+                "completed",
+                sync=True,
+                answer={"digest": digest, "events": events} if ok else None,
+            )
             for ev in events[shown:]:
                 self.emit(ev)
+        finally:
+            self.lock_key(ik, False)
 
-    @contextlib.contextmanager
-    def key_lock(self, ik: str) -> Iterator[None]:
+    def lock_key(self, ik: str, lock: bool) -> None:
         """Exclusive per key, across processes: a byte-range lock in one shared file.
 
         The byte at the key's offset stands for the key (a collision only makes
         two keys wait for each other); the kernel drops the lock if we die.
         """
+        import fcntl
+
         if self._lock_fd < 0:
             self._lock_fd = os.open(
-                self.o.state_dir / "locks" / "keys.lock", os.O_RDWR | os.O_CREAT, 0o600
+                os.path.join(self.o.state_dir, "locks", "keys.lock"),
+                os.O_RDWR | os.O_CREAT,
+                0o600,
             )
         offset = int(ik.removeprefix("ik:")[:12], 16)
-        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX, 1, offset)
-        try:
-            yield
-        finally:
-            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, offset)
-
-    def _load_cache(self, ik: str) -> dict[str, Any] | None:
-        try:
-            fd = os.open(self.cache_path(ik), os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            with os.fdopen(fd, "rb") as f:
-                data: dict[str, Any] = json.loads(f.read())
-        except ValueError:
-            return None
-        return data
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX if lock else fcntl.LOCK_UN, 1, offset)
 
     # -- responses ------------------------------------------------------------
 
@@ -420,10 +431,8 @@ class Agent:
         from mockagent.fixture import default_response, pick_response
 
         action = cmd["action"]
-        seen = self.keys_by_action.setdefault(action, [])
-        if cmd["idempotency_key"] not in seen:
-            seen.append(cmd["idempotency_key"])
-        self.calls[action] = seen.index(cmd["idempotency_key"]) + 1
+        seen = self.keys_by_action.setdefault(action, {})
+        self.calls[action] = seen.setdefault(cmd["idempotency_key"], len(seen) + 1)
         picked = pick_response(self.o.fixture, cmd, self.calls[action])
         if picked is not None:
             return picked
@@ -525,11 +534,13 @@ class Agent:
             self.stop.wait(ms / 1000.0)
 
     def write_file(self, spec: dict[str, Any]) -> dict[str, Any]:
+        from pathlib import Path
+
         from mockagent.fixture import safe_target
 
-        target = safe_target(self.o.workspace, spec["path"])
+        target = safe_target(Path(self.o.workspace), spec["path"])
         if "content_file" in spec:
-            data = (self.o.fixture_dir / spec["content_file"]).read_bytes()
+            data = (Path(self.o.fixture_dir) / spec["content_file"]).read_bytes()
         else:
             data = str(spec.get("content", "")).encode()
         atomic_write(target, data)
@@ -569,6 +580,10 @@ _validator: Any = None
 
 def _schema_problem(cmd: dict[str, Any]) -> str | None:
     """The first way ``cmd`` breaks the command schema (compiled on first use)."""
+    from mockagent.schemacheck import is_valid
+
+    if is_valid("command", cmd):
+        return None
     global _validator
     if _validator is None:
         from jsonschema import Draft202012Validator
@@ -584,22 +599,6 @@ def _schema_problem(cmd: dict[str, Any]) -> str | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie (a killed agent whose parent died stays one)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != b"Z"
-
-
 def serve(opts: Options) -> int:
     out = Output(sys.stdout.buffer)
     agent = Agent(opts, out)
@@ -610,6 +609,7 @@ def serve(opts: Options) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     agent.heartbeat("starting")
+    agent.open_state()
     if agent.heartbeats_on:
         threading.Thread(target=agent.heartbeat_loop, daemon=True).start()
     agent.heartbeat("ready")

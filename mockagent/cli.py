@@ -5,26 +5,39 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 ROLES = ("builder", "reviewer", "spec_maintainer", "orchestration")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """The default width without argparse's ``import shutil`` (slow to import)."""
+
+    def __init__(self, prog: str) -> None:
+        width = 0
+        try:
+            width = int(os.environ.get("COLUMNS", "0"))
+            width = width or os.get_terminal_size(sys.stdout.fileno()).columns
+        except (ValueError, OSError):
+            pass
+        super().__init__(prog, width=(width if width > 0 else 80) - 2)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mockagent",
+        formatter_class=_Formatter,
         description=(
             "A scriptable mock agent for lorch. Also: mockagent validate FIXTURE; "
             "mockagent record --out FIXTURE -- CMD ARGS..."
         ),
     )
-    p.add_argument("--script", type=Path, help="fixture file (JSON)")
+    p.add_argument("--script", help="fixture file (JSON)")
     p.add_argument("--type", dest="role", choices=ROLES, help="the agent's role")
     p.add_argument("--id", dest="agent_id", help="agent id (default: ROLE#1)")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
     p.add_argument("--no-heartbeat", action="store_true", help="send no heartbeats")
-    p.add_argument("--workspace", type=Path, help="workspace (default: $LORCH_WORKSPACE or cwd)")
-    p.add_argument("--state-dir", type=Path, help="cache and journal dir")
+    p.add_argument("--workspace", help="workspace (default: $LORCH_WORKSPACE or cwd)")
+    p.add_argument("--state-dir", help="state dir (journal and locks)")
     p.add_argument("--seed", type=int, default=0, help="seed for random delays and faults")
     p.add_argument("--review-changes-count", type=int, default=0, metavar="N")
     p.add_argument("--spec-changes-count", type=int, default=0, metavar="N")
@@ -38,9 +51,12 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    from mockagent.fixture import FixtureError, load
 
     if args_list[:1] == ["validate"]:
+        from pathlib import Path
+
+        from mockagent.fixture import FixtureError, load
+
         if len(args_list) != 2:
             return _fail("usage: mockagent validate FIXTURE")
         try:
@@ -54,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         rest = args_list[1:]
         if len(rest) < 4 or rest[0] != "--out" or rest[2] != "--":
             return _fail("usage: mockagent record --out FIXTURE -- CMD ARGS...")
+        from pathlib import Path
+
         from mockagent.record import record
 
         try:
@@ -66,18 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     if role not in ROLES:
         return _fail(f"no role: pass --type with one of {', '.join(ROLES)} (or set LORCH_ROLE)")
     fixture: dict[str, object] = {}
-    fixture_dir = Path.cwd()
+    fixture_dir = os.getcwd()
     if args.script is not None:
+        from pathlib import Path
+
+        from mockagent.fixture import FixtureError, load
+
         try:
-            fixture = load(args.script)
+            fixture = load(Path(args.script))
         except FixtureError as e:
             return _fail(str(e))
-        fixture_dir = args.script.resolve().parent
-    workspace = (args.workspace or Path(os.environ.get("LORCH_WORKSPACE") or Path.cwd())).resolve()
-    state_dir = args.state_dir or (
-        Path(os.environ["MOCKAGENT_STATE_DIR"])
-        if os.environ.get("MOCKAGENT_STATE_DIR")
-        else workspace / ".mockagent" / role
+        fixture_dir = os.path.dirname(os.path.realpath(args.script))
+    workspace = os.path.realpath(args.workspace or os.environ.get("LORCH_WORKSPACE") or os.getcwd())
+    state_dir = (
+        args.state_dir
+        or os.environ.get("MOCKAGENT_STATE_DIR")
+        or os.path.join(workspace, ".mockagent", role)
     )
     interval = args.heartbeat_interval or float(os.environ.get("LORCH_HEARTBEAT_INTERVAL") or 10)
     expect = fixture.get("expect_snapshot") or os.environ.get("LORCH_SNAPSHOT_ID") or None

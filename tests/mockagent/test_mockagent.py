@@ -229,6 +229,98 @@ def test_repeated_key_answered_from_cache_without_touching_files(
     assert states == ["started", "completed", "cached", "cached"]
 
 
+def journal_lines(ws: Path, role: str = "builder") -> list[dict[str, Any]]:
+    """Every parseable journal line (a torn one is skipped, as mockagent does)."""
+    out = []
+    for raw in (ws / ".mockagent" / role / "journal.ndjson").read_bytes().splitlines():
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            continue
+    return out
+
+
+def test_the_journal_is_the_cache_across_restarts_and_torn_lines(
+    mockagent_bin: str, ws: Path
+) -> None:
+    a = Agent(mockagent_bin, ws, "--type", "builder")
+    c = command()
+    a.send(c)
+    first = a.events()
+    a.close()
+    state = ws / ".mockagent" / "builder"
+    assert not (state / "cache").exists()
+    done = [e for e in journal(ws) if e["state"] == "completed"]
+    assert len(done) == 1 and done[0]["events"][-1]["event"] == "builder.completed"
+    before = fingerprint(ws)
+    # A crash mid-append leaves a torn last line: it is ignored, not fatal.
+    with open(state / "journal.ndjson", "ab") as f:
+        f.write(b'{"ik":"ik:' + b"0" * 20)
+    b = Agent(mockagent_bin, ws, "--type", "builder")
+    b.send({**c, "message_id": "cmd-again", "retry": {"attempt": 1, "max_attempts": 3}})
+    again = b.events()
+    b.send({**c, "inputs": {"round": 99}})
+    conflict = b.events()[-1]
+    b.send(command(task="T-7", corr="c2"))  # a new key is really worked on
+    assert b.events()[-1]["event"] == "builder.completed"
+    b.close()
+    assert [e["event"] for e in again] == [e["event"] for e in first]
+    assert again[-1]["artifacts"] == first[-1]["artifacts"]
+    assert conflict["payload"]["code"] == "idempotency_conflict"
+    assert {k: v for k, v in fingerprint(ws).items() if k in before} == before
+    states = [e["state"] for e in journal_lines(ws)]
+    assert states == ["started", "completed", "cached", "started", "completed"]
+    # the torn bytes stay a line of their own: every later line is whole
+    raw = (state / "journal.ndjson").read_bytes().splitlines()
+    assert raw[2] == b'{"ik":"ik:' + b"0" * 20 and len(raw) == 6
+
+
+def test_agents_sharing_a_state_dir_see_each_others_answers(mockagent_bin: str, ws: Path) -> None:
+    a = Agent(mockagent_bin, ws, "--type", "builder")
+    b = Agent(mockagent_bin, ws, "--type", "builder")
+    assert a.raw_line() is not None and b.raw_line() is not None  # both started
+    wait_for(lambda: (ws / ".mockagent" / "builder" / "locks").is_dir())
+    c = command()
+    a.send(c)
+    first = a.events()
+    before = fingerprint(ws)
+    b.send(c)  # b read the journal before a answered: it must look again
+    again = b.events()
+    a.close()
+    b.close()
+    assert [e["event"] for e in again] == [e["event"] for e in first]
+    assert again[-1]["artifacts"] == first[-1]["artifacts"]
+    assert fingerprint(ws) == before
+    assert [e["state"] for e in journal(ws)] == ["started", "completed", "cached"]
+
+
+def test_answers_cached_by_the_old_cache_dir_are_still_used(mockagent_bin: str, ws: Path) -> None:
+    import hashlib
+
+    c = command()
+    ik = c["idempotency_key"]
+    key = [c["action"], c["task_id"], c["inputs"], c["version"]]
+    digest = hashlib.sha256(
+        json.dumps(key, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    answer = {"kind": "event", "event": "builder.completed", "payload": {"old": True}}
+    state = ws / ".mockagent" / "builder"
+    (state / "cache").mkdir(parents=True)
+    (state / "cache" / f"{ik.removeprefix('ik:')}.json").write_text(
+        json.dumps({"digest": digest, "events": [answer]})
+    )
+    line = {"ik": ik, "action": "implement", "task_id": "T-0042", "attempt": 0, "pid": 1}
+    (state / "journal.ndjson").write_text(
+        "".join(json.dumps({**line, "state": s}) + "\n" for s in ("started", "completed"))
+    )
+    a = Agent(mockagent_bin, ws, "--type", "builder")
+    a.send(c)
+    got = a.events()
+    a.close()
+    assert [e.get("payload") for e in got] == [{"old": True}]
+    assert not (ws / "src").exists()
+
+
 def test_same_key_different_inputs_is_a_conflict(mockagent_bin: str, ws: Path) -> None:
     a = Agent(mockagent_bin, ws, "--type", "builder")
     c = command()
