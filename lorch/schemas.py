@@ -139,23 +139,31 @@ GENERATED_HEADER = (
     "# do not edit. A test fails when this file is out of date.\n"
     "# mypy: ignore-errors\n"
 )
+# (package, schema): lorch's own, and mockagent's, which shares no code with lorch.
+GENERATED = (
+    *(("lorch", name) for name in NAMES),
+    ("mockagent", "command"),
+    ("mockagent", "fixture"),
+)
+_EXCEPTIONS = {"lorch": "lorch.errors", "mockagent": "mockagent.schemacheck"}
 
 
-def generate(name: str) -> str:
+def generate(name: str, package: str = "lorch") -> str:
     """Python source of the fast validator for ``name`` (needs ``fastjsonschema``)."""
     import fastjsonschema
 
-    schema = dict(load_schema(name))
+    with open(schema_path(name), encoding="utf-8") as f:
+        schema = json.load(f)
     # The schemas are 2020-12 but use only keywords whose meaning is the same in
     # draft 7 ($ref without siblings, items as one schema, $defs by JSON pointer);
     # the agreement test checks that the two engines judge alike.
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
-    code = fastjsonschema.compile_to_code(schema)
+    code = _without_definitions(fastjsonschema.compile_to_code(schema))
     # The generated module must not import fastjsonschema itself (a slow import
     # on every start); it gets the same exception classes from a small module.
     code = code.replace(
         "from fastjsonschema import JsonSchemaValueException, JsonSchemaValuesException",
-        "from lorch.errors import JsonSchemaValueException, JsonSchemaValuesException",
+        f"from {_EXCEPTIONS[package]} import JsonSchemaValueException, JsonSchemaValuesException",
     )
     code = code.replace("\nVERSION = ", "\nGENERATOR_VERSION = ", 1)
     root = re.search(r"^def (validate\w*)\(", code, re.MULTILINE)
@@ -167,14 +175,33 @@ def generate(name: str) -> str:
     )
 
 
-def generated_path(name: str) -> Path:
-    return Path(__file__).parent / "_validators" / f"{name.replace('-', '_')}.py"
+def _without_definitions(code: str) -> str:
+    """Drop the schema copy that each generated ``raise`` carries.
+
+    Only "valid or not" is asked of these validators (jsonschema explains a
+    rejection), and those copies make the code ten times larger: slow to compile
+    where no bytecode cache is kept.
+    """
+    import ast
+
+    tree = ast.parse(code)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in (
+            "JsonSchemaValueException",
+        ):
+            node.keywords = [k for k in node.keywords if k.arg != "definition"]
+    return ast.unparse(tree) + "\n"
+
+
+def generated_path(name: str, package: str = "lorch") -> Path:
+    root = Path(__file__).parent.parent / package
+    return root / "_validators" / f"{name.replace('-', '_')}.py"
 
 
 def write_generated() -> list[Path]:
     written = []
-    for name in NAMES:
-        path = generated_path(name)
-        path.write_text(generate(name), encoding="utf-8")
+    for package, name in GENERATED:
+        path = generated_path(name, package)
+        path.write_text(generate(name, package), encoding="utf-8")
         written.append(path)
     return written

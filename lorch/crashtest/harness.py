@@ -4,11 +4,15 @@ A clean baseline of the scenario is recorded twice (and the two compared), so
 "record k" names the same point in every run. Then, for every offset k and
 every mode, the scenario runs in a fresh workspace, is crashed at k, resumed
 (again if the mode crashes the resume too), and the invariants are checked.
-lorch and the agents only ever run as subprocesses: a crash kills nothing else.
+lorch and the agents only ever run as separate processes: a crash kills nothing
+else. lorch itself is forked from a server process that has imported it once
+(``forkserver.py``), which saves its start-up for each of the thousands of runs
+a matrix makes; it is the same code and the same command line.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import json
@@ -29,6 +33,7 @@ from typing import Any
 
 from lorch import ledger, scenarios, snapshot
 from lorch.checksum import sha256_file
+from lorch.crashtest.forkserver import ForkServer
 from lorch.errors import LedgerError, UsageError
 from lorch.supervisor import group_alive
 
@@ -130,6 +135,20 @@ def _env(extra: dict[str, str], failpoint: str | None) -> dict[str, str]:
     return env
 
 
+_server_lock = threading.Lock()
+_server: ForkServer | None = None
+
+
+def forkserver() -> ForkServer:
+    """The fork server of this process, started on first use, stopped at exit."""
+    global _server
+    with _server_lock:
+        if _server is None:
+            _server = ForkServer()
+            atexit.register(_server.close)
+        return _server
+
+
 class Procs:
     """Every process group the harness started, so Ctrl-C can end them all."""
 
@@ -141,6 +160,8 @@ class Procs:
     def run(self, args: list[str], env: dict[str, str], timeout: float = RUN_TIMEOUT) -> int:
         if self.stopping.is_set():
             raise KeyboardInterrupt
+        if args[: len(lorch_argv())] == lorch_argv():
+            return self._run_forked(args[len(lorch_argv()) :], env, timeout)
         proc = subprocess.Popen(
             args,
             env=env,
@@ -161,6 +182,23 @@ class Procs:
         finally:
             with self.lock:
                 self.groups.discard(proc.pid)
+
+    def _run_forked(self, args: list[str], env: dict[str, str], timeout: float) -> int:
+        server = forkserver()
+        pid = server.spawn(args, env)
+        with self.lock:
+            self.groups.add(pid)
+        try:
+            rc = server.wait(pid, timeout)
+            if rc is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                server.wait(pid, None)
+                return -999
+            return rc
+        finally:
+            with self.lock:
+                self.groups.discard(pid)
 
     def kill_all(self) -> None:
         self.stopping.set()

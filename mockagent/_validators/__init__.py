@@ -1,0 +1,1 @@
+"""Validators generated from schemas/v1 by `python -m lorch._validators` (do not edit)."""

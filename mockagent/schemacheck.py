@@ -1,0 +1,53 @@
+"""Is this document valid? Answered by code generated from the schema files.
+
+mockagent checks every command and its fixture against the v1 schemas. Importing
+``jsonschema`` and compiling a validator costs tens of milliseconds, at every
+start of every agent; the generated validators in ``mockagent/_validators``
+(made by fastjsonschema from the same schema files, kept current by a test)
+answer in microseconds. ``jsonschema`` is loaded only to explain a rejection.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+class JsonSchemaException(ValueError):
+    pass
+
+
+class JsonSchemaValueException(JsonSchemaException):
+    # The signature the generated code calls.
+    def __init__(
+        self,
+        message: str,
+        value: object = None,
+        name: str | None = None,
+        definition: object = None,
+        rule: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.rule = rule
+
+
+class JsonSchemaValuesException(JsonSchemaException):
+    def __init__(self, errors: list[JsonSchemaValueException]) -> None:
+        super().__init__(f"{len(errors)} validation errors")
+        self.errors = errors
+
+
+_checks: dict[str, Any] = {}
+
+
+def is_valid(name: str, instance: Any) -> bool:
+    """True when ``instance`` is valid against schemas/v1/<name>.v1.json."""
+    check = _checks.get(name)
+    if check is None:
+        check = _checks[name] = importlib.import_module(f"mockagent._validators.{name}").validate
+    try:
+        check(instance)
+    except JsonSchemaException:
+        return False
+    return True

@@ -1,0 +1,62 @@
+"""The harness's warm lorch: forked runs behave like `python -m lorch` runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lorch.crashtest.forkserver import ForkServer
+from lorch.scenarios import materialize
+
+
+@pytest.fixture
+def server() -> Iterator[ForkServer]:
+    s = ForkServer()
+    yield s
+    s.close()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORCH_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return {**env, **extra}
+
+
+def test_forked_run_completes_and_reports_its_exit_code(server: ForkServer, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    materialize("happy-path", ws)
+    pid = server.spawn(["run", "--workspace", str(ws)], _env())
+    assert server.wait(pid, 60) == 0
+    assert (ws / "state" / "run.json").exists()
+    # A usage error is exit 2, as from the command line.
+    pid = server.spawn(["resume", "--workspace", str(tmp_path / "nowhere")], _env())
+    assert server.wait(pid, 60) == 2
+
+
+def test_forked_run_sees_its_own_environment(server: ForkServer, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    materialize("happy-path", ws)
+    pid = server.spawn(["run", "--workspace", str(ws)], _env(LORCH_CRASH_AT="after:3"))
+    assert server.wait(pid, 60) == -signal.SIGKILL
+    ledger = next((ws / "events").glob("run-*.ndjson"))
+    assert len(ledger.read_text().splitlines()) == 3
+    # The next child does not inherit the previous one's failpoint.
+    pid = server.spawn(["resume", "--workspace", str(ws)], _env())
+    assert server.wait(pid, 60) == 0
+
+
+def test_wait_times_out_on_a_run_that_goes_on(server: ForkServer, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    materialize("happy-path", ws)
+    pid = server.spawn(["run", "--workspace", str(ws)], _env())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert server.wait(pid, 0.2) is None
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+    assert server.wait(pid, 60) == -signal.SIGKILL
