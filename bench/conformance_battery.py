@@ -10,8 +10,12 @@ from pathlib import Path
 
 from lorch.conformance import run_battery
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _bytecode import compile_packages
+
 
 def main() -> None:
+    compile_packages()
     report = run_battery([str(Path(sys.executable).parent / "mockagent"), "--type", "builder"])
     required = [o for o in report.outcomes if o.check.severity == "required"]
     print(

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from lorch.canonical import idempotency_key
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _bytecode import compile_packages
+
 MOCK = str(Path(sys.executable).parent / "mockagent")
 
 
@@ -95,6 +98,7 @@ def latency(ws: Path, n: int) -> list[float]:
 
 
 def main() -> None:
+    compile_packages()
     quick = "--quick" in sys.argv
     with tempfile.TemporaryDirectory() as tmp:
         s = startup(Path(tmp), 10 if quick else 30)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _bytecode import compile_packages
 from _workspace import loop_workspace
 
 CHILD = """
@@ -27,6 +28,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def main() -> None:
+    compile_packages()
     sizes = [100, 300, 1000] if "--quick" in sys.argv else [1000, 3000, 10_000]
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as t:
         for n in sizes:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _bytecode import compile_packages
 from _workspace import loop_workspace
 
 from lorch import ledger, protocol
@@ -125,6 +126,7 @@ def measure(rounds: int, tmp: Path) -> tuple[float, int, float]:
 
 
 def main() -> None:
+    compile_packages()
     n = 40 if "--quick" in sys.argv else 200
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as t:
         tmp = Path(t)
