@@ -7,7 +7,10 @@ counted in the ledger file, whoever appended the earlier records) is written:
 - ``torn:K``      write part of record K (no newline), fsync, SIGKILL lorch;
 - ``agent:K``     after record K is durable, SIGKILL the process group of the
                   agent that is working on a command (lorch itself goes on);
-- ``powerloss:K`` after record K is durable, SIGKILL every agent group and lorch.
+- ``powerloss:K`` after record K is durable, SIGKILL every agent group and lorch;
+- ``diskfull:K``  write part of record K, then fail it with ENOSPC, as a disk
+                  that fills up in the middle of a run does (lorch goes on to
+                  report it; no crash).
 
 Unset, it costs one attribute check per append. The crash harness is its user.
 """
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from lorch.errors import UsageError
 
 ENV = "LORCH_CRASH_AT"
-MODES = ("after", "torn", "agent", "powerloss")
+MODES = ("after", "torn", "agent", "powerloss", "diskfull")
 
 # Process groups of the agents this lorch process runs, by role, and the role
 # currently working on a command. The supervisor keeps these up to date.
@@ -38,6 +41,10 @@ class Failpoint:
     def before_write(self, n: int) -> bool:
         """True when record ``n`` must be torn instead of written."""
         return self.mode == "torn" and n == self.k
+
+    def disk_full(self, n: int) -> bool:
+        """True when writing record ``n`` must fail as on a full disk."""
+        return self.mode == "diskfull" and n == self.k
 
     def after_durable(self, n: int) -> None:
         if n != self.k:

@@ -13,6 +13,7 @@ file and line number; nothing is ever skipped silently.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -179,6 +180,9 @@ class Ledger:
                 os.write(self._fd, line[: max(1, len(line) // 2)])
                 os.fsync(self._fd)
                 failpoint.kill_self()
+            if fp is not None and fp.disk_full(n):
+                self.size += os.write(self._fd, line[: max(1, len(line) // 2)])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             written = os.write(self._fd, line)
             if written != len(line):
                 # O_APPEND on a regular file writes all or fails; a short write

@@ -763,6 +763,16 @@ def _guard(runner: Runner, body: Callable[[], Outcome]) -> Outcome:
             f"interrupted; agents stopped. Resume with: lorch resume --workspace "
             f"{runner.workspace} --run {runner.state.run_id}"
         ) from None
+    except StorageError as e:
+        # A full or failing disk mid-run: the ledger holds everything up to the
+        # failed write (a torn line at most, which resume cuts).
+        runner.stop_agents()
+        if not runner.state.run_id:
+            raise
+        raise StorageError(
+            f"{e}; the run is resumable: fix the disk, then lorch resume --workspace "
+            f"{runner.workspace} --run {runner.state.run_id}"
+        ) from None
     except BaseException:
         runner.stop_agents()
         raise

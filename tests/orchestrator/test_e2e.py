@@ -262,6 +262,31 @@ def test_unwritable_ledger_is_a_clean_error(scenario, lorch: Runner) -> None:  #
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("k", [6, 12, 20])
+def test_disk_full_mid_run_is_a_clean_error_and_resumable(scenario, lorch: Runner, k: int) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("review-loop")
+    r = lorch("run", "--workspace", str(ws), env={"LORCH_CRASH_AT": f"diskfull:{k}"})
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("lorch: cannot append to ledger")
+    assert "No space left on device" in r.stderr and "lorch resume" in r.stderr
+    recs = records(ws)
+    assert len(recs) == k - 1  # the half-written record is not a record
+    # Every agent lorch started was stopped before it reported the error.
+    for rec in recs:
+        if rec.get("event") == "system.agent_started":
+            pid = rec["payload"]["pid"]
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+            ), f"agent {pid} still runs"
+    r = lorch("resume", "--workspace", str(ws))
+    assert r.returncode == 0, r.stderr
+    assert "cut a torn last line" in r.stdout
+    assert lorch("verify", "--workspace", str(ws), "--run", run_ids(ws)[-1]).returncode == 0
+    assert max(completions(ws).values()) == 1
+
+
 def test_interrupt_leaves_a_resumable_run(
     scenario, lorch_bin: str, clean_env: dict[str, str], lorch: Runner
 ) -> None:  # type: ignore[no-untyped-def]
