@@ -14,8 +14,10 @@ Run: python bench/orchestrator_round.py [--quick]
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +30,8 @@ from _workspace import loop_workspace
 
 from lorch import ledger, protocol
 from lorch.config import load
-from lorch.runner import Console, resolve_argv, run
+from lorch.runner import Console, Runner, resolve_argv, run
+from lorch.workflow import Send
 
 
 def fsync_cost(tmp: Path, n: int = 300) -> float:
@@ -64,12 +67,18 @@ def pipe_round_trip(n: int = 500) -> float:
     return dt
 
 
-def agents_only(ws: Path, tmp: Path, rounds: int) -> float:
-    """Send the commands lorch sent in ``ws`` straight to fresh agents; return seconds."""
+def round_times(stamps: list[float]) -> list[float]:
+    """Durations of the rounds between consecutive review commands."""
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def agents_only(ws: Path, tmp: Path, trial: int) -> list[float]:
+    """Send the commands lorch sent in ``ws`` straight to fresh agents; time each round."""
     commands = [
         r for p in ws.glob("events/*.ndjson") for r in ledger.read(p) if r["kind"] == "command"
     ]
-    fresh = tmp / f"direct-{rounds}"
+    fresh = tmp / f"direct-{trial}"
+    rounds = sum(c["action"] == "review" for c in commands) - 1
     loop_workspace(fresh, rounds)
     config = load(fresh)
     procs = {}
@@ -83,8 +92,10 @@ def agents_only(ws: Path, tmp: Path, rounds: int) -> float:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-    t0 = time.perf_counter()
+    stamps = []
     for cmd in commands:
+        if cmd["action"] == "review":
+            stamps.append(time.perf_counter())
         p = procs[cmd["to"]["agent_type"]]
         assert p.stdin is not None and p.stdout is not None
         p.stdin.write(protocol.encode(cmd))
@@ -93,53 +104,66 @@ def agents_only(ws: Path, tmp: Path, rounds: int) -> float:
             msg = json.loads(p.stdout.readline())
             if msg.get("event") in protocol.TERMINAL_EVENTS:
                 break
-    dt = time.perf_counter() - t0
     for p in procs.values():
         assert p.stdin is not None and p.stdout is not None
         p.stdin.close()
         p.wait()
         p.stdout.close()
-    return dt
+    return round_times(stamps)
 
 
-def measure(rounds: int, tmp: Path) -> tuple[float, int, float]:
-    ws = tmp / f"ws-{rounds}"
+def under_lorch(rounds: int, tmp: Path, trial: int) -> tuple[Path, list[float], float]:
+    """Run the loop under lorch; time each round; count lorch's fsyncs per round."""
+    ws = tmp / f"ws-{trial}"
     loop_workspace(ws, rounds)
     calls = 0
-    real = os.fsync
+    real_fsync, real_send = os.fsync, Runner.send
+    stamps: list[float] = []
 
     def counting(fd: int) -> None:
         nonlocal calls
         calls += 1
-        real(fd)
+        real_fsync(fd)
+
+    def stamped(self: Runner, step: Send) -> None:
+        if step.command["action"] == "review":
+            stamps.append(time.perf_counter())
+        real_send(self, step)
 
     os.fsync = counting  # type: ignore[assignment]
+    Runner.send = stamped  # type: ignore[method-assign]
     try:
         with open(os.devnull, "w") as sink:
-            t0 = time.perf_counter()
             outcome = run(ws, console=Console(out=sink, color=False))
-            dt = time.perf_counter() - t0
     finally:
-        os.fsync = real  # type: ignore[assignment]
+        os.fsync = real_fsync  # type: ignore[assignment]
+        Runner.send = real_send  # type: ignore[method-assign]
     assert outcome.status == "completed", outcome
-    return dt, calls, agents_only(ws, tmp, rounds)
+    return ws, round_times(stamps), calls / rounds
 
 
 def main() -> None:
     compile_packages()
     n = 40 if "--quick" in sys.argv else 200
+    trials = 1 if "--quick" in sys.argv else 3
+    lorch_rounds: list[float] = []
+    direct_rounds: list[float] = []
+    fsyncs = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as t:
         tmp = Path(t)
-        base, base_fsyncs, base_agents = measure(2, tmp)
-        full, full_fsyncs, full_agents = measure(n + 2, tmp)
-        per_round = (full - base) / n
-        agents = (full_agents - base_agents) / n
-        overhead = per_round - agents
-        lorch_fsyncs = (full_fsyncs - base_fsyncs) / n
+        for trial in range(trials):  # interleaved, so a slow spell of the disk hits both
+            ws, times, per_round = under_lorch(n, tmp, trial)
+            lorch_rounds += times
+            fsyncs.append(per_round)
+            direct_rounds += agents_only(ws, tmp, trial)
         fs = fsync_cost(tmp)
         rt = pipe_round_trip()
+    per_round = statistics.median(lorch_rounds)
+    agents = statistics.median(direct_rounds)
+    overhead = per_round - agents
+    lorch_fsyncs = statistics.median(fsyncs)
     floor = lorch_fsyncs * fs
-    print(f"rounds: {n} (changes requested each time), fsync on")
+    print(f"rounds: {n} x {trials} trials (changes requested each time), fsync on; medians")
     print(f"round under lorch: {per_round * 1000:.2f} ms")
     print(
         f"agents alone (same commands, bare driver): {agents * 1000:.2f} ms "

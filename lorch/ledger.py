@@ -168,9 +168,12 @@ class Ledger:
         return cls(path, fd, records, fsync=fsync), torn
 
     def append(self, record: Record, *, sync: bool = True) -> int:
-        """Append one record durably; return its 1-based number in the file.
+        """Append one record; return its 1-based number in the file.
 
-        ``sync=False`` exists only for planted-bug tests of the crash harness.
+        With ``sync`` (the default) the record and every one before it are on
+        disk when this returns. ``sync=False`` leaves it in the page cache for a
+        later :meth:`sync` to make durable (group commit): the caller must not
+        act on it before that.
         """
         line = protocol.encode(record)
         n = self.records + 1
@@ -201,12 +204,25 @@ class Ledger:
             fp.after_durable(n)
         return n
 
+    def sync(self) -> None:
+        """Make every appended record durable (one fsync for all of them)."""
+        if self.synced_size == self.size or not self._fsync:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            raise StorageError(f"cannot append to ledger {self.path}: {e.strerror}") from e
+        self.synced_size = self.size
+
+    @property
+    def unsynced(self) -> bool:
+        return self._fsync and self.synced_size != self.size
+
     def _lose_power(self, n: int) -> None:
         """Simulate a power cut: the page cache is lost, only synced bytes stay.
 
-        Bytes lorch wrote but never synced are a write-ahead violation whatever
-        happens next, so their count is left in ``<ledger>.powerloss.json`` for
-        the crash harness to report.
+        How many bytes were lost (records written but not yet synced) is left
+        in ``<ledger>.powerloss.json``, for the crash harness to show.
         """
         lost = self.size - self.synced_size
         if lost:

@@ -44,6 +44,9 @@ Record = dict[str, Any]
 
 # While a run goes on, state/run.json may lag the ledger by at most this long.
 STATE_REFRESH_S = 1.0
+# How long an agent's event may wait for the next one to share its fsync
+# (group commit); a terminal event is made durable with the command that follows.
+GROUP_COMMIT_S = 0.01
 
 
 class Interrupted(LorchError):
@@ -179,22 +182,36 @@ class DerivedWriter:
     write is repaired by resume, which rebuilds what is missing. So lorch need
     not wait for these writes before it sends the next command; it waits for
     them (``flush``) before it records the end of a run and before it exits.
-    A failed write is raised at the next ``submit`` or ``flush``.
+    Writes are held (``submit``) until lorch has sent its next command
+    (``release``), so their fsyncs do not queue up in the file system's journal
+    in front of the command's own fsync. A failed write is raised at the next
+    ``submit``, ``release`` or ``flush``.
     """
 
     def __init__(self) -> None:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._held: list[Callable[[], None]] = []
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     def submit(self, write: Callable[[], None]) -> None:
         self._raise()
+        self._held.append(write)
+
+    def release(self) -> None:
+        """Start the held writes (lorch is now waiting for an agent)."""
+        self._raise()
+        if not self._held:
+            return
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, daemon=True, name="derived")
             self._thread.start()
-        self._queue.put(write)
+        for write in self._held:
+            self._queue.put(write)
+        self._held.clear()
 
     def flush(self) -> None:
+        self.release()
         self._queue.join()
         self._raise()
 
@@ -253,18 +270,40 @@ class Runner:
         self.receipts: ReceiptWriter | None = None
         self._state_key: tuple[object, ...] | None = None
         self.derived = DerivedWriter()
+        self._unshown: list[Record] = []
+        self._events_waiting = False  # agents' events appended, not yet synced
         self._state_at: float | None = None
 
     # -- ledger ---------------------------------------------------------------
 
     def append(self, record: Record, *, sync: bool = True, trusted: bool = False) -> None:
-        """Validate, append durably, fold, show. ``trusted``: validated on receipt."""
+        """Validate, append, fold; show once durable. ``trusted``: validated on receipt.
+
+        ``sync=False`` (agents' events) leaves the record for the next fsync:
+        nothing outside lorch's memory — a command sent, a derived file, a line
+        of transcript — depends on it before :meth:`sync` (DESIGN.md §5.1,
+        docs/decisions.md D16).
+        """
         assert self.ledger is not None
         if not trusted:
             protocol.validate_message(record, source=f"ledger record {self.ledger.records + 1}")
         self.ledger.append(record, sync=sync)
         self.state.fold(record)
-        self.console.record(record)
+        self._unshown.append(record)
+        if not self.ledger.unsynced:
+            self._show()
+
+    def sync(self) -> None:
+        """Make every appended record durable, then show the ones not shown yet."""
+        if self.ledger is not None:
+            self.ledger.sync()
+        self._events_waiting = False
+        self._show()
+
+    def _show(self) -> None:
+        for record in self._unshown:
+            self.console.record(record)
+        self._unshown.clear()
 
     def system(self, name: str, payload: Record, correlation_id: str | None = None) -> None:
         self.append(
@@ -390,6 +429,7 @@ class Runner:
         )
 
     def write_derived(self) -> None:
+        self.sync()
         self.write_state()
         self.derived.flush()
         self.write_index()
@@ -486,6 +526,7 @@ class Runner:
             )
             if isinstance(step, Finish):
                 # Every receipt is on disk before the run's end is recorded.
+                self.sync()
                 self.derived.flush()
                 if not self.state.finished:
                     if step.status == "completed":
@@ -569,6 +610,7 @@ class Runner:
             if not proc.send(protocol.encode(cmd)):
                 self.on_agent_gone(cmd, proc)
                 return
+            self.derived.release()
             self.wait_for_answer(cmd, proc)
         finally:
             failpoint.busy_role[:] = []
@@ -582,10 +624,14 @@ class Runner:
         try:
             while True:
                 wait = min(proc.watchdog.next_check_in(), 0.5)
+                if self._events_waiting:
+                    wait = min(wait, GROUP_COMMIT_S)
                 try:
                     item: Incoming | None = self.inbox.get(timeout=max(wait, 0.001))
                 except queue.Empty:
                     item = None
+                    if self._events_waiting:
+                        self.sync()  # a quiet moment: make the events durable, show them
                 if item is not None and self.handle(item, cmd, proc):
                     return
                 if proc.watchdog.timed_out():
@@ -612,6 +658,8 @@ class Runner:
         if current is None or current.generation != item.generation:
             return False  # a predecessor's last words
         working = item.role == proc.role
+        if item.message is None or not working:
+            self.sync()  # what follows kills or records: the past must be durable first
         if item.eof:
             rc = self.kill_agent(item.role)
             self.system(
@@ -688,8 +736,10 @@ class Runner:
             )
             if self.receipts is not None:
                 self.receipts.write(early, self.state.snapshot_id)
-        self.append(msg, trusted=True)
+        self.append(msg, trusted=True, sync=False)
+        self._events_waiting = True
         if name == "error":
+            self.sync()
             p = self.state.pending
             self.sleep(self.backoff.delay(p.attempt if p else 0))
             return True
@@ -778,6 +828,7 @@ def _guard(runner: Runner, body: Callable[[], Outcome]) -> Outcome:
         raise
     finally:
         with contextlib.suppress(LorchError, OSError):
+            runner.sync()
             runner.derived.flush()
         runner.derived.close()
         if runner.ledger is not None:

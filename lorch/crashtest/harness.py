@@ -329,16 +329,12 @@ def _alive_agents(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
 
 
 def check_write_ahead(ws: Path) -> None:
-    path = the_ledger(ws)
-    if path is not None:
-        note = path.with_name(path.name + ".powerloss.json")
-        if note.exists():
-            lost = json.loads(note.read_text())
-            raise Broken(
-                "write_ahead",
-                f"{lost['lost_bytes']} bytes of the ledger were never fsynced when power failed "
-                f"at record {lost['record']}",
-            )
+    """No agent may have worked on a command that the ledger does not hold.
+
+    After a simulated power loss the ledger keeps only fsynced bytes. Records
+    lorch had written but not yet synced may go (agents' events wait for the
+    next fsync: group commit); what must never go is a command an agent saw.
+    """
     keys = {r["idempotency_key"] for r in read_records(ws) if r["kind"] == "command"}
     for j in journals(ws):
         if j["state"] == "started" and j["ik"] not in keys:
