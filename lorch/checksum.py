@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -14,18 +16,28 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """Checksum and size of a file, reading it in fixed chunks (constant memory)."""
+    """Checksum and size of a regular file, read in fixed chunks (constant memory).
+
+    Anything else (a directory, a FIFO, a device) raises ``OSError`` without
+    being read: opening is non-blocking, so a FIFO cannot hang the caller.
+    """
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb", buffering=0) as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         # A buffer no bigger than the file (+1 to see EOF in one read): most
         # artifacts are small, and zeroing a whole chunk for each costs more
         # than hashing them.
-        buf = bytearray(min(CHUNK, os.fstat(f.fileno()).st_size + 1))
+        buf = bytearray(min(CHUNK, st.st_size + 1))
         view = memoryview(buf)
-        while n := f.readinto(buf):
+        while n := os.readv(fd, [buf]):
             h.update(view[:n])
             size += n
+    finally:
+        os.close(fd)
     return "sha256:" + h.hexdigest(), size
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
@@ -27,9 +28,22 @@ def safe_relpath(workspace: Path, rel: str) -> Path:
             f"artifact path {rel!r} contains '..'; expected a path inside the workspace"
         )
     root = _real(str(workspace))
-    full = os.path.realpath(os.path.join(root, rel))
-    if full != root and not full.startswith(root.rstrip(os.sep) + os.sep):
-        raise PathEscape(f"artifact path {rel!r} leads outside the workspace (through a symlink)")
+    # Only a symlink can lead out: look at each component below the root, and
+    # resolve the whole path only when one of them is a link.
+    cur = root
+    for part in pure.parts:
+        cur = os.path.join(cur, part)
+        try:
+            mode = os.lstat(cur).st_mode
+        except OSError:
+            break  # does not exist (yet): nothing below it can be a link
+        if stat.S_ISLNK(mode):
+            full = os.path.realpath(os.path.join(root, rel))
+            if full != root and not full.startswith(root.rstrip(os.sep) + os.sep):
+                raise PathEscape(
+                    f"artifact path {rel!r} leads outside the workspace (through a symlink)"
+                )
+            break
     return Path(root) / pure
 
 

@@ -578,10 +578,14 @@ class Runner:
             except PathEscape as e:
                 problems.append((path, str(e)))
                 continue
-            if not full.is_file():
+            try:
+                sha, size = sha256_file(full)
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 problems.append((path, "no such file in the workspace"))
                 continue
-            sha, size = sha256_file(full)
+            except OSError as e:
+                problems.append((path, f"cannot read it: {e.strerror}"))
+                continue
             if sha != art.get("sha256") or size != art.get("size"):
                 problems.append(
                     (

@@ -81,6 +81,14 @@ def test_symlink_escape_is_refused(tmp_path: Path) -> None:
         safe_relpath(ws, "link/secret.txt")
     (ws / "src").mkdir()
     assert safe_relpath(ws, "src/ok.py") == ws.resolve() / "src" / "ok.py"
+    # The file itself a link out, deeper down: refused too.
+    (tmp_path / "outside" / "secret.txt").write_text("s")
+    (ws / "src" / "leak.txt").symlink_to(tmp_path / "outside" / "secret.txt")
+    with pytest.raises(PathEscape, match="outside the workspace"):
+        safe_relpath(ws, "src/leak.txt")
+    # A link that stays inside the workspace is fine.
+    (ws / "alias").symlink_to(ws / "src")
+    assert safe_relpath(ws, "alias/ok.py") == ws.resolve() / "alias" / "ok.py"
 
 
 def _tree(root: Path) -> None:
