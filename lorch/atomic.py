@@ -47,7 +47,7 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _write_temp(target: Path, data: bytes) -> Path:
+def _write_temp(target: Path, data: bytes, *, sync: bool = True) -> Path:
     ensure_dir(target.parent)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
@@ -59,7 +59,8 @@ def _write_temp(target: Path, data: bytes) -> Path:
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException as e:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -105,6 +106,42 @@ def atomic_create_bytes(path: str | os.PathLike[str], data: bytes) -> bool:
             os.unlink(tmp)
     fsync_dir(target.parent)
     return True
+
+
+def atomic_create_many(items: list[tuple[Path, bytes]]) -> list[bool]:
+    """:func:`atomic_create_bytes` for several files, with fewer syncs.
+
+    Every file is written to its temp file first, then each temp file is synced
+    (the file system commits them together, so all but the first sync are
+    cheap), then each is linked into place, then each directory is synced once.
+    Returns, per item, whether it was created (False: the name was taken).
+    """
+    temps: list[Path] = []
+    results: list[bool] = []
+    try:
+        for target, data in items:
+            temps.append(_write_temp(target, data, sync=False))
+        for tmp in temps:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for (target, _), tmp in zip(items, temps, strict=True):
+            try:
+                os.link(tmp, target)
+                results.append(True)
+            except FileExistsError:
+                results.append(False)
+    except OSError as e:
+        raise StorageError(f"cannot write {items[len(results)][0]}: {e.strerror}") from e
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    for parent in sorted({target.parent for target, _ in items}):
+        fsync_dir(parent)
+    return results
 
 
 def json_bytes(value: Any) -> bytes:

@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from lorch import _planted, failpoint, ledger, protocol, snapshot, store, transcript
-from lorch.atomic import ensure_dir
+from lorch import _planted, failpoint, ledger, protocol, schemas, snapshot, store, transcript
+from lorch.atomic import atomic_create_many, ensure_dir, json_bytes
 from lorch.checksum import sha256_file
 from lorch.config import Config, ensure, load
 from lorch.errors import AgentError, ConfigError, LorchError, PathEscape, StorageError, UsageError
@@ -47,6 +47,10 @@ STATE_REFRESH_S = 1.0
 # How long an agent's event may wait for the next one to share its fsync
 # (group commit); a terminal event is made durable with the command that follows.
 GROUP_COMMIT_S = 0.01
+# Receipts are written in batches of this many while agents answer fast, and all
+# at once when an agent has been working for RECEIPT_DELAY_S (or the run ends).
+RECEIPT_BATCH = 16
+RECEIPT_DELAY_S = 0.1
 
 
 class Interrupted(LorchError):
@@ -148,9 +152,33 @@ class ReceiptWriter:
         self.next = store.next_step(workspace, task_id)
 
     def write(self, pending: Pending, snapshot_id: str) -> None:
+        receipt = self._receipt(pending, snapshot_id)
+        if receipt is not None:
+            _, step = store.write_receipt(self.workspace, receipt, start=self.next)
+            self.next = step + 1
+
+    def write_batch(self, batch: list[tuple[Pending, str]]) -> None:
+        """Several receipts at once (consecutive step numbers), with fewer syncs."""
+        receipts = [r for p, snap in batch if (r := self._receipt(p, snap)) is not None]
+        if not receipts:
+            return
+        d = store.receipts_dir(self.workspace, receipts[0]["task_id"])
+        items = []
+        for i, receipt in enumerate(receipts):
+            body = {**receipt, "step": self.next + i}
+            schemas.validate("receipt", body, source=f"receipt step {self.next + i}")
+            items.append((d / f"step-{self.next + i}.json", json_bytes(body)))
+        created = atomic_create_many(items)
+        self.next += len(items)
+        for receipt, ok in zip(receipts, created, strict=True):
+            if not ok:  # a step number already taken: the next free one
+                _, step = store.write_receipt(self.workspace, receipt, start=self.next)
+                self.next = step + 1
+
+    def _receipt(self, pending: Pending, snapshot_id: str) -> Record | None:
         ik = pending.ik
         if ik in self.done or pending.terminal is None:
-            return
+            return None
         cmd, ev = pending.command, pending.terminal
         receipt: Record = {
             "run_id": self.run_id,
@@ -168,8 +196,7 @@ class ReceiptWriter:
         }
         if "status" in ev:
             receipt["status"] = ev["status"]
-        _, step = store.write_receipt(self.workspace, receipt, start=self.next)
-        self.next = step + 1
+        return receipt
         # `done` holds only the receipts found on disk at start: a live run accepts
         # each key once, so it need not grow (memory stays flat over long runs).
 
@@ -271,6 +298,7 @@ class Runner:
         self._state_key: tuple[object, ...] | None = None
         self.derived = DerivedWriter()
         self._unshown: list[Record] = []
+        self._receipts_held: list[tuple[Pending, str]] = []
         self._events_waiting = False  # agents' events appended, not yet synced
         self._state_at: float | None = None
 
@@ -348,9 +376,25 @@ class Runner:
         )
 
     def _on_accept(self, pending: Pending) -> None:
-        receipts, snap = self.receipts, self.state.snapshot_id
-        if receipts is not None and snap:
-            self.derived.submit(lambda: receipts.write(pending, snap))
+        if self.receipts is not None and self.state.snapshot_id:
+            # Held in memory until the answer is durable and lorch is waiting.
+            self._receipts_held.append((pending, self.state.snapshot_id))
+
+    def release_derived(self, *, force: bool = False) -> None:
+        """Hand held derived writes to the background writer.
+
+        Receipts go in batches of ``RECEIPT_BATCH`` while agents answer fast,
+        so a long loop costs a few syncs per batch, not two per command; when an
+        agent takes a while (``RECEIPT_DELAY_S``) or the run ends, they all go.
+        Only records already durable are ever handed over (DESIGN.md §5.2).
+        """
+        if not force and len(self._receipts_held) < RECEIPT_BATCH:
+            return
+        receipts, batch = self.receipts, self._receipts_held
+        self._receipts_held = []
+        if receipts is not None and batch:
+            self.derived.submit(lambda: receipts.write_batch(batch))
+        self.derived.release()
 
     # -- derived state --------------------------------------------------------
 
@@ -431,6 +475,7 @@ class Runner:
     def write_derived(self) -> None:
         self.sync()
         self.write_state()
+        self.release_derived(force=True)
         self.derived.flush()
         self.write_index()
         transcript.rebuild(self.workspace, self.state.run_id)
@@ -527,6 +572,7 @@ class Runner:
             if isinstance(step, Finish):
                 # Every receipt is on disk before the run's end is recorded.
                 self.sync()
+                self.release_derived(force=True)
                 self.derived.flush()
                 if not self.state.finished:
                     if step.status == "completed":
@@ -614,7 +660,7 @@ class Runner:
             if not proc.send(protocol.encode(cmd)):
                 self.on_agent_gone(cmd, proc)
                 return
-            self.derived.release()
+            self.release_derived()
             self.wait_for_answer(cmd, proc)
         finally:
             failpoint.busy_role[:] = []
@@ -625,9 +671,16 @@ class Runner:
         timeout = cfg.timeouts_s.get(cmd["action"], 600.0)
         proc.watchdog.beat()
         proc.watchdog.arm(timeout)
+        release_at = self.clock() + RECEIPT_DELAY_S if self._receipts_held else None
         try:
             while True:
                 wait = min(proc.watchdog.next_check_in(), 0.5)
+                if release_at is not None:
+                    if self.clock() >= release_at:
+                        self.release_derived(force=True)
+                        release_at = None
+                    else:
+                        wait = min(wait, max(release_at - self.clock(), 0.0))
                 if self._events_waiting:
                     wait = min(wait, GROUP_COMMIT_S)
                 try:
@@ -833,6 +886,7 @@ def _guard(runner: Runner, body: Callable[[], Outcome]) -> Outcome:
     finally:
         with contextlib.suppress(LorchError, OSError):
             runner.sync()
+            runner.release_derived(force=True)
             runner.derived.flush()
         runner.derived.close()
         if runner.ledger is not None:

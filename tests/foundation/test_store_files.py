@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -176,3 +177,48 @@ def test_index_keeps_other_runs(tmp_path: Path) -> None:
         ("0123abcd", "completed"),
         ("0123abce", "running"),
     ]
+
+
+def test_atomic_create_many_keeps_taken_names_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    from lorch.atomic import atomic_create_many
+
+    d = tmp_path / "receipts"
+    d.mkdir()
+    (d / "step-2.json").write_text("first")
+    items = [(d / f"step-{i}.json", f"body {i}".encode()) for i in (1, 2, 3)]
+    assert atomic_create_many(items) == [True, False, True]
+    assert (d / "step-2.json").read_text() == "first"  # never overwritten
+    assert (d / "step-3.json").read_text() == "body 3"
+    assert sorted(p.name for p in d.iterdir()) == ["step-1.json", "step-2.json", "step-3.json"]
+    assert oct((d / "step-1.json").stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_receipt_batch_skips_a_taken_step_number(tmp_path: Path) -> None:
+    from lorch.runner import ReceiptWriter
+    from lorch.workflow import Pending
+
+    def pending(i: int) -> Pending:
+        cmd = {
+            "task_id": "T-1",
+            "action": "review",
+            "to": {"agent_type": "reviewer"},
+            "idempotency_key": "ik:" + f"{i:064x}",
+            "correlation_id": f"c-{i}",
+            "message_id": f"cmd-{i}",
+        }
+        ev = {"event": "review.completed", "status": "approved", "message_id": f"evt-{i}"}
+        return Pending(cmd, ev, [f"evt-{i}"])
+
+    writer = ReceiptWriter(tmp_path, "run-20260101-000000-0123abcd", "T-1")
+    d = tmp_path / "receipts" / "T-1"
+    d.mkdir(parents=True)
+    (d / "step-2.json").write_text("{}")  # taken after the writer looked
+    snap = "snap-0123456789ab"
+    writer.write_batch([(pending(i), snap) for i in (1, 2, 3)])
+    keys = {
+        json.loads(p.read_text()).get("idempotency_key"): p.name
+        for p in d.glob("step-*.json")
+        if p.name != "step-2.json"
+    }
+    assert sorted(keys.values()) == ["step-1.json", "step-3.json", "step-4.json"]
+    assert keys["ik:" + f"{2:064x}"] == "step-4.json"
