@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -285,6 +287,32 @@ def test_disk_full_mid_run_is_a_clean_error_and_resumable(scenario, lorch: Runne
     assert "cut a torn last line" in r.stdout
     assert lorch("verify", "--workspace", str(ws), "--run", run_ids(ws)[-1]).returncode == 0
     assert max(completions(ws).values()) == 1
+
+
+def test_receipts_appear_while_a_slow_agent_works(
+    scenario, lorch_bin: str, clean_env: dict[str, str]
+) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    fx = json.loads((ws / "fixtures/reviewer.json").read_text())
+    fx["responses"]["review"]["delay_ms"] = 3000
+    (ws / "fixtures/reviewer.json").write_text(json.dumps(fx))
+    proc = subprocess.Popen(
+        [lorch_bin, "run", "--workspace", str(ws)],
+        env=clean_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        receipt = ws / "receipts" / "T-0042" / "step-1.json"
+        deadline = time.monotonic() + 30
+        while not receipt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling for a condition, bounded by the deadline
+        assert receipt.exists(), "no receipt for the builder while the reviewer worked"
+        # The reviewer has not answered yet: the receipt came while it worked.
+        assert not any(r.get("event") == "review.completed" for r in records(ws))
+        assert json.loads(receipt.read_text())["action"] == "implement"
+    finally:
+        assert proc.wait(60) == 0
 
 
 def test_interrupt_leaves_a_resumable_run(
