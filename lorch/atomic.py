@@ -8,7 +8,6 @@ the temp file is removed when the write fails. Files are 0600, directories 0700.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 from pathlib import Path
@@ -93,23 +92,11 @@ def atomic_create_bytes(path: str | os.PathLike[str], data: bytes) -> bool:
     Returns False (and writes nothing) when the file is already there: receipts
     use this so that a step number, once taken, is never overwritten.
     """
-    target = Path(path)
-    tmp = _write_temp(target, data)
-    try:
-        os.link(tmp, target)
-    except OSError as e:
-        if e.errno == errno.EEXIST:
-            return False
-        raise StorageError(f"cannot write {target}: {e.strerror}") from e
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    fsync_dir(target.parent)
-    return True
+    return atomic_create_many([(Path(path), data)])[0]
 
 
 def atomic_create_many(items: list[tuple[Path, bytes]]) -> list[bool]:
-    """:func:`atomic_create_bytes` for several files, with fewer syncs.
+    """:func:`atomic_create_bytes` for several files at once, with fewer syncs.
 
     Every file is written to its temp file first, then each temp file is synced
     (the file system commits them together, so all but the first sync are

@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from lorch import _planted, failpoint, ledger, protocol, schemas, snapshot, store, transcript
-from lorch.atomic import atomic_create_many, ensure_dir, json_bytes
+from lorch import _planted, failpoint, ledger, protocol, snapshot, store, transcript
+from lorch.atomic import ensure_dir
 from lorch.checksum import sha256_file
 from lorch.config import Config, ensure, load
 from lorch.errors import AgentError, ConfigError, LorchError, PathEscape, StorageError, UsageError
@@ -146,34 +146,22 @@ class ReceiptWriter:
         self.workspace = workspace
         self.run_id = run_id
         existing = store.iter_receipts(workspace, task_id)
+        # Only the receipts found on disk at start: a live run accepts each key
+        # once, so this need not grow (memory stays flat over long runs).
         self.done = {
             data.get("idempotency_key") for _, data in existing if data.get("run_id") == run_id
         }
         self.next = store.next_step(workspace, task_id)
 
     def write(self, pending: Pending, snapshot_id: str) -> None:
-        receipt = self._receipt(pending, snapshot_id)
-        if receipt is not None:
-            _, step = store.write_receipt(self.workspace, receipt, start=self.next)
-            self.next = step + 1
+        self.write_batch([(pending, snapshot_id)])
 
     def write_batch(self, batch: list[tuple[Pending, str]]) -> None:
-        """Several receipts at once (consecutive step numbers), with fewer syncs."""
+        """Receipts for several accepted commands, written together."""
         receipts = [r for p, snap in batch if (r := self._receipt(p, snap)) is not None]
-        if not receipts:
-            return
-        d = store.receipts_dir(self.workspace, receipts[0]["task_id"])
-        items = []
-        for i, receipt in enumerate(receipts):
-            body = {**receipt, "step": self.next + i}
-            schemas.validate("receipt", body, source=f"receipt step {self.next + i}")
-            items.append((d / f"step-{self.next + i}.json", json_bytes(body)))
-        created = atomic_create_many(items)
-        self.next += len(items)
-        for receipt, ok in zip(receipts, created, strict=True):
-            if not ok:  # a step number already taken: the next free one
-                _, step = store.write_receipt(self.workspace, receipt, start=self.next)
-                self.next = step + 1
+        written = store.write_receipts(self.workspace, receipts, start=self.next)
+        if written:
+            self.next = max(step for _, step in written) + 1
 
     def _receipt(self, pending: Pending, snapshot_id: str) -> Record | None:
         ik = pending.ik
@@ -197,8 +185,6 @@ class ReceiptWriter:
         if "status" in ev:
             receipt["status"] = ev["status"]
         return receipt
-        # `done` holds only the receipts found on disk at start: a live run accepts
-        # each key once, so it need not grow (memory stays flat over long runs).
 
 
 class DerivedWriter:
@@ -472,11 +458,16 @@ class Runner:
             },
         )
 
+    def flush_derived(self) -> None:
+        """Make the ledger durable, then write every held or queued derived file."""
+        self.sync()
+        self.release_derived(force=True)
+        self.derived.flush()
+
     def write_derived(self) -> None:
         self.sync()
         self.write_state()
-        self.release_derived(force=True)
-        self.derived.flush()
+        self.flush_derived()
         self.write_index()
         transcript.rebuild(self.workspace, self.state.run_id)
 
@@ -571,9 +562,7 @@ class Runner:
             )
             if isinstance(step, Finish):
                 # Every receipt is on disk before the run's end is recorded.
-                self.sync()
-                self.release_derived(force=True)
-                self.derived.flush()
+                self.flush_derived()
                 if not self.state.finished:
                     if step.status == "completed":
                         self.system("system.run_completed", {"reason": ""})
@@ -885,9 +874,7 @@ def _guard(runner: Runner, body: Callable[[], Outcome]) -> Outcome:
         raise
     finally:
         with contextlib.suppress(LorchError, OSError):
-            runner.sync()
-            runner.release_derived(force=True)
-            runner.derived.flush()
+            runner.flush_derived()
         runner.derived.close()
         if runner.ledger is not None:
             runner.ledger.close()

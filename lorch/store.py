@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lorch import schemas
-from lorch.atomic import atomic_create_bytes, atomic_write_json, json_bytes
+from lorch.atomic import atomic_create_many, atomic_write_json, json_bytes
 from lorch.errors import StorageError
 
 _STEP = re.compile(r"^step-(\d+)\.json$")
@@ -66,15 +66,39 @@ def write_receipt(
     caller's guess of the next free number (saves a directory scan); a taken
     number is skipped either way, since files are created exclusively.
     """
-    d = receipts_dir(workspace, receipt["task_id"])
-    step = start if start is not None else next_step(workspace, receipt["task_id"])
-    while True:
-        body = {**receipt, "step": step}
-        schemas.validate("receipt", body, source=f"receipt step {step}")
-        path = d / f"step-{step}.json"
-        if atomic_create_bytes(path, json_bytes(body)):
-            return path, step
-        step += 1
+    return write_receipts(workspace, [receipt], start=start)[0]
+
+
+def write_receipts(
+    workspace: Path, receipts: list[dict[str, Any]], *, start: int | None = None
+) -> list[tuple[Path, int]]:
+    """Write receipts of one task at free step numbers; return (path, step) of each.
+
+    They are written together (:func:`atomic_create_many`: one sync of the
+    directory for all). A receipt whose number turns out to be taken gets the
+    next free one after the batch.
+    """
+    if not receipts:
+        return []
+    d = receipts_dir(workspace, receipts[0]["task_id"])
+    step = start if start is not None else next_step(workspace, receipts[0]["task_id"])
+    written: list[tuple[Path, int]] = []
+    todo = list(receipts)
+    while todo:
+        items = []
+        for i, receipt in enumerate(todo):
+            body = {**receipt, "step": step + i}
+            schemas.validate("receipt", body, source=f"receipt step {step + i}")
+            items.append((d / f"step-{step + i}.json", json_bytes(body)))
+        created = atomic_create_many(items)
+        written += [
+            (path, step + i)
+            for i, ((path, _), ok) in enumerate(zip(items, created, strict=True))
+            if ok
+        ]
+        todo = [r for r, ok in zip(todo, created, strict=True) if not ok]
+        step += len(items)
+    return written
 
 
 def write_run_state(workspace: Path, state: dict[str, Any]) -> None:
