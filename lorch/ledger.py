@@ -145,6 +145,7 @@ class Ledger:
         cls, path: Path, *, fsync: bool = True, create: bool = True
     ) -> tuple[Ledger, TornTail | None]:
         """Open for append; cut a torn tail first and report it."""
+        failpoint.from_env()  # a bad LORCH_CRASH_AT is refused before any file is made
         path = Path(path)
         torn = None
         records = 0

@@ -911,7 +911,17 @@ def run(workspace: Path, task_id: str | None = None, *, console: Console | None 
 
 def find_unfinished(workspace: Path) -> str:
     events = workspace / "events"
-    candidates = sorted(events.glob("run-*.ndjson"), reverse=True) if events.is_dir() else []
+    # Newest first: by the second in the run id, then by last write (two runs
+    # started in the same second differ only in their random suffix).
+    candidates = (
+        sorted(
+            events.glob("run-*.ndjson"),
+            key=lambda p: (p.stem[:19], p.stat().st_mtime_ns),
+            reverse=True,
+        )
+        if events.is_dir()
+        else []
+    )
     for path in candidates:
         s = State()
         for record in ledger.read(path, validate=False):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -130,6 +131,30 @@ def test_sigkill_at_every_record_then_resume(
         assert set(done) == keys
         got = {p.relative_to(ws): p.read_bytes() for p in (ws / "src").rglob("*") if p.is_file()}
         assert got == final
+
+
+def test_bad_failpoint_is_refused_before_any_run_is_made(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    r = lorch("run", "--workspace", str(ws), env={"LORCH_CRASH_AT": "diskfull:x"})
+    assert r.returncode == 2 and "LORCH_CRASH_AT" in r.stderr
+    assert not list(ws.glob("events/run-*.ndjson"))
+
+
+def test_resume_picks_the_last_written_of_runs_started_in_the_same_second(
+    tmp_path: Path,
+) -> None:
+    from lorch.runner import find_unfinished
+
+    events = tmp_path / "events"
+    events.mkdir()
+    # "ffff" sorts after "0000" but was written first.
+    older = events / "run-20260101-000000-ffffffff.ndjson"
+    newer = events / "run-20260101-000000-00000000.ndjson"
+    older.write_text("")
+    newer.write_text("")
+    os.utime(older, ns=(1_000_000_000, 1_000_000_000))
+    os.utime(newer, ns=(2_000_000_000, 2_000_000_000))
+    assert find_unfinished(tmp_path) == newer.stem
 
 
 def test_resume_of_a_completed_run_says_so(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
