@@ -36,6 +36,8 @@ def sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
         while n := os.readv(fd, [buf]):
             h.update(view[:n])
             size += n
+            if n < len(buf) and size == st.st_size:
+                break  # all fstat announced, and a short read: the end, no read to see EOF
     finally:
         os.close(fd)
     return "sha256:" + h.hexdigest(), size

@@ -168,15 +168,17 @@ class Ledger:
             fsync_dir(path.parent)
         return cls(path, fd, records, fsync=fsync), torn
 
-    def append(self, record: Record, *, sync: bool = True) -> int:
+    def append(self, record: Record, *, sync: bool = True, line: bytes | None = None) -> int:
         """Append one record; return its 1-based number in the file.
 
         With ``sync`` (the default) the record and every one before it are on
         disk when this returns. ``sync=False`` leaves it in the page cache for a
         later :meth:`sync` to make durable (group commit): the caller must not
-        act on it before that.
+        act on it before that. ``line``: the record already encoded
+        (``protocol.encode(record)``), when the caller needs the bytes too.
         """
-        line = protocol.encode(record)
+        if line is None:
+            line = protocol.encode(record)
         n = self.records + 1
         fp = self._failpoint
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from lorch.errors import PathEscape
 
@@ -18,12 +18,14 @@ def safe_relpath(workspace: Path, rel: str) -> Path:
     """
     if not rel or "\x00" in rel:
         raise PathEscape(f"artifact path {rel!r} is empty or contains NUL")
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or rel.startswith(("/", "\\")) or os.path.isabs(rel):
+    if rel.startswith(("/", "\\")) or os.path.isabs(rel):
         raise PathEscape(
             f"artifact path {rel!r} is absolute; expected a path relative to the workspace"
         )
-    if any(part == ".." for part in pure.parts):
+    # Plain string work: this runs for every artifact, on the path between an
+    # agent's answer and lorch's next command.
+    parts = [part for part in rel.split("/") if part and part != "."]
+    if ".." in parts:
         raise PathEscape(
             f"artifact path {rel!r} contains '..'; expected a path inside the workspace"
         )
@@ -31,7 +33,7 @@ def safe_relpath(workspace: Path, rel: str) -> Path:
     # Only a symlink can lead out: look at each component below the root, and
     # resolve the whole path only when one of them is a link.
     cur = root
-    for part in pure.parts:
+    for part in parts:
         cur = os.path.join(cur, part)
         try:
             mode = os.lstat(cur).st_mode
@@ -44,7 +46,7 @@ def safe_relpath(workspace: Path, rel: str) -> Path:
                     f"artifact path {rel!r} leads outside the workspace (through a symlink)"
                 )
             break
-    return Path(root) / pure
+    return Path(root, *parts)
 
 
 @lru_cache(maxsize=64)

@@ -33,12 +33,13 @@ from lorch.paths import safe_relpath
 from lorch.supervisor import (
     AgentProcess,
     Backoff,
+    Inbox,
     Incoming,
     Redactor,
     kill_orphan,
     secret_values,
 )
-from lorch.workflow import Check, Finish, Pending, Send, State, next_step
+from lorch.workflow import ROLE_OF, Check, Finish, Pending, Send, State, next_step
 
 Record = dict[str, Any]
 
@@ -270,7 +271,7 @@ class Runner:
         self.state = State()
         self.ledger: ledger.Ledger | None = None
         self.agents: dict[str, AgentProcess] = {}
-        self.inbox: queue.Queue[Incoming] = queue.Queue()
+        self.inbox = Inbox()
         self.generation = 0
         self.stop_event = threading.Event()
         self.redactor = Redactor(
@@ -290,21 +291,30 @@ class Runner:
 
     # -- ledger ---------------------------------------------------------------
 
-    def append(self, record: Record, *, sync: bool = True, trusted: bool = False) -> None:
+    def append(
+        self,
+        record: Record,
+        *,
+        sync: bool = True,
+        trusted: bool = False,
+        show: bool = True,
+        line: bytes | None = None,
+    ) -> None:
         """Validate, append, fold; show once durable. ``trusted``: validated on receipt.
 
         ``sync=False`` (agents' events) leaves the record for the next fsync:
         nothing outside lorch's memory — a command sent, a derived file, a line
         of transcript — depends on it before :meth:`sync` (DESIGN.md §5.1,
-        docs/decisions.md D16).
+        docs/decisions.md D16). ``show=False`` leaves the transcript lines for
+        the caller to show (a command is shown once it is on its way).
         """
         assert self.ledger is not None
         if not trusted:
             protocol.validate_message(record, source=f"ledger record {self.ledger.records + 1}")
-        self.ledger.append(record, sync=sync)
+        self.ledger.append(record, sync=sync, line=line)
         self.state.fold(record)
         self._unshown.append(record)
-        if not self.ledger.unsynced:
+        if show and not self.ledger.unsynced:
             self._show()
 
     def sync(self) -> None:
@@ -313,6 +323,9 @@ class Runner:
             self.ledger.sync()
         self._events_waiting = False
         self._show()
+
+    def ledger_unsynced(self) -> bool:
+        return self.ledger is not None and self.ledger.unsynced
 
     def _show(self) -> None:
         for record in self._unshown:
@@ -547,7 +560,7 @@ class Runner:
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
-            self.stop_event.wait(seconds)
+            self.inbox.wait(seconds, self.stop_event)  # agents' stdout is still read
 
     # -- the loop ---------------------------------------------------------------
 
@@ -555,11 +568,7 @@ class Runner:
         if not self.state.finished:
             self.start_agents()
         while True:
-            step = next_step(
-                self.state,
-                message_id=_id("cmd"),
-                deadline=_deadline(self._timeout_for(self.state)),
-            )
+            step = next_step(self.state, fresh=self._fresh)
             if isinstance(step, Finish):
                 # Every receipt is on disk before the run's end is recorded.
                 self.flush_derived()
@@ -576,11 +585,12 @@ class Runner:
                 continue
             self.send(step)
 
-    def _timeout_for(self, state: State) -> float:
-        p = state.pending
-        if p is None:
-            return max(self.config.policy_timeouts().values())
-        return self.config.policy_timeouts().get(str(p.command["action"]), 600.0)
+    def _fresh(self, action: str) -> tuple[str, str]:
+        """A new command's message id and deadline (its action's timeout from now)."""
+        role = ROLE_OF.get(action)
+        agent = self.config.agents.get(role) if role else None
+        timeout = agent.timeouts_s.get(action, 600.0) if agent else 600.0
+        return _id("cmd"), _deadline(timeout)
 
     def check(self, pending: Pending) -> None:
         problems = self.artifact_problems(pending.terminal or {})
@@ -642,13 +652,18 @@ class Runner:
             self.fail_attempt(cmd, str(e), "agent_start_failed", role=role, kill=False)
             self.restart(role, str(e))
             return
-        self.append(cmd, sync=not _planted.enabled("skip_command_fsync"))
-        self.write_state(force=False)
+        line = protocol.encode(cmd)  # the same bytes go to the ledger and to the agent
+        self.append(cmd, sync=not _planted.enabled("skip_command_fsync"), show=False, line=line)
         failpoint.busy_role[:] = [role]
         try:
-            if not proc.send(protocol.encode(cmd)):
+            # Durable now: send it first, then do what can wait while the agent works.
+            sent = proc.send(line)
+            if not self.ledger_unsynced():
+                self._show()
+            if not sent:
                 self.on_agent_gone(cmd, proc)
                 return
+            self.write_state(force=False)
             self.release_derived()
             self.wait_for_answer(cmd, proc)
         finally:
@@ -672,12 +687,9 @@ class Runner:
                         wait = min(wait, max(release_at - self.clock(), 0.0))
                 if self._events_waiting:
                     wait = min(wait, GROUP_COMMIT_S)
-                try:
-                    item: Incoming | None = self.inbox.get(timeout=max(wait, 0.001))
-                except queue.Empty:
-                    item = None
-                    if self._events_waiting:
-                        self.sync()  # a quiet moment: make the events durable, show them
+                item = self.inbox.get(timeout=max(wait, 0.001))
+                if item is None and self._events_waiting:
+                    self.sync()  # a quiet moment: make the events durable, show them
                 if item is not None and self.handle(item, cmd, proc):
                     return
                 if proc.watchdog.timed_out():
@@ -876,6 +888,7 @@ def _guard(runner: Runner, body: Callable[[], Outcome]) -> Outcome:
         with contextlib.suppress(LorchError, OSError):
             runner.flush_derived()
         runner.derived.close()
+        runner.inbox.close()
         if runner.ledger is not None:
             runner.ledger.close()
 

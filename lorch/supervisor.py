@@ -1,19 +1,23 @@
 """Agent processes: start, drain, watch, stop (DESIGN.md §6).
 
-Each agent runs in its own process group. Its stdout and stderr each have a
-reader thread for the whole life of the process, so a chatty agent can never
-block on a full pipe; stdout lines go to one queue the runner consumes, stderr
-lines to the agent's log file. Time comes from an injectable clock, so the
-watchdog and backoff logic is tested without waiting.
+Each agent runs in its own process group. Its stdout is read by the runner's
+own thread through an :class:`Inbox` (one ``epoll`` over every agent), whenever
+lorch waits — for an answer, out a backoff, or for an agent to exit — so a
+chatty agent never blocks on a full pipe while lorch waits for it, and an answer
+reaches the runner without a hand-off between threads. Stderr has a reader
+thread for the whole life of the process and goes to the agent's log file.
+Time comes from an injectable clock, so the watchdog and backoff logic is
+tested without waiting.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
-import queue
 import random
+import selectors
 import signal
 import subprocess
 import threading
@@ -112,18 +116,77 @@ class Watchdog:
         return max(0.0, t)
 
 
-# Items the reader threads put on the runner's queue: (role, generation, item)
-EOF = object()
-
-
 @dataclass
 class Incoming:
+    """One thing an agent said on stdout, as the runner sees it."""
+
     role: str
     generation: int
     message: dict[str, Any] | None = None
     error: FramingError | SchemaError | None = None
     raw_size: int = 0
     eof: bool = False
+
+
+class Inbox:
+    """Every running agent's stdout, read by the thread that waits on it.
+
+    ``get`` returns the next item, reading agents' stdout (one ``epoll``) for at
+    most ``timeout`` seconds when none is buffered; ``wait`` reads for the whole
+    time, buffering what comes, so that a sleeping runner still drains its agents.
+    """
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._items: collections.deque[Incoming] = collections.deque()
+
+    def add(self, proc: AgentProcess) -> None:
+        self._selector.register(proc.stdout_fd, selectors.EVENT_READ, proc)
+
+    def remove(self, proc: AgentProcess) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(proc.stdout_fd)
+
+    def put(self, item: Incoming) -> None:
+        self._items.append(item)
+
+    def get(self, timeout: float) -> Incoming | None:
+        """The next item, or None when ``timeout`` seconds pass without one.
+
+        Heartbeats, logs and partial lines are read on the way, without
+        returning early.
+        """
+        if self._items:
+            return self._items.popleft()
+        end = time.monotonic() + timeout
+        while True:
+            self._read(max(end - time.monotonic(), 0.0))
+            if self._items:
+                return self._items.popleft()
+            if time.monotonic() >= end:
+                return None
+
+    def wait(self, seconds: float, stop: threading.Event | None = None) -> None:
+        """Read agents' stdout for ``seconds`` (or until ``stop`` is set)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0 and not (stop and stop.is_set()):
+            self._read(min(left, 0.5))
+
+    def pending(self) -> int:
+        return len(self._items)
+
+    def _read(self, timeout: float) -> None:
+        if not self._selector.get_map():
+            time.sleep(max(timeout, 0.0))  # no agent to hear from
+            return
+        for key, _ in self._selector.select(max(timeout, 0.0)):
+            proc: AgentProcess = key.data
+            proc.read_stdout(self._items.append)
+            if proc.stdout_eof:
+                self.remove(proc)
+
+    def close(self) -> None:
+        self._selector.close()
 
 
 class AgentProcess:
@@ -136,7 +199,7 @@ class AgentProcess:
         *,
         cwd: Path,
         env: dict[str, str],
-        inbox: queue.Queue[Incoming],
+        inbox: Inbox,
         log_path: Path,
         redactor: Redactor,
         generation: int,
@@ -176,8 +239,12 @@ class AgentProcess:
         self.pgid = os.getpgid(self.pid)
         failpoint.agent_groups[role] = self.pgid
         self.watchdog = Watchdog(clock, heartbeat_interval, heartbeat_misses)
+        assert self.proc.stdout is not None
+        self.stdout_fd = self.proc.stdout.fileno()
+        self.stdout_eof = False
+        self._splitter = protocol.LineSplitter()
+        inbox.add(self)
         self._threads = [
-            threading.Thread(target=self._read_stdout, daemon=True, name=f"{role}-stdout"),
             threading.Thread(target=self._read_stderr, daemon=True, name=f"{role}-stderr"),
         ]
         for t in self._threads:
@@ -185,32 +252,37 @@ class AgentProcess:
 
     # -- reading ------------------------------------------------------------
 
-    def _put(self, **kw: Any) -> None:
-        self._inbox.put(Incoming(self.role, self.generation, **kw))
+    def read_stdout(self, put: Callable[[Incoming], None]) -> None:
+        """One read of the agent's stdout (which is readable); each item to ``put``.
 
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        splitter = protocol.LineSplitter()
-        fd = self.proc.stdout.fileno()
-        for data in protocol.read_chunks(fd):
-            for item in splitter.feed(data):
+        Heartbeats and ``log`` messages are dealt with here; at EOF a partial
+        last line is a framing error, then comes an ``eof`` item.
+        """
+        try:
+            data = os.read(self.stdout_fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            for item in self._splitter.feed(data):
                 if isinstance(item, FramingError):
-                    self._put(error=item, raw_size=item.size)
-                    continue
-                self._deliver(self._redactor.raw(item))
-        tail = splitter.pending()
+                    put(Incoming(self.role, self.generation, error=item, raw_size=item.size))
+                else:
+                    self._deliver(self._redactor.raw(item), put)
+            return
+        self.stdout_eof = True
+        tail = self._splitter.pending()
         if tail:
-            self._put(
-                error=FramingError(
-                    f"partial line of {len(tail)} bytes at exit (no newline)",
-                    size=len(tail),
-                    prefix=tail[:80],
-                ),
-                raw_size=len(tail),
+            error = FramingError(
+                f"partial line of {len(tail)} bytes at exit (no newline)",
+                size=len(tail),
+                prefix=tail[:80],
             )
-        self._put(eof=True)
+            put(Incoming(self.role, self.generation, error=error, raw_size=len(tail)))
+        put(Incoming(self.role, self.generation, eof=True))
 
-    def _deliver(self, line: bytes) -> None:
+    def _deliver(self, line: bytes, put: Callable[[Incoming], None]) -> None:
         if not line.strip():
             return
         try:
@@ -219,7 +291,7 @@ class AgentProcess:
         except (FramingError, SchemaError) as e:
             if isinstance(e, SchemaError):
                 e = FramingError(str(e), size=len(line), prefix=line[:80])
-            self._put(error=e, raw_size=len(line))
+            put(Incoming(self.role, self.generation, error=e, raw_size=len(line)))
             return
         if kind == "heartbeat":
             self.watchdog.beat()
@@ -227,7 +299,22 @@ class AgentProcess:
         if kind == "log":
             self.write_log({"stream": "log", **message})
             return
-        self._put(message=message, raw_size=len(line))
+        put(Incoming(self.role, self.generation, message=message, raw_size=len(line)))
+
+    def _drain_stdout(self, timeout: float | None) -> None:
+        """Read stdout to EOF, for at most ``timeout`` seconds; what it said is dropped.
+
+        Used while the agent is being stopped: its last words may be logs (kept)
+        but no answer is acted on any more.
+        """
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.stdout_eof:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            ready = _readable(self.stdout_fd, left)
+            if ready:
+                self.read_stdout(lambda _item: None)
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -296,9 +383,15 @@ class AgentProcess:
                 self.proc.stdin.close()
 
     def stop(self, grace: float = 2.0) -> int | None:
-        """EOF, then SIGTERM, then SIGKILL to the group; always reaped."""
+        """EOF, then SIGTERM, then SIGKILL to the group; always reaped.
+
+        Its stdout is read meanwhile, so an agent that writes as it exits is
+        not left blocked on a full pipe.
+        """
         self.close_input()
-        rc = self._wait(grace)
+        started = time.monotonic()
+        self._drain_stdout(grace)
+        rc = self._wait(max(0.0, grace - (time.monotonic() - started)))
         if rc is None:
             self._signal_group(signal.SIGTERM)
             rc = self._wait(grace)
@@ -325,6 +418,12 @@ class AgentProcess:
     def _finish(self) -> None:
         if failpoint.agent_groups.get(self.role) == self.pgid:
             del failpoint.agent_groups[self.role]
+        self._inbox.remove(self)
+        # The group is dead: what is left in the pipe is read to EOF (its log
+        # lines kept), unless a process outside the group still holds it open.
+        with contextlib.suppress(OSError):
+            os.set_blocking(self.stdout_fd, False)
+            self._drain_stdout(0.5)
         for t in self._threads:
             t.join(timeout=5)
         with self._log_lock:
@@ -333,6 +432,15 @@ class AgentProcess:
             if stream is not None:
                 with contextlib.suppress(OSError, ValueError):
                     stream.close()
+
+
+READ_SIZE = 65536
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        return bool(sel.select(timeout))
 
 
 def group_alive(pid: int, pgid: int) -> bool:

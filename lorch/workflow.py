@@ -214,15 +214,20 @@ def answer_digest(event: Record) -> str:
     )
 
 
+# A fresh message id and deadline for a command of the given action. Asked for
+# only when a command is built: deciding to check an answer costs nothing.
+Fresh = Callable[[str], tuple[str, str]]
+
+
 def build_command(
     state: State,
     action: str,
     inputs: dict[str, Any],
     *,
-    message_id: str,
-    deadline: str,
+    fresh: Fresh,
     expected: list[dict[str, Any]] | None = None,
 ) -> Record:
+    message_id, deadline = fresh(action)
     expected_outputs = expected or []
     assert state.snapshot_id is not None
     ik = idempotency_key(action, state.task_id, state.snapshot_id, inputs, expected_outputs)
@@ -243,7 +248,7 @@ def build_command(
     }
 
 
-def next_step(state: State, *, message_id: str, deadline: str) -> Step:
+def next_step(state: State, *, fresh: Fresh) -> Step:
     """What to do next, given only the folded ledger (plus fresh ids and times)."""
     if state.finished:
         return Finish(state.status, state.failure or "")
@@ -257,15 +262,16 @@ def next_step(state: State, *, message_id: str, deadline: str) -> Step:
                     f"agent {p.role} failed {p.command['action']} for task {state.task_id} "
                     f"after {p.attempt + 1} attempts: {p.failed_code}: {p.failed}",
                 )
-            return Send(_resend(p.command, message_id, deadline, p.attempt + 1), resend=True)
+            return Send(_resend(p.command, fresh, p.attempt + 1), resend=True)
         if p.terminal is not None:
             return Check(p)
         # Sent but never answered (lorch or the agent died): send it again, same key.
-        return Send(_resend(p.command, message_id, deadline, p.attempt), resend=True)
-    return _next_new(state, message_id=message_id, deadline=deadline)
+        return Send(_resend(p.command, fresh, p.attempt), resend=True)
+    return _next_new(state, fresh)
 
 
-def _resend(command: Record, message_id: str, deadline: str, attempt: int) -> Record:
+def _resend(command: Record, fresh: Fresh, attempt: int) -> Record:
+    message_id, deadline = fresh(str(command["action"]))
     return {
         **command,
         "message_id": message_id,
@@ -274,7 +280,7 @@ def _resend(command: Record, message_id: str, deadline: str, attempt: int) -> Re
     }
 
 
-def _next_new(state: State, *, message_id: str, deadline: str) -> Step:
+def _next_new(state: State, fresh: Fresh) -> Step:
     max_rounds = int(state.policy_value("max_rounds", 10))
     answer = state.last_answer
     task = state.task_id
@@ -282,11 +288,7 @@ def _next_new(state: State, *, message_id: str, deadline: str) -> Step:
     def make(
         action: str, inputs: dict[str, Any], expected: list[dict[str, Any]] | None = None
     ) -> Step:
-        return Send(
-            build_command(
-                state, action, inputs, message_id=message_id, deadline=deadline, expected=expected
-            )
-        )
+        return Send(build_command(state, action, inputs, fresh=fresh, expected=expected))
 
     def builder_round() -> int:
         return state.rounds.get("implement", 0) + state.rounds.get("implement_changes", 0) + 1

@@ -26,6 +26,14 @@ def test_sha256_file_streams_and_matches_hashlib(tmp_path: Path) -> None:
     assert is_checksum(sha256_bytes(b"x")) and not is_checksum("sha256:XYZ")
 
 
+@pytest.mark.parametrize("size", [0, 1, 700, (1 << 20) - 1, 1 << 20, (1 << 20) + 1])
+def test_sha256_file_at_the_edges_of_its_buffer(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    assert sha256_file(p) == ("sha256:" + hashlib.sha256(data).hexdigest(), size)
+
+
 def test_atomic_write_modes_and_content(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "file.json"
     atomic_write_json(target, {"x": 1})

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,22 @@ def test_scenario_outcome(name: str, scenario, lorch: Runner) -> None:  # type: 
         assert "[lorch] DONE" in r.stdout
         transcript = (ws / "transcripts" / f"{run_ids(ws)[0]}.txt").read_text()
         assert transcript.splitlines()[-1] == "[lorch] DONE"
+
+
+def test_each_command_is_due_after_its_own_action_s_timeout(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    cfg = json.loads((ws / "lorch.json").read_text())
+    cfg["agents"]["reviewer"]["timeouts_s"] = {"review": 1234}
+    (ws / "lorch.json").write_text(json.dumps(cfg))
+    assert lorch("run", "--workspace", str(ws)).returncode == 0
+    recs = records(ws)
+    start = datetime.fromisoformat(recs[0]["occurred_at"])
+    expected = {"implement": 600, "review": 1234, "update_spec": 180}
+    commands = [r for r in recs if r["kind"] == "command"]
+    assert {c["action"] for c in commands} == set(expected)
+    for c in commands:
+        due = (datetime.fromisoformat(c["deadline"]) - start).total_seconds()
+        assert expected[c["action"]] <= due < expected[c["action"]] + 60, c
 
 
 def test_failing_tests_message_names_task_and_summary(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from lorch.supervisor import Backoff, Redactor, Watchdog, secret_values
+from lorch.supervisor import AgentProcess, Backoff, Inbox, Redactor, Watchdog, secret_values
 
 
 class FakeClock:
@@ -66,3 +71,98 @@ def test_secret_values_are_redacted() -> None:
     r = Redactor(secrets)
     assert r.text("token=ghp_abcdef home=/root") == "token=*** home=/root"
     assert r.raw(b'{"k":"k-123456"}') == b'{"k":"***"}'
+
+
+# -- reading agents' stdout (Inbox) -------------------------------------------
+
+
+def _agent(tmp_path: Path, inbox: Inbox, code: str, clock: FakeClock | None = None) -> AgentProcess:
+    return AgentProcess(
+        "builder",
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        inbox=inbox,
+        log_path=tmp_path / "logs" / "builder.ndjson",
+        redactor=Redactor([]),
+        generation=1,
+        clock=clock or time.monotonic,
+    )
+
+
+EVENT = {
+    "kind": "event",
+    "message_id": "evt-1",
+    "correlation_id": "corr-1",
+    "task_id": "T-1",
+    "from": {"agent_type": "builder"},
+    "event": "builder.completed",
+    "payload": {},
+    "occurred_at": "2026-12-01T12:00:00Z",
+}
+HEARTBEAT = {
+    "kind": "heartbeat",
+    "agent": {"agent_type": "builder", "agent_id": "builder#1"},
+    "seq": 1,
+    "status": "busy",
+    "pid": 1,
+    "uptime_s": 0.1,
+    "last_activity_at": "2026-12-01T12:00:00Z",
+}
+
+
+def test_get_reads_past_heartbeats_and_partial_lines_until_an_item(tmp_path: Path) -> None:
+    # A heartbeat, then half a line, then the rest, in three writes spaced out so
+    # that they arrive in separate reads: none of the first two is an item, and
+    # get must not return before the third.
+    line = json.dumps(EVENT) + "\n"
+    parts = (json.dumps(HEARTBEAT) + "\n", line[:40], line[40:])
+    code = (
+        "import sys, time\n"
+        f"for part in {parts!r}:\n"
+        "    sys.stdout.write(part); sys.stdout.flush(); time.sleep(0.2)\n"
+        "sys.stdin.readline()\n"
+    )
+    clock = FakeClock()
+    inbox = Inbox()
+    proc = _agent(tmp_path, inbox, code, clock)
+    clock.t = 100.0
+    try:
+        item = inbox.get(timeout=30)
+        assert item is not None and item.message == EVENT
+        assert proc.watchdog.last_beat == 100.0  # the heartbeat was heard on the way
+    finally:
+        proc.stop()
+        inbox.close()
+
+
+def test_a_sleeping_runner_still_drains_its_agents(tmp_path: Path) -> None:
+    # 400 KiB of log lines: more than a pipe holds, so the agent only gets to
+    # exit if its stdout is read while lorch waits out a backoff.
+    log = json.dumps(
+        {"kind": "log", "level": "info", "message": "x" * 1000, "timestamp": "2026-12-01T12:00:00Z"}
+    )
+    code = f"import sys\nfor _ in range(400): sys.stdout.write({log!r} + '\\n')\n"
+    inbox = Inbox()
+    proc = _agent(tmp_path, inbox, code)
+    try:
+        deadline = time.monotonic() + 30
+        while proc.alive() and time.monotonic() < deadline:
+            inbox.wait(0.05)
+        assert not proc.alive()
+    finally:
+        proc.stop()
+        inbox.close()
+    assert len((tmp_path / "logs" / "builder.ndjson").read_text().splitlines()) == 400
+
+
+def test_stop_reads_what_an_agent_writes_as_it_exits(tmp_path: Path) -> None:
+    # On EOF the agent writes more than a pipe holds, then exits 0: stop must
+    # read it, or the agent blocks until SIGTERM.
+    code = "import sys\nsys.stdin.read()\nsys.stdout.write('x' * 400_000 + '\\n')\n"
+    inbox = Inbox()
+    proc = _agent(tmp_path, inbox, code)
+    try:
+        assert proc.stop(grace=30) == 0
+    finally:
+        inbox.close()

@@ -9,6 +9,7 @@ from lorch.workflow import Check, Finish, Send, State, next_step
 
 TASK = {"id": "T-0042", "goal": "g"}
 SNAP = "snap-0123456789ab"
+DEADLINE = "2026-11-24T13:00:00Z"
 
 
 def sysev(name: str, payload: dict[str, Any], corr: str = "run-1") -> dict[str, Any]:
@@ -58,7 +59,7 @@ class Sim:
 
     def step(self) -> Send | Check | Finish:
         return next_step(
-            self.state, message_id=protocol.new_message_id("cmd"), deadline="2026-11-24T13:00:00Z"
+            self.state, fresh=lambda action: (protocol.new_message_id("cmd"), DEADLINE)
         )
 
     def send(self) -> dict[str, Any]:
@@ -156,10 +157,10 @@ def test_replay_gives_the_same_next_command_key() -> None:
     replayed = State()
     for r in sim.records:
         replayed.fold(r)
-    again = next_step(replayed, message_id="cmd-x", deadline="2026-11-24T13:00:00Z")
+    again = next_step(replayed, fresh=lambda action: ("cmd-x", DEADLINE))
     assert isinstance(again, Check)  # the answer was never checked in the replay
     replayed.accept()
-    again = next_step(replayed, message_id="cmd-y", deadline="2026-11-24T13:00:00Z")
+    again = next_step(replayed, fresh=lambda action: ("cmd-y", DEADLINE))
     assert isinstance(again, Send)
     assert again.command["idempotency_key"] == nxt.command["idempotency_key"]
     assert again.command["correlation_id"] == nxt.command["correlation_id"]
@@ -248,3 +249,22 @@ def test_round_cap() -> None:
     actions = run_loop(Sim(max_rounds=3), ["changes_requested"] * 5, [])
     assert actions[-1] == "finish:failed"
     assert actions.count("review") == 3
+
+
+def test_fresh_ids_are_asked_for_only_when_a_command_is_built() -> None:
+    sim = Sim()
+    cmd = sim.send()
+    sim.add(answer(cmd, "builder.completed", "success", **PASS))
+    asked: list[str] = []
+
+    def fresh(action: str) -> tuple[str, str]:
+        asked.append(action)
+        return "cmd-z", DEADLINE
+
+    assert isinstance(next_step(sim.state, fresh=fresh), Check)
+    assert asked == []
+    sim.state.accept()
+    step = next_step(sim.state, fresh=fresh)
+    assert isinstance(step, Send)
+    assert asked == ["review"]
+    assert step.command["message_id"] == "cmd-z"
