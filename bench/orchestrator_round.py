@@ -7,8 +7,10 @@ Prints, per round:
   agents by a bare driver (pipe round trips and the agents' work, no lorch);
 - lorch's overhead = the difference, beside its floor measured in the same run:
   the fsyncs lorch makes per round (counted in-process; DESIGN.md 5.1 and 5.7
-  require them) times the median cost of one fsync on this disk, sampled
-  between the trials.
+  require them) times the median cost of one required fsync on this disk
+  while the same agents work: the bare driver fsyncs each command before it
+  sends it, times those fsyncs and leaves them out of the agents' time. A quiet
+  disk's fsync, sampled between the trials, is printed for reference.
 Goal: overhead <= 2 ms per round and <= 2x the floor (docs/decisions.md, D13).
 Run: python bench/orchestrator_round.py [--quick]
 """
@@ -108,15 +110,17 @@ def agents_only(ws: Path, tmp: Path, trial: int) -> tuple[list[float], list[floa
     stamps: list[float] = []
     synced: list[float] = []  # fsync time spent before each stamp
     fsyncs: list[float] = []
+    spent = 0.0
     for cmd in commands:
         line = protocol.encode(cmd)
         if cmd["action"] == "review":
             stamps.append(time.perf_counter())
-            synced.append(sum(fsyncs))
+            synced.append(spent)
         os.write(log, line)
         t0 = time.perf_counter()
         os.fsync(log)
         fsyncs.append(time.perf_counter() - t0)
+        spent += fsyncs[-1]
         p = procs[cmd["to"]["agent_type"]]
         assert p.stdin is not None and p.stdout is not None
         p.stdin.write(line)

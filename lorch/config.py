@@ -73,10 +73,6 @@ class Config:
     def digest(self) -> str:
         return digest(self.raw)
 
-    def policy_timeouts(self) -> dict[str, float]:
-        pol = self.raw.get("policy", {})
-        return {**DEFAULT_TIMEOUTS, **{k: float(v) for k, v in pol.get("timeouts_s", {}).items()}}
-
 
 def parse(raw: Any, path: Path) -> Config:
     try:

@@ -314,8 +314,8 @@ class Runner:
         self.ledger.append(record, sync=sync, line=line)
         self.state.fold(record)
         self._unshown.append(record)
-        if show and not self.ledger.unsynced:
-            self._show()
+        if show:
+            self._show_if_durable()
 
     def sync(self) -> None:
         """Make every appended record durable, then show the ones not shown yet."""
@@ -324,8 +324,9 @@ class Runner:
         self._events_waiting = False
         self._show()
 
-    def ledger_unsynced(self) -> bool:
-        return self.ledger is not None and self.ledger.unsynced
+    def _show_if_durable(self) -> None:
+        if self.ledger is not None and not self.ledger.unsynced:
+            self._show()
 
     def _show(self) -> None:
         for record in self._unshown:
@@ -658,8 +659,7 @@ class Runner:
         try:
             # Durable now: send it first, then do what can wait while the agent works.
             sent = proc.send(line)
-            if not self.ledger_unsynced():
-                self._show()
+            self._show_if_durable()
             if not sent:
                 self.on_agent_gone(cmd, proc)
                 return

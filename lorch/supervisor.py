@@ -147,9 +147,6 @@ class Inbox:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(proc.stdout_fd)
 
-    def put(self, item: Incoming) -> None:
-        self._items.append(item)
-
     def get(self, timeout: float) -> Incoming | None:
         """The next item, or None when ``timeout`` seconds pass without one.
 
@@ -171,9 +168,6 @@ class Inbox:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0 and not (stop and stop.is_set()):
             self._read(min(left, 0.5))
-
-    def pending(self) -> int:
-        return len(self._items)
 
     def _read(self, timeout: float) -> None:
         if not self._selector.get_map():
