@@ -74,6 +74,9 @@ class AgentUnderTest:
         self.generation = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.threads: list[threading.Thread] = []
+        # True once this generation's stdout reached EOF (the agent closed it or exited):
+        # ``next`` returning None then means "nothing more will come", not "not yet".
+        self.stdout_closed = False
 
     # -- life -------------------------------------------------------------------
 
@@ -82,6 +85,7 @@ class AgentUnderTest:
             self.kill()  # the previous process and its pipes, whatever its state
         self.generation += 1
         self.inbox = queue.Queue()
+        self.stdout_closed = False
         self.proc = subprocess.Popen(
             self.argv,
             cwd=self.workspace,
@@ -151,11 +155,16 @@ class AgentUnderTest:
         return line
 
     def next(self, timeout: float) -> Line | None:
-        """The next line from stdout (None on EOF or timeout)."""
+        """The next line from stdout (None on EOF or timeout; ``stdout_closed`` tells which)."""
+        if self.stdout_closed:
+            return None
         try:
-            return self.inbox.get(timeout=max(0.0, timeout))
+            line = self.inbox.get(timeout=max(0.0, timeout))
         except queue.Empty:
             return None
+        if line is None:
+            self.stdout_closed = True
+        return line
 
     def close_stdin(self) -> None:
         assert self.proc is not None

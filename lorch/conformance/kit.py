@@ -17,6 +17,9 @@ def _not_run(session: Session) -> Verdict:
     return Verdict("skip", "run with --fuzz")
 
 
+# How long an agent whose stdout reached EOF may take to be reaped.
+EXIT_GRACE = 5.0
+
 FUZZ = Check(
     "FUZZ-001",
     "recommended",
@@ -117,26 +120,38 @@ def run_battery(
 
 
 def _ensure_alive(session: Session) -> None:
-    """The agent must at least start and answer; else exit 2 with the reason."""
+    """The agent must at least start and answer; else exit 2 with the reason.
+
+    Three different reasons, told apart by what was seen rather than by timing:
+    its stdout reached EOF (it exited, or closed stdout), it printed only lines
+    that are not protocol messages, or it printed nothing before the timeout.
+    """
     cmd = session.command()
     ex = session.exchange(cmd, timeout=session.timeout)
-    proc = session.agent.proc
-    assert proc is not None
+    agent = session.agent
     if ex.terminal is None and not ex.heartbeats and not ex.events:
-        rc = proc.poll()
-        if rc is not None:
-            # It exited: let the readers reach EOF so its last stderr words are in.
-            for th in session.agent.threads:
-                th.join(timeout=2)
-        tail = session.agent.stderr_tail()
-        why = (
-            f"exited with code {rc}"
-            if rc is not None
-            else f"printed nothing in {session.timeout:g} s"
-        )
+        why = []
+        if ex.problems:
+            first = ex.problems[0]
+            problem = agent.redactor.text(first.problem or "")
+            why.append(f"printed garbage (transcript line {first.n}: {problem})")
+        if agent.stdout_closed:
+            # EOF on stdout comes a moment before the process can be reaped: wait
+            # for the exit status itself instead of sampling it once.
+            rc = agent.wait(EXIT_GRACE)
+            why.append(
+                f"exited with code {rc}"
+                if rc is not None
+                else f"closed its stdout and was still running {EXIT_GRACE:g} s later"
+            )
+            for th in agent.threads:  # its last stderr words
+                th.join(timeout=EXIT_GRACE)
+        if not why:
+            why.append(f"printed nothing in {session.timeout:g} s")
+        tail = agent.stderr_tail()
         session.close()
         raise AgentStartError(
-            f"agent {session.argv[0]!r} {why}" + (f"; stderr: {tail}" if tail else "")
+            f"agent {session.argv[0]!r} {' and '.join(why)}" + (f"; stderr: {tail}" if tail else "")
         )
     session.cache["baseline"] = ex
 

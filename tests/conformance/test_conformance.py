@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -199,14 +200,31 @@ def test_hanging_agent_times_out_as_failures(tmp_path: Path) -> None:
             [sys.executable, "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"],
             "exited with code 3; stderr: boom",
         ),
-        ([sys.executable, "-c", "import time; time.sleep(30)"], "printed nothing"),
+        # Exits at once without reading: EOF on stdout arrives before the process
+        # can be reaped, which once made this read "printed nothing in 1 s".
+        ([sys.executable, "-c", "import sys; sys.exit(4)"], "exited with code 4"),
+        (
+            [sys.executable, "-c", "print('hello there'); import time; time.sleep(30)"],
+            "printed garbage (transcript line 2: ",
+        ),
+        (
+            [sys.executable, "-c", "print('{oops', flush=True); import sys; sys.exit(5)"],
+            "printed garbage (transcript line 2: ",
+        ),
+        ([sys.executable, "-c", "import time; time.sleep(30)"], "printed nothing in 1 s"),
     ],
 )
 def test_agent_that_cannot_run_exits_2(argv: list[str], text: str) -> None:
     r = cli("--timeout", "1", "--", *argv)
     assert r.returncode == 2, r.stdout + r.stderr
     assert text in r.stderr and "Traceback" not in r.stderr
-    with pytest.raises(AgentStartError):
+    with pytest.raises(AgentStartError, match=re.escape(text)):
+        run_battery(argv, timeout=1)
+
+
+def test_garbage_then_exit_names_both() -> None:
+    argv = [sys.executable, "-c", "print('{oops', flush=True); import sys; sys.exit(5)"]
+    with pytest.raises(AgentStartError, match=r"printed garbage .* and exited with code 5"):
         run_battery(argv, timeout=1)
 
 
