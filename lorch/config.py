@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorch import schemas
+from lorch import prompts, schemas
 from lorch.canonical import digest
 from lorch.errors import ConfigError, SchemaError
 
@@ -36,6 +36,13 @@ class AgentConfig:
     cwd: str | None = None
     heartbeat_interval_s: float = 10.0
     timeouts_s: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    # "ndjson" (lorch's own protocol) or "acp" (the Agent Client Protocol).
+    transport: str = "ndjson"
+    # acp only: names copied from lorch's environment (nothing else of it is passed),
+    # the answer to session/request_permission per tool kind, prompt templates per action.
+    pass_env: tuple[str, ...] = ()
+    permissions: dict[str, str] = field(default_factory=dict)
+    prompts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,13 @@ def parse(raw: Any, path: Path) -> Config:
                 **policy_timeouts,
                 **{k: float(v) for k, v in spec.get("timeouts_s", {}).items()},
             },
+            transport=spec.get("transport", "ndjson"),
+            pass_env=tuple(spec.get("pass_env", ())),
+            permissions=dict(spec.get("permissions", {})),
+            prompts=dict(spec.get("prompts", {})),
         )
+        for action, template in spec.get("prompts", {}).items():
+            prompts.check(template, f"{path}: $.agents.{role}.prompts.{action}")
     return Config(path=path, raw=raw, task=raw.get("task"), agents=agents, policy=policy)
 
 

@@ -33,6 +33,8 @@ NAMES = (
     "snapshot-manifest",
     "index",
     "config",
+    "review-verdict",
+    "spec-notes-verdict",
 )
 
 
@@ -101,6 +103,9 @@ def describe(error: ValidationError) -> str:
         return error.message
     if error.validator == "required":
         return error.message
+    if error.validator == "not" and error.validator_value == {} and isinstance(error.schema, dict):
+        # A field forbidden in this context says why in its schema's description.
+        return str(error.schema.get("description") or "not allowed here")
     return (
         f"{error.message}"
         if not text or text in error.message

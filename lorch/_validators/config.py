@@ -5,7 +5,7 @@ VERSION = '2.22.3'
 from decimal import Decimal
 import re
 from lorch.errors import JsonSchemaValueException, JsonSchemaValuesException
-REGEX_PATTERNS = {'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z')}
+REGEX_PATTERNS = {'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z'), '^[A-Za-z_][A-Za-z0-9_]*$': re.compile('^[A-Za-z_][A-Za-z0-9_]*\\Z')}
 NoneType = type(None)
 
 def validate_https___lorch_dev_schemas_v1_config_v1_json(data, custom_formats={}, name_prefix=None):
@@ -74,6 +74,42 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json(data, custom_formats={}
                                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.expected_outputs[{data__task__expectedoutputs_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__task__expectedoutputs_item, name='' + (name_prefix or 'data') + '.task.expected_outputs[{data__task__expectedoutputs_x}]'.format(**locals()) + '', rule='minLength')
                                 if data__task__expectedoutputs_item_len > 4096:
                                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.expected_outputs[{data__task__expectedoutputs_x}]'.format(**locals()) + ' must be shorter than or equal to 4096 characters', value=data__task__expectedoutputs_item, name='' + (name_prefix or 'data') + '.task.expected_outputs[{data__task__expectedoutputs_x}]'.format(**locals()) + '', rule='maxLength')
+                if 'test_cmd' in data__task_keys:
+                    data__task_keys.remove('test_cmd')
+                    data__task__testcmd = data__task['test_cmd']
+                    data__task__testcmd_one_of_count1 = 0
+                    if data__task__testcmd_one_of_count1 < 2:
+                        try:
+                            if not isinstance(data__task__testcmd, str):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd must be string', value=data__task__testcmd, name='' + (name_prefix or 'data') + '.task.test_cmd', rule='type')
+                            if isinstance(data__task__testcmd, str):
+                                data__task__testcmd_len = len(data__task__testcmd)
+                                if data__task__testcmd_len < 1:
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd must be longer than or equal to 1 characters', value=data__task__testcmd, name='' + (name_prefix or 'data') + '.task.test_cmd', rule='minLength')
+                            data__task__testcmd_one_of_count1 += 1
+                        except (JsonSchemaValueException, JsonSchemaValuesException):
+                            pass
+                    if data__task__testcmd_one_of_count1 < 2:
+                        try:
+                            if not isinstance(data__task__testcmd, (list, tuple)):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd must be array', value=data__task__testcmd, name='' + (name_prefix or 'data') + '.task.test_cmd', rule='type')
+                            data__task__testcmd_is_list = isinstance(data__task__testcmd, (list, tuple))
+                            if data__task__testcmd_is_list:
+                                data__task__testcmd_len = len(data__task__testcmd)
+                                if data__task__testcmd_len < 1:
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd must contain at least 1 items', value=data__task__testcmd, name='' + (name_prefix or 'data') + '.task.test_cmd', rule='minItems')
+                                for data__task__testcmd_x, data__task__testcmd_item in enumerate(data__task__testcmd):
+                                    if not isinstance(data__task__testcmd_item, str):
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd[{data__task__testcmd_x}]'.format(**locals()) + ' must be string', value=data__task__testcmd_item, name='' + (name_prefix or 'data') + '.task.test_cmd[{data__task__testcmd_x}]'.format(**locals()) + '', rule='type')
+                                    if isinstance(data__task__testcmd_item, str):
+                                        data__task__testcmd_item_len = len(data__task__testcmd_item)
+                                        if data__task__testcmd_item_len < 1:
+                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd[{data__task__testcmd_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__task__testcmd_item, name='' + (name_prefix or 'data') + '.task.test_cmd[{data__task__testcmd_x}]'.format(**locals()) + '', rule='minLength')
+                            data__task__testcmd_one_of_count1 += 1
+                        except (JsonSchemaValueException, JsonSchemaValuesException):
+                            pass
+                    if data__task__testcmd_one_of_count1 != 1:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd must be valid exactly by one definition' + (' (' + str(data__task__testcmd_one_of_count1) + ' matches found)'), value=data__task__testcmd, name='' + (name_prefix or 'data') + '.task.test_cmd', rule='oneOf')
                 if data__task_keys:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task must not contain ' + str(data__task_keys) + ' properties', value=data__task, name='' + (name_prefix or 'data') + '.task', rule='additionalProperties')
         if 'agents' in data_keys:
@@ -90,459 +126,19 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json(data, custom_formats={}
                 if 'builder' in data__agents_keys:
                     data__agents_keys.remove('builder')
                     data__agents__builder = data__agents['builder']
-                    if not isinstance(data__agents__builder, dict):
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder must be object', value=data__agents__builder, name='' + (name_prefix or 'data') + '.agents.builder', rule='type')
-                    data__agents__builder_is_dict = isinstance(data__agents__builder, dict)
-                    if data__agents__builder_is_dict:
-                        data__agents__builder__missing_keys = set(['cmd']) - data__agents__builder.keys()
-                        if data__agents__builder__missing_keys:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder must contain ' + (str(sorted(data__agents__builder__missing_keys)) + ' properties'), value=data__agents__builder, name='' + (name_prefix or 'data') + '.agents.builder', rule='required')
-                        data__agents__builder_keys = set(data__agents__builder.keys())
-                        if 'cmd' in data__agents__builder_keys:
-                            data__agents__builder_keys.remove('cmd')
-                            data__agents__builder__cmd = data__agents__builder['cmd']
-                            if not isinstance(data__agents__builder__cmd, (list, tuple)):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.cmd must be array', value=data__agents__builder__cmd, name='' + (name_prefix or 'data') + '.agents.builder.cmd', rule='type')
-                            data__agents__builder__cmd_is_list = isinstance(data__agents__builder__cmd, (list, tuple))
-                            if data__agents__builder__cmd_is_list:
-                                data__agents__builder__cmd_len = len(data__agents__builder__cmd)
-                                if data__agents__builder__cmd_len < 1:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.cmd must contain at least 1 items', value=data__agents__builder__cmd, name='' + (name_prefix or 'data') + '.agents.builder.cmd', rule='minItems')
-                                for data__agents__builder__cmd_x, data__agents__builder__cmd_item in enumerate(data__agents__builder__cmd):
-                                    if not isinstance(data__agents__builder__cmd_item, str):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.cmd[{data__agents__builder__cmd_x}]'.format(**locals()) + ' must be string', value=data__agents__builder__cmd_item, name='' + (name_prefix or 'data') + '.agents.builder.cmd[{data__agents__builder__cmd_x}]'.format(**locals()) + '', rule='type')
-                                    if isinstance(data__agents__builder__cmd_item, str):
-                                        data__agents__builder__cmd_item_len = len(data__agents__builder__cmd_item)
-                                        if data__agents__builder__cmd_item_len < 1:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.cmd[{data__agents__builder__cmd_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__agents__builder__cmd_item, name='' + (name_prefix or 'data') + '.agents.builder.cmd[{data__agents__builder__cmd_x}]'.format(**locals()) + '', rule='minLength')
-                        if 'env' in data__agents__builder_keys:
-                            data__agents__builder_keys.remove('env')
-                            data__agents__builder__env = data__agents__builder['env']
-                            if not isinstance(data__agents__builder__env, dict):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.env must be object', value=data__agents__builder__env, name='' + (name_prefix or 'data') + '.agents.builder.env', rule='type')
-                            data__agents__builder__env_is_dict = isinstance(data__agents__builder__env, dict)
-                            if data__agents__builder__env_is_dict:
-                                data__agents__builder__env_keys = set(data__agents__builder__env.keys())
-                                for data__agents__builder__env_key in data__agents__builder__env_keys:
-                                    if data__agents__builder__env_key not in []:
-                                        data__agents__builder__env_value = data__agents__builder__env.get(data__agents__builder__env_key)
-                                        if not isinstance(data__agents__builder__env_value, str):
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.env.{data__agents__builder__env_key}'.format(**locals()) + ' must be string', value=data__agents__builder__env_value, name='' + (name_prefix or 'data') + '.agents.builder.env.{data__agents__builder__env_key}'.format(**locals()) + '', rule='type')
-                        if 'cwd' in data__agents__builder_keys:
-                            data__agents__builder_keys.remove('cwd')
-                            data__agents__builder__cwd = data__agents__builder['cwd']
-                            if not isinstance(data__agents__builder__cwd, str):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.cwd must be string', value=data__agents__builder__cwd, name='' + (name_prefix or 'data') + '.agents.builder.cwd', rule='type')
-                        if 'heartbeat_interval_s' in data__agents__builder_keys:
-                            data__agents__builder_keys.remove('heartbeat_interval_s')
-                            data__agents__builder__heartbeatintervals = data__agents__builder['heartbeat_interval_s']
-                            if not isinstance(data__agents__builder__heartbeatintervals, (int, float, Decimal)) or isinstance(data__agents__builder__heartbeatintervals, bool):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.heartbeat_interval_s must be number', value=data__agents__builder__heartbeatintervals, name='' + (name_prefix or 'data') + '.agents.builder.heartbeat_interval_s', rule='type')
-                            if isinstance(data__agents__builder__heartbeatintervals, (int, float, Decimal)) and (not isinstance(data__agents__builder__heartbeatintervals, bool)):
-                                if data__agents__builder__heartbeatintervals <= 0:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.heartbeat_interval_s must be bigger than 0', value=data__agents__builder__heartbeatintervals, name='' + (name_prefix or 'data') + '.agents.builder.heartbeat_interval_s', rule='exclusiveMinimum')
-                        if 'timeouts_s' in data__agents__builder_keys:
-                            data__agents__builder_keys.remove('timeouts_s')
-                            data__agents__builder__timeoutss = data__agents__builder['timeouts_s']
-                            if not isinstance(data__agents__builder__timeoutss, dict):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s must be object', value=data__agents__builder__timeoutss, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s', rule='type')
-                            data__agents__builder__timeoutss_is_dict = isinstance(data__agents__builder__timeoutss, dict)
-                            if data__agents__builder__timeoutss_is_dict:
-                                data__agents__builder__timeoutss_keys = set(data__agents__builder__timeoutss.keys())
-                                if 'implement' in data__agents__builder__timeoutss_keys:
-                                    data__agents__builder__timeoutss_keys.remove('implement')
-                                    data__agents__builder__timeoutss__implement = data__agents__builder__timeoutss['implement']
-                                    if not isinstance(data__agents__builder__timeoutss__implement, (int, float, Decimal)) or isinstance(data__agents__builder__timeoutss__implement, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.implement must be number', value=data__agents__builder__timeoutss__implement, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.implement', rule='type')
-                                    if isinstance(data__agents__builder__timeoutss__implement, (int, float, Decimal)) and (not isinstance(data__agents__builder__timeoutss__implement, bool)):
-                                        if data__agents__builder__timeoutss__implement <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.implement must be bigger than 0', value=data__agents__builder__timeoutss__implement, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.implement', rule='exclusiveMinimum')
-                                if 'implement_changes' in data__agents__builder__timeoutss_keys:
-                                    data__agents__builder__timeoutss_keys.remove('implement_changes')
-                                    data__agents__builder__timeoutss__implementchanges = data__agents__builder__timeoutss['implement_changes']
-                                    if not isinstance(data__agents__builder__timeoutss__implementchanges, (int, float, Decimal)) or isinstance(data__agents__builder__timeoutss__implementchanges, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.implement_changes must be number', value=data__agents__builder__timeoutss__implementchanges, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.implement_changes', rule='type')
-                                    if isinstance(data__agents__builder__timeoutss__implementchanges, (int, float, Decimal)) and (not isinstance(data__agents__builder__timeoutss__implementchanges, bool)):
-                                        if data__agents__builder__timeoutss__implementchanges <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.implement_changes must be bigger than 0', value=data__agents__builder__timeoutss__implementchanges, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.implement_changes', rule='exclusiveMinimum')
-                                if 'review' in data__agents__builder__timeoutss_keys:
-                                    data__agents__builder__timeoutss_keys.remove('review')
-                                    data__agents__builder__timeoutss__review = data__agents__builder__timeoutss['review']
-                                    if not isinstance(data__agents__builder__timeoutss__review, (int, float, Decimal)) or isinstance(data__agents__builder__timeoutss__review, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.review must be number', value=data__agents__builder__timeoutss__review, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.review', rule='type')
-                                    if isinstance(data__agents__builder__timeoutss__review, (int, float, Decimal)) and (not isinstance(data__agents__builder__timeoutss__review, bool)):
-                                        if data__agents__builder__timeoutss__review <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.review must be bigger than 0', value=data__agents__builder__timeoutss__review, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.review', rule='exclusiveMinimum')
-                                if 'update_spec' in data__agents__builder__timeoutss_keys:
-                                    data__agents__builder__timeoutss_keys.remove('update_spec')
-                                    data__agents__builder__timeoutss__updatespec = data__agents__builder__timeoutss['update_spec']
-                                    if not isinstance(data__agents__builder__timeoutss__updatespec, (int, float, Decimal)) or isinstance(data__agents__builder__timeoutss__updatespec, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.update_spec must be number', value=data__agents__builder__timeoutss__updatespec, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.update_spec', rule='type')
-                                    if isinstance(data__agents__builder__timeoutss__updatespec, (int, float, Decimal)) and (not isinstance(data__agents__builder__timeoutss__updatespec, bool)):
-                                        if data__agents__builder__timeoutss__updatespec <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.update_spec must be bigger than 0', value=data__agents__builder__timeoutss__updatespec, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.update_spec', rule='exclusiveMinimum')
-                                if 'intake' in data__agents__builder__timeoutss_keys:
-                                    data__agents__builder__timeoutss_keys.remove('intake')
-                                    data__agents__builder__timeoutss__intake = data__agents__builder__timeoutss['intake']
-                                    if not isinstance(data__agents__builder__timeoutss__intake, (int, float, Decimal)) or isinstance(data__agents__builder__timeoutss__intake, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.intake must be number', value=data__agents__builder__timeoutss__intake, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.intake', rule='type')
-                                    if isinstance(data__agents__builder__timeoutss__intake, (int, float, Decimal)) and (not isinstance(data__agents__builder__timeoutss__intake, bool)):
-                                        if data__agents__builder__timeoutss__intake <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.intake must be bigger than 0', value=data__agents__builder__timeoutss__intake, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.intake', rule='exclusiveMinimum')
-                                if 'task_discovery' in data__agents__builder__timeoutss_keys:
-                                    data__agents__builder__timeoutss_keys.remove('task_discovery')
-                                    data__agents__builder__timeoutss__taskdiscovery = data__agents__builder__timeoutss['task_discovery']
-                                    if not isinstance(data__agents__builder__timeoutss__taskdiscovery, (int, float, Decimal)) or isinstance(data__agents__builder__timeoutss__taskdiscovery, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.task_discovery must be number', value=data__agents__builder__timeoutss__taskdiscovery, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.task_discovery', rule='type')
-                                    if isinstance(data__agents__builder__timeoutss__taskdiscovery, (int, float, Decimal)) and (not isinstance(data__agents__builder__timeoutss__taskdiscovery, bool)):
-                                        if data__agents__builder__timeoutss__taskdiscovery <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s.task_discovery must be bigger than 0', value=data__agents__builder__timeoutss__taskdiscovery, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s.task_discovery', rule='exclusiveMinimum')
-                                if data__agents__builder__timeoutss_keys:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.timeouts_s must not contain ' + str(data__agents__builder__timeoutss_keys) + ' properties', value=data__agents__builder__timeoutss, name='' + (name_prefix or 'data') + '.agents.builder.timeouts_s', rule='additionalProperties')
-                        if data__agents__builder_keys:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder must not contain ' + str(data__agents__builder_keys) + ' properties', value=data__agents__builder, name='' + (name_prefix or 'data') + '.agents.builder', rule='additionalProperties')
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data__agents__builder, custom_formats, (name_prefix or 'data') + '.agents.builder')
                 if 'reviewer' in data__agents_keys:
                     data__agents_keys.remove('reviewer')
                     data__agents__reviewer = data__agents['reviewer']
-                    if not isinstance(data__agents__reviewer, dict):
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer must be object', value=data__agents__reviewer, name='' + (name_prefix or 'data') + '.agents.reviewer', rule='type')
-                    data__agents__reviewer_is_dict = isinstance(data__agents__reviewer, dict)
-                    if data__agents__reviewer_is_dict:
-                        data__agents__reviewer__missing_keys = set(['cmd']) - data__agents__reviewer.keys()
-                        if data__agents__reviewer__missing_keys:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer must contain ' + (str(sorted(data__agents__reviewer__missing_keys)) + ' properties'), value=data__agents__reviewer, name='' + (name_prefix or 'data') + '.agents.reviewer', rule='required')
-                        data__agents__reviewer_keys = set(data__agents__reviewer.keys())
-                        if 'cmd' in data__agents__reviewer_keys:
-                            data__agents__reviewer_keys.remove('cmd')
-                            data__agents__reviewer__cmd = data__agents__reviewer['cmd']
-                            if not isinstance(data__agents__reviewer__cmd, (list, tuple)):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.cmd must be array', value=data__agents__reviewer__cmd, name='' + (name_prefix or 'data') + '.agents.reviewer.cmd', rule='type')
-                            data__agents__reviewer__cmd_is_list = isinstance(data__agents__reviewer__cmd, (list, tuple))
-                            if data__agents__reviewer__cmd_is_list:
-                                data__agents__reviewer__cmd_len = len(data__agents__reviewer__cmd)
-                                if data__agents__reviewer__cmd_len < 1:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.cmd must contain at least 1 items', value=data__agents__reviewer__cmd, name='' + (name_prefix or 'data') + '.agents.reviewer.cmd', rule='minItems')
-                                for data__agents__reviewer__cmd_x, data__agents__reviewer__cmd_item in enumerate(data__agents__reviewer__cmd):
-                                    if not isinstance(data__agents__reviewer__cmd_item, str):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.cmd[{data__agents__reviewer__cmd_x}]'.format(**locals()) + ' must be string', value=data__agents__reviewer__cmd_item, name='' + (name_prefix or 'data') + '.agents.reviewer.cmd[{data__agents__reviewer__cmd_x}]'.format(**locals()) + '', rule='type')
-                                    if isinstance(data__agents__reviewer__cmd_item, str):
-                                        data__agents__reviewer__cmd_item_len = len(data__agents__reviewer__cmd_item)
-                                        if data__agents__reviewer__cmd_item_len < 1:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.cmd[{data__agents__reviewer__cmd_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__agents__reviewer__cmd_item, name='' + (name_prefix or 'data') + '.agents.reviewer.cmd[{data__agents__reviewer__cmd_x}]'.format(**locals()) + '', rule='minLength')
-                        if 'env' in data__agents__reviewer_keys:
-                            data__agents__reviewer_keys.remove('env')
-                            data__agents__reviewer__env = data__agents__reviewer['env']
-                            if not isinstance(data__agents__reviewer__env, dict):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.env must be object', value=data__agents__reviewer__env, name='' + (name_prefix or 'data') + '.agents.reviewer.env', rule='type')
-                            data__agents__reviewer__env_is_dict = isinstance(data__agents__reviewer__env, dict)
-                            if data__agents__reviewer__env_is_dict:
-                                data__agents__reviewer__env_keys = set(data__agents__reviewer__env.keys())
-                                for data__agents__reviewer__env_key in data__agents__reviewer__env_keys:
-                                    if data__agents__reviewer__env_key not in []:
-                                        data__agents__reviewer__env_value = data__agents__reviewer__env.get(data__agents__reviewer__env_key)
-                                        if not isinstance(data__agents__reviewer__env_value, str):
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.env.{data__agents__reviewer__env_key}'.format(**locals()) + ' must be string', value=data__agents__reviewer__env_value, name='' + (name_prefix or 'data') + '.agents.reviewer.env.{data__agents__reviewer__env_key}'.format(**locals()) + '', rule='type')
-                        if 'cwd' in data__agents__reviewer_keys:
-                            data__agents__reviewer_keys.remove('cwd')
-                            data__agents__reviewer__cwd = data__agents__reviewer['cwd']
-                            if not isinstance(data__agents__reviewer__cwd, str):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.cwd must be string', value=data__agents__reviewer__cwd, name='' + (name_prefix or 'data') + '.agents.reviewer.cwd', rule='type')
-                        if 'heartbeat_interval_s' in data__agents__reviewer_keys:
-                            data__agents__reviewer_keys.remove('heartbeat_interval_s')
-                            data__agents__reviewer__heartbeatintervals = data__agents__reviewer['heartbeat_interval_s']
-                            if not isinstance(data__agents__reviewer__heartbeatintervals, (int, float, Decimal)) or isinstance(data__agents__reviewer__heartbeatintervals, bool):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.heartbeat_interval_s must be number', value=data__agents__reviewer__heartbeatintervals, name='' + (name_prefix or 'data') + '.agents.reviewer.heartbeat_interval_s', rule='type')
-                            if isinstance(data__agents__reviewer__heartbeatintervals, (int, float, Decimal)) and (not isinstance(data__agents__reviewer__heartbeatintervals, bool)):
-                                if data__agents__reviewer__heartbeatintervals <= 0:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.heartbeat_interval_s must be bigger than 0', value=data__agents__reviewer__heartbeatintervals, name='' + (name_prefix or 'data') + '.agents.reviewer.heartbeat_interval_s', rule='exclusiveMinimum')
-                        if 'timeouts_s' in data__agents__reviewer_keys:
-                            data__agents__reviewer_keys.remove('timeouts_s')
-                            data__agents__reviewer__timeoutss = data__agents__reviewer['timeouts_s']
-                            if not isinstance(data__agents__reviewer__timeoutss, dict):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s must be object', value=data__agents__reviewer__timeoutss, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s', rule='type')
-                            data__agents__reviewer__timeoutss_is_dict = isinstance(data__agents__reviewer__timeoutss, dict)
-                            if data__agents__reviewer__timeoutss_is_dict:
-                                data__agents__reviewer__timeoutss_keys = set(data__agents__reviewer__timeoutss.keys())
-                                if 'implement' in data__agents__reviewer__timeoutss_keys:
-                                    data__agents__reviewer__timeoutss_keys.remove('implement')
-                                    data__agents__reviewer__timeoutss__implement = data__agents__reviewer__timeoutss['implement']
-                                    if not isinstance(data__agents__reviewer__timeoutss__implement, (int, float, Decimal)) or isinstance(data__agents__reviewer__timeoutss__implement, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.implement must be number', value=data__agents__reviewer__timeoutss__implement, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.implement', rule='type')
-                                    if isinstance(data__agents__reviewer__timeoutss__implement, (int, float, Decimal)) and (not isinstance(data__agents__reviewer__timeoutss__implement, bool)):
-                                        if data__agents__reviewer__timeoutss__implement <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.implement must be bigger than 0', value=data__agents__reviewer__timeoutss__implement, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.implement', rule='exclusiveMinimum')
-                                if 'implement_changes' in data__agents__reviewer__timeoutss_keys:
-                                    data__agents__reviewer__timeoutss_keys.remove('implement_changes')
-                                    data__agents__reviewer__timeoutss__implementchanges = data__agents__reviewer__timeoutss['implement_changes']
-                                    if not isinstance(data__agents__reviewer__timeoutss__implementchanges, (int, float, Decimal)) or isinstance(data__agents__reviewer__timeoutss__implementchanges, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.implement_changes must be number', value=data__agents__reviewer__timeoutss__implementchanges, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.implement_changes', rule='type')
-                                    if isinstance(data__agents__reviewer__timeoutss__implementchanges, (int, float, Decimal)) and (not isinstance(data__agents__reviewer__timeoutss__implementchanges, bool)):
-                                        if data__agents__reviewer__timeoutss__implementchanges <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.implement_changes must be bigger than 0', value=data__agents__reviewer__timeoutss__implementchanges, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.implement_changes', rule='exclusiveMinimum')
-                                if 'review' in data__agents__reviewer__timeoutss_keys:
-                                    data__agents__reviewer__timeoutss_keys.remove('review')
-                                    data__agents__reviewer__timeoutss__review = data__agents__reviewer__timeoutss['review']
-                                    if not isinstance(data__agents__reviewer__timeoutss__review, (int, float, Decimal)) or isinstance(data__agents__reviewer__timeoutss__review, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.review must be number', value=data__agents__reviewer__timeoutss__review, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.review', rule='type')
-                                    if isinstance(data__agents__reviewer__timeoutss__review, (int, float, Decimal)) and (not isinstance(data__agents__reviewer__timeoutss__review, bool)):
-                                        if data__agents__reviewer__timeoutss__review <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.review must be bigger than 0', value=data__agents__reviewer__timeoutss__review, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.review', rule='exclusiveMinimum')
-                                if 'update_spec' in data__agents__reviewer__timeoutss_keys:
-                                    data__agents__reviewer__timeoutss_keys.remove('update_spec')
-                                    data__agents__reviewer__timeoutss__updatespec = data__agents__reviewer__timeoutss['update_spec']
-                                    if not isinstance(data__agents__reviewer__timeoutss__updatespec, (int, float, Decimal)) or isinstance(data__agents__reviewer__timeoutss__updatespec, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.update_spec must be number', value=data__agents__reviewer__timeoutss__updatespec, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.update_spec', rule='type')
-                                    if isinstance(data__agents__reviewer__timeoutss__updatespec, (int, float, Decimal)) and (not isinstance(data__agents__reviewer__timeoutss__updatespec, bool)):
-                                        if data__agents__reviewer__timeoutss__updatespec <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.update_spec must be bigger than 0', value=data__agents__reviewer__timeoutss__updatespec, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.update_spec', rule='exclusiveMinimum')
-                                if 'intake' in data__agents__reviewer__timeoutss_keys:
-                                    data__agents__reviewer__timeoutss_keys.remove('intake')
-                                    data__agents__reviewer__timeoutss__intake = data__agents__reviewer__timeoutss['intake']
-                                    if not isinstance(data__agents__reviewer__timeoutss__intake, (int, float, Decimal)) or isinstance(data__agents__reviewer__timeoutss__intake, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.intake must be number', value=data__agents__reviewer__timeoutss__intake, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.intake', rule='type')
-                                    if isinstance(data__agents__reviewer__timeoutss__intake, (int, float, Decimal)) and (not isinstance(data__agents__reviewer__timeoutss__intake, bool)):
-                                        if data__agents__reviewer__timeoutss__intake <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.intake must be bigger than 0', value=data__agents__reviewer__timeoutss__intake, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.intake', rule='exclusiveMinimum')
-                                if 'task_discovery' in data__agents__reviewer__timeoutss_keys:
-                                    data__agents__reviewer__timeoutss_keys.remove('task_discovery')
-                                    data__agents__reviewer__timeoutss__taskdiscovery = data__agents__reviewer__timeoutss['task_discovery']
-                                    if not isinstance(data__agents__reviewer__timeoutss__taskdiscovery, (int, float, Decimal)) or isinstance(data__agents__reviewer__timeoutss__taskdiscovery, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.task_discovery must be number', value=data__agents__reviewer__timeoutss__taskdiscovery, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.task_discovery', rule='type')
-                                    if isinstance(data__agents__reviewer__timeoutss__taskdiscovery, (int, float, Decimal)) and (not isinstance(data__agents__reviewer__timeoutss__taskdiscovery, bool)):
-                                        if data__agents__reviewer__timeoutss__taskdiscovery <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.task_discovery must be bigger than 0', value=data__agents__reviewer__timeoutss__taskdiscovery, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s.task_discovery', rule='exclusiveMinimum')
-                                if data__agents__reviewer__timeoutss_keys:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s must not contain ' + str(data__agents__reviewer__timeoutss_keys) + ' properties', value=data__agents__reviewer__timeoutss, name='' + (name_prefix or 'data') + '.agents.reviewer.timeouts_s', rule='additionalProperties')
-                        if data__agents__reviewer_keys:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer must not contain ' + str(data__agents__reviewer_keys) + ' properties', value=data__agents__reviewer, name='' + (name_prefix or 'data') + '.agents.reviewer', rule='additionalProperties')
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data__agents__reviewer, custom_formats, (name_prefix or 'data') + '.agents.reviewer')
                 if 'spec_maintainer' in data__agents_keys:
                     data__agents_keys.remove('spec_maintainer')
                     data__agents__specmaintainer = data__agents['spec_maintainer']
-                    if not isinstance(data__agents__specmaintainer, dict):
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer must be object', value=data__agents__specmaintainer, name='' + (name_prefix or 'data') + '.agents.spec_maintainer', rule='type')
-                    data__agents__specmaintainer_is_dict = isinstance(data__agents__specmaintainer, dict)
-                    if data__agents__specmaintainer_is_dict:
-                        data__agents__specmaintainer__missing_keys = set(['cmd']) - data__agents__specmaintainer.keys()
-                        if data__agents__specmaintainer__missing_keys:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer must contain ' + (str(sorted(data__agents__specmaintainer__missing_keys)) + ' properties'), value=data__agents__specmaintainer, name='' + (name_prefix or 'data') + '.agents.spec_maintainer', rule='required')
-                        data__agents__specmaintainer_keys = set(data__agents__specmaintainer.keys())
-                        if 'cmd' in data__agents__specmaintainer_keys:
-                            data__agents__specmaintainer_keys.remove('cmd')
-                            data__agents__specmaintainer__cmd = data__agents__specmaintainer['cmd']
-                            if not isinstance(data__agents__specmaintainer__cmd, (list, tuple)):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.cmd must be array', value=data__agents__specmaintainer__cmd, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.cmd', rule='type')
-                            data__agents__specmaintainer__cmd_is_list = isinstance(data__agents__specmaintainer__cmd, (list, tuple))
-                            if data__agents__specmaintainer__cmd_is_list:
-                                data__agents__specmaintainer__cmd_len = len(data__agents__specmaintainer__cmd)
-                                if data__agents__specmaintainer__cmd_len < 1:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.cmd must contain at least 1 items', value=data__agents__specmaintainer__cmd, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.cmd', rule='minItems')
-                                for data__agents__specmaintainer__cmd_x, data__agents__specmaintainer__cmd_item in enumerate(data__agents__specmaintainer__cmd):
-                                    if not isinstance(data__agents__specmaintainer__cmd_item, str):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.cmd[{data__agents__specmaintainer__cmd_x}]'.format(**locals()) + ' must be string', value=data__agents__specmaintainer__cmd_item, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.cmd[{data__agents__specmaintainer__cmd_x}]'.format(**locals()) + '', rule='type')
-                                    if isinstance(data__agents__specmaintainer__cmd_item, str):
-                                        data__agents__specmaintainer__cmd_item_len = len(data__agents__specmaintainer__cmd_item)
-                                        if data__agents__specmaintainer__cmd_item_len < 1:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.cmd[{data__agents__specmaintainer__cmd_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__agents__specmaintainer__cmd_item, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.cmd[{data__agents__specmaintainer__cmd_x}]'.format(**locals()) + '', rule='minLength')
-                        if 'env' in data__agents__specmaintainer_keys:
-                            data__agents__specmaintainer_keys.remove('env')
-                            data__agents__specmaintainer__env = data__agents__specmaintainer['env']
-                            if not isinstance(data__agents__specmaintainer__env, dict):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.env must be object', value=data__agents__specmaintainer__env, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.env', rule='type')
-                            data__agents__specmaintainer__env_is_dict = isinstance(data__agents__specmaintainer__env, dict)
-                            if data__agents__specmaintainer__env_is_dict:
-                                data__agents__specmaintainer__env_keys = set(data__agents__specmaintainer__env.keys())
-                                for data__agents__specmaintainer__env_key in data__agents__specmaintainer__env_keys:
-                                    if data__agents__specmaintainer__env_key not in []:
-                                        data__agents__specmaintainer__env_value = data__agents__specmaintainer__env.get(data__agents__specmaintainer__env_key)
-                                        if not isinstance(data__agents__specmaintainer__env_value, str):
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.env.{data__agents__specmaintainer__env_key}'.format(**locals()) + ' must be string', value=data__agents__specmaintainer__env_value, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.env.{data__agents__specmaintainer__env_key}'.format(**locals()) + '', rule='type')
-                        if 'cwd' in data__agents__specmaintainer_keys:
-                            data__agents__specmaintainer_keys.remove('cwd')
-                            data__agents__specmaintainer__cwd = data__agents__specmaintainer['cwd']
-                            if not isinstance(data__agents__specmaintainer__cwd, str):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.cwd must be string', value=data__agents__specmaintainer__cwd, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.cwd', rule='type')
-                        if 'heartbeat_interval_s' in data__agents__specmaintainer_keys:
-                            data__agents__specmaintainer_keys.remove('heartbeat_interval_s')
-                            data__agents__specmaintainer__heartbeatintervals = data__agents__specmaintainer['heartbeat_interval_s']
-                            if not isinstance(data__agents__specmaintainer__heartbeatintervals, (int, float, Decimal)) or isinstance(data__agents__specmaintainer__heartbeatintervals, bool):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.heartbeat_interval_s must be number', value=data__agents__specmaintainer__heartbeatintervals, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.heartbeat_interval_s', rule='type')
-                            if isinstance(data__agents__specmaintainer__heartbeatintervals, (int, float, Decimal)) and (not isinstance(data__agents__specmaintainer__heartbeatintervals, bool)):
-                                if data__agents__specmaintainer__heartbeatintervals <= 0:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.heartbeat_interval_s must be bigger than 0', value=data__agents__specmaintainer__heartbeatintervals, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.heartbeat_interval_s', rule='exclusiveMinimum')
-                        if 'timeouts_s' in data__agents__specmaintainer_keys:
-                            data__agents__specmaintainer_keys.remove('timeouts_s')
-                            data__agents__specmaintainer__timeoutss = data__agents__specmaintainer['timeouts_s']
-                            if not isinstance(data__agents__specmaintainer__timeoutss, dict):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s must be object', value=data__agents__specmaintainer__timeoutss, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s', rule='type')
-                            data__agents__specmaintainer__timeoutss_is_dict = isinstance(data__agents__specmaintainer__timeoutss, dict)
-                            if data__agents__specmaintainer__timeoutss_is_dict:
-                                data__agents__specmaintainer__timeoutss_keys = set(data__agents__specmaintainer__timeoutss.keys())
-                                if 'implement' in data__agents__specmaintainer__timeoutss_keys:
-                                    data__agents__specmaintainer__timeoutss_keys.remove('implement')
-                                    data__agents__specmaintainer__timeoutss__implement = data__agents__specmaintainer__timeoutss['implement']
-                                    if not isinstance(data__agents__specmaintainer__timeoutss__implement, (int, float, Decimal)) or isinstance(data__agents__specmaintainer__timeoutss__implement, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.implement must be number', value=data__agents__specmaintainer__timeoutss__implement, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.implement', rule='type')
-                                    if isinstance(data__agents__specmaintainer__timeoutss__implement, (int, float, Decimal)) and (not isinstance(data__agents__specmaintainer__timeoutss__implement, bool)):
-                                        if data__agents__specmaintainer__timeoutss__implement <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.implement must be bigger than 0', value=data__agents__specmaintainer__timeoutss__implement, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.implement', rule='exclusiveMinimum')
-                                if 'implement_changes' in data__agents__specmaintainer__timeoutss_keys:
-                                    data__agents__specmaintainer__timeoutss_keys.remove('implement_changes')
-                                    data__agents__specmaintainer__timeoutss__implementchanges = data__agents__specmaintainer__timeoutss['implement_changes']
-                                    if not isinstance(data__agents__specmaintainer__timeoutss__implementchanges, (int, float, Decimal)) or isinstance(data__agents__specmaintainer__timeoutss__implementchanges, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.implement_changes must be number', value=data__agents__specmaintainer__timeoutss__implementchanges, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.implement_changes', rule='type')
-                                    if isinstance(data__agents__specmaintainer__timeoutss__implementchanges, (int, float, Decimal)) and (not isinstance(data__agents__specmaintainer__timeoutss__implementchanges, bool)):
-                                        if data__agents__specmaintainer__timeoutss__implementchanges <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.implement_changes must be bigger than 0', value=data__agents__specmaintainer__timeoutss__implementchanges, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.implement_changes', rule='exclusiveMinimum')
-                                if 'review' in data__agents__specmaintainer__timeoutss_keys:
-                                    data__agents__specmaintainer__timeoutss_keys.remove('review')
-                                    data__agents__specmaintainer__timeoutss__review = data__agents__specmaintainer__timeoutss['review']
-                                    if not isinstance(data__agents__specmaintainer__timeoutss__review, (int, float, Decimal)) or isinstance(data__agents__specmaintainer__timeoutss__review, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.review must be number', value=data__agents__specmaintainer__timeoutss__review, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.review', rule='type')
-                                    if isinstance(data__agents__specmaintainer__timeoutss__review, (int, float, Decimal)) and (not isinstance(data__agents__specmaintainer__timeoutss__review, bool)):
-                                        if data__agents__specmaintainer__timeoutss__review <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.review must be bigger than 0', value=data__agents__specmaintainer__timeoutss__review, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.review', rule='exclusiveMinimum')
-                                if 'update_spec' in data__agents__specmaintainer__timeoutss_keys:
-                                    data__agents__specmaintainer__timeoutss_keys.remove('update_spec')
-                                    data__agents__specmaintainer__timeoutss__updatespec = data__agents__specmaintainer__timeoutss['update_spec']
-                                    if not isinstance(data__agents__specmaintainer__timeoutss__updatespec, (int, float, Decimal)) or isinstance(data__agents__specmaintainer__timeoutss__updatespec, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.update_spec must be number', value=data__agents__specmaintainer__timeoutss__updatespec, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.update_spec', rule='type')
-                                    if isinstance(data__agents__specmaintainer__timeoutss__updatespec, (int, float, Decimal)) and (not isinstance(data__agents__specmaintainer__timeoutss__updatespec, bool)):
-                                        if data__agents__specmaintainer__timeoutss__updatespec <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.update_spec must be bigger than 0', value=data__agents__specmaintainer__timeoutss__updatespec, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.update_spec', rule='exclusiveMinimum')
-                                if 'intake' in data__agents__specmaintainer__timeoutss_keys:
-                                    data__agents__specmaintainer__timeoutss_keys.remove('intake')
-                                    data__agents__specmaintainer__timeoutss__intake = data__agents__specmaintainer__timeoutss['intake']
-                                    if not isinstance(data__agents__specmaintainer__timeoutss__intake, (int, float, Decimal)) or isinstance(data__agents__specmaintainer__timeoutss__intake, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.intake must be number', value=data__agents__specmaintainer__timeoutss__intake, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.intake', rule='type')
-                                    if isinstance(data__agents__specmaintainer__timeoutss__intake, (int, float, Decimal)) and (not isinstance(data__agents__specmaintainer__timeoutss__intake, bool)):
-                                        if data__agents__specmaintainer__timeoutss__intake <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.intake must be bigger than 0', value=data__agents__specmaintainer__timeoutss__intake, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.intake', rule='exclusiveMinimum')
-                                if 'task_discovery' in data__agents__specmaintainer__timeoutss_keys:
-                                    data__agents__specmaintainer__timeoutss_keys.remove('task_discovery')
-                                    data__agents__specmaintainer__timeoutss__taskdiscovery = data__agents__specmaintainer__timeoutss['task_discovery']
-                                    if not isinstance(data__agents__specmaintainer__timeoutss__taskdiscovery, (int, float, Decimal)) or isinstance(data__agents__specmaintainer__timeoutss__taskdiscovery, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.task_discovery must be number', value=data__agents__specmaintainer__timeoutss__taskdiscovery, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.task_discovery', rule='type')
-                                    if isinstance(data__agents__specmaintainer__timeoutss__taskdiscovery, (int, float, Decimal)) and (not isinstance(data__agents__specmaintainer__timeoutss__taskdiscovery, bool)):
-                                        if data__agents__specmaintainer__timeoutss__taskdiscovery <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.task_discovery must be bigger than 0', value=data__agents__specmaintainer__timeoutss__taskdiscovery, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s.task_discovery', rule='exclusiveMinimum')
-                                if data__agents__specmaintainer__timeoutss_keys:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s must not contain ' + str(data__agents__specmaintainer__timeoutss_keys) + ' properties', value=data__agents__specmaintainer__timeoutss, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.timeouts_s', rule='additionalProperties')
-                        if data__agents__specmaintainer_keys:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer must not contain ' + str(data__agents__specmaintainer_keys) + ' properties', value=data__agents__specmaintainer, name='' + (name_prefix or 'data') + '.agents.spec_maintainer', rule='additionalProperties')
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data__agents__specmaintainer, custom_formats, (name_prefix or 'data') + '.agents.spec_maintainer')
                 if 'orchestration' in data__agents_keys:
                     data__agents_keys.remove('orchestration')
                     data__agents__orchestration = data__agents['orchestration']
-                    if not isinstance(data__agents__orchestration, dict):
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration must be object', value=data__agents__orchestration, name='' + (name_prefix or 'data') + '.agents.orchestration', rule='type')
-                    data__agents__orchestration_is_dict = isinstance(data__agents__orchestration, dict)
-                    if data__agents__orchestration_is_dict:
-                        data__agents__orchestration__missing_keys = set(['cmd']) - data__agents__orchestration.keys()
-                        if data__agents__orchestration__missing_keys:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration must contain ' + (str(sorted(data__agents__orchestration__missing_keys)) + ' properties'), value=data__agents__orchestration, name='' + (name_prefix or 'data') + '.agents.orchestration', rule='required')
-                        data__agents__orchestration_keys = set(data__agents__orchestration.keys())
-                        if 'cmd' in data__agents__orchestration_keys:
-                            data__agents__orchestration_keys.remove('cmd')
-                            data__agents__orchestration__cmd = data__agents__orchestration['cmd']
-                            if not isinstance(data__agents__orchestration__cmd, (list, tuple)):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.cmd must be array', value=data__agents__orchestration__cmd, name='' + (name_prefix or 'data') + '.agents.orchestration.cmd', rule='type')
-                            data__agents__orchestration__cmd_is_list = isinstance(data__agents__orchestration__cmd, (list, tuple))
-                            if data__agents__orchestration__cmd_is_list:
-                                data__agents__orchestration__cmd_len = len(data__agents__orchestration__cmd)
-                                if data__agents__orchestration__cmd_len < 1:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.cmd must contain at least 1 items', value=data__agents__orchestration__cmd, name='' + (name_prefix or 'data') + '.agents.orchestration.cmd', rule='minItems')
-                                for data__agents__orchestration__cmd_x, data__agents__orchestration__cmd_item in enumerate(data__agents__orchestration__cmd):
-                                    if not isinstance(data__agents__orchestration__cmd_item, str):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.cmd[{data__agents__orchestration__cmd_x}]'.format(**locals()) + ' must be string', value=data__agents__orchestration__cmd_item, name='' + (name_prefix or 'data') + '.agents.orchestration.cmd[{data__agents__orchestration__cmd_x}]'.format(**locals()) + '', rule='type')
-                                    if isinstance(data__agents__orchestration__cmd_item, str):
-                                        data__agents__orchestration__cmd_item_len = len(data__agents__orchestration__cmd_item)
-                                        if data__agents__orchestration__cmd_item_len < 1:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.cmd[{data__agents__orchestration__cmd_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__agents__orchestration__cmd_item, name='' + (name_prefix or 'data') + '.agents.orchestration.cmd[{data__agents__orchestration__cmd_x}]'.format(**locals()) + '', rule='minLength')
-                        if 'env' in data__agents__orchestration_keys:
-                            data__agents__orchestration_keys.remove('env')
-                            data__agents__orchestration__env = data__agents__orchestration['env']
-                            if not isinstance(data__agents__orchestration__env, dict):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.env must be object', value=data__agents__orchestration__env, name='' + (name_prefix or 'data') + '.agents.orchestration.env', rule='type')
-                            data__agents__orchestration__env_is_dict = isinstance(data__agents__orchestration__env, dict)
-                            if data__agents__orchestration__env_is_dict:
-                                data__agents__orchestration__env_keys = set(data__agents__orchestration__env.keys())
-                                for data__agents__orchestration__env_key in data__agents__orchestration__env_keys:
-                                    if data__agents__orchestration__env_key not in []:
-                                        data__agents__orchestration__env_value = data__agents__orchestration__env.get(data__agents__orchestration__env_key)
-                                        if not isinstance(data__agents__orchestration__env_value, str):
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.env.{data__agents__orchestration__env_key}'.format(**locals()) + ' must be string', value=data__agents__orchestration__env_value, name='' + (name_prefix or 'data') + '.agents.orchestration.env.{data__agents__orchestration__env_key}'.format(**locals()) + '', rule='type')
-                        if 'cwd' in data__agents__orchestration_keys:
-                            data__agents__orchestration_keys.remove('cwd')
-                            data__agents__orchestration__cwd = data__agents__orchestration['cwd']
-                            if not isinstance(data__agents__orchestration__cwd, str):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.cwd must be string', value=data__agents__orchestration__cwd, name='' + (name_prefix or 'data') + '.agents.orchestration.cwd', rule='type')
-                        if 'heartbeat_interval_s' in data__agents__orchestration_keys:
-                            data__agents__orchestration_keys.remove('heartbeat_interval_s')
-                            data__agents__orchestration__heartbeatintervals = data__agents__orchestration['heartbeat_interval_s']
-                            if not isinstance(data__agents__orchestration__heartbeatintervals, (int, float, Decimal)) or isinstance(data__agents__orchestration__heartbeatintervals, bool):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.heartbeat_interval_s must be number', value=data__agents__orchestration__heartbeatintervals, name='' + (name_prefix or 'data') + '.agents.orchestration.heartbeat_interval_s', rule='type')
-                            if isinstance(data__agents__orchestration__heartbeatintervals, (int, float, Decimal)) and (not isinstance(data__agents__orchestration__heartbeatintervals, bool)):
-                                if data__agents__orchestration__heartbeatintervals <= 0:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.heartbeat_interval_s must be bigger than 0', value=data__agents__orchestration__heartbeatintervals, name='' + (name_prefix or 'data') + '.agents.orchestration.heartbeat_interval_s', rule='exclusiveMinimum')
-                        if 'timeouts_s' in data__agents__orchestration_keys:
-                            data__agents__orchestration_keys.remove('timeouts_s')
-                            data__agents__orchestration__timeoutss = data__agents__orchestration['timeouts_s']
-                            if not isinstance(data__agents__orchestration__timeoutss, dict):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s must be object', value=data__agents__orchestration__timeoutss, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s', rule='type')
-                            data__agents__orchestration__timeoutss_is_dict = isinstance(data__agents__orchestration__timeoutss, dict)
-                            if data__agents__orchestration__timeoutss_is_dict:
-                                data__agents__orchestration__timeoutss_keys = set(data__agents__orchestration__timeoutss.keys())
-                                if 'implement' in data__agents__orchestration__timeoutss_keys:
-                                    data__agents__orchestration__timeoutss_keys.remove('implement')
-                                    data__agents__orchestration__timeoutss__implement = data__agents__orchestration__timeoutss['implement']
-                                    if not isinstance(data__agents__orchestration__timeoutss__implement, (int, float, Decimal)) or isinstance(data__agents__orchestration__timeoutss__implement, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.implement must be number', value=data__agents__orchestration__timeoutss__implement, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.implement', rule='type')
-                                    if isinstance(data__agents__orchestration__timeoutss__implement, (int, float, Decimal)) and (not isinstance(data__agents__orchestration__timeoutss__implement, bool)):
-                                        if data__agents__orchestration__timeoutss__implement <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.implement must be bigger than 0', value=data__agents__orchestration__timeoutss__implement, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.implement', rule='exclusiveMinimum')
-                                if 'implement_changes' in data__agents__orchestration__timeoutss_keys:
-                                    data__agents__orchestration__timeoutss_keys.remove('implement_changes')
-                                    data__agents__orchestration__timeoutss__implementchanges = data__agents__orchestration__timeoutss['implement_changes']
-                                    if not isinstance(data__agents__orchestration__timeoutss__implementchanges, (int, float, Decimal)) or isinstance(data__agents__orchestration__timeoutss__implementchanges, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.implement_changes must be number', value=data__agents__orchestration__timeoutss__implementchanges, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.implement_changes', rule='type')
-                                    if isinstance(data__agents__orchestration__timeoutss__implementchanges, (int, float, Decimal)) and (not isinstance(data__agents__orchestration__timeoutss__implementchanges, bool)):
-                                        if data__agents__orchestration__timeoutss__implementchanges <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.implement_changes must be bigger than 0', value=data__agents__orchestration__timeoutss__implementchanges, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.implement_changes', rule='exclusiveMinimum')
-                                if 'review' in data__agents__orchestration__timeoutss_keys:
-                                    data__agents__orchestration__timeoutss_keys.remove('review')
-                                    data__agents__orchestration__timeoutss__review = data__agents__orchestration__timeoutss['review']
-                                    if not isinstance(data__agents__orchestration__timeoutss__review, (int, float, Decimal)) or isinstance(data__agents__orchestration__timeoutss__review, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.review must be number', value=data__agents__orchestration__timeoutss__review, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.review', rule='type')
-                                    if isinstance(data__agents__orchestration__timeoutss__review, (int, float, Decimal)) and (not isinstance(data__agents__orchestration__timeoutss__review, bool)):
-                                        if data__agents__orchestration__timeoutss__review <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.review must be bigger than 0', value=data__agents__orchestration__timeoutss__review, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.review', rule='exclusiveMinimum')
-                                if 'update_spec' in data__agents__orchestration__timeoutss_keys:
-                                    data__agents__orchestration__timeoutss_keys.remove('update_spec')
-                                    data__agents__orchestration__timeoutss__updatespec = data__agents__orchestration__timeoutss['update_spec']
-                                    if not isinstance(data__agents__orchestration__timeoutss__updatespec, (int, float, Decimal)) or isinstance(data__agents__orchestration__timeoutss__updatespec, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.update_spec must be number', value=data__agents__orchestration__timeoutss__updatespec, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.update_spec', rule='type')
-                                    if isinstance(data__agents__orchestration__timeoutss__updatespec, (int, float, Decimal)) and (not isinstance(data__agents__orchestration__timeoutss__updatespec, bool)):
-                                        if data__agents__orchestration__timeoutss__updatespec <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.update_spec must be bigger than 0', value=data__agents__orchestration__timeoutss__updatespec, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.update_spec', rule='exclusiveMinimum')
-                                if 'intake' in data__agents__orchestration__timeoutss_keys:
-                                    data__agents__orchestration__timeoutss_keys.remove('intake')
-                                    data__agents__orchestration__timeoutss__intake = data__agents__orchestration__timeoutss['intake']
-                                    if not isinstance(data__agents__orchestration__timeoutss__intake, (int, float, Decimal)) or isinstance(data__agents__orchestration__timeoutss__intake, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.intake must be number', value=data__agents__orchestration__timeoutss__intake, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.intake', rule='type')
-                                    if isinstance(data__agents__orchestration__timeoutss__intake, (int, float, Decimal)) and (not isinstance(data__agents__orchestration__timeoutss__intake, bool)):
-                                        if data__agents__orchestration__timeoutss__intake <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.intake must be bigger than 0', value=data__agents__orchestration__timeoutss__intake, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.intake', rule='exclusiveMinimum')
-                                if 'task_discovery' in data__agents__orchestration__timeoutss_keys:
-                                    data__agents__orchestration__timeoutss_keys.remove('task_discovery')
-                                    data__agents__orchestration__timeoutss__taskdiscovery = data__agents__orchestration__timeoutss['task_discovery']
-                                    if not isinstance(data__agents__orchestration__timeoutss__taskdiscovery, (int, float, Decimal)) or isinstance(data__agents__orchestration__timeoutss__taskdiscovery, bool):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.task_discovery must be number', value=data__agents__orchestration__timeoutss__taskdiscovery, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.task_discovery', rule='type')
-                                    if isinstance(data__agents__orchestration__timeoutss__taskdiscovery, (int, float, Decimal)) and (not isinstance(data__agents__orchestration__timeoutss__taskdiscovery, bool)):
-                                        if data__agents__orchestration__timeoutss__taskdiscovery <= 0:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.task_discovery must be bigger than 0', value=data__agents__orchestration__timeoutss__taskdiscovery, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s.task_discovery', rule='exclusiveMinimum')
-                                if data__agents__orchestration__timeoutss_keys:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s must not contain ' + str(data__agents__orchestration__timeoutss_keys) + ' properties', value=data__agents__orchestration__timeoutss, name='' + (name_prefix or 'data') + '.agents.orchestration.timeouts_s', rule='additionalProperties')
-                        if data__agents__orchestration_keys:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration must not contain ' + str(data__agents__orchestration_keys) + ' properties', value=data__agents__orchestration, name='' + (name_prefix or 'data') + '.agents.orchestration', rule='additionalProperties')
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data__agents__orchestration, custom_formats, (name_prefix or 'data') + '.agents.orchestration')
                 if data__agents_keys:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents must not contain ' + str(data__agents_keys) + ' properties', value=data__agents, name='' + (name_prefix or 'data') + '.agents', rule='additionalProperties')
         if 'policy' in data_keys:
@@ -699,6 +295,293 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json(data, custom_formats={}
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy must not contain ' + str(data__policy_keys) + ' properties', value=data__policy, name='' + (name_prefix or 'data') + '.policy', rule='additionalProperties')
         if data_keys:
             raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
+    return data
+
+def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data, custom_formats={}, name_prefix=None):
+    if not isinstance(data, dict):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be object', value=data, name='' + (name_prefix or 'data') + '', rule='type')
+    data_is_dict = isinstance(data, dict)
+    if data_is_dict:
+        data__missing_keys = set(['cmd']) - data.keys()
+        if data__missing_keys:
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+        data_keys = set(data.keys())
+        if 'transport' in data_keys:
+            data_keys.remove('transport')
+            data__transport = data['transport']
+            if not (isinstance(data__transport, str) and data__transport == 'ndjson' or (isinstance(data__transport, str) and data__transport == 'acp')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".transport must be one of ['ndjson', 'acp']", value=data__transport, name='' + (name_prefix or 'data') + '.transport', rule='enum')
+        if 'cmd' in data_keys:
+            data_keys.remove('cmd')
+            data__cmd = data['cmd']
+            if not isinstance(data__cmd, (list, tuple)):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cmd must be array', value=data__cmd, name='' + (name_prefix or 'data') + '.cmd', rule='type')
+            data__cmd_is_list = isinstance(data__cmd, (list, tuple))
+            if data__cmd_is_list:
+                data__cmd_len = len(data__cmd)
+                if data__cmd_len < 1:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cmd must contain at least 1 items', value=data__cmd, name='' + (name_prefix or 'data') + '.cmd', rule='minItems')
+                for data__cmd_x, data__cmd_item in enumerate(data__cmd):
+                    if not isinstance(data__cmd_item, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cmd[{data__cmd_x}]'.format(**locals()) + ' must be string', value=data__cmd_item, name='' + (name_prefix or 'data') + '.cmd[{data__cmd_x}]'.format(**locals()) + '', rule='type')
+                    if isinstance(data__cmd_item, str):
+                        data__cmd_item_len = len(data__cmd_item)
+                        if data__cmd_item_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cmd[{data__cmd_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__cmd_item, name='' + (name_prefix or 'data') + '.cmd[{data__cmd_x}]'.format(**locals()) + '', rule='minLength')
+        if 'env' in data_keys:
+            data_keys.remove('env')
+            data__env = data['env']
+            if not isinstance(data__env, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.env must be object', value=data__env, name='' + (name_prefix or 'data') + '.env', rule='type')
+            data__env_is_dict = isinstance(data__env, dict)
+            if data__env_is_dict:
+                data__env_keys = set(data__env.keys())
+                for data__env_key in data__env_keys:
+                    if data__env_key not in []:
+                        data__env_value = data__env.get(data__env_key)
+                        if not isinstance(data__env_value, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.env.{data__env_key}'.format(**locals()) + ' must be string', value=data__env_value, name='' + (name_prefix or 'data') + '.env.{data__env_key}'.format(**locals()) + '', rule='type')
+        if 'cwd' in data_keys:
+            data_keys.remove('cwd')
+            data__cwd = data['cwd']
+            if not isinstance(data__cwd, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cwd must be string', value=data__cwd, name='' + (name_prefix or 'data') + '.cwd', rule='type')
+        if 'heartbeat_interval_s' in data_keys:
+            data_keys.remove('heartbeat_interval_s')
+            data__heartbeatintervals = data['heartbeat_interval_s']
+            if not isinstance(data__heartbeatintervals, (int, float, Decimal)) or isinstance(data__heartbeatintervals, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.heartbeat_interval_s must be number', value=data__heartbeatintervals, name='' + (name_prefix or 'data') + '.heartbeat_interval_s', rule='type')
+            if isinstance(data__heartbeatintervals, (int, float, Decimal)) and (not isinstance(data__heartbeatintervals, bool)):
+                if data__heartbeatintervals <= 0:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.heartbeat_interval_s must be bigger than 0', value=data__heartbeatintervals, name='' + (name_prefix or 'data') + '.heartbeat_interval_s', rule='exclusiveMinimum')
+        if 'timeouts_s' in data_keys:
+            data_keys.remove('timeouts_s')
+            data__timeoutss = data['timeouts_s']
+            if not isinstance(data__timeoutss, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s must be object', value=data__timeoutss, name='' + (name_prefix or 'data') + '.timeouts_s', rule='type')
+            data__timeoutss_is_dict = isinstance(data__timeoutss, dict)
+            if data__timeoutss_is_dict:
+                data__timeoutss_keys = set(data__timeoutss.keys())
+                if 'implement' in data__timeoutss_keys:
+                    data__timeoutss_keys.remove('implement')
+                    data__timeoutss__implement = data__timeoutss['implement']
+                    if not isinstance(data__timeoutss__implement, (int, float, Decimal)) or isinstance(data__timeoutss__implement, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.implement must be number', value=data__timeoutss__implement, name='' + (name_prefix or 'data') + '.timeouts_s.implement', rule='type')
+                    if isinstance(data__timeoutss__implement, (int, float, Decimal)) and (not isinstance(data__timeoutss__implement, bool)):
+                        if data__timeoutss__implement <= 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.implement must be bigger than 0', value=data__timeoutss__implement, name='' + (name_prefix or 'data') + '.timeouts_s.implement', rule='exclusiveMinimum')
+                if 'implement_changes' in data__timeoutss_keys:
+                    data__timeoutss_keys.remove('implement_changes')
+                    data__timeoutss__implementchanges = data__timeoutss['implement_changes']
+                    if not isinstance(data__timeoutss__implementchanges, (int, float, Decimal)) or isinstance(data__timeoutss__implementchanges, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.implement_changes must be number', value=data__timeoutss__implementchanges, name='' + (name_prefix or 'data') + '.timeouts_s.implement_changes', rule='type')
+                    if isinstance(data__timeoutss__implementchanges, (int, float, Decimal)) and (not isinstance(data__timeoutss__implementchanges, bool)):
+                        if data__timeoutss__implementchanges <= 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.implement_changes must be bigger than 0', value=data__timeoutss__implementchanges, name='' + (name_prefix or 'data') + '.timeouts_s.implement_changes', rule='exclusiveMinimum')
+                if 'review' in data__timeoutss_keys:
+                    data__timeoutss_keys.remove('review')
+                    data__timeoutss__review = data__timeoutss['review']
+                    if not isinstance(data__timeoutss__review, (int, float, Decimal)) or isinstance(data__timeoutss__review, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.review must be number', value=data__timeoutss__review, name='' + (name_prefix or 'data') + '.timeouts_s.review', rule='type')
+                    if isinstance(data__timeoutss__review, (int, float, Decimal)) and (not isinstance(data__timeoutss__review, bool)):
+                        if data__timeoutss__review <= 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.review must be bigger than 0', value=data__timeoutss__review, name='' + (name_prefix or 'data') + '.timeouts_s.review', rule='exclusiveMinimum')
+                if 'update_spec' in data__timeoutss_keys:
+                    data__timeoutss_keys.remove('update_spec')
+                    data__timeoutss__updatespec = data__timeoutss['update_spec']
+                    if not isinstance(data__timeoutss__updatespec, (int, float, Decimal)) or isinstance(data__timeoutss__updatespec, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.update_spec must be number', value=data__timeoutss__updatespec, name='' + (name_prefix or 'data') + '.timeouts_s.update_spec', rule='type')
+                    if isinstance(data__timeoutss__updatespec, (int, float, Decimal)) and (not isinstance(data__timeoutss__updatespec, bool)):
+                        if data__timeoutss__updatespec <= 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.update_spec must be bigger than 0', value=data__timeoutss__updatespec, name='' + (name_prefix or 'data') + '.timeouts_s.update_spec', rule='exclusiveMinimum')
+                if 'intake' in data__timeoutss_keys:
+                    data__timeoutss_keys.remove('intake')
+                    data__timeoutss__intake = data__timeoutss['intake']
+                    if not isinstance(data__timeoutss__intake, (int, float, Decimal)) or isinstance(data__timeoutss__intake, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.intake must be number', value=data__timeoutss__intake, name='' + (name_prefix or 'data') + '.timeouts_s.intake', rule='type')
+                    if isinstance(data__timeoutss__intake, (int, float, Decimal)) and (not isinstance(data__timeoutss__intake, bool)):
+                        if data__timeoutss__intake <= 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.intake must be bigger than 0', value=data__timeoutss__intake, name='' + (name_prefix or 'data') + '.timeouts_s.intake', rule='exclusiveMinimum')
+                if 'task_discovery' in data__timeoutss_keys:
+                    data__timeoutss_keys.remove('task_discovery')
+                    data__timeoutss__taskdiscovery = data__timeoutss['task_discovery']
+                    if not isinstance(data__timeoutss__taskdiscovery, (int, float, Decimal)) or isinstance(data__timeoutss__taskdiscovery, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.task_discovery must be number', value=data__timeoutss__taskdiscovery, name='' + (name_prefix or 'data') + '.timeouts_s.task_discovery', rule='type')
+                    if isinstance(data__timeoutss__taskdiscovery, (int, float, Decimal)) and (not isinstance(data__timeoutss__taskdiscovery, bool)):
+                        if data__timeoutss__taskdiscovery <= 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.task_discovery must be bigger than 0', value=data__timeoutss__taskdiscovery, name='' + (name_prefix or 'data') + '.timeouts_s.task_discovery', rule='exclusiveMinimum')
+                if data__timeoutss_keys:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s must not contain ' + str(data__timeoutss_keys) + ' properties', value=data__timeoutss, name='' + (name_prefix or 'data') + '.timeouts_s', rule='additionalProperties')
+        if 'pass_env' in data_keys:
+            data_keys.remove('pass_env')
+            data__passenv = data['pass_env']
+            if not isinstance(data__passenv, (list, tuple)):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pass_env must be array', value=data__passenv, name='' + (name_prefix or 'data') + '.pass_env', rule='type')
+            data__passenv_is_list = isinstance(data__passenv, (list, tuple))
+            if data__passenv_is_list:
+
+                def fn(var):
+                    return frozenset(dict(((k, fn(v)) for k, v in var.items())).items()) if hasattr(var, 'items') else tuple((fn(v) for v in var)) if isinstance(var, (dict, list)) else (bool, var) if isinstance(var, bool) else var
+                data__passenv_len = len(data__passenv)
+                if data__passenv_len > len(set((fn(data__passenv_x) for data__passenv_x in data__passenv))):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pass_env must contain unique items', value=data__passenv, name='' + (name_prefix or 'data') + '.pass_env', rule='uniqueItems')
+                for data__passenv_x, data__passenv_item in enumerate(data__passenv):
+                    if not isinstance(data__passenv_item, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + ' must be string', value=data__passenv_item, name='' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + '', rule='type')
+                    if isinstance(data__passenv_item, str):
+                        if not REGEX_PATTERNS['^[A-Za-z_][A-Za-z0-9_]*$'].search(data__passenv_item):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + ' must match pattern ^[A-Za-z_][A-Za-z0-9_]*$', value=data__passenv_item, name='' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + '', rule='pattern')
+        if 'permissions' in data_keys:
+            data_keys.remove('permissions')
+            data__permissions = data['permissions']
+            if not isinstance(data__permissions, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.permissions must be object', value=data__permissions, name='' + (name_prefix or 'data') + '.permissions', rule='type')
+            data__permissions_is_dict = isinstance(data__permissions, dict)
+            if data__permissions_is_dict:
+                data__permissions_keys = set(data__permissions.keys())
+                if 'read' in data__permissions_keys:
+                    data__permissions_keys.remove('read')
+                    data__permissions__read = data__permissions['read']
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data__permissions__read, custom_formats, (name_prefix or 'data') + '.permissions.read')
+                if 'edit' in data__permissions_keys:
+                    data__permissions_keys.remove('edit')
+                    data__permissions__edit = data__permissions['edit']
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data__permissions__edit, custom_formats, (name_prefix or 'data') + '.permissions.edit')
+                if 'delete' in data__permissions_keys:
+                    data__permissions_keys.remove('delete')
+                    data__permissions__delete = data__permissions['delete']
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data__permissions__delete, custom_formats, (name_prefix or 'data') + '.permissions.delete')
+                if 'move' in data__permissions_keys:
+                    data__permissions_keys.remove('move')
+                    data__permissions__move = data__permissions['move']
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data__permissions__move, custom_formats, (name_prefix or 'data') + '.permissions.move')
+                if 'search' in data__permissions_keys:
+                    data__permissions_keys.remove('search')
+                    data__permissions__search = data__permissions['search']
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data__permissions__search, custom_formats, (name_prefix or 'data') + '.permissions.search')
+                if 'execute' in data__permissions_keys:
+                    data__permissions_keys.remove('execute')
+                    data__permissions__execute = data__permissions['execute']
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data__permissions__execute, custom_formats, (name_prefix or 'data') + '.permissions.execute')
+                if 'think' in data__permissions_keys:
+                    data__permissions_keys.remove('think')
+                    data__permissions__think = data__permissions['think']
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data__permissions__think, custom_formats, (name_prefix or 'data') + '.permissions.think')
+                if 'fetch' in data__permissions_keys:
+                    data__permissions_keys.remove('fetch')
+                    data__permissions__fetch = data__permissions['fetch']
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data__permissions__fetch, custom_formats, (name_prefix or 'data') + '.permissions.fetch')
+                if 'switch_mode' in data__permissions_keys:
+                    data__permissions_keys.remove('switch_mode')
+                    data__permissions__switchmode = data__permissions['switch_mode']
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data__permissions__switchmode, custom_formats, (name_prefix or 'data') + '.permissions.switch_mode')
+                if 'other' in data__permissions_keys:
+                    data__permissions_keys.remove('other')
+                    data__permissions__other = data__permissions['other']
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data__permissions__other, custom_formats, (name_prefix or 'data') + '.permissions.other')
+                if data__permissions_keys:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.permissions must not contain ' + str(data__permissions_keys) + ' properties', value=data__permissions, name='' + (name_prefix or 'data') + '.permissions', rule='additionalProperties')
+        if 'prompts' in data_keys:
+            data_keys.remove('prompts')
+            data__prompts = data['prompts']
+            if not isinstance(data__prompts, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts must be object', value=data__prompts, name='' + (name_prefix or 'data') + '.prompts', rule='type')
+            data__prompts_is_dict = isinstance(data__prompts, dict)
+            if data__prompts_is_dict:
+                data__prompts_keys = set(data__prompts.keys())
+                if 'implement' in data__prompts_keys:
+                    data__prompts_keys.remove('implement')
+                    data__prompts__implement = data__prompts['implement']
+                    if not isinstance(data__prompts__implement, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.implement must be string', value=data__prompts__implement, name='' + (name_prefix or 'data') + '.prompts.implement', rule='type')
+                    if isinstance(data__prompts__implement, str):
+                        data__prompts__implement_len = len(data__prompts__implement)
+                        if data__prompts__implement_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.implement must be longer than or equal to 1 characters', value=data__prompts__implement, name='' + (name_prefix or 'data') + '.prompts.implement', rule='minLength')
+                if 'implement_changes' in data__prompts_keys:
+                    data__prompts_keys.remove('implement_changes')
+                    data__prompts__implementchanges = data__prompts['implement_changes']
+                    if not isinstance(data__prompts__implementchanges, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.implement_changes must be string', value=data__prompts__implementchanges, name='' + (name_prefix or 'data') + '.prompts.implement_changes', rule='type')
+                    if isinstance(data__prompts__implementchanges, str):
+                        data__prompts__implementchanges_len = len(data__prompts__implementchanges)
+                        if data__prompts__implementchanges_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.implement_changes must be longer than or equal to 1 characters', value=data__prompts__implementchanges, name='' + (name_prefix or 'data') + '.prompts.implement_changes', rule='minLength')
+                if 'review' in data__prompts_keys:
+                    data__prompts_keys.remove('review')
+                    data__prompts__review = data__prompts['review']
+                    if not isinstance(data__prompts__review, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.review must be string', value=data__prompts__review, name='' + (name_prefix or 'data') + '.prompts.review', rule='type')
+                    if isinstance(data__prompts__review, str):
+                        data__prompts__review_len = len(data__prompts__review)
+                        if data__prompts__review_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.review must be longer than or equal to 1 characters', value=data__prompts__review, name='' + (name_prefix or 'data') + '.prompts.review', rule='minLength')
+                if 'update_spec' in data__prompts_keys:
+                    data__prompts_keys.remove('update_spec')
+                    data__prompts__updatespec = data__prompts['update_spec']
+                    if not isinstance(data__prompts__updatespec, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.update_spec must be string', value=data__prompts__updatespec, name='' + (name_prefix or 'data') + '.prompts.update_spec', rule='type')
+                    if isinstance(data__prompts__updatespec, str):
+                        data__prompts__updatespec_len = len(data__prompts__updatespec)
+                        if data__prompts__updatespec_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.update_spec must be longer than or equal to 1 characters', value=data__prompts__updatespec, name='' + (name_prefix or 'data') + '.prompts.update_spec', rule='minLength')
+                if 'intake' in data__prompts_keys:
+                    data__prompts_keys.remove('intake')
+                    data__prompts__intake = data__prompts['intake']
+                    if not isinstance(data__prompts__intake, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.intake must be string', value=data__prompts__intake, name='' + (name_prefix or 'data') + '.prompts.intake', rule='type')
+                    if isinstance(data__prompts__intake, str):
+                        data__prompts__intake_len = len(data__prompts__intake)
+                        if data__prompts__intake_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.intake must be longer than or equal to 1 characters', value=data__prompts__intake, name='' + (name_prefix or 'data') + '.prompts.intake', rule='minLength')
+                if 'task_discovery' in data__prompts_keys:
+                    data__prompts_keys.remove('task_discovery')
+                    data__prompts__taskdiscovery = data__prompts['task_discovery']
+                    if not isinstance(data__prompts__taskdiscovery, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.task_discovery must be string', value=data__prompts__taskdiscovery, name='' + (name_prefix or 'data') + '.prompts.task_discovery', rule='type')
+                    if isinstance(data__prompts__taskdiscovery, str):
+                        data__prompts__taskdiscovery_len = len(data__prompts__taskdiscovery)
+                        if data__prompts__taskdiscovery_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.task_discovery must be longer than or equal to 1 characters', value=data__prompts__taskdiscovery, name='' + (name_prefix or 'data') + '.prompts.task_discovery', rule='minLength')
+                if data__prompts_keys:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts must not contain ' + str(data__prompts_keys) + ' properties', value=data__prompts, name='' + (name_prefix or 'data') + '.prompts', rule='additionalProperties')
+        if data_keys:
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
+    try:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['transport']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'transport' in data_keys:
+                data_keys.remove('transport')
+                data__transport = data['transport']
+                if not (isinstance(data__transport, str) and data__transport == 'acp'):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.transport must be same as const definition: acp', value=data__transport, name='' + (name_prefix or 'data') + '.transport', rule='const')
+    except (JsonSchemaValueException, JsonSchemaValuesException):
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data_keys = set(data.keys())
+            if 'pass_env' in data_keys:
+                data_keys.remove('pass_env')
+                data__passenv = data['pass_env']
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pass_env must NOT match a disallowed definition', value=data__passenv, name='' + (name_prefix or 'data') + '.pass_env', rule='not')
+            if 'permissions' in data_keys:
+                data_keys.remove('permissions')
+                data__permissions = data['permissions']
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.permissions must NOT match a disallowed definition', value=data__permissions, name='' + (name_prefix or 'data') + '.permissions', rule='not')
+            if 'prompts' in data_keys:
+                data_keys.remove('prompts')
+                data__prompts = data['prompts']
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts must NOT match a disallowed definition', value=data__prompts, name='' + (name_prefix or 'data') + '.prompts', rule='not')
+    else:
+        pass
+    return data
+
+def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data, custom_formats={}, name_prefix=None):
+    if not (isinstance(data, str) and data == 'allow' or (isinstance(data, str) and data == 'deny') or (isinstance(data, str) and data == 'workspace')):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + " must be one of ['allow', 'deny', 'workspace']", value=data, name='' + (name_prefix or 'data') + '', rule='enum')
     return data
 
 

@@ -77,6 +77,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
             "timestamp": "2026-01-01T00:00:00Z",
         }
     ]
+    docs["review-verdict"] = [
+        {"status": "approved", "summary": "fine"},
+        {"status": "changes_requested", "summary": "x", "comments": [{"text": "y", "line": 2}]},
+    ]
+    docs["spec-notes-verdict"] = [
+        {"status": "no_changes_needed", "summary": "fine"},
+        {"status": "changes_requested", "summary": "x", "notes": [{"path": "a", "text": "b"}]},
+    ]
     return docs
 
 

@@ -108,6 +108,16 @@ VALID: dict[str, dict[str, Any]] = {
             "spec_maintainer": {"cmd": ["mockagent"]},
         },
     },
+    "review-verdict": {
+        "status": "changes_requested",
+        "summary": "one bug",
+        "comments": [{"path": "src/x.py", "line": 3, "text": "off by one"}],
+    },
+    "spec-notes-verdict": {
+        "status": "updated",
+        "summary": "documented the greeting",
+        "notes": [{"path": "specs/SPEC.md", "text": "added section 2"}],
+    },
 }
 
 ENUMS = [
@@ -123,6 +133,8 @@ ENUMS = [
     ("run-state", ["status"]),
     ("run-state", ["stage"]),
     ("index", ["runs", 0, "status"]),
+    ("review-verdict", ["status"]),
+    ("spec-notes-verdict", ["status"]),
 ]
 PATTERNS = [
     ("command", ["idempotency_key"], "ik:short"),
