@@ -1,0 +1,111 @@
+"""Checkpoint cost at 1,000 and 10,000 files with one file changed, beside bare git.
+
+Goals (issue #12 point 11): take() <= 30 ms at 10,000 files, and <= 2x the bare
+git plumbing doing the same (`git add -A` + `git write-tree` on an equivalent
+private git dir: same settings, same exclusions, its own index).
+restore() is timed the same way against `git add -A` + `git read-tree --reset -u`.
+
+Run: python bench/checkpoint.py [--quick]   (medians of N rounds; BENCH_DIR picks the disk)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lorch.checkpoint import Checkpoints
+
+
+def make_tree(root: Path, files: int) -> None:
+    for i in range(files):
+        d = root / "src" / f"d{i % 100:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}.py").write_bytes(f"# file {i}\n".encode() * 40)
+
+
+def median_ms(fn: Callable[[], object], before: Callable[[int], object], rounds: int) -> float:
+    times = []
+    for r in range(rounds):
+        before(r)
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+class BareGit:
+    """The plumbing by hand, on a private dir set up like lorch's store."""
+
+    def __init__(self, ws: Path, like: Path, git_dir: Path) -> None:
+        shutil.copytree(like, git_dir, ignore=shutil.ignore_patterns("index", "objects", "*.lock"))
+        (git_dir / "objects").mkdir()
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "GIT_DIR": str(git_dir),
+            "GIT_WORK_TREE": str(ws),
+            "GIT_INDEX_FILE": str(git_dir / "index"),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+        }
+        self.ws = ws
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=self.ws, env=self.env, check=True, capture_output=True, text=True
+        ).stdout
+
+    def take(self) -> str:
+        self.git("add", "-A", "--", ".")
+        return self.git("write-tree").strip()
+
+    def restore(self, tree: str) -> None:
+        self.git("add", "-A", "--", ".")
+        self.git("read-tree", "--reset", "-u", tree)
+
+
+def bench(files: int, rounds: int, base: Path) -> None:
+    ws = base / f"ws{files}"
+    ws.mkdir()
+    make_tree(ws, files)
+    target = ws / "src" / "d00" / "f0.py"
+    ck = Checkpoints(ws, ws / "state" / "checkpoints.git")
+    first = ck.take()  # fills the index's stat cache, as the run's first checkpoint does
+    bare = BareGit(ws, ws / "state" / "checkpoints.git", base / f"bare{files}.git")
+    bare_first = bare.take()
+
+    def edit(r: int) -> None:
+        target.write_bytes(f"edit {files} {r} {time.time_ns()}\n".encode())
+
+    take = median_ms(ck.take, edit, rounds)
+    bare_take = median_ms(bare.take, edit, rounds)
+    restore = median_ms(lambda: ck.restore(first), edit, rounds)
+    bare_restore = median_ms(lambda: bare.restore(bare_first), edit, rounds)
+    unchanged = median_ms(ck.take, lambda r: None, rounds)
+    print(
+        f"{files:>6,} files, 1 changed: take {take:6.1f} ms  bare git {bare_take:6.1f} ms"
+        f"  ratio {take / bare_take:4.2f} | restore {restore:6.1f} ms  bare git "
+        f"{bare_restore:6.1f} ms  ratio {restore / bare_restore:4.2f}"
+        f" | take, nothing changed {unchanged:6.1f} ms"
+    )
+
+
+def main() -> None:
+    rounds = 5 if "--quick" in sys.argv else 21
+    print(
+        f"git {subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.split()[-1]}, median of {rounds} rounds"
+    )
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+        for files in (1_000, 10_000):
+            bench(files, rounds, Path(tmp))
+    print("goals: take <= 30 ms at 10,000 files; take and restore <= 2x bare git")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Workspace checkpoints: exactly-once effects for agents that are not idempotent.
+
+A checkpoint is the git tree id of the workspace (DESIGN.md §11, "Checkpoints").
+It is written with git plumbing into a private git directory inside lorch's
+state (``state/checkpoints.git`` by default) through its own index file, with
+``GIT_DIR``, ``GIT_INDEX_FILE`` and ``GIT_WORK_TREE`` set and an environment
+built from nothing, so that the user's ``.git``, index, HEAD, branches, hooks
+and git configuration are never read or changed.
+
+What a checkpoint holds: every file an agent's turn may change, verdict files
+(``reviews/``, ``spec_notes/``) included, with its content, exec bit and
+symlinks. Not held: any ``.git``, lorch's own directories (:data:`EXCLUDED`),
+hidden directories (agents keep their private state there: ``.mockagent/``,
+``.claude/``, ...), paths the workspace's ``.gitignore`` files ignore, and empty
+directories (git tracks files). Those are neither captured nor restored.
+
+Speed: ``take`` is ``git add -A`` and ``git write-tree``; the private index's
+stat cache means only files whose stat changed are hashed again.
+
+Durability: objects are fsynced (``core.fsync``, batched) before ``take``
+returns, so a tree id that reaches the ledger can always be restored, power
+loss included.
+
+Crash safety of :meth:`Checkpoints.restore`: it first records the workspace as
+it is (``add -A``), then moves it to the target tree (``read-tree --reset -u``,
+which rewrites changed files and removes files the target lacks). A crash in
+the middle leaves a workspace that is some mix of the two; running ``restore``
+again records that mix and finishes the move, so it ends in the same state.
+Git's lock files that a killed process leaves behind are cleared under an
+``flock`` that only a live process can hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from lorch.atomic import atomic_write_bytes, ensure_dir
+from lorch.errors import StorageError
+
+# lorch's own directories at the top of the workspace (DESIGN.md §4) and the
+# mock agent's state: never part of a checkpoint.
+EXCLUDED = ("events", "state", "receipts", "logs", "snapshots", "transcripts")
+
+# Written to the private git dir's info/exclude: lorch's dirs (anchored at the
+# root) and every hidden directory, at any depth. Hidden *files* (.gitignore,
+# .env, ...) are part of the work and are kept.
+_EXCLUDE = "".join(f"/{name}/\n" for name in EXCLUDED) + ".*/\n"
+
+# info/attributes has precedence over the workspace's .gitattributes: byte-exact
+# content, whatever the user's attributes ask (no EOL conversion, no filters).
+_ATTRIBUTES = "* -text -eol -filter -ident -working-tree-encoding -diff -merge\n"
+
+_CONFIG = {
+    "core.repositoryformatversion": "0",
+    "core.bare": "false",
+    "core.filemode": "true",
+    "core.symlinks": "true",
+    "core.autocrlf": "false",
+    "core.safecrlf": "false",
+    "core.ignorecase": "false",
+    "core.precomposeunicode": "false",
+    "core.quotepath": "false",
+    "core.hooksPath": "/dev/null",
+    "core.excludesFile": "/dev/null",
+    "core.attributesFile": "/dev/null",
+    "core.fsmonitor": "false",
+    "core.untrackedCache": "false",
+    "core.preloadIndex": "true",
+    # Objects must be durable before a tree id reaches the ledger. The index is
+    # only a cache of stat data: one lost or torn is rebuilt (see _git).
+    "core.fsync": "loose-object",
+    "core.fsyncMethod": "batch",
+    "index.version": "4",
+    "gc.auto": "0",
+    "maintenance.auto": "false",
+    "advice.addEmbeddedRepo": "false",
+    "advice.addIgnoredFile": "false",
+}
+
+_LOCKS = ("index.lock", "config.lock", "shallow.lock", "packed-refs.lock")
+
+
+class Checkpoints:
+    """Checkpoints of ``workspace`` kept in the private git directory ``store``."""
+
+    def __init__(self, workspace: Path, store: Path, *, durable: bool = True) -> None:
+        self.workspace = Path(workspace)
+        self.store = Path(store)
+        self.durable = durable
+        self._index = self.store / "index"
+        self._env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(self.store),
+            "XDG_CONFIG_HOME": str(self.store),
+            "LC_ALL": "C",
+            "GIT_DIR": str(self.store),
+            "GIT_INDEX_FILE": str(self._index),
+            "GIT_WORK_TREE": str(self.workspace),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": "lorch",
+            "GIT_AUTHOR_EMAIL": "lorch@localhost",
+            "GIT_COMMITTER_NAME": "lorch",
+            "GIT_COMMITTER_EMAIL": "lorch@localhost",
+        }
+        self._ready = False
+
+    # -- public API -----------------------------------------------------------
+
+    def take(self) -> str:
+        """Record the workspace; return its tree id (40 hex digits)."""
+        with self._locked():
+            self._add_all()
+            return self._git("write-tree").strip()
+
+    def changed(self, old: str, new: str) -> list[str]:
+        """Relative POSIX paths added, modified or deleted between two checkpoints."""
+        with self._locked():
+            return self._diff(old, new)
+
+    def restore(self, tree: str) -> None:
+        """Make the workspace equal to checkpoint ``tree`` (crash-safe; see module doc)."""
+        self.rollback(tree)
+
+    def rollback(self, tree: str) -> list[str]:
+        """:meth:`restore`, returning the paths it rewrote, created or removed."""
+        with self._locked():
+            # The index must describe the workspace as it is now (new files
+            # included) for read-tree to know what to rewrite and what to remove.
+            self._add_all()
+            try:
+                out = self._git("diff-index", "--cached", "-z", "--no-renames", "--name-only", tree)
+            except StorageError:
+                raise StorageError(
+                    f"{self.store}: checkpoint {tree} is not in the checkpoint store; "
+                    "the workspace cannot be rolled back to it"
+                ) from None
+            paths = sorted(p for p in out.split("\0") if p)
+            if paths:
+                self._git("read-tree", "--reset", "-u", tree)
+                if self.durable:
+                    self._sync(paths)
+            return paths
+
+    # -- internals -------------------------------------------------------------
+
+    def _add_all(self) -> None:
+        self._git("add", "-A", "--", ".")
+
+    def _git(self, *args: str, env: dict[str, str] | None = None) -> str:
+        proc = self._run(args, env)
+        if proc.returncode != 0 and b"index file" in proc.stderr and self._index.exists():
+            # A torn index (power loss): it is a cache, rebuilt by add, which
+            # always comes first under the lock.
+            self._index.unlink()
+            if args[0] == "add":
+                proc = self._run(args, env)
+        if proc.returncode != 0:
+            err = os.fsdecode(proc.stderr).strip().splitlines()
+            last = err[-1] if err else f"exit status {proc.returncode}"
+            raise StorageError(f"checkpoints in {self.store}: git {args[0]} failed: {last}")
+        return os.fsdecode(proc.stdout)
+
+    def _run(
+        self, args: tuple[str, ...], env: dict[str, str] | None
+    ) -> subprocess.CompletedProcess[bytes]:
+        try:
+            return subprocess.run(
+                ["git", *args],
+                cwd=self.workspace,
+                env=self._env if env is None else env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+            )
+        except OSError as e:
+            raise StorageError(f"checkpoints: cannot run git: {e.strerror}") from e
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self.workspace.is_dir():
+            raise StorageError(f"checkpoints: workspace {self.workspace} is not a directory")
+        ensure_dir(self.store)
+        fd = os.open(self.store / "lorch.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Holding the flock, no live process of ours is inside git here: any
+            # git lock file is the trace of a killed one.
+            for name in _LOCKS:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.store / name).unlink()
+            if not self._ready:
+                self._init()
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _init(self) -> None:
+        if not (self.store / "HEAD").exists():
+            env = {k: v for k, v in self._env.items() if k != "GIT_WORK_TREE"}
+            self._git("init", "--quiet", "--bare", str(self.store), env=env)
+        config = dict(_CONFIG)
+        if not self.durable:
+            config["core.fsync"] = "none"
+        sections: dict[str, list[str]] = {}
+        for key, value in config.items():
+            section, name = key.split(".", 1)
+            sections.setdefault(section, []).append(f"\t{name} = {value}\n")
+        files = {
+            "config": "".join(f"[{s}]\n" + "".join(lines) for s, lines in sections.items()),
+            "info/exclude": _EXCLUDE,
+            "info/attributes": _ATTRIBUTES,
+        }
+        # Written whole each time a store is opened, so no setting of ours can be
+        # changed for good by anything that edits the store's files.
+        for name, text in files.items():
+            path = self.store / name
+            ensure_dir(path.parent)
+            try:
+                current = path.read_text(encoding="utf-8")
+            except OSError:
+                current = None
+            if current != text:
+                atomic_write_bytes(path, text.encode("utf-8"))
+        self._ready = True
+
+    def _diff(self, old: str, new: str) -> list[str]:
+        out = self._git("diff-tree", "-r", "-z", "--no-renames", "--name-only", old, new, "--")
+        return sorted(p for p in out.split("\0") if p)
+
+    def _sync(self, paths: list[str]) -> None:
+        """fsync what a restore wrote or removed: those files and their directories."""
+        dirs: set[Path] = set()
+        for rel in paths:
+            path = self.workspace / rel
+            parent = path.parent
+            while parent not in dirs:
+                dirs.add(parent)
+                if parent == self.workspace:
+                    break
+                parent = parent.parent
+            if not path.is_symlink():
+                _fsync(path, 0)
+        for d in dirs:
+            _fsync(d, os.O_DIRECTORY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | flags)
+    except OSError:
+        return  # removed, or its directory was: nothing there to sync
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

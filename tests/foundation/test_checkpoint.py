@@ -1,0 +1,361 @@
+"""Workspace checkpoints (lorch/checkpoint.py): take, changed, restore."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lorch.checkpoint import Checkpoints
+from lorch.errors import StorageError
+
+
+def ck(ws: Path) -> Checkpoints:
+    return Checkpoints(ws, ws / "state" / "checkpoints.git", durable=False)
+
+
+def tree_of(root: Path, *, skip: tuple[str, ...] = ("state",)) -> dict[str, tuple[str, bytes]]:
+    """Every entry under root: kind + content (file bytes, link target), exec bit in the kind."""
+    out: dict[str, tuple[str, bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = Path(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p).encode())
+            else:
+                exe = "x" if os.stat(p).st_mode & stat.S_IXUSR else "-"
+                out[rel] = ("file" + exe, p.read_bytes())
+    return out
+
+
+def write(root: Path, rel: str, data: bytes | str, *, exe: bool = False) -> None:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data.encode() if isinstance(data, str) else data)
+    p.chmod(0o755 if exe else 0o644)
+
+
+def test_take_changed_restore(tmp_path: Path) -> None:
+    write(tmp_path, "a.txt", "a")
+    write(tmp_path, "src/tool.sh", "#!/bin/sh\n", exe=True)
+    write(tmp_path, "src/deep/x.py", "x = 1\n")
+    write(tmp_path, ".env.example", "KEY=\n")
+    os.symlink("a.txt", tmp_path / "link")
+    c = ck(tmp_path)
+    before_tree = tree_of(tmp_path)
+    pre = c.take()
+    assert len(pre) == 40 and c.take() == pre, "same workspace, same id"
+
+    write(tmp_path, "a.txt", "changed")
+    (tmp_path / "src/tool.sh").chmod(0o644)
+    (tmp_path / "src/deep/x.py").unlink()
+    write(tmp_path, "new/dir/made.txt", "new")
+    write(tmp_path, "reviews/T-1.json", "{}")
+    post = c.take()
+    assert post != pre
+    assert c.changed(pre, post) == [
+        "a.txt",
+        "new/dir/made.txt",
+        "reviews/T-1.json",
+        "src/deep/x.py",
+        "src/tool.sh",
+    ]
+    assert c.changed(post, post) == []
+
+    c.restore(pre)
+    assert tree_of(tmp_path) == before_tree
+    assert not (tmp_path / "new").exists(), "directories emptied by the rollback are removed"
+    assert not (tmp_path / "reviews").exists()
+    assert c.take() == pre
+    assert c.rollback(pre) == [], "a second restore has nothing left to do"
+    c.restore(post)
+    assert (tmp_path / "new/dir/made.txt").read_text() == "new"
+
+
+def test_lorch_dirs_hidden_dirs_and_ignored_paths_are_neither_captured_nor_restored(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, ".gitignore", "build/\n*.o\n")
+    write(tmp_path, "main.c", "int main;")
+    c = ck(tmp_path)
+    pre = c.take()
+    kept = {
+        "events/run-1.ndjson": "{}\n",
+        "state/run.json": "{}",
+        "receipts/T-1/step-1.json": "{}",
+        "logs/builder/run-1.ndjson": "x",
+        "snapshots/snap-1.manifest.json": "{}",
+        "transcripts/run-1.txt": "t",
+        ".mockagent/journal.ndjson": "j",
+        "src/.cache/blob": "c",
+        "build/out.bin": "b",
+        "main.o": "o",
+    }
+    for rel, text in kept.items():
+        write(tmp_path, rel, text)
+    write(tmp_path, ".hidden-file", "h")
+    assert c.changed(pre, c.take()) == [".hidden-file"], "hidden files are work; the rest is not"
+    c.restore(pre)
+    for rel, text in kept.items():
+        assert (tmp_path / rel).read_text() == text, f"{rel} was touched by restore"
+    assert not (tmp_path / ".hidden-file").exists()
+
+
+def _digest_dir(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif p.is_dir():
+            out[str(p.relative_to(root)) + "/"] = oct(p.stat().st_mode)
+    return out
+
+
+def test_users_own_git_repo_config_and_env_are_never_read_or_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    # A global config and excludes file that would change what is captured,
+    # and line-ending conversion that would change bytes on restore.
+    (home / "ignore").write_text("*.txt\n")
+    (home / ".gitconfig").write_text(
+        f"[core]\n\texcludesFile = {home / 'ignore'}\n\tautocrlf = true\n"
+        "[user]\n\tname = u\n\temail = u@x\n"
+    )
+    genv = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "xdg")}
+    genv = {k: v for k, v in genv.items() if not k.startswith("GIT_")}
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=ws, env=genv, check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    write(ws, "notes.txt", "line\r\nline\n")
+    write(ws, ".gitattributes", "*.txt text eol=crlf\n")
+    git("add", "-f", "notes.txt", ".gitattributes")
+    git("commit", "-q", "-m", "first")
+    git("checkout", "-q", "-b", "feature")
+    write(ws, "staged.txt", "staged")
+    git("add", "-f", "staged.txt")
+    marker = tmp_path / "hook-ran"
+    for hook in ("pre-commit", "post-checkout", "post-index-change", "reference-transaction"):
+        write(ws, f".git/hooks/{hook}", f"#!/bin/sh\ntouch {marker}\n", exe=True)
+    user_git = _digest_dir(ws / ".git")
+
+    # The caller's environment points git at the user's repo: none of it may leak in.
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_DIR", str(ws / ".git"))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(ws / ".git" / "index"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(tmp_path))
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", f"'core.excludesfile'='{home / 'ignore'}'")
+
+    c = ck(ws)
+    pre = c.take()
+    write(ws, "notes.txt", "rewritten\n")
+    write(ws, "added.txt", "added")
+    post = c.take()
+    assert c.changed(pre, post) == ["added.txt", "notes.txt"]
+    c.restore(pre)
+    assert (ws / "notes.txt").read_bytes() == b"line\r\nline\n", "bytes exact, no EOL conversion"
+    assert not (ws / "added.txt").exists()
+    assert _digest_dir(ws / ".git") == user_git, "the user's .git was changed"
+    assert not marker.exists(), "a hook of the user's ran"
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--branch"],
+        cwd=ws,
+        env=genv,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert status.splitlines()[0] == "## feature"
+    assert "A  staged.txt" in status
+
+
+def test_stale_git_lock_from_a_killed_process_is_cleared(tmp_path: Path) -> None:
+    write(tmp_path, "a.txt", "a")
+    c = ck(tmp_path)
+    pre = c.take()
+    (tmp_path / "state/checkpoints.git/index.lock").write_bytes(b"half")
+    write(tmp_path, "a.txt", "b")
+    assert c.changed(pre, c.take()) == ["a.txt"]
+
+
+def test_torn_index_is_rebuilt(tmp_path: Path) -> None:
+    write(tmp_path, "a.txt", "a")
+    c = ck(tmp_path)
+    pre = c.take()
+    index = tmp_path / "state/checkpoints.git/index"
+    index.write_bytes(index.read_bytes()[:20])
+    assert Checkpoints(tmp_path, tmp_path / "state/checkpoints.git").take() == pre
+
+
+def test_unknown_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
+    write(tmp_path, "a.txt", "a")
+    c = ck(tmp_path)
+    c.take()
+    with pytest.raises(StorageError, match=r"checkpoint 0{40} is not in the checkpoint store"):
+        c.restore("0" * 40)
+    assert (tmp_path / "a.txt").read_text() == "a"
+
+
+def test_durable_store_restores_too(tmp_path: Path) -> None:
+    write(tmp_path, "d/a.txt", "a")
+    c = Checkpoints(tmp_path, tmp_path / "state" / "checkpoints.git")
+    pre = c.take()
+    write(tmp_path, "d/a.txt", "b")
+    write(tmp_path, "e/f.txt", "f")
+    assert c.rollback(pre) == ["d/a.txt", "e/f.txt"]
+    assert (tmp_path / "d/a.txt").read_text() == "a" and not (tmp_path / "e").exists()
+
+
+_RESTORE = """
+import sys
+from pathlib import Path
+from lorch.checkpoint import Checkpoints
+ws = Path(sys.argv[1])
+Checkpoints(ws, ws / "state" / "checkpoints.git", durable=False).restore(sys.argv[2])
+"""
+
+
+def test_restore_killed_midway_then_restored_again_ends_in_the_same_state(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL restore (and its git) while it rewrites files, restore again: same end state."""
+    partial_kills = 0
+    for attempt in range(5):
+        ws = tmp_path / f"ws{attempt}"
+        n = 3000 * (attempt + 1)
+        for i in range(n):
+            write(ws, f"d{i % 30:02d}/f{i:05d}.txt", f"original {i}\n")
+        c = ck(ws)
+        pre = c.take()
+        want = tree_of(ws)
+        for i in range(n):
+            write(ws, f"d{i % 30:02d}/f{i:05d}.txt", f"edited {i}\n")
+        write(ws, "created/by/turn.txt", "new")
+        first = ws / "d00/f00000.txt"
+        last = ws / f"d29/f{n - 1:05d}.txt" if n % 30 == 0 else ws / "d29/f00029.txt"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _RESTORE, str(ws), pre], start_new_session=True
+        )
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if first.read_bytes().startswith(b"original") if first.exists() else False:
+                break
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if last.exists() and last.read_bytes().startswith(b"edited"):
+            partial_kills += 1
+        c.restore(pre)
+        assert tree_of(ws) == want
+        if partial_kills:
+            break
+    assert partial_kills, "no attempt caught restore in the middle"
+
+
+def test_restore_from_a_hand_made_crash_state(tmp_path: Path) -> None:
+    """What a kill inside read-tree leaves: index.lock, an old index, files half moved."""
+    for i in range(20):
+        write(tmp_path, f"f{i:02d}.txt", f"v1 {i}")
+    c = ck(tmp_path)
+    pre = c.take()
+    want = tree_of(tmp_path)
+    for i in range(20):
+        write(tmp_path, f"f{i:02d}.txt", f"v2 {i}")
+    write(tmp_path, "made.txt", "m")
+    c.take()  # the index now describes the edited workspace
+    # Half the files already rolled back, one cut short, the created file removed.
+    for i in range(10):
+        write(tmp_path, f"f{i:02d}.txt", f"v1 {i}")
+    write(tmp_path, "f10.txt", "v")
+    (tmp_path / "made.txt").unlink()
+    (tmp_path / "state/checkpoints.git/index.lock").write_bytes(b"DIRC")
+    c.restore(pre)
+    assert tree_of(tmp_path) == want
+
+
+_names = st.sampled_from(["a", "b", "c.txt", "d.py", "e e", "ü", "x-1"])
+_paths = st.lists(_names, min_size=1, max_size=3).map("/".join)
+_content = st.binary(max_size=64)
+_files = st.dictionaries(_paths, st.tuples(_content, st.booleans()), max_size=12)
+
+
+def _lay(root: Path, files: dict[str, tuple[bytes, bool]]) -> dict[str, tuple[bytes, bool]]:
+    laid: dict[str, tuple[bytes, bool]] = {}
+    for rel, (data, exe) in sorted(files.items()):
+        p = root / rel
+        # A path whose parent is already a file (or whose name is a dir) is skipped.
+        if any((root / q).is_file() for q in _parents(rel)) or p.is_dir():
+            continue
+        write(root, rel, data, exe=exe)
+        laid[rel] = (data, exe)
+    return laid
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    start=_files,
+    edits=st.lists(
+        st.tuples(st.sampled_from(["write", "delete", "chmod", "mkdir-over"]), _paths, _content),
+        max_size=10,
+    ),
+)
+def test_restore_after_arbitrary_edits_gives_back_the_exact_tree(
+    start: dict[str, tuple[bytes, bool]], edits: list[tuple[str, str, bytes]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _lay(root, start)
+        c = ck(root)
+        want = tree_of(root)
+        pre = c.take()
+        for op, rel, data in edits:
+            p = root / rel
+            try:
+                if op == "write":
+                    for q in _parents(rel):
+                        if (root / q).is_file():
+                            (root / q).unlink()
+                    if p.is_dir():
+                        continue
+                    write(root, rel, data)
+                elif op == "delete" and p.is_file():
+                    p.unlink()
+                elif op == "chmod" and p.is_file():
+                    p.chmod(p.stat().st_mode ^ 0o111)
+                elif op == "mkdir-over" and p.is_file():
+                    p.unlink()
+                    write(root, rel + "/inner", data)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                continue
+        mid = c.take()
+        assert (c.changed(pre, mid) == []) == (tree_of(root) == want)
+        c.restore(pre)
+        assert tree_of(root) == want
+        assert c.take() == pre
