@@ -44,8 +44,12 @@ def cli(ctx: click.Context) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Also show the agents' stderr.")
 def run_cmd(workspace: Path = Path("."), task_id: str | None = None, verbose: bool = False) -> None:
     """Start a run of a task."""
+    from lorch.firstrun import prepare
     from lorch.runner import Console, run
 
+    said = prepare(workspace.absolute())
+    if said is not None:
+        click.echo(said)
     outcome = run(workspace, task_id, console=Console(verbose=verbose))
     _finish(outcome.status, outcome.reason)
 
@@ -199,7 +203,13 @@ def validate_cmd(files: tuple[Path, ...], more: tuple[Path, ...]) -> None:
             click.echo(f"{path}: cannot tell which schema applies (not a known lorch file)")
             bad += 1
             continue
-        for where, what in schemas.errors(name, data):
+        if name == "config":
+            from lorch.config import problems
+
+            found = problems(data, path.parent.absolute())
+        else:
+            found = schemas.errors(name, data)
+        for where, what in found:
             click.echo(f"{path}: {where}: {what} (schema {name})")
             bad += 1
     if bad:

@@ -1,20 +1,30 @@
 """``lorch.json``: loading, validation, defaults, and auto-creation.
 
-In a directory with no ``lorch.json``, the bundled ``happy-path`` scenario is
-copied in, wiring the three roles to the built-in ``mockagent``, so that
-``lorch run`` works on a fresh machine with nothing else installed.
+Two spellings of the same configuration are accepted and may be mixed: lorch's
+own (``"version": "1"``, ``policy.backoff`` in seconds, one ``task``) and the
+original specification's (MASTER-SPEC §8.2: ``"version": "1.0"``,
+``policy.retry`` with the backoff in milliseconds, a ``tasks`` list,
+``agents.orchestration.enabled``, and the policy switches lorch always has on).
+Every mistake in a file is reported at once, each naming its JSON path; a value
+lorch cannot honour (``"concurrency": 2``) is refused with a line that says so
+rather than ignored.
+
+In a directory with no ``lorch.json`` (:func:`ensure`), see :mod:`lorch.firstrun`.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lorch import prompts, schemas
 from lorch.canonical import digest
-from lorch.errors import ConfigError, SchemaError
+from lorch.errors import ConfigError
 
 FILENAME = "lorch.json"
 DEFAULT_SCENARIO = "happy-path"
@@ -26,6 +36,11 @@ DEFAULT_TIMEOUTS = {
     "intake": 180.0,
     "task_discovery": 180.0,
 }
+REQUIRED_ROLES = ("builder", "reviewer", "spec_maintainer")
+# The protocol's line limit (DESIGN §3): a smaller one may be configured, never a larger.
+MESSAGE_MAX_BYTES = 262_144
+ARTIFACT_MAX_BYTES = 1 << 30
+JITTERS = ("full",)
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,11 @@ class Policy:
     backoff_initial_s: float = 1.0
     backoff_factor: float = 2.0
     backoff_max_s: float = 60.0
+    backoff_jitter: str = "full"
     allowed_failures: bool = False
     fsync: bool = True
+    message_max_bytes: int = MESSAGE_MAX_BYTES
+    artifact_max_bytes: int = ARTIFACT_MAX_BYTES
 
     def as_record(self) -> dict[str, Any]:
         """What the reducer needs, recorded in ``system.run_started``."""
@@ -72,34 +90,211 @@ class Policy:
 class Config:
     path: Path
     raw: dict[str, Any]
+    # The task `lorch run` runs without --task: `task`, else the first of `tasks`.
     task: dict[str, Any] | None
+    # Only the enabled roles: a disabled one is never started.
     agents: dict[str, AgentConfig]
     policy: Policy
+    # Every task of the file, `task` first, then `tasks` in order; ids are unique.
+    tasks: tuple[dict[str, Any], ...] = ()
 
     @property
     def digest(self) -> str:
         return digest(self.raw)
 
+    @property
+    def orchestration_enabled(self) -> bool:
+        """An orchestration role is configured and not switched off (``enabled: false``)."""
+        return "orchestration" in self.agents
+
+    def find_task(self, task_id: str) -> dict[str, Any] | None:
+        """The task with this id from ``task`` or ``tasks`` (a copy), or None."""
+        for t in self.tasks:
+            if t["id"] == task_id:
+                return dict(t)
+        return None
+
+
+# -- validation -----------------------------------------------------------------
+
+
+def _get(raw: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(raw, dict):
+            return None
+        raw = raw.get(k)
+    return raw
+
+
+def _suggest(message: str, where: str) -> str:
+    """Add "did you mean" to an unexpected key that is close to a known one."""
+    m = re.search(r"\('([^']+)' was unexpected\)", message)
+    if not m:
+        return message
+    known = _known_keys(where)
+    close = difflib.get_close_matches(m.group(1), known, n=1, cutoff=0.75)
+    return f"{message}; did you mean {close[0]!r}?" if close else message
+
+
+def _known_keys(where: str) -> list[str]:
+    """The property names the schema allows at a JSON path like ``$.policy.retry``."""
+    schema = schemas.load_schema("config")
+    node: Any = schema
+    for part in [p for p in where.split(".")[1:] if p]:
+        node = _deref(schema, node)
+        props = node.get("properties", {}) if isinstance(node, dict) else {}
+        if part not in props:
+            return []
+        node = props[part]
+    node = _deref(schema, node)
+    return list(node.get("properties", {})) if isinstance(node, dict) else []
+
+
+def _deref(schema: dict[str, Any], node: Any) -> Any:
+    while isinstance(node, dict) and "$ref" in node:
+        node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+def _unsupported(raw: Any, config_dir: Path | None) -> list[tuple[str, str]]:
+    """Values the schema allows in the spec's format but lorch cannot honour, and clashes."""
+    out: list[tuple[str, str]] = []
+    root = _get(raw, "workspace_root")
+    if (
+        isinstance(root, str)
+        and config_dir is not None
+        and (config_dir / root).resolve() != config_dir.resolve()
+    ):
+        out.append(
+            (
+                "$.workspace_root",
+                f"{root!r} is not supported: lorch works in the folder that holds lorch.json "
+                '(set "." or remove it; pass --workspace DIR to work elsewhere)',
+            )
+        )
+    pol = _get(raw, "policy")
+    if not isinstance(pol, dict):
+        pol = {}
+    rules: list[tuple[str, Any, str]] = [
+        ("concurrency", 1, "lorch runs one agent at a time"),
+        ("parallel_reviews", False, "reviews run one at a time"),
+        ("strict_version_pinning", True, "every command is pinned to the run's snapshot"),
+        ("redact_secrets_in_logs", True, "secrets are always redacted"),
+    ]
+    for key, only, why in rules:
+        value = pol.get(key)
+        if key in pol and type(value) is type(only) and value != only:
+            shown = json.dumps(value)
+            out.append(
+                (
+                    f"$.policy.{key}",
+                    f"{shown} is not supported: {why} (set {json.dumps(only)} or remove it)",
+                )
+            )
+    mmb = pol.get("message_max_bytes")
+    if isinstance(mmb, int) and mmb > MESSAGE_MAX_BYTES:
+        out.append(
+            (
+                "$.policy.message_max_bytes",
+                f"{mmb} is not supported: the protocol's limit is {MESSAGE_MAX_BYTES} bytes a "
+                "line (larger content travels as files)",
+            )
+        )
+    jitter = _get(pol, "retry", "backoff", "jitter")
+    if isinstance(jitter, str) and jitter not in JITTERS:
+        out.append(
+            (
+                "$.policy.retry.backoff.jitter",
+                f'{jitter!r} is not supported: lorch\'s backoff has full jitter (set "full")',
+            )
+        )
+    retry = _get(pol, "retry")
+    if isinstance(retry, dict):
+        if "max_attempts" in retry and "max_attempts" in pol:
+            out.append(
+                (
+                    "$.policy.retry.max_attempts",
+                    "given twice: set policy.max_attempts or policy.retry.max_attempts, not both",
+                )
+            )
+        if "backoff" in retry and "backoff" in pol:
+            out.append(
+                (
+                    "$.policy.retry.backoff",
+                    "given twice: set policy.backoff (seconds) or policy.retry.backoff "
+                    "(milliseconds), not both",
+                )
+            )
+    agents = _get(raw, "agents")
+    if isinstance(agents, dict):
+        for role in REQUIRED_ROLES:
+            if _get(agents, role, "enabled") is False:
+                out.append(
+                    (
+                        f"$.agents.{role}.enabled",
+                        f"false is not supported: every run needs a {role} "
+                        "(only orchestration can be disabled)",
+                    )
+                )
+    seen: set[str] = set()
+    listed = [("$.task", _get(raw, "task"))]
+    tasks = _get(raw, "tasks")
+    if isinstance(tasks, list):
+        listed += [(f"$.tasks[{i}]", t) for i, t in enumerate(tasks)]
+    for where, t in listed:
+        tid = _get(t, "id")
+        if isinstance(tid, str):
+            if tid in seen:
+                out.append((f"{where}.id", f"task {tid!r} is listed twice"))
+            seen.add(tid)
+    return out
+
+
+def problems(raw: Any, config_dir: Path | None = None) -> list[tuple[str, str]]:
+    """Every mistake in a lorch.json document, as (JSON path, description), in path order.
+
+    Schema violations (all of them, not the first) and the values lorch cannot
+    honour. ``config_dir`` is the folder of the file, to check ``workspace_root``.
+    """
+    found = [(where, _suggest(what, where)) for where, what in schemas.errors("config", raw)]
+    if isinstance(raw, dict):
+        found += _unsupported(raw, config_dir)
+    return sorted(found, key=lambda p: p[0])
+
+
+def _raise(path: Path, found: list[tuple[str, str]]) -> None:
+    if len(found) == 1:
+        where, what = found[0]
+        raise ConfigError(f"{path}: {where}: {what}")
+    lines = "\n".join(f"  {where}: {what}" for where, what in found)
+    raise ConfigError(f"{path}: {len(found)} problems:\n{lines}")
+
 
 def parse(raw: Any, path: Path) -> Config:
-    try:
-        schemas.validate("config", raw, source=str(path))
-    except SchemaError as e:
-        raise ConfigError(str(e)) from None
+    """Validate a lorch.json document and build the typed configuration."""
+    if not schemas.fast("config")(raw) or _unsupported(raw, path.parent):
+        found = problems(raw, path.parent)
+        if found:
+            _raise(path, found)
     pol = raw.get("policy", {})
-    backoff = pol.get("backoff", {})
+    retry = pol.get("retry", {})
     hb = float(pol.get("heartbeat_interval_s", 10.0))
+    backoff = pol.get("backoff", {})
+    ms = retry.get("backoff", {})
     policy = Policy(
         max_rounds=pol.get("max_rounds", 10),
-        max_attempts=pol.get("max_attempts", 3),
+        max_attempts=pol.get("max_attempts", retry.get("max_attempts", 3)),
         max_restarts=pol.get("max_restarts", 5),
         heartbeat_interval_s=hb,
         heartbeat_misses=pol.get("heartbeat_misses", 3),
-        backoff_initial_s=float(backoff.get("initial_s", 1.0)),
-        backoff_factor=float(backoff.get("factor", 2.0)),
-        backoff_max_s=float(backoff.get("max_s", 60.0)),
+        backoff_initial_s=float(backoff.get("initial_s", ms.get("initial_ms", 1000) / 1000)),
+        backoff_factor=float(backoff.get("factor", ms.get("multiplier", 2.0))),
+        backoff_max_s=float(backoff.get("max_s", ms.get("max_ms", 60_000) / 1000)),
+        backoff_jitter=str(ms.get("jitter", "full")),
         allowed_failures=pol.get("allowed_failures", False),
         fsync=pol.get("fsync", True),
+        message_max_bytes=int(pol.get("message_max_bytes", MESSAGE_MAX_BYTES)),
+        artifact_max_bytes=int(pol.get("artifact_max_bytes", ARTIFACT_MAX_BYTES)),
     )
     policy_timeouts = {
         **DEFAULT_TIMEOUTS,
@@ -107,6 +302,8 @@ def parse(raw: Any, path: Path) -> Config:
     }
     agents = {}
     for role, spec in raw["agents"].items():
+        if spec.get("enabled", True) is False:
+            continue
         agents[role] = AgentConfig(
             role=role,
             cmd=list(spec["cmd"]),
@@ -124,34 +321,55 @@ def parse(raw: Any, path: Path) -> Config:
         )
         for action, template in spec.get("prompts", {}).items():
             prompts.check(template, f"{path}: $.agents.{role}.prompts.{action}")
-    return Config(path=path, raw=raw, task=raw.get("task"), agents=agents, policy=policy)
+    tasks = tuple(
+        dict(t) for t in ([raw["task"]] if "task" in raw else []) + list(raw.get("tasks", []))
+    )
+    return Config(
+        path=path,
+        raw=raw,
+        task=dict(tasks[0]) if tasks else None,
+        agents=agents,
+        policy=policy,
+        tasks=tasks,
+    )
 
 
-def load(workspace: Path) -> Config:
-    path = workspace / FILENAME
+def read(path: Path) -> Any:
+    """The JSON document in ``path``; ConfigError naming the file when it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no configuration file (run `lorch run` to create one)"
         ) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     try:
-        raw = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
         ) from None
-    return parse(raw, path)
+
+
+def load(workspace: Path) -> Config:
+    path = workspace / FILENAME
+    return parse(read(path), path)
 
 
 def ensure(workspace: Path) -> tuple[Config, bool]:
-    """Load lorch.json, creating it from the default scenario when there is none."""
-    created = False
-    if not (workspace / FILENAME).exists():
-        from lorch.scenarios import materialize
+    """Load lorch.json; in a folder without one, create it (:func:`lorch.firstrun.create`).
 
-        materialize(DEFAULT_SCENARIO, workspace)
-        created = True
+    Returns the configuration and whether the demo scenario was just materialized.
+    In a folder that already holds files, only lorch.json is written and
+    :class:`lorch.firstrun.ConfigCreated` is raised, so no agent starts on a
+    configuration the user has not seen.
+    """
+    created = False
+    if not os.path.lexists(workspace / FILENAME):
+        from lorch.firstrun import create
+
+        created = create(workspace)
     return load(workspace), created

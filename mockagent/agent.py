@@ -128,6 +128,7 @@ class Options:
         review_changes: int,
         spec_changes: int,
         expect_snapshot: str | None,
+        no_files: bool = False,
     ) -> None:
         self.role = role
         self.agent_id = agent_id
@@ -141,6 +142,7 @@ class Options:
         self.review_changes = review_changes
         self.spec_changes = spec_changes
         self.expect_snapshot = expect_snapshot
+        self.no_files = no_files
 
 
 class Output:
@@ -476,7 +478,7 @@ class Agent:
                 self.emit(ev)
                 shown += 1
 
-        for f in resp.get("files", []):
+        for f in [] if self.o.no_files else resp.get("files", []):
             art = self.write_file(f)
             artifacts.append(art)
             stream(

@@ -22,6 +22,27 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=(width if width > 0 else 80) - 2)
 
 
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(text: str) -> float:
+    """Seconds from a number or a Go duration ("1.5s", "500ms", "1m30s")."""
+    import re
+
+    try:
+        value = float(text)
+    except ValueError:
+        parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a duration (seconds, or e.g. 500ms, 10s, 1m)"
+            ) from None
+        value = sum(float(n) * _UNITS[u] for n, u in parts)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than zero")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mockagent",
@@ -31,16 +52,28 @@ def _parser() -> argparse.ArgumentParser:
             "mockagent record --out FIXTURE -- CMD ARGS..."
         ),
     )
-    p.add_argument("--script", help="fixture file (JSON)")
-    p.add_argument("--type", dest="role", choices=ROLES, help="the agent's role")
-    p.add_argument("--id", dest="agent_id", help="agent id (default: ROLE#1)")
-    p.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
-    p.add_argument("--no-heartbeat", action="store_true", help="send no heartbeats")
+    # Each option also has the original Go mock agent's single-dash spelling
+    # (`-type builder -script F`), so the original lorch.json files start it unchanged.
+    p.add_argument("--script", "-script", help="fixture file (JSON)")
+    p.add_argument("--type", "-type", dest="role", choices=ROLES, help="the agent's role")
+    p.add_argument("--id", "-id", dest="agent_id", help="agent id (default: ROLE#1)")
+    p.add_argument(
+        "--heartbeat-interval",
+        "-heartbeat-interval",
+        type=_seconds,
+        help="time between heartbeats: seconds, or a duration such as 500ms, 10s, 1m",
+    )
+    p.add_argument("--no-heartbeat", "-no-heartbeat", action="store_true", help="no heartbeats")
     p.add_argument("--workspace", help="workspace (default: $LORCH_WORKSPACE or cwd)")
     p.add_argument("--state-dir", help="state dir (journal and locks)")
     p.add_argument("--seed", type=int, default=0, help="seed for random delays and faults")
-    p.add_argument("--review-changes-count", type=int, default=0, metavar="N")
-    p.add_argument("--spec-changes-count", type=int, default=0, metavar="N")
+    p.add_argument(
+        "--review-changes-count", "-review-changes-count", type=int, default=0, metavar="N"
+    )
+    p.add_argument("--spec-changes-count", "-spec-changes-count", type=int, default=0, metavar="N")
+    p.add_argument(
+        "--no-files", action="store_true", help="write no file (answers carry no artifacts)"
+    )
     return p
 
 
@@ -119,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         review_changes=args.review_changes_count,
         spec_changes=args.spec_changes_count,
         expect_snapshot=str(expect) if expect else None,
+        no_files=args.no_files,
     )
     try:
         return serve(opts)

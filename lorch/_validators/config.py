@@ -5,7 +5,7 @@ VERSION = '2.22.3'
 from decimal import Decimal
 import re
 from lorch.errors import JsonSchemaValueException, JsonSchemaValuesException
-REGEX_PATTERNS = {'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z'), '^[A-Za-z_][A-Za-z0-9_]*$': re.compile('^[A-Za-z_][A-Za-z0-9_]*\\Z')}
+REGEX_PATTERNS = {'^[A-Za-z_][A-Za-z0-9_]*$': re.compile('^[A-Za-z_][A-Za-z0-9_]*\\Z'), '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z')}
 NoneType = type(None)
 
 def validate_https___lorch_dev_schemas_v1_config_v1_json(data, custom_formats={}, name_prefix=None):
@@ -20,98 +20,31 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json(data, custom_formats={}
         if 'version' in data_keys:
             data_keys.remove('version')
             data__version = data['version']
-            if not (isinstance(data__version, str) and data__version == '1'):
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.version must be same as const definition: 1', value=data__version, name='' + (name_prefix or 'data') + '.version', rule='const')
+            if not (isinstance(data__version, str) and data__version == '1' or (isinstance(data__version, str) and data__version == '1.0')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".version must be one of ['1', '1.0']", value=data__version, name='' + (name_prefix or 'data') + '.version', rule='enum')
+        if 'workspace_root' in data_keys:
+            data_keys.remove('workspace_root')
+            data__workspaceroot = data['workspace_root']
+            if not isinstance(data__workspaceroot, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.workspace_root must be string', value=data__workspaceroot, name='' + (name_prefix or 'data') + '.workspace_root', rule='type')
+            if isinstance(data__workspaceroot, str):
+                data__workspaceroot_len = len(data__workspaceroot)
+                if data__workspaceroot_len < 1:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.workspace_root must be longer than or equal to 1 characters', value=data__workspaceroot, name='' + (name_prefix or 'data') + '.workspace_root', rule='minLength')
         if 'task' in data_keys:
             data_keys.remove('task')
             data__task = data['task']
-            if not isinstance(data__task, dict):
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task must be object', value=data__task, name='' + (name_prefix or 'data') + '.task', rule='type')
-            data__task_is_dict = isinstance(data__task, dict)
-            if data__task_is_dict:
-                data__task__missing_keys = set(['id']) - data__task.keys()
-                if data__task__missing_keys:
-                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task must contain ' + (str(sorted(data__task__missing_keys)) + ' properties'), value=data__task, name='' + (name_prefix or 'data') + '.task', rule='required')
-                data__task_keys = set(data__task.keys())
-                if 'id' in data__task_keys:
-                    data__task_keys.remove('id')
-                    data__task__id = data__task['id']
-                    if not isinstance(data__task__id, str):
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.id must be string', value=data__task__id, name='' + (name_prefix or 'data') + '.task.id', rule='type')
-                    if isinstance(data__task__id, str):
-                        if not REGEX_PATTERNS['^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'].search(data__task__id):
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.id must match pattern ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$', value=data__task__id, name='' + (name_prefix or 'data') + '.task.id', rule='pattern')
-                if 'goal' in data__task_keys:
-                    data__task_keys.remove('goal')
-                    data__task__goal = data__task['goal']
-                    if not isinstance(data__task__goal, str):
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.goal must be string', value=data__task__goal, name='' + (name_prefix or 'data') + '.task.goal', rule='type')
-                if 'spec_path' in data__task_keys:
-                    data__task_keys.remove('spec_path')
-                    data__task__specpath = data__task['spec_path']
-                    if not isinstance(data__task__specpath, str):
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.spec_path must be string', value=data__task__specpath, name='' + (name_prefix or 'data') + '.task.spec_path', rule='type')
-                    if isinstance(data__task__specpath, str):
-                        data__task__specpath_len = len(data__task__specpath)
-                        if data__task__specpath_len < 1:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.spec_path must be longer than or equal to 1 characters', value=data__task__specpath, name='' + (name_prefix or 'data') + '.task.spec_path', rule='minLength')
-                        if data__task__specpath_len > 4096:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.spec_path must be shorter than or equal to 4096 characters', value=data__task__specpath, name='' + (name_prefix or 'data') + '.task.spec_path', rule='maxLength')
-                if 'expected_outputs' in data__task_keys:
-                    data__task_keys.remove('expected_outputs')
-                    data__task__expectedoutputs = data__task['expected_outputs']
-                    if not isinstance(data__task__expectedoutputs, (list, tuple)):
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.expected_outputs must be array', value=data__task__expectedoutputs, name='' + (name_prefix or 'data') + '.task.expected_outputs', rule='type')
-                    data__task__expectedoutputs_is_list = isinstance(data__task__expectedoutputs, (list, tuple))
-                    if data__task__expectedoutputs_is_list:
-                        data__task__expectedoutputs_len = len(data__task__expectedoutputs)
-                        for data__task__expectedoutputs_x, data__task__expectedoutputs_item in enumerate(data__task__expectedoutputs):
-                            if not isinstance(data__task__expectedoutputs_item, str):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.expected_outputs[{data__task__expectedoutputs_x}]'.format(**locals()) + ' must be string', value=data__task__expectedoutputs_item, name='' + (name_prefix or 'data') + '.task.expected_outputs[{data__task__expectedoutputs_x}]'.format(**locals()) + '', rule='type')
-                            if isinstance(data__task__expectedoutputs_item, str):
-                                data__task__expectedoutputs_item_len = len(data__task__expectedoutputs_item)
-                                if data__task__expectedoutputs_item_len < 1:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.expected_outputs[{data__task__expectedoutputs_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__task__expectedoutputs_item, name='' + (name_prefix or 'data') + '.task.expected_outputs[{data__task__expectedoutputs_x}]'.format(**locals()) + '', rule='minLength')
-                                if data__task__expectedoutputs_item_len > 4096:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.expected_outputs[{data__task__expectedoutputs_x}]'.format(**locals()) + ' must be shorter than or equal to 4096 characters', value=data__task__expectedoutputs_item, name='' + (name_prefix or 'data') + '.task.expected_outputs[{data__task__expectedoutputs_x}]'.format(**locals()) + '', rule='maxLength')
-                if 'test_cmd' in data__task_keys:
-                    data__task_keys.remove('test_cmd')
-                    data__task__testcmd = data__task['test_cmd']
-                    data__task__testcmd_one_of_count1 = 0
-                    if data__task__testcmd_one_of_count1 < 2:
-                        try:
-                            if not isinstance(data__task__testcmd, str):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd must be string', value=data__task__testcmd, name='' + (name_prefix or 'data') + '.task.test_cmd', rule='type')
-                            if isinstance(data__task__testcmd, str):
-                                data__task__testcmd_len = len(data__task__testcmd)
-                                if data__task__testcmd_len < 1:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd must be longer than or equal to 1 characters', value=data__task__testcmd, name='' + (name_prefix or 'data') + '.task.test_cmd', rule='minLength')
-                            data__task__testcmd_one_of_count1 += 1
-                        except (JsonSchemaValueException, JsonSchemaValuesException):
-                            pass
-                    if data__task__testcmd_one_of_count1 < 2:
-                        try:
-                            if not isinstance(data__task__testcmd, (list, tuple)):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd must be array', value=data__task__testcmd, name='' + (name_prefix or 'data') + '.task.test_cmd', rule='type')
-                            data__task__testcmd_is_list = isinstance(data__task__testcmd, (list, tuple))
-                            if data__task__testcmd_is_list:
-                                data__task__testcmd_len = len(data__task__testcmd)
-                                if data__task__testcmd_len < 1:
-                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd must contain at least 1 items', value=data__task__testcmd, name='' + (name_prefix or 'data') + '.task.test_cmd', rule='minItems')
-                                for data__task__testcmd_x, data__task__testcmd_item in enumerate(data__task__testcmd):
-                                    if not isinstance(data__task__testcmd_item, str):
-                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd[{data__task__testcmd_x}]'.format(**locals()) + ' must be string', value=data__task__testcmd_item, name='' + (name_prefix or 'data') + '.task.test_cmd[{data__task__testcmd_x}]'.format(**locals()) + '', rule='type')
-                                    if isinstance(data__task__testcmd_item, str):
-                                        data__task__testcmd_item_len = len(data__task__testcmd_item)
-                                        if data__task__testcmd_item_len < 1:
-                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd[{data__task__testcmd_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__task__testcmd_item, name='' + (name_prefix or 'data') + '.task.test_cmd[{data__task__testcmd_x}]'.format(**locals()) + '', rule='minLength')
-                            data__task__testcmd_one_of_count1 += 1
-                        except (JsonSchemaValueException, JsonSchemaValuesException):
-                            pass
-                    if data__task__testcmd_one_of_count1 != 1:
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task.test_cmd must be valid exactly by one definition' + (' (' + str(data__task__testcmd_one_of_count1) + ' matches found)'), value=data__task__testcmd, name='' + (name_prefix or 'data') + '.task.test_cmd', rule='oneOf')
-                if data__task_keys:
-                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.task must not contain ' + str(data__task_keys) + ' properties', value=data__task, name='' + (name_prefix or 'data') + '.task', rule='additionalProperties')
+            validate_https___lorch_dev_schemas_v1_config_v1_json___defs_task(data__task, custom_formats, (name_prefix or 'data') + '.task')
+        if 'tasks' in data_keys:
+            data_keys.remove('tasks')
+            data__tasks = data['tasks']
+            if not isinstance(data__tasks, (list, tuple)):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.tasks must be array', value=data__tasks, name='' + (name_prefix or 'data') + '.tasks', rule='type')
+            data__tasks_is_list = isinstance(data__tasks, (list, tuple))
+            if data__tasks_is_list:
+                data__tasks_len = len(data__tasks)
+                for data__tasks_x, data__tasks_item in enumerate(data__tasks):
+                    validate_https___lorch_dev_schemas_v1_config_v1_json___defs_task(data__tasks_item, custom_formats, (name_prefix or 'data') + '.tasks[{data__tasks_x}]'.format(**locals()))
         if 'agents' in data_keys:
             data_keys.remove('agents')
             data__agents = data['agents']
@@ -291,6 +224,102 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json(data, custom_formats={}
                     data__policy__fsync = data__policy['fsync']
                     if not isinstance(data__policy__fsync, bool):
                         raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.fsync must be boolean', value=data__policy__fsync, name='' + (name_prefix or 'data') + '.policy.fsync', rule='type')
+                if 'retry' in data__policy_keys:
+                    data__policy_keys.remove('retry')
+                    data__policy__retry = data__policy['retry']
+                    if not isinstance(data__policy__retry, dict):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry must be object', value=data__policy__retry, name='' + (name_prefix or 'data') + '.policy.retry', rule='type')
+                    data__policy__retry_is_dict = isinstance(data__policy__retry, dict)
+                    if data__policy__retry_is_dict:
+                        data__policy__retry_keys = set(data__policy__retry.keys())
+                        if 'max_attempts' in data__policy__retry_keys:
+                            data__policy__retry_keys.remove('max_attempts')
+                            data__policy__retry__maxattempts = data__policy__retry['max_attempts']
+                            if not isinstance(data__policy__retry__maxattempts, int) and (not (isinstance(data__policy__retry__maxattempts, float) and data__policy__retry__maxattempts.is_integer())) or isinstance(data__policy__retry__maxattempts, bool):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.max_attempts must be integer', value=data__policy__retry__maxattempts, name='' + (name_prefix or 'data') + '.policy.retry.max_attempts', rule='type')
+                            if isinstance(data__policy__retry__maxattempts, (int, float, Decimal)) and (not isinstance(data__policy__retry__maxattempts, bool)):
+                                if data__policy__retry__maxattempts < 1:
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.max_attempts must be bigger than or equal to 1', value=data__policy__retry__maxattempts, name='' + (name_prefix or 'data') + '.policy.retry.max_attempts', rule='minimum')
+                        if 'backoff' in data__policy__retry_keys:
+                            data__policy__retry_keys.remove('backoff')
+                            data__policy__retry__backoff = data__policy__retry['backoff']
+                            if not isinstance(data__policy__retry__backoff, dict):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.backoff must be object', value=data__policy__retry__backoff, name='' + (name_prefix or 'data') + '.policy.retry.backoff', rule='type')
+                            data__policy__retry__backoff_is_dict = isinstance(data__policy__retry__backoff, dict)
+                            if data__policy__retry__backoff_is_dict:
+                                data__policy__retry__backoff_keys = set(data__policy__retry__backoff.keys())
+                                if 'initial_ms' in data__policy__retry__backoff_keys:
+                                    data__policy__retry__backoff_keys.remove('initial_ms')
+                                    data__policy__retry__backoff__initialms = data__policy__retry__backoff['initial_ms']
+                                    if not isinstance(data__policy__retry__backoff__initialms, (int, float, Decimal)) or isinstance(data__policy__retry__backoff__initialms, bool):
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.backoff.initial_ms must be number', value=data__policy__retry__backoff__initialms, name='' + (name_prefix or 'data') + '.policy.retry.backoff.initial_ms', rule='type')
+                                    if isinstance(data__policy__retry__backoff__initialms, (int, float, Decimal)) and (not isinstance(data__policy__retry__backoff__initialms, bool)):
+                                        if data__policy__retry__backoff__initialms < 0:
+                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.backoff.initial_ms must be bigger than or equal to 0', value=data__policy__retry__backoff__initialms, name='' + (name_prefix or 'data') + '.policy.retry.backoff.initial_ms', rule='minimum')
+                                if 'max_ms' in data__policy__retry__backoff_keys:
+                                    data__policy__retry__backoff_keys.remove('max_ms')
+                                    data__policy__retry__backoff__maxms = data__policy__retry__backoff['max_ms']
+                                    if not isinstance(data__policy__retry__backoff__maxms, (int, float, Decimal)) or isinstance(data__policy__retry__backoff__maxms, bool):
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.backoff.max_ms must be number', value=data__policy__retry__backoff__maxms, name='' + (name_prefix or 'data') + '.policy.retry.backoff.max_ms', rule='type')
+                                    if isinstance(data__policy__retry__backoff__maxms, (int, float, Decimal)) and (not isinstance(data__policy__retry__backoff__maxms, bool)):
+                                        if data__policy__retry__backoff__maxms < 0:
+                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.backoff.max_ms must be bigger than or equal to 0', value=data__policy__retry__backoff__maxms, name='' + (name_prefix or 'data') + '.policy.retry.backoff.max_ms', rule='minimum')
+                                if 'multiplier' in data__policy__retry__backoff_keys:
+                                    data__policy__retry__backoff_keys.remove('multiplier')
+                                    data__policy__retry__backoff__multiplier = data__policy__retry__backoff['multiplier']
+                                    if not isinstance(data__policy__retry__backoff__multiplier, (int, float, Decimal)) or isinstance(data__policy__retry__backoff__multiplier, bool):
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.backoff.multiplier must be number', value=data__policy__retry__backoff__multiplier, name='' + (name_prefix or 'data') + '.policy.retry.backoff.multiplier', rule='type')
+                                    if isinstance(data__policy__retry__backoff__multiplier, (int, float, Decimal)) and (not isinstance(data__policy__retry__backoff__multiplier, bool)):
+                                        if data__policy__retry__backoff__multiplier < 1:
+                                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.backoff.multiplier must be bigger than or equal to 1', value=data__policy__retry__backoff__multiplier, name='' + (name_prefix or 'data') + '.policy.retry.backoff.multiplier', rule='minimum')
+                                if 'jitter' in data__policy__retry__backoff_keys:
+                                    data__policy__retry__backoff_keys.remove('jitter')
+                                    data__policy__retry__backoff__jitter = data__policy__retry__backoff['jitter']
+                                    if not isinstance(data__policy__retry__backoff__jitter, str):
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.backoff.jitter must be string', value=data__policy__retry__backoff__jitter, name='' + (name_prefix or 'data') + '.policy.retry.backoff.jitter', rule='type')
+                                if data__policy__retry__backoff_keys:
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry.backoff must not contain ' + str(data__policy__retry__backoff_keys) + ' properties', value=data__policy__retry__backoff, name='' + (name_prefix or 'data') + '.policy.retry.backoff', rule='additionalProperties')
+                        if data__policy__retry_keys:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.retry must not contain ' + str(data__policy__retry_keys) + ' properties', value=data__policy__retry, name='' + (name_prefix or 'data') + '.policy.retry', rule='additionalProperties')
+                if 'concurrency' in data__policy_keys:
+                    data__policy_keys.remove('concurrency')
+                    data__policy__concurrency = data__policy['concurrency']
+                    if not isinstance(data__policy__concurrency, int) and (not (isinstance(data__policy__concurrency, float) and data__policy__concurrency.is_integer())) or isinstance(data__policy__concurrency, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.concurrency must be integer', value=data__policy__concurrency, name='' + (name_prefix or 'data') + '.policy.concurrency', rule='type')
+                    if isinstance(data__policy__concurrency, (int, float, Decimal)) and (not isinstance(data__policy__concurrency, bool)):
+                        if data__policy__concurrency < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.concurrency must be bigger than or equal to 1', value=data__policy__concurrency, name='' + (name_prefix or 'data') + '.policy.concurrency', rule='minimum')
+                if 'message_max_bytes' in data__policy_keys:
+                    data__policy_keys.remove('message_max_bytes')
+                    data__policy__messagemaxbytes = data__policy['message_max_bytes']
+                    if not isinstance(data__policy__messagemaxbytes, int) and (not (isinstance(data__policy__messagemaxbytes, float) and data__policy__messagemaxbytes.is_integer())) or isinstance(data__policy__messagemaxbytes, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.message_max_bytes must be integer', value=data__policy__messagemaxbytes, name='' + (name_prefix or 'data') + '.policy.message_max_bytes', rule='type')
+                    if isinstance(data__policy__messagemaxbytes, (int, float, Decimal)) and (not isinstance(data__policy__messagemaxbytes, bool)):
+                        if data__policy__messagemaxbytes < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.message_max_bytes must be bigger than or equal to 1', value=data__policy__messagemaxbytes, name='' + (name_prefix or 'data') + '.policy.message_max_bytes', rule='minimum')
+                if 'artifact_max_bytes' in data__policy_keys:
+                    data__policy_keys.remove('artifact_max_bytes')
+                    data__policy__artifactmaxbytes = data__policy['artifact_max_bytes']
+                    if not isinstance(data__policy__artifactmaxbytes, int) and (not (isinstance(data__policy__artifactmaxbytes, float) and data__policy__artifactmaxbytes.is_integer())) or isinstance(data__policy__artifactmaxbytes, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.artifact_max_bytes must be integer', value=data__policy__artifactmaxbytes, name='' + (name_prefix or 'data') + '.policy.artifact_max_bytes', rule='type')
+                    if isinstance(data__policy__artifactmaxbytes, (int, float, Decimal)) and (not isinstance(data__policy__artifactmaxbytes, bool)):
+                        if data__policy__artifactmaxbytes < 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.artifact_max_bytes must be bigger than or equal to 0', value=data__policy__artifactmaxbytes, name='' + (name_prefix or 'data') + '.policy.artifact_max_bytes', rule='minimum')
+                if 'strict_version_pinning' in data__policy_keys:
+                    data__policy_keys.remove('strict_version_pinning')
+                    data__policy__strictversionpinning = data__policy['strict_version_pinning']
+                    if not isinstance(data__policy__strictversionpinning, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.strict_version_pinning must be boolean', value=data__policy__strictversionpinning, name='' + (name_prefix or 'data') + '.policy.strict_version_pinning', rule='type')
+                if 'parallel_reviews' in data__policy_keys:
+                    data__policy_keys.remove('parallel_reviews')
+                    data__policy__parallelreviews = data__policy['parallel_reviews']
+                    if not isinstance(data__policy__parallelreviews, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.parallel_reviews must be boolean', value=data__policy__parallelreviews, name='' + (name_prefix or 'data') + '.policy.parallel_reviews', rule='type')
+                if 'redact_secrets_in_logs' in data__policy_keys:
+                    data__policy_keys.remove('redact_secrets_in_logs')
+                    data__policy__redactsecretsinlogs = data__policy['redact_secrets_in_logs']
+                    if not isinstance(data__policy__redactsecretsinlogs, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.redact_secrets_in_logs must be boolean', value=data__policy__redactsecretsinlogs, name='' + (name_prefix or 'data') + '.policy.redact_secrets_in_logs', rule='type')
                 if data__policy_keys:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy must not contain ' + str(data__policy_keys) + ' properties', value=data__policy, name='' + (name_prefix or 'data') + '.policy', rule='additionalProperties')
         if data_keys:
@@ -545,6 +574,11 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data, custo
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts.task_discovery must be longer than or equal to 1 characters', value=data__prompts__taskdiscovery, name='' + (name_prefix or 'data') + '.prompts.task_discovery', rule='minLength')
                 if data__prompts_keys:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts must not contain ' + str(data__prompts_keys) + ' properties', value=data__prompts, name='' + (name_prefix or 'data') + '.prompts', rule='additionalProperties')
+        if 'enabled' in data_keys:
+            data_keys.remove('enabled')
+            data__enabled = data['enabled']
+            if not isinstance(data__enabled, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.enabled must be boolean', value=data__enabled, name='' + (name_prefix or 'data') + '.enabled', rule='type')
         if data_keys:
             raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
     try:
@@ -582,6 +616,96 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data, custo
 def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data, custom_formats={}, name_prefix=None):
     if not (isinstance(data, str) and data == 'allow' or (isinstance(data, str) and data == 'deny') or (isinstance(data, str) and data == 'workspace')):
         raise JsonSchemaValueException('' + (name_prefix or 'data') + " must be one of ['allow', 'deny', 'workspace']", value=data, name='' + (name_prefix or 'data') + '', rule='enum')
+    return data
+
+def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_task(data, custom_formats={}, name_prefix=None):
+    if not isinstance(data, dict):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be object', value=data, name='' + (name_prefix or 'data') + '', rule='type')
+    data_is_dict = isinstance(data, dict)
+    if data_is_dict:
+        data__missing_keys = set(['id']) - data.keys()
+        if data__missing_keys:
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+        data_keys = set(data.keys())
+        if 'id' in data_keys:
+            data_keys.remove('id')
+            data__id = data['id']
+            if not isinstance(data__id, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.id must be string', value=data__id, name='' + (name_prefix or 'data') + '.id', rule='type')
+            if isinstance(data__id, str):
+                if not REGEX_PATTERNS['^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'].search(data__id):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.id must match pattern ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$', value=data__id, name='' + (name_prefix or 'data') + '.id', rule='pattern')
+        if 'goal' in data_keys:
+            data_keys.remove('goal')
+            data__goal = data['goal']
+            if not isinstance(data__goal, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.goal must be string', value=data__goal, name='' + (name_prefix or 'data') + '.goal', rule='type')
+        if 'spec_path' in data_keys:
+            data_keys.remove('spec_path')
+            data__specpath = data['spec_path']
+            if not isinstance(data__specpath, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec_path must be string', value=data__specpath, name='' + (name_prefix or 'data') + '.spec_path', rule='type')
+            if isinstance(data__specpath, str):
+                data__specpath_len = len(data__specpath)
+                if data__specpath_len < 1:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec_path must be longer than or equal to 1 characters', value=data__specpath, name='' + (name_prefix or 'data') + '.spec_path', rule='minLength')
+                if data__specpath_len > 4096:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.spec_path must be shorter than or equal to 4096 characters', value=data__specpath, name='' + (name_prefix or 'data') + '.spec_path', rule='maxLength')
+        if 'expected_outputs' in data_keys:
+            data_keys.remove('expected_outputs')
+            data__expectedoutputs = data['expected_outputs']
+            if not isinstance(data__expectedoutputs, (list, tuple)):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.expected_outputs must be array', value=data__expectedoutputs, name='' + (name_prefix or 'data') + '.expected_outputs', rule='type')
+            data__expectedoutputs_is_list = isinstance(data__expectedoutputs, (list, tuple))
+            if data__expectedoutputs_is_list:
+                data__expectedoutputs_len = len(data__expectedoutputs)
+                for data__expectedoutputs_x, data__expectedoutputs_item in enumerate(data__expectedoutputs):
+                    if not isinstance(data__expectedoutputs_item, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.expected_outputs[{data__expectedoutputs_x}]'.format(**locals()) + ' must be string', value=data__expectedoutputs_item, name='' + (name_prefix or 'data') + '.expected_outputs[{data__expectedoutputs_x}]'.format(**locals()) + '', rule='type')
+                    if isinstance(data__expectedoutputs_item, str):
+                        data__expectedoutputs_item_len = len(data__expectedoutputs_item)
+                        if data__expectedoutputs_item_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.expected_outputs[{data__expectedoutputs_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__expectedoutputs_item, name='' + (name_prefix or 'data') + '.expected_outputs[{data__expectedoutputs_x}]'.format(**locals()) + '', rule='minLength')
+                        if data__expectedoutputs_item_len > 4096:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.expected_outputs[{data__expectedoutputs_x}]'.format(**locals()) + ' must be shorter than or equal to 4096 characters', value=data__expectedoutputs_item, name='' + (name_prefix or 'data') + '.expected_outputs[{data__expectedoutputs_x}]'.format(**locals()) + '', rule='maxLength')
+        if 'test_cmd' in data_keys:
+            data_keys.remove('test_cmd')
+            data__testcmd = data['test_cmd']
+            data__testcmd_one_of_count1 = 0
+            if data__testcmd_one_of_count1 < 2:
+                try:
+                    if not isinstance(data__testcmd, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.test_cmd must be string', value=data__testcmd, name='' + (name_prefix or 'data') + '.test_cmd', rule='type')
+                    if isinstance(data__testcmd, str):
+                        data__testcmd_len = len(data__testcmd)
+                        if data__testcmd_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.test_cmd must be longer than or equal to 1 characters', value=data__testcmd, name='' + (name_prefix or 'data') + '.test_cmd', rule='minLength')
+                    data__testcmd_one_of_count1 += 1
+                except (JsonSchemaValueException, JsonSchemaValuesException):
+                    pass
+            if data__testcmd_one_of_count1 < 2:
+                try:
+                    if not isinstance(data__testcmd, (list, tuple)):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.test_cmd must be array', value=data__testcmd, name='' + (name_prefix or 'data') + '.test_cmd', rule='type')
+                    data__testcmd_is_list = isinstance(data__testcmd, (list, tuple))
+                    if data__testcmd_is_list:
+                        data__testcmd_len = len(data__testcmd)
+                        if data__testcmd_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.test_cmd must contain at least 1 items', value=data__testcmd, name='' + (name_prefix or 'data') + '.test_cmd', rule='minItems')
+                        for data__testcmd_x, data__testcmd_item in enumerate(data__testcmd):
+                            if not isinstance(data__testcmd_item, str):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.test_cmd[{data__testcmd_x}]'.format(**locals()) + ' must be string', value=data__testcmd_item, name='' + (name_prefix or 'data') + '.test_cmd[{data__testcmd_x}]'.format(**locals()) + '', rule='type')
+                            if isinstance(data__testcmd_item, str):
+                                data__testcmd_item_len = len(data__testcmd_item)
+                                if data__testcmd_item_len < 1:
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.test_cmd[{data__testcmd_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__testcmd_item, name='' + (name_prefix or 'data') + '.test_cmd[{data__testcmd_x}]'.format(**locals()) + '', rule='minLength')
+                    data__testcmd_one_of_count1 += 1
+                except (JsonSchemaValueException, JsonSchemaValuesException):
+                    pass
+            if data__testcmd_one_of_count1 != 1:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.test_cmd must be valid exactly by one definition' + (' (' + str(data__testcmd_one_of_count1) + ' matches found)'), value=data__testcmd, name='' + (name_prefix or 'data') + '.test_cmd', rule='oneOf')
+        if data_keys:
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
     return data
 
 

@@ -238,8 +238,14 @@ def test_bad_config_names_the_json_path(tmp_path: Path, lorch: Runner) -> None:
     )
     r = lorch("run", "--workspace", str(tmp_path))
     assert r.returncode == 2
-    assert "lorch.json" in r.stderr and "$.agents" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    # Every mistake at once, one line each.
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].endswith("lorch.json: 3 problems:"), r.stderr
+    assert lines[1:] == [
+        "  $.agents: 'reviewer' is a required property",
+        "  $.agents: 'spec_maintainer' is a required property",
+        "  $.agents.builder.cmd: [] should be non-empty",
+    ]
     (tmp_path / "lorch.json").write_text("{bad json")
     r = lorch("run", "--workspace", str(tmp_path))
     assert r.returncode == 2 and "line 1 column 2" in r.stderr

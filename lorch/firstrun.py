@@ -1,0 +1,153 @@
+"""The first run in a folder without ``lorch.json`` (MASTER-SPEC §8.1: auto-creation).
+
+A first run never changes a file it did not create:
+
+- a new or empty folder gets the bundled demo (the ``happy-path`` scenario:
+  lorch.json, mock-agent fixtures, a small spec), and the run goes on, so
+  ``lorch run --workspace demo`` works on a fresh machine;
+- a folder that already holds anything (a project) gets only ``lorch.json``,
+  created exclusively, pointing at an ACP agent found on PATH when this lorch
+  can drive one, else at ``mockagent --no-files`` (which answers without writing
+  into the project). Then lorch stops with :class:`ConfigCreated`, saying what
+  it wrote and what to edit: no agent starts on a configuration the user has
+  not seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lorch.errors import ConfigError, UsageError
+
+FILENAME = "lorch.json"
+DEMO = "happy-path"
+# ACP agents lorch knows how to start, in order of preference: (executable, argv).
+ACP_AGENTS = (
+    ("claude-agent-acp", ["claude-agent-acp"]),
+    ("claude-code-acp", ["claude-code-acp"]),
+    ("codex-acp", ["codex-acp"]),
+    ("gemini", ["gemini", "--experimental-acp"]),
+)
+ROLES = ("builder", "reviewer", "spec_maintainer")
+PLACEHOLDER_TASK = {"id": "T-0001", "goal": "Describe the change you want here"}
+
+
+class ConfigCreated(ConfigError):
+    """lorch.json was just written in a project folder; the user reviews it first."""
+
+
+def is_empty(folder: Path) -> bool:
+    """A folder that does not exist yet, or holds nothing at all (hidden entries count)."""
+    try:
+        with os.scandir(folder) as it:
+            return next(it, None) is None
+    except FileNotFoundError:
+        return True
+
+
+def acp_supported() -> bool:
+    """Whether this lorch's configuration schema knows the ACP transport."""
+    from lorch import schemas
+
+    role = schemas.load_schema("config").get("$defs", {}).get("role", {})
+    return "acp" in role.get("properties", {}).get("transport", {}).get("enum", [])
+
+
+def find_acp_agent(path: str | None = None) -> list[str] | None:
+    """The argv of the first known ACP agent installed on PATH, or None."""
+    for exe, argv in ACP_AGENTS:
+        if shutil.which(exe, path=path) is not None:
+            return list(argv)
+    return None
+
+
+def default_config(path: str | None = None) -> tuple[dict[str, Any], str]:
+    """The configuration written into a project folder, and a phrase naming its agents."""
+    acp = find_acp_agent(path) if acp_supported() else None
+    agents: dict[str, Any] = {}
+    for role in ROLES:
+        if acp is not None:
+            agents[role] = {"transport": "acp", "cmd": acp}
+        else:
+            agents[role] = {"cmd": ["mockagent", "--type", role, "--no-files"]}
+    which = (
+        f"the ACP agent `{acp[0]}` found on PATH"
+        if acp is not None
+        else "mockagent, which answers without writing any file (no ACP agent found on PATH)"
+    )
+    config = {
+        "version": "1.0",
+        "workspace_root": ".",
+        "agents": agents,
+        "policy": {"max_attempts": 3, "max_rounds": 10},
+        "tasks": [dict(PLACEHOLDER_TASK)],
+    }
+    return config, which
+
+
+def create(workspace: Path) -> bool:
+    """Create what a first run in ``workspace`` needs (see the module docstring).
+
+    Returns True after materializing the demo into a new or empty folder, False
+    when another process created lorch.json meanwhile; raises
+    :class:`ConfigCreated` after writing only lorch.json into a folder that
+    holds files.
+    """
+    if is_empty(workspace):
+        from lorch.scenarios import materialize
+
+        materialize(DEMO, workspace)
+        return True
+    config, which = default_config(os.environ.get("PATH"))
+    target = workspace / FILENAME
+    data = (json.dumps(config, indent=2) + "\n").encode()
+    from lorch.atomic import atomic_create_bytes
+
+    try:
+        created = atomic_create_bytes(target, data)
+    except OSError as e:
+        raise ConfigError(f"{target}: cannot create: {e.strerror}") from None
+    if not created:
+        return False
+    raise ConfigCreated(
+        f"no lorch.json in {workspace}: wrote {target} and changed nothing else.\n"
+        f"  Its agents are {which}.\n"
+        f"  Edit $.tasks[0] (the task: id and goal) and $.agents (the agent of each role),\n"
+        f"  then run `lorch run --workspace {workspace}` again."
+    )
+
+
+def prepare(workspace: Path) -> str | None:
+    """Before ``lorch run`` touches ``workspace``: the first-run step, if it is one.
+
+    Returns the line to print when the demo was just created; None when
+    lorch.json was already there. A missing folder is created only when its
+    parent exists (a mistyped path deeper down is refused), and only for the demo.
+    """
+    if os.path.lexists(workspace / FILENAME):
+        return None
+    existed = workspace.is_dir()
+    if not existed:
+        if workspace.exists():
+            raise UsageError(f"{workspace}: not a folder")
+        if not workspace.parent.is_dir():
+            raise UsageError(
+                f"{workspace}: no such folder, nor its parent {workspace.parent}: check the path "
+                "(lorch creates a missing folder only one level deep, for the demo)"
+            )
+    if not create(workspace):
+        return None
+    if existed:
+        return (
+            f"[lorch] {workspace} was empty: created the demo there (lorch.json wired to "
+            f"the built-in mock agents, scenario {DEMO})"
+        )
+    return (
+        f"[lorch] {workspace} did not exist: created it with the demo (lorch.json wired to "
+        f"the built-in mock agents, scenario {DEMO}); if you meant an existing project, "
+        "check --workspace"
+    )
