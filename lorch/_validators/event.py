@@ -11,6 +11,36 @@ NoneType = type(None)
 def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={}, name_prefix=None):
     if not isinstance(data, dict):
         raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be object', value=data, name='' + (name_prefix or 'data') + '', rule='type')
+    try:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['event']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'event' in data_keys:
+                data_keys.remove('event')
+                data__event = data['event']
+                if not (isinstance(data__event, str) and data__event == 'system.user_decision'):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.event must be same as const definition: system.user_decision', value=data__event, name='' + (name_prefix or 'data') + '.event', rule='const')
+    except (JsonSchemaValueException, JsonSchemaValuesException):
+        pass
+    else:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['status', 'payload']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'status' in data_keys:
+                data_keys.remove('status')
+                data__status = data['status']
+                if not (isinstance(data__status, str) and data__status == 'approved' or (isinstance(data__status, str) and data__status == 'declined') or (isinstance(data__status, str) and data__status == 'aborted')):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + ".status must be one of ['approved', 'declined', 'aborted']", value=data__status, name='' + (name_prefix or 'data') + '.status', rule='enum')
+            if 'payload' in data_keys:
+                data_keys.remove('payload')
+                data__payload = data['payload']
+                validate_https___lorch_dev_schemas_v1_event_v1_json___defs_user_decision(data__payload, custom_formats, (name_prefix or 'data') + '.payload')
     data_is_dict = isinstance(data, dict)
     if data_is_dict:
         data__missing_keys = set(['kind', 'message_id', 'correlation_id', 'task_id', 'from', 'event', 'occurred_at']) - data.keys()
@@ -84,8 +114,8 @@ def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={},
         if 'event' in data_keys:
             data_keys.remove('event')
             data__event = data['event']
-            if not (isinstance(data__event, str) and data__event == 'builder.progress' or (isinstance(data__event, str) and data__event == 'builder.completed') or (isinstance(data__event, str) and data__event == 'review.completed') or (isinstance(data__event, str) and data__event == 'spec.updated') or (isinstance(data__event, str) and data__event == 'spec.no_changes_needed') or (isinstance(data__event, str) and data__event == 'spec.changes_requested') or (isinstance(data__event, str) and data__event == 'orchestration.proposed_tasks') or (isinstance(data__event, str) and data__event == 'orchestration.needs_clarification') or (isinstance(data__event, str) and data__event == 'orchestration.plan_conflict') or (isinstance(data__event, str) and data__event == 'artifact.produced') or (isinstance(data__event, str) and data__event == 'error') or (isinstance(data__event, str) and data__event == 'log') or (isinstance(data__event, str) and data__event == 'system.run_started') or (isinstance(data__event, str) and data__event == 'system.snapshot') or (isinstance(data__event, str) and data__event == 'system.agent_started') or (isinstance(data__event, str) and data__event == 'system.agent_exited') or (isinstance(data__event, str) and data__event == 'system.agent_restarted') or (isinstance(data__event, str) and data__event == 'system.protocol_error') or (isinstance(data__event, str) and data__event == 'system.command_failed') or (isinstance(data__event, str) and data__event == 'system.artifact_rejected') or (isinstance(data__event, str) and data__event == 'system.resumed') or (isinstance(data__event, str) and data__event == 'system.run_completed') or (isinstance(data__event, str) and data__event == 'system.run_failed') or (isinstance(data__event, str) and data__event == 'system.run_aborted') or (isinstance(data__event, str) and data__event == 'system.user_decision')):
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".event must be one of ['builder.progress', 'builder.completed', 'review.completed', 'spec.updated', 'spec.no_changes_needed', 'spec.changes_requested', 'orchestration.proposed_tasks', 'orchestration.needs_clarification', 'orchestration.plan_conflict', 'artifact.produced', 'error', 'log', 'system.run_started', 'system.snapshot', 'system.agent_started', 'system.agent_exited', 'system.agent_restarted', 'system.protocol_error', 'system.command_failed', 'system.artifact_rejected', 'system.resumed', 'system.run_completed', 'system.run_failed', 'system.run_aborted', 'system.user_decision']", value=data__event, name='' + (name_prefix or 'data') + '.event', rule='enum')
+            if not (isinstance(data__event, str) and data__event == 'builder.progress' or (isinstance(data__event, str) and data__event == 'builder.completed') or (isinstance(data__event, str) and data__event == 'review.completed') or (isinstance(data__event, str) and data__event == 'spec.updated') or (isinstance(data__event, str) and data__event == 'spec.no_changes_needed') or (isinstance(data__event, str) and data__event == 'spec.changes_requested') or (isinstance(data__event, str) and data__event == 'orchestration.proposed_tasks') or (isinstance(data__event, str) and data__event == 'orchestration.needs_clarification') or (isinstance(data__event, str) and data__event == 'orchestration.plan_conflict') or (isinstance(data__event, str) and data__event == 'artifact.produced') or (isinstance(data__event, str) and data__event == 'error') or (isinstance(data__event, str) and data__event == 'log') or (isinstance(data__event, str) and data__event == 'system.run_started') or (isinstance(data__event, str) and data__event == 'system.snapshot') or (isinstance(data__event, str) and data__event == 'system.agent_started') or (isinstance(data__event, str) and data__event == 'system.agent_exited') or (isinstance(data__event, str) and data__event == 'system.agent_restarted') or (isinstance(data__event, str) and data__event == 'system.protocol_error') or (isinstance(data__event, str) and data__event == 'system.command_failed') or (isinstance(data__event, str) and data__event == 'system.artifact_rejected') or (isinstance(data__event, str) and data__event == 'system.resumed') or (isinstance(data__event, str) and data__event == 'system.discovery') or (isinstance(data__event, str) and data__event == 'system.task_started') or (isinstance(data__event, str) and data__event == 'system.run_completed') or (isinstance(data__event, str) and data__event == 'system.run_failed') or (isinstance(data__event, str) and data__event == 'system.run_aborted') or (isinstance(data__event, str) and data__event == 'system.user_decision')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".event must be one of ['builder.progress', 'builder.completed', 'review.completed', 'spec.updated', 'spec.no_changes_needed', 'spec.changes_requested', 'orchestration.proposed_tasks', 'orchestration.needs_clarification', 'orchestration.plan_conflict', 'artifact.produced', 'error', 'log', 'system.run_started', 'system.snapshot', 'system.agent_started', 'system.agent_exited', 'system.agent_restarted', 'system.protocol_error', 'system.command_failed', 'system.artifact_rejected', 'system.resumed', 'system.discovery', 'system.task_started', 'system.run_completed', 'system.run_failed', 'system.run_aborted', 'system.user_decision']", value=data__event, name='' + (name_prefix or 'data') + '.event', rule='enum')
         if 'status' in data_keys:
             data_keys.remove('status')
             data__status = data['status']
@@ -184,6 +214,86 @@ def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={},
             if isinstance(data__occurredat, str):
                 if not REGEX_PATTERNS['^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)$'].search(data__occurredat):
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.occurred_at must match pattern ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)$', value=data__occurredat, name='' + (name_prefix or 'data') + '.occurred_at', rule='pattern')
+        if data_keys:
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
+    return data
+
+def validate_https___lorch_dev_schemas_v1_event_v1_json___defs_user_decision(data, custom_formats={}, name_prefix=None):
+    if not isinstance(data, dict):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be object', value=data, name='' + (name_prefix or 'data') + '', rule='type')
+    data_is_dict = isinstance(data, dict)
+    if data_is_dict:
+        data__missing_keys = set(['question', 'step', 'prompt', 'answer', 'source']) - data.keys()
+        if data__missing_keys:
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+        data_keys = set(data.keys())
+        if 'question' in data_keys:
+            data_keys.remove('question')
+            data__question = data['question']
+            if not isinstance(data__question, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.question must be string', value=data__question, name='' + (name_prefix or 'data') + '.question', rule='type')
+            if isinstance(data__question, str):
+                data__question_len = len(data__question)
+                if data__question_len < 1:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.question must be longer than or equal to 1 characters', value=data__question, name='' + (name_prefix or 'data') + '.question', rule='minLength')
+                if data__question_len > 512:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.question must be shorter than or equal to 512 characters', value=data__question, name='' + (name_prefix or 'data') + '.question', rule='maxLength')
+        if 'step' in data_keys:
+            data_keys.remove('step')
+            data__step = data['step']
+            if not (isinstance(data__step, str) and data__step == 'instruction' or (isinstance(data__step, str) and data__step == 'clarification') or (isinstance(data__step, str) and data__step == 'plan') or (isinstance(data__step, str) and data__step == 'tasks') or (isinstance(data__step, str) and data__step == 'conflict')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".step must be one of ['instruction', 'clarification', 'plan', 'tasks', 'conflict']", value=data__step, name='' + (name_prefix or 'data') + '.step', rule='enum')
+        if 'prompt' in data_keys:
+            data_keys.remove('prompt')
+            data__prompt = data['prompt']
+            if not isinstance(data__prompt, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompt must be string', value=data__prompt, name='' + (name_prefix or 'data') + '.prompt', rule='type')
+            if isinstance(data__prompt, str):
+                data__prompt_len = len(data__prompt)
+                if data__prompt_len > 65536:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompt must be shorter than or equal to 65536 characters', value=data__prompt, name='' + (name_prefix or 'data') + '.prompt', rule='maxLength')
+        if 'answer' in data_keys:
+            data_keys.remove('answer')
+            data__answer = data['answer']
+            if not isinstance(data__answer, (str, NoneType)):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.answer must be string or null', value=data__answer, name='' + (name_prefix or 'data') + '.answer', rule='type')
+            if isinstance(data__answer, str):
+                data__answer_len = len(data__answer)
+                if data__answer_len > 65536:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.answer must be shorter than or equal to 65536 characters', value=data__answer, name='' + (name_prefix or 'data') + '.answer', rule='maxLength')
+        if 'source' in data_keys:
+            data_keys.remove('source')
+            data__source = data['source']
+            if not (isinstance(data__source, str) and data__source == 'tty' or (isinstance(data__source, str) and data__source == 'stdin') or (isinstance(data__source, str) and data__source == 'flag')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".source must be one of ['tty', 'stdin', 'flag']", value=data__source, name='' + (name_prefix or 'data') + '.source', rule='enum')
+        if 'approved_plan' in data_keys:
+            data_keys.remove('approved_plan')
+            data__approvedplan = data['approved_plan']
+            if not isinstance(data__approvedplan, (str, NoneType)):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.approved_plan must be string or null', value=data__approvedplan, name='' + (name_prefix or 'data') + '.approved_plan', rule='type')
+            if isinstance(data__approvedplan, str):
+                data__approvedplan_len = len(data__approvedplan)
+                if data__approvedplan_len > 4096:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.approved_plan must be shorter than or equal to 4096 characters', value=data__approvedplan, name='' + (name_prefix or 'data') + '.approved_plan', rule='maxLength')
+        if 'approved_tasks' in data_keys:
+            data_keys.remove('approved_tasks')
+            data__approvedtasks = data['approved_tasks']
+            if not isinstance(data__approvedtasks, (list, tuple)):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.approved_tasks must be array', value=data__approvedtasks, name='' + (name_prefix or 'data') + '.approved_tasks', rule='type')
+            data__approvedtasks_is_list = isinstance(data__approvedtasks, (list, tuple))
+            if data__approvedtasks_is_list:
+                data__approvedtasks_len = len(data__approvedtasks)
+                for data__approvedtasks_x, data__approvedtasks_item in enumerate(data__approvedtasks):
+                    if not isinstance(data__approvedtasks_item, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.approved_tasks[{data__approvedtasks_x}]'.format(**locals()) + ' must be string', value=data__approvedtasks_item, name='' + (name_prefix or 'data') + '.approved_tasks[{data__approvedtasks_x}]'.format(**locals()) + '', rule='type')
+                    if isinstance(data__approvedtasks_item, str):
+                        if not REGEX_PATTERNS['^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'].search(data__approvedtasks_item):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.approved_tasks[{data__approvedtasks_x}]'.format(**locals()) + ' must match pattern ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$', value=data__approvedtasks_item, name='' + (name_prefix or 'data') + '.approved_tasks[{data__approvedtasks_x}]'.format(**locals()) + '', rule='pattern')
+        if 'more_options' in data_keys:
+            data_keys.remove('more_options')
+            data__moreoptions = data['more_options']
+            if not isinstance(data__moreoptions, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.more_options must be boolean', value=data__moreoptions, name='' + (name_prefix or 'data') + '.more_options', rule='type')
         if data_keys:
             raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
     return data
