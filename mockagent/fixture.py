@@ -187,6 +187,45 @@ def default_response(
             "files": [{"path": f"spec_notes/{task}.json", "content": body + "\n"}],
             "events": [{"type": event, "payload": {"notes_path": f"spec_notes/{task}.json"}}],
         }
+    return _default_proposal(cmd)
+
+
+def _default_proposal(cmd: dict[str, Any]) -> dict[str, Any]:
+    """Orchestration without a fixture: the discovered files as plans, one task per plan.
+
+    Never edits a file (MASTER-SPEC §10.2): it only reads what lorch sent.
+    """
+    inputs = cmd.get("inputs") or {}
+    meta = inputs.get("discovery_metadata") or {}
+    found = [c for c in meta.get("candidates") or [] if isinstance(c, dict)]
+    paths = [str(c.get("path")) for c in found if isinstance(c.get("path"), str)][:3]
+    if isinstance(inputs.get("plan"), str):
+        paths = [inputs["plan"]]
+    if not paths:
+        return {
+            "events": [
+                {
+                    "type": "error",
+                    "payload": {
+                        "code": "no_plan",
+                        "message": "no plan or spec file was discovered in the workspace",
+                        "retriable": False,
+                    },
+                }
+            ]
+        }
+    candidates = [
+        {"path": p, "confidence": round(1.0 - 0.1 * i, 2)} for i, p in enumerate(paths)
+    ]
+    tasks = [
+        {"id": f"T-{i + 1:04d}", "title": f"Implement {p}", "files": []}
+        for i, p in enumerate(paths[:1])
+    ]
     return {
-        "events": [{"type": "orchestration.proposed_tasks", "payload": {"tasks": [{"id": task}]}}]
+        "events": [
+            {
+                "type": "orchestration.proposed_tasks",
+                "payload": {"plan_candidates": candidates, "derived_tasks": tasks},
+            }
+        ]
     }

@@ -39,9 +39,11 @@ def test_default_agents_answer_every_role_validly(mockagent_bin: str, ws: Path) 
         ("spec_maintainer", "update_spec", "spec.updated"),
         ("orchestration", "intake", "orchestration.proposed_tasks"),
     ]
+    found = {"candidates": [{"path": "PLAN.md", "score": 50, "headings": []}]}
     for role, action, terminal in cases:
         a = Agent(mockagent_bin, ws, "--type", role)
-        a.send(command(action, role=role))
+        inputs = {"round": 1, "discovery_metadata": found} if role == "orchestration" else None
+        a.send(command(action, role=role, inputs=inputs))
         evs = a.events()
         assert a.close() == 0
         for line in a.lines:
