@@ -214,9 +214,7 @@ def _default_proposal(cmd: dict[str, Any]) -> dict[str, Any]:
                 }
             ]
         }
-    candidates = [
-        {"path": p, "confidence": round(1.0 - 0.1 * i, 2)} for i, p in enumerate(paths)
-    ]
+    candidates = [{"path": p, "confidence": round(1.0 - 0.1 * i, 2)} for i, p in enumerate(paths)]
     tasks = [
         {"id": f"T-{i + 1:04d}", "title": f"Implement {p}", "files": []}
         for i, p in enumerate(paths[:1])

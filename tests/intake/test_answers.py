@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from lorch import intake
-from lorch.intake import Question, interpret
 from lorch.asking import ConsolePrompter, Flags, decide
+from lorch.intake import Question, interpret
 
 
 def test_questions_read_numbers_paths_and_words() -> None:
