@@ -1,0 +1,137 @@
+"""The real ACP agents the offline tests drive, installed with npm from a pinned lock.
+
+``tests/realagents/npm/package.json`` and its ``package-lock.json`` pin the
+adapter (``@zed-industries/claude-agent-acp``) and everything under it, by
+version and integrity hash. :func:`ensure_installed` runs ``npm ci`` with them
+into a cache directory named after the lock's digest (so a changed lock is a new
+install and an unchanged one is installed once per machine), under a file lock
+(parallel test processes install once), and marks the directory complete only
+after npm succeeded. ``.ci/run`` calls it before the tests
+(``python -m tests.realagents.adapters``); the tests' fixtures call it too.
+
+The cache is ``$LORCH_NPM_CACHE`` if set, else ``$XDG_CACHE_HOME/lorch/npm``
+(``~/.cache/lorch/npm``).
+
+Environment for the agent: :func:`offline_env` — everything Claude Code needs to
+run against a local model endpoint and nothing else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+NPM_DIR = Path(__file__).resolve().parent / "npm"
+ADAPTER = "@zed-industries/claude-agent-acp"
+STAMP = ".lorch-installed"
+
+
+class InstallError(Exception):
+    """npm could not install the pinned agents; the message says what npm said."""
+
+
+def node_missing() -> str | None:
+    """Why the real agents cannot run here (no node or npm), or None."""
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    return f"{' and '.join(missing)} not on PATH" if missing else None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LORCH_NPM_CACHE")
+    if root:
+        base = Path(root)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = Path(xdg) / "lorch" / "npm"
+    digest = hashlib.sha256()
+    for name in ("package.json", "package-lock.json"):
+        digest.update((NPM_DIR / name).read_bytes())
+    return base / digest.hexdigest()[:16]
+
+
+def adapter_version() -> str:
+    """The pinned version of the Claude Code ACP adapter (from the lock)."""
+    import json
+
+    lock = json.loads((NPM_DIR / "package-lock.json").read_text(encoding="utf-8"))
+    return str(lock["packages"][f"node_modules/{ADAPTER}"]["version"])
+
+
+def claude_agent_acp(root: Path | None = None) -> Path:
+    """The adapter's entry point inside an install (``node`` runs it)."""
+    return (root or cache_dir()) / "node_modules" / ".bin" / "claude-agent-acp"
+
+
+def ensure_installed(*, timeout: float = 900) -> Path:
+    """Install the pinned agents if this machine does not have them yet; their root."""
+    target = cache_dir()
+    if (target / STAMP).exists():
+        return target
+    why = node_missing()
+    if why is not None:
+        raise InstallError(f"cannot install {ADAPTER}: {why}")
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one installer; the others wait and reuse
+        if (target / STAMP).exists():
+            return target
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(NPM_DIR / name, target / name)
+        cmd = ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"]
+        try:
+            proc = subprocess.run(
+                cmd, cwd=target, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise InstallError(f"npm ci in {target} did not finish in {timeout:g}s") from None
+        if proc.returncode != 0 or not claude_agent_acp(target).exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            raise InstallError(
+                f"npm ci in {target} failed (exit {proc.returncode}): " + " | ".join(tail)
+            )
+        (target / STAMP).write_text(adapter_version() + "\n")
+    return target
+
+
+def offline_env(base_url: str, home: Path, *, path: str | None = None) -> dict[str, str]:
+    """The environment Claude Code needs to work offline against ``base_url``.
+
+    A private ``HOME`` (its settings, sessions and caches stay in the test),
+    ``IS_SANDBOX=1`` (it refuses to run as root without it, and CI runs as root),
+    a dummy key, no nonessential traffic (telemetry, auto-update, error reports),
+    and the endpoint as the proxy for everything else, so any request that is not
+    to the model shows up in the endpoint's log and is refused there.
+    """
+    return {
+        "PATH": path if path is not None else os.environ.get("PATH", ""),
+        "HOME": str(home),
+        "IS_SANDBOX": "1",
+        "ANTHROPIC_BASE_URL": base_url,
+        "ANTHROPIC_API_KEY": "sk-ant-offline-test",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "HTTPS_PROXY": base_url,
+        "HTTP_PROXY": base_url,
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+
+
+def main() -> int:
+    try:
+        root = ensure_installed()
+    except InstallError as exc:
+        print(f"tests/realagents: {exc}", file=sys.stderr)
+        return 1
+    print(f"{ADAPTER} {adapter_version()}: {claude_agent_acp(root)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Fixtures for the real-agent tests: the pinned npm install and a scripted endpoint."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lorch.testing.model_endpoint import ModelEndpoint, Script
+from tests.realagents import adapters
+
+
+@pytest.fixture(scope="session")
+def claude_acp() -> list[str]:
+    """The command that starts the pinned Claude Code ACP adapter (installed if needed)."""
+    why = adapters.node_missing()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: CI must run the real Claude Code tests (install node and npm)")
+        pytest.skip(f"{why}: the real Claude Code tests need node and npm")
+    try:
+        root = adapters.ensure_installed()
+    except adapters.InstallError as exc:
+        pytest.fail(str(exc))
+    return [str(adapters.claude_agent_acp(root))]
+
+
+@pytest.fixture
+def endpoint_for(tmp_path: Path) -> Iterator[Any]:
+    """Start a scripted model endpoint (closed at the end of the test)."""
+    started: list[ModelEndpoint] = []
+
+    def start(script: dict[str, Any], name: str = "endpoint") -> ModelEndpoint:
+        ep = ModelEndpoint(Script.from_dict(script), log=tmp_path / f"{name}.requests.ndjson")
+        started.append(ep.start())
+        return ep
+
+    yield start
+    for ep in started:
+        ep.close()
