@@ -588,16 +588,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     # stray traffic: an agent told to use this endpoint as its proxy shows where else it goes
 
-    def do_CONNECT(self) -> None:
-        self.ep._record(self._plain(403, f"stray CONNECT {self.path}"))
+    def _stray(self) -> bool:
+        """Refuse (and log) a request meant for another host; False if it is ours."""
+        if self.command != "CONNECT" and not self.path.startswith(("http://", "https://")):
+            return False
+        self.ep._record(self._plain(403, f"stray {self.command} {self.path}"))
         self._error(403, "permission_error", "offline: only the model endpoint is reachable")
         self.close_connection = True
+        return True
+
+    def do_CONNECT(self) -> None:
+        self._stray()
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
-        if self.path.startswith(("http://", "https://")):
-            self.ep._record(self._plain(403, f"stray GET {self.path}"))
-            self._error(403, "permission_error", "offline: only the model endpoint is reachable")
+        if self._stray():
             return
         if path == "/v1/models":
             data = [self._model(mid, name) for mid, name in MODELS]
@@ -638,9 +643,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
-        if self.path.startswith(("http://", "https://")):
-            self.ep._record(self._plain(403, f"stray POST {self.path}"))
-            self._error(403, "permission_error", "offline: only the model endpoint is reachable")
+        if self._stray():
             return
         body = self._body()
         if body is None:

@@ -333,7 +333,14 @@ def test_traffic_through_the_endpoint_as_a_proxy_is_refused_and_logged(serve: An
     conn.request("CONNECT", "example.com:443")
     assert conn.getresponse().status == 403
     conn.close()
-    assert endpoint.requests[-1].note == "stray CONNECT example.com:443"
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "http://example.com/x")
+    assert conn.getresponse().status == 403
+    conn.close()
+    assert [r.note for r in endpoint.requests] == [
+        "stray CONNECT example.com:443",
+        "stray GET http://example.com/x",
+    ]
 
 
 def test_a_held_answer_waits_for_release_then_completes(serve: Any) -> None:
