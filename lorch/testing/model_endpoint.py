@@ -343,20 +343,22 @@ def _matches(when: dict[str, Any], conv: _Conversation) -> bool:
     return True
 
 
+_TEMPLATE = re.compile(r"\{\{|\}\}|\{cwd\}")
+
+
 def _fill(value: Any, cwd: str | None) -> Any:
     """Replace ``{cwd}`` in every string of a reply (``{{``/``}}`` stay braces)."""
     if isinstance(value, str):
-        if "{" not in value:
-            return value
-        if "{cwd}" in value and cwd is None:
-            raise ScriptError("a reply uses {cwd} but the request names no working directory")
-        return (
-            value.replace("{{", "\0")
-            .replace("}}", "\1")
-            .replace("{cwd}", cwd or "")
-            .replace("\0", "{")
-            .replace("\1", "}")
-        )
+
+        def sub(match: re.Match[str]) -> str:
+            token = match.group(0)
+            if token != "{cwd}":
+                return token[0]
+            if cwd is None:
+                raise ScriptError("a reply uses {cwd} but the request names no working directory")
+            return cwd
+
+        return _TEMPLATE.sub(sub, value)
     if isinstance(value, list):
         return [_fill(v, cwd) for v in value]
     if isinstance(value, dict):

@@ -466,3 +466,24 @@ def test_the_command_line_serves_a_script_and_refuses_a_bad_one(tmp_path: Path) 
         assert server.stdout is not None
         server.stdout.close()
     assert json.loads(log.read_text())["step"] == "hi"
+
+
+def test_braces_are_escaped_by_doubling_in_replies(serve: Any) -> None:
+    endpoint = serve(
+        _script(
+            [
+                {
+                    "name": "t",
+                    "reply": [
+                        {
+                            "type": "tool_use",
+                            "name": "W",
+                            "input": {"s": "{{cwd}} is {cwd}; }}{{ and {x}"},
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    message = _ask(endpoint, [{"role": "user", "content": "x"}])
+    assert message.content[0].input == {"s": "{cwd} is /work/space; }{ and {x}"}  # type: ignore[union-attr]
