@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 NPM_DIR = Path(__file__).resolve().parent / "npm"
@@ -39,6 +40,19 @@ def node_missing() -> str | None:
     """Why the real agents cannot run here (no node or npm), or None."""
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     return f"{' and '.join(missing)} not on PATH" if missing else None
+
+
+def without_node(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """What a real-agent test does where node or npm is missing: ("skip" | "fail", why).
+
+    CI (``CI`` set) must run these tests, so there a missing node fails them.
+    """
+    why = node_missing()
+    if why is None:
+        return None
+    if environ.get("CI"):
+        return "fail", f"{why}: CI must run the real Claude Code tests (install node and npm)"
+    return "skip", f"{why}: the real Claude Code tests need node and npm"
 
 
 def cache_dir() -> Path:

@@ -16,11 +16,10 @@ from tests.realagents import adapters
 @pytest.fixture(scope="session")
 def claude_acp() -> list[str]:
     """The command that starts the pinned Claude Code ACP adapter (installed if needed)."""
-    why = adapters.node_missing()
-    if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{why}: CI must run the real Claude Code tests (install node and npm)")
-        pytest.skip(f"{why}: the real Claude Code tests need node and npm")
+    missing = adapters.without_node(os.environ)
+    if missing is not None:
+        action, why = missing
+        pytest.fail(why) if action == "fail" else pytest.skip(why)
     try:
         root = adapters.ensure_installed()
     except adapters.InstallError as exc:
