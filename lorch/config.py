@@ -53,11 +53,20 @@ class AgentConfig:
     timeouts_s: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
     # "ndjson" (lorch's own protocol) or "acp" (the Agent Client Protocol).
     transport: str = "ndjson"
+    # "agent": the agent answers a re-sent key from its own cache; "lorch": lorch
+    # checkpoints the workspace around each command and rolls an interrupted one
+    # back before sending it again (DESIGN.md §5.12).
+    idempotency: str = "agent"
     # acp only: names copied from lorch's environment (nothing else of it is passed),
     # the answer to session/request_permission per tool kind, prompt templates per action.
     pass_env: tuple[str, ...] = ()
     permissions: dict[str, str] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def needs_checkpoints(self) -> bool:
+        """True when lorch, not the agent, makes this role's effects exactly-once."""
+        return self.idempotency == "lorch" or self.transport == "acp"
 
 
 @dataclass(frozen=True)
@@ -315,6 +324,9 @@ def parse(raw: Any, path: Path) -> Config:
                 **{k: float(v) for k, v in spec.get("timeouts_s", {}).items()},
             },
             transport=spec.get("transport", "ndjson"),
+            idempotency=spec.get(
+                "idempotency", "lorch" if spec.get("transport") == "acp" else "agent"
+            ),
             pass_env=tuple(spec.get("pass_env", ())),
             permissions=dict(spec.get("permissions", {})),
             prompts=dict(spec.get("prompts", {})),

@@ -45,6 +45,10 @@ class Pending:
     event_ids: list[str] = field(default_factory=list)
     failed: str | None = None  # reason of the failure of the current attempt
     failed_code: str | None = None
+    # Workspace checkpoints (git tree ids) of a role lorch makes exactly-once:
+    # before the command's first attempt, and after its accepted answer.
+    pre: str | None = None
+    post: str | None = None
 
     @property
     def ik(self) -> str:
@@ -103,6 +107,8 @@ class State:
     last_action: str | None = None  # action it answered
     restarts: dict[str, int] = field(default_factory=dict)
     agents: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The last pre-command checkpoint recorded, and the key it was taken for.
+    checkpoint: tuple[str, str] | None = None
     # Called with each accepted command (receipts); not part of the decision.
     on_accept: Callable[[Pending], None] | None = None
 
@@ -147,7 +153,7 @@ class State:
             self.commands += 1
             action = record["action"]
             self.rounds[action] = self.rounds.get(action, 0) + 1
-        self.pending = Pending(command=record)
+        self.pending = Pending(command=record, pre=self.pre_checkpoint(ik))
 
     def _fold_system(self, name: str, record: Record) -> None:
         payload = record.get("payload") or {}
@@ -163,6 +169,15 @@ class State:
         elif name == "system.agent_restarted":
             role = str(payload.get("role"))
             self.restarts[role] = self.restarts.get(role, 0) + 1
+        elif name == "system.checkpoint":
+            ik, tree = str(payload.get("idempotency_key")), str(payload.get("tree"))
+            p = self.pending
+            if payload.get("phase") == "pre":
+                self.checkpoint = (ik, tree)
+                if p is not None and p.ik == ik:
+                    p.pre = tree
+            elif p is not None and p.ik == ik:
+                p.post = tree
         elif name == "system.command_failed":
             p = self.pending
             if p is not None and payload.get("idempotency_key") == p.ik:
@@ -195,6 +210,15 @@ class State:
         self.pending = None
         if self.on_accept is not None:
             self.on_accept(p)
+
+    def pre_checkpoint(self, ik: str) -> str | None:
+        """The checkpoint recorded before command ``ik`` was first sent, if any.
+
+        A resend of ``ik`` rolls the workspace back to it (DESIGN.md §5.12).
+        """
+        if self.checkpoint is not None and self.checkpoint[0] == ik:
+            return self.checkpoint[1]
+        return None
 
     # -- deciding --------------------------------------------------------------
 

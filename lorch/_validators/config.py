@@ -340,6 +340,11 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data, custo
             data__transport = data['transport']
             if not (isinstance(data__transport, str) and data__transport == 'ndjson' or (isinstance(data__transport, str) and data__transport == 'acp')):
                 raise JsonSchemaValueException('' + (name_prefix or 'data') + ".transport must be one of ['ndjson', 'acp']", value=data__transport, name='' + (name_prefix or 'data') + '.transport', rule='enum')
+        if 'idempotency' in data_keys:
+            data_keys.remove('idempotency')
+            data__idempotency = data['idempotency']
+            if not (isinstance(data__idempotency, str) and data__idempotency == 'agent' or (isinstance(data__idempotency, str) and data__idempotency == 'lorch')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".idempotency must be one of ['agent', 'lorch']", value=data__idempotency, name='' + (name_prefix or 'data') + '.idempotency', rule='enum')
         if 'cmd' in data_keys:
             data_keys.remove('cmd')
             data__cmd = data['cmd']
@@ -610,7 +615,14 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data, custo
                 data__prompts = data['prompts']
                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts must NOT match a disallowed definition', value=data__prompts, name='' + (name_prefix or 'data') + '.prompts', rule='not')
     else:
-        pass
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data_keys = set(data.keys())
+            if 'idempotency' in data_keys:
+                data_keys.remove('idempotency')
+                data__idempotency = data['idempotency']
+                if not (isinstance(data__idempotency, str) and data__idempotency == 'lorch'):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.idempotency must be same as const definition: lorch', value=data__idempotency, name='' + (name_prefix or 'data') + '.idempotency', rule='const')
     return data
 
 def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_permission(data, custom_formats={}, name_prefix=None):

@@ -5,7 +5,7 @@ VERSION = '2.22.3'
 from decimal import Decimal
 import re
 from lorch.errors import JsonSchemaValueException, JsonSchemaValuesException
-REGEX_PATTERNS = {'^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z'), '^sha256:[0-9a-f]{64}$': re.compile('^sha256:[0-9a-f]{64}\\Z'), '^snap-[0-9a-f]{12}$': re.compile('^snap-[0-9a-f]{12}\\Z'), '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)$': re.compile('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)\\Z')}
+REGEX_PATTERNS = {'^ik:[0-9a-f]{64}$': re.compile('^ik:[0-9a-f]{64}\\Z'), '^[0-9a-f]{40}$': re.compile('^[0-9a-f]{40}\\Z'), '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z'), '^sha256:[0-9a-f]{64}$': re.compile('^sha256:[0-9a-f]{64}\\Z'), '^snap-[0-9a-f]{12}$': re.compile('^snap-[0-9a-f]{12}\\Z'), '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)$': re.compile('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)\\Z')}
 NoneType = type(None)
 
 def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={}, name_prefix=None):
@@ -41,6 +41,175 @@ def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={},
                 data_keys.remove('payload')
                 data__payload = data['payload']
                 validate_https___lorch_dev_schemas_v1_event_v1_json___defs_user_decision(data__payload, custom_formats, (name_prefix or 'data') + '.payload')
+    try:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['event']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'event' in data_keys:
+                data_keys.remove('event')
+                data__event = data['event']
+                if not (isinstance(data__event, str) and data__event == 'system.checkpoint'):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.event must be same as const definition: system.checkpoint', value=data__event, name='' + (name_prefix or 'data') + '.event', rule='const')
+    except (JsonSchemaValueException, JsonSchemaValuesException):
+        pass
+    else:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['payload']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'payload' in data_keys:
+                data_keys.remove('payload')
+                data__payload = data['payload']
+                if not isinstance(data__payload, dict):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must be object', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='type')
+                data__payload_is_dict = isinstance(data__payload, dict)
+                if data__payload_is_dict:
+                    data__payload__missing_keys = set(['role', 'idempotency_key', 'phase', 'tree']) - data__payload.keys()
+                    if data__payload__missing_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must contain ' + (str(sorted(data__payload__missing_keys)) + ' properties'), value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='required')
+                    data__payload_keys = set(data__payload.keys())
+                    if 'role' in data__payload_keys:
+                        data__payload_keys.remove('role')
+                        data__payload__role = data__payload['role']
+                        if not (isinstance(data__payload__role, str) and data__payload__role == 'builder' or (isinstance(data__payload__role, str) and data__payload__role == 'reviewer') or (isinstance(data__payload__role, str) and data__payload__role == 'spec_maintainer') or (isinstance(data__payload__role, str) and data__payload__role == 'orchestration')):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + ".payload.role must be one of ['builder', 'reviewer', 'spec_maintainer', 'orchestration']", value=data__payload__role, name='' + (name_prefix or 'data') + '.payload.role', rule='enum')
+                    if 'idempotency_key' in data__payload_keys:
+                        data__payload_keys.remove('idempotency_key')
+                        data__payload__idempotencykey = data__payload['idempotency_key']
+                        if not isinstance(data__payload__idempotencykey, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.idempotency_key must be string', value=data__payload__idempotencykey, name='' + (name_prefix or 'data') + '.payload.idempotency_key', rule='type')
+                        if isinstance(data__payload__idempotencykey, str):
+                            if not REGEX_PATTERNS['^ik:[0-9a-f]{64}$'].search(data__payload__idempotencykey):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.idempotency_key must match pattern ^ik:[0-9a-f]{64}$', value=data__payload__idempotencykey, name='' + (name_prefix or 'data') + '.payload.idempotency_key', rule='pattern')
+                    if 'phase' in data__payload_keys:
+                        data__payload_keys.remove('phase')
+                        data__payload__phase = data__payload['phase']
+                        if not (isinstance(data__payload__phase, str) and data__payload__phase == 'pre' or (isinstance(data__payload__phase, str) and data__payload__phase == 'post')):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + ".payload.phase must be one of ['pre', 'post']", value=data__payload__phase, name='' + (name_prefix or 'data') + '.payload.phase', rule='enum')
+                    if 'tree' in data__payload_keys:
+                        data__payload_keys.remove('tree')
+                        data__payload__tree = data__payload['tree']
+                        if not isinstance(data__payload__tree, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.tree must be string', value=data__payload__tree, name='' + (name_prefix or 'data') + '.payload.tree', rule='type')
+                        if isinstance(data__payload__tree, str):
+                            if not REGEX_PATTERNS['^[0-9a-f]{40}$'].search(data__payload__tree):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.tree must match pattern ^[0-9a-f]{40}$', value=data__payload__tree, name='' + (name_prefix or 'data') + '.payload.tree', rule='pattern')
+                    if 'changed' in data__payload_keys:
+                        data__payload_keys.remove('changed')
+                        data__payload__changed = data__payload['changed']
+                        if not isinstance(data__payload__changed, (list, tuple)):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed must be array', value=data__payload__changed, name='' + (name_prefix or 'data') + '.payload.changed', rule='type')
+                        data__payload__changed_is_list = isinstance(data__payload__changed, (list, tuple))
+                        if data__payload__changed_is_list:
+                            data__payload__changed_len = len(data__payload__changed)
+                            if data__payload__changed_len > 100:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed must contain less than or equal to 100 items', value=data__payload__changed, name='' + (name_prefix or 'data') + '.payload.changed', rule='maxItems')
+                            for data__payload__changed_x, data__payload__changed_item in enumerate(data__payload__changed):
+                                if not isinstance(data__payload__changed_item, str):
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + ' must be string', value=data__payload__changed_item, name='' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + '', rule='type')
+                                if isinstance(data__payload__changed_item, str):
+                                    data__payload__changed_item_len = len(data__payload__changed_item)
+                                    if data__payload__changed_item_len < 1:
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__payload__changed_item, name='' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + '', rule='minLength')
+                                    if data__payload__changed_item_len > 4096:
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + ' must be shorter than or equal to 4096 characters', value=data__payload__changed_item, name='' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + '', rule='maxLength')
+                    if 'changed_count' in data__payload_keys:
+                        data__payload_keys.remove('changed_count')
+                        data__payload__changedcount = data__payload['changed_count']
+                        if not isinstance(data__payload__changedcount, int) and (not (isinstance(data__payload__changedcount, float) and data__payload__changedcount.is_integer())) or isinstance(data__payload__changedcount, bool):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed_count must be integer', value=data__payload__changedcount, name='' + (name_prefix or 'data') + '.payload.changed_count', rule='type')
+                        if isinstance(data__payload__changedcount, (int, float, Decimal)) and (not isinstance(data__payload__changedcount, bool)):
+                            if data__payload__changedcount < 0:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed_count must be bigger than or equal to 0', value=data__payload__changedcount, name='' + (name_prefix or 'data') + '.payload.changed_count', rule='minimum')
+                    if data__payload_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must not contain ' + str(data__payload_keys) + ' properties', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='additionalProperties')
+    try:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['event']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'event' in data_keys:
+                data_keys.remove('event')
+                data__event = data['event']
+                if not (isinstance(data__event, str) and data__event == 'system.rollback'):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.event must be same as const definition: system.rollback', value=data__event, name='' + (name_prefix or 'data') + '.event', rule='const')
+    except (JsonSchemaValueException, JsonSchemaValuesException):
+        pass
+    else:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['payload']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'payload' in data_keys:
+                data_keys.remove('payload')
+                data__payload = data['payload']
+                if not isinstance(data__payload, dict):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must be object', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='type')
+                data__payload_is_dict = isinstance(data__payload, dict)
+                if data__payload_is_dict:
+                    data__payload__missing_keys = set(['role', 'idempotency_key', 'tree', 'restored', 'restored_count']) - data__payload.keys()
+                    if data__payload__missing_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must contain ' + (str(sorted(data__payload__missing_keys)) + ' properties'), value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='required')
+                    data__payload_keys = set(data__payload.keys())
+                    if 'role' in data__payload_keys:
+                        data__payload_keys.remove('role')
+                        data__payload__role = data__payload['role']
+                        if not (isinstance(data__payload__role, str) and data__payload__role == 'builder' or (isinstance(data__payload__role, str) and data__payload__role == 'reviewer') or (isinstance(data__payload__role, str) and data__payload__role == 'spec_maintainer') or (isinstance(data__payload__role, str) and data__payload__role == 'orchestration')):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + ".payload.role must be one of ['builder', 'reviewer', 'spec_maintainer', 'orchestration']", value=data__payload__role, name='' + (name_prefix or 'data') + '.payload.role', rule='enum')
+                    if 'idempotency_key' in data__payload_keys:
+                        data__payload_keys.remove('idempotency_key')
+                        data__payload__idempotencykey = data__payload['idempotency_key']
+                        if not isinstance(data__payload__idempotencykey, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.idempotency_key must be string', value=data__payload__idempotencykey, name='' + (name_prefix or 'data') + '.payload.idempotency_key', rule='type')
+                        if isinstance(data__payload__idempotencykey, str):
+                            if not REGEX_PATTERNS['^ik:[0-9a-f]{64}$'].search(data__payload__idempotencykey):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.idempotency_key must match pattern ^ik:[0-9a-f]{64}$', value=data__payload__idempotencykey, name='' + (name_prefix or 'data') + '.payload.idempotency_key', rule='pattern')
+                    if 'tree' in data__payload_keys:
+                        data__payload_keys.remove('tree')
+                        data__payload__tree = data__payload['tree']
+                        if not isinstance(data__payload__tree, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.tree must be string', value=data__payload__tree, name='' + (name_prefix or 'data') + '.payload.tree', rule='type')
+                        if isinstance(data__payload__tree, str):
+                            if not REGEX_PATTERNS['^[0-9a-f]{40}$'].search(data__payload__tree):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.tree must match pattern ^[0-9a-f]{40}$', value=data__payload__tree, name='' + (name_prefix or 'data') + '.payload.tree', rule='pattern')
+                    if 'restored' in data__payload_keys:
+                        data__payload_keys.remove('restored')
+                        data__payload__restored = data__payload['restored']
+                        if not isinstance(data__payload__restored, (list, tuple)):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.restored must be array', value=data__payload__restored, name='' + (name_prefix or 'data') + '.payload.restored', rule='type')
+                        data__payload__restored_is_list = isinstance(data__payload__restored, (list, tuple))
+                        if data__payload__restored_is_list:
+                            data__payload__restored_len = len(data__payload__restored)
+                            if data__payload__restored_len > 100:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.restored must contain less than or equal to 100 items', value=data__payload__restored, name='' + (name_prefix or 'data') + '.payload.restored', rule='maxItems')
+                            for data__payload__restored_x, data__payload__restored_item in enumerate(data__payload__restored):
+                                if not isinstance(data__payload__restored_item, str):
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.restored[{data__payload__restored_x}]'.format(**locals()) + ' must be string', value=data__payload__restored_item, name='' + (name_prefix or 'data') + '.payload.restored[{data__payload__restored_x}]'.format(**locals()) + '', rule='type')
+                                if isinstance(data__payload__restored_item, str):
+                                    data__payload__restored_item_len = len(data__payload__restored_item)
+                                    if data__payload__restored_item_len < 1:
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.restored[{data__payload__restored_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__payload__restored_item, name='' + (name_prefix or 'data') + '.payload.restored[{data__payload__restored_x}]'.format(**locals()) + '', rule='minLength')
+                                    if data__payload__restored_item_len > 4096:
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.restored[{data__payload__restored_x}]'.format(**locals()) + ' must be shorter than or equal to 4096 characters', value=data__payload__restored_item, name='' + (name_prefix or 'data') + '.payload.restored[{data__payload__restored_x}]'.format(**locals()) + '', rule='maxLength')
+                    if 'restored_count' in data__payload_keys:
+                        data__payload_keys.remove('restored_count')
+                        data__payload__restoredcount = data__payload['restored_count']
+                        if not isinstance(data__payload__restoredcount, int) and (not (isinstance(data__payload__restoredcount, float) and data__payload__restoredcount.is_integer())) or isinstance(data__payload__restoredcount, bool):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.restored_count must be integer', value=data__payload__restoredcount, name='' + (name_prefix or 'data') + '.payload.restored_count', rule='type')
+                        if isinstance(data__payload__restoredcount, (int, float, Decimal)) and (not isinstance(data__payload__restoredcount, bool)):
+                            if data__payload__restoredcount < 0:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.restored_count must be bigger than or equal to 0', value=data__payload__restoredcount, name='' + (name_prefix or 'data') + '.payload.restored_count', rule='minimum')
+                    if data__payload_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must not contain ' + str(data__payload_keys) + ' properties', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='additionalProperties')
     data_is_dict = isinstance(data, dict)
     if data_is_dict:
         data__missing_keys = set(['kind', 'message_id', 'correlation_id', 'task_id', 'from', 'event', 'occurred_at']) - data.keys()
@@ -114,8 +283,8 @@ def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={},
         if 'event' in data_keys:
             data_keys.remove('event')
             data__event = data['event']
-            if not (isinstance(data__event, str) and data__event == 'builder.progress' or (isinstance(data__event, str) and data__event == 'builder.completed') or (isinstance(data__event, str) and data__event == 'review.completed') or (isinstance(data__event, str) and data__event == 'spec.updated') or (isinstance(data__event, str) and data__event == 'spec.no_changes_needed') or (isinstance(data__event, str) and data__event == 'spec.changes_requested') or (isinstance(data__event, str) and data__event == 'orchestration.proposed_tasks') or (isinstance(data__event, str) and data__event == 'orchestration.needs_clarification') or (isinstance(data__event, str) and data__event == 'orchestration.plan_conflict') or (isinstance(data__event, str) and data__event == 'artifact.produced') or (isinstance(data__event, str) and data__event == 'error') or (isinstance(data__event, str) and data__event == 'log') or (isinstance(data__event, str) and data__event == 'system.run_started') or (isinstance(data__event, str) and data__event == 'system.snapshot') or (isinstance(data__event, str) and data__event == 'system.agent_started') or (isinstance(data__event, str) and data__event == 'system.agent_exited') or (isinstance(data__event, str) and data__event == 'system.agent_restarted') or (isinstance(data__event, str) and data__event == 'system.protocol_error') or (isinstance(data__event, str) and data__event == 'system.command_failed') or (isinstance(data__event, str) and data__event == 'system.artifact_rejected') or (isinstance(data__event, str) and data__event == 'system.resumed') or (isinstance(data__event, str) and data__event == 'system.discovery') or (isinstance(data__event, str) and data__event == 'system.task_started') or (isinstance(data__event, str) and data__event == 'system.run_completed') or (isinstance(data__event, str) and data__event == 'system.run_failed') or (isinstance(data__event, str) and data__event == 'system.run_aborted') or (isinstance(data__event, str) and data__event == 'system.user_decision')):
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".event must be one of ['builder.progress', 'builder.completed', 'review.completed', 'spec.updated', 'spec.no_changes_needed', 'spec.changes_requested', 'orchestration.proposed_tasks', 'orchestration.needs_clarification', 'orchestration.plan_conflict', 'artifact.produced', 'error', 'log', 'system.run_started', 'system.snapshot', 'system.agent_started', 'system.agent_exited', 'system.agent_restarted', 'system.protocol_error', 'system.command_failed', 'system.artifact_rejected', 'system.resumed', 'system.discovery', 'system.task_started', 'system.run_completed', 'system.run_failed', 'system.run_aborted', 'system.user_decision']", value=data__event, name='' + (name_prefix or 'data') + '.event', rule='enum')
+            if not (isinstance(data__event, str) and data__event == 'builder.progress' or (isinstance(data__event, str) and data__event == 'builder.completed') or (isinstance(data__event, str) and data__event == 'review.completed') or (isinstance(data__event, str) and data__event == 'spec.updated') or (isinstance(data__event, str) and data__event == 'spec.no_changes_needed') or (isinstance(data__event, str) and data__event == 'spec.changes_requested') or (isinstance(data__event, str) and data__event == 'orchestration.proposed_tasks') or (isinstance(data__event, str) and data__event == 'orchestration.needs_clarification') or (isinstance(data__event, str) and data__event == 'orchestration.plan_conflict') or (isinstance(data__event, str) and data__event == 'artifact.produced') or (isinstance(data__event, str) and data__event == 'error') or (isinstance(data__event, str) and data__event == 'log') or (isinstance(data__event, str) and data__event == 'system.run_started') or (isinstance(data__event, str) and data__event == 'system.snapshot') or (isinstance(data__event, str) and data__event == 'system.agent_started') or (isinstance(data__event, str) and data__event == 'system.agent_exited') or (isinstance(data__event, str) and data__event == 'system.agent_restarted') or (isinstance(data__event, str) and data__event == 'system.protocol_error') or (isinstance(data__event, str) and data__event == 'system.command_failed') or (isinstance(data__event, str) and data__event == 'system.artifact_rejected') or (isinstance(data__event, str) and data__event == 'system.resumed') or (isinstance(data__event, str) and data__event == 'system.discovery') or (isinstance(data__event, str) and data__event == 'system.task_started') or (isinstance(data__event, str) and data__event == 'system.run_completed') or (isinstance(data__event, str) and data__event == 'system.run_failed') or (isinstance(data__event, str) and data__event == 'system.run_aborted') or (isinstance(data__event, str) and data__event == 'system.user_decision') or (isinstance(data__event, str) and data__event == 'system.checkpoint') or (isinstance(data__event, str) and data__event == 'system.rollback')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".event must be one of ['builder.progress', 'builder.completed', 'review.completed', 'spec.updated', 'spec.no_changes_needed', 'spec.changes_requested', 'orchestration.proposed_tasks', 'orchestration.needs_clarification', 'orchestration.plan_conflict', 'artifact.produced', 'error', 'log', 'system.run_started', 'system.snapshot', 'system.agent_started', 'system.agent_exited', 'system.agent_restarted', 'system.protocol_error', 'system.command_failed', 'system.artifact_rejected', 'system.resumed', 'system.discovery', 'system.task_started', 'system.run_completed', 'system.run_failed', 'system.run_aborted', 'system.user_decision', 'system.checkpoint', 'system.rollback']", value=data__event, name='' + (name_prefix or 'data') + '.event', rule='enum')
         if 'status' in data_keys:
             data_keys.remove('status')
             data__status = data['status']

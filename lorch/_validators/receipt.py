@@ -5,7 +5,7 @@ VERSION = '2.22.3'
 from decimal import Decimal
 import re
 from lorch.errors import JsonSchemaValueException, JsonSchemaValuesException
-REGEX_PATTERNS = {'^run-[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$': re.compile('^run-[0-9]{8}-[0-9]{6}-[0-9a-f]{8}\\Z'), '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z'), '^ik:[0-9a-f]{64}$': re.compile('^ik:[0-9a-f]{64}\\Z'), '^snap-[0-9a-f]{12}$': re.compile('^snap-[0-9a-f]{12}\\Z'), '^sha256:[0-9a-f]{64}$': re.compile('^sha256:[0-9a-f]{64}\\Z'), '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)$': re.compile('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)\\Z')}
+REGEX_PATTERNS = {'^run-[0-9]{8}-[0-9]{6}-[0-9a-f]{8}$': re.compile('^run-[0-9]{8}-[0-9]{6}-[0-9a-f]{8}\\Z'), '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z'), '^ik:[0-9a-f]{64}$': re.compile('^ik:[0-9a-f]{64}\\Z'), '^snap-[0-9a-f]{12}$': re.compile('^snap-[0-9a-f]{12}\\Z'), '^sha256:[0-9a-f]{64}$': re.compile('^sha256:[0-9a-f]{64}\\Z'), '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)$': re.compile('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)\\Z'), '^[0-9a-f]{40}$': re.compile('^[0-9a-f]{40}\\Z')}
 NoneType = type(None)
 
 def validate_https___lorch_dev_schemas_v1_receipt_v1_json(data, custom_formats={}, name_prefix=None):
@@ -170,6 +170,35 @@ def validate_https___lorch_dev_schemas_v1_receipt_v1_json(data, custom_formats={
             if isinstance(data__completedat, str):
                 if not REGEX_PATTERNS['^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)$'].search(data__completedat):
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.completed_at must match pattern ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)$', value=data__completedat, name='' + (name_prefix or 'data') + '.completed_at', rule='pattern')
+        if 'checkpoint' in data_keys:
+            data_keys.remove('checkpoint')
+            data__checkpoint = data['checkpoint']
+            if not isinstance(data__checkpoint, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.checkpoint must be object', value=data__checkpoint, name='' + (name_prefix or 'data') + '.checkpoint', rule='type')
+            data__checkpoint_is_dict = isinstance(data__checkpoint, dict)
+            if data__checkpoint_is_dict:
+                data__checkpoint__missing_keys = set(['pre', 'post']) - data__checkpoint.keys()
+                if data__checkpoint__missing_keys:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.checkpoint must contain ' + (str(sorted(data__checkpoint__missing_keys)) + ' properties'), value=data__checkpoint, name='' + (name_prefix or 'data') + '.checkpoint', rule='required')
+                data__checkpoint_keys = set(data__checkpoint.keys())
+                if 'pre' in data__checkpoint_keys:
+                    data__checkpoint_keys.remove('pre')
+                    data__checkpoint__pre = data__checkpoint['pre']
+                    if not isinstance(data__checkpoint__pre, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.checkpoint.pre must be string', value=data__checkpoint__pre, name='' + (name_prefix or 'data') + '.checkpoint.pre', rule='type')
+                    if isinstance(data__checkpoint__pre, str):
+                        if not REGEX_PATTERNS['^[0-9a-f]{40}$'].search(data__checkpoint__pre):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.checkpoint.pre must match pattern ^[0-9a-f]{40}$', value=data__checkpoint__pre, name='' + (name_prefix or 'data') + '.checkpoint.pre', rule='pattern')
+                if 'post' in data__checkpoint_keys:
+                    data__checkpoint_keys.remove('post')
+                    data__checkpoint__post = data__checkpoint['post']
+                    if not isinstance(data__checkpoint__post, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.checkpoint.post must be string', value=data__checkpoint__post, name='' + (name_prefix or 'data') + '.checkpoint.post', rule='type')
+                    if isinstance(data__checkpoint__post, str):
+                        if not REGEX_PATTERNS['^[0-9a-f]{40}$'].search(data__checkpoint__post):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.checkpoint.post must match pattern ^[0-9a-f]{40}$', value=data__checkpoint__post, name='' + (name_prefix or 'data') + '.checkpoint.post', rule='pattern')
+                if data__checkpoint_keys:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.checkpoint must not contain ' + str(data__checkpoint_keys) + ' properties', value=data__checkpoint, name='' + (name_prefix or 'data') + '.checkpoint', rule='additionalProperties')
         if data_keys:
             raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
     return data

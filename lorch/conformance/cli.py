@@ -57,6 +57,13 @@ from lorch.conformance import kit
     help="Also run FUZZ-001 with this many generated commands.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fuzzer.")
+@click.option(
+    "--checkpoints",
+    is_flag=True,
+    help="Run the battery under lorch's checkpoints, as lorch drives a role with "
+    '"idempotency": "lorch": answered keys are not sent again, interrupted ones are '
+    "rolled back first.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def conformance(
     role: str,
@@ -69,6 +76,7 @@ def conformance(
     timeout: float,
     fuzz_examples: int,
     seed: int,
+    checkpoints: bool,
     command: tuple[str, ...],
 ) -> None:
     """Check that the agent started by COMMAND is protocol-correct and idempotent."""
@@ -82,6 +90,7 @@ def conformance(
         expected=expected,
         fuzz_examples=fuzz_examples,
         seed=seed,
+        checkpoints=checkpoints,
     )
     click.echo(kit.table(report))
     click.echo(kit.summary(report))

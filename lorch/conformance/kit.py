@@ -72,6 +72,7 @@ def run_battery(
     expected: set[str] | None = None,
     fuzz_examples: int = 0,
     seed: int = 0,
+    checkpoints: bool = False,
 ) -> Report:
     known = {c.id for c in CHECKS} | {FUZZ.id}
     for c in only or []:
@@ -79,6 +80,10 @@ def run_battery(
             raise UsageError(f"--only {c}: unknown check; known: {', '.join(sorted(known))}")
     started = time.monotonic()
     session = Session(argv, role, workspace, timeout)
+    if checkpoints:
+        from lorch.conformance.checkpointed import under_checkpoints
+
+        session.agent = under_checkpoints(session.agent, session.workspace)
     outcomes: list[Outcome] = []
     try:
         session.start()

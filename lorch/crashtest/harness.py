@@ -33,6 +33,7 @@ from typing import Any
 
 from lorch import ledger, scenarios, snapshot
 from lorch.checksum import sha256_file
+from lorch.crashtest.effects import effects_problem
 from lorch.crashtest.forkserver import ForkServer
 from lorch.errors import LedgerError, UsageError
 from lorch.supervisor import group_alive
@@ -51,6 +52,7 @@ INVARIANTS = (
     "completed",
     "ledger_replays",
     "one_key_per_command",
+    "effects_once",
     "verify",
     "files_equal",
     "receipts_match",
@@ -448,6 +450,10 @@ def check_invariants(ws: Path, baseline: Baseline) -> None:
     for corr, keys in corr_keys.items():
         if len(keys) > 1:
             raise Broken("one_key_per_command", f"{corr} was sent with {len(keys)} different keys")
+    effects_log = scenarios.load(baseline.scenario).get("effects_log")
+    problem = effects_problem(ws, recs, effects_log) if effects_log else None
+    if problem:
+        raise Broken("effects_once", problem)
     path = the_ledger(ws)
     assert path is not None
     if status == "completed":

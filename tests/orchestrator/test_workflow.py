@@ -268,3 +268,30 @@ def test_fresh_ids_are_asked_for_only_when_a_command_is_built() -> None:
     assert isinstance(step, Send)
     assert asked == ["review"]
     assert step.command["message_id"] == "cmd-z"
+
+
+def test_checkpoints_fold_into_the_pending_command_across_attempts() -> None:
+    sim = Sim()
+    step = sim.step()
+    assert isinstance(step, Send)
+    ik = step.command["idempotency_key"]
+    pre = {"role": "builder", "idempotency_key": ik, "phase": "pre", "tree": "a" * 40}
+    sim.add(sysev("system.checkpoint", pre, step.command["correlation_id"]))
+    assert sim.state.pre_checkpoint(ik) == "a" * 40
+    sim.add(step.command)
+    assert sim.state.pending is not None and sim.state.pending.pre == "a" * 40
+    sim.add(answer(step.command, "error", code="boom", message="boom"))
+    retry = sim.step()
+    assert isinstance(retry, Send) and retry.resend
+    sim.add(retry.command)
+    assert sim.state.pending.pre == "a" * 40, "a retry keeps the first attempt's checkpoint"
+    sim.add(answer(retry.command, "builder.completed", "success", **PASS))
+    post = {**pre, "phase": "post", "tree": "b" * 40, "changed": ["x"], "changed_count": 1}
+    sim.add(sysev("system.checkpoint", post, retry.command["correlation_id"]))
+    assert sim.state.pending.post == "b" * 40
+    sim.state.accept()
+    review = sim.step()
+    assert isinstance(review, Send)
+    assert sim.state.pre_checkpoint(review.command["idempotency_key"]) is None
+    sim.add(review.command)
+    assert sim.state.pending is not None and sim.state.pending.pre is None
