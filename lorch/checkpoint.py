@@ -38,9 +38,11 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from lorch.atomic import atomic_write_bytes, ensure_dir
 from lorch.errors import StorageError
+from lorch.workflow import Pending, State
 
 # lorch's own directories at the top of the workspace (DESIGN.md §4) and the
 # mock agent's state: never part of a checkpoint.
@@ -260,3 +262,71 @@ def _fsync(path: Path, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- around commands (DESIGN.md §5.12) ---------------------------------------------
+
+# Paths listed in a ledger record: the first ones, sorted; the count says how many.
+LISTED = 100
+STORE = Path("state") / "checkpoints.git"
+
+Payload = dict[str, Any]
+
+
+class TurnCheckpoints:
+    """What the engine does around a command of a role lorch makes exactly-once.
+
+    Both methods return the system records to append (``(event, payload)``);
+    the engine appends them, so the ledger stays its only writer.
+    """
+
+    def __init__(self, workspace: Path, *, durable: bool = True) -> None:
+        self.workspace = workspace
+        self.durable = durable
+        self._ck: Checkpoints | None = None
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        if self._ck is None:
+            self._ck = Checkpoints(self.workspace, self.workspace / STORE, durable=self.durable)
+        return self._ck
+
+    def before_send(self, state: State, command: Payload) -> tuple[list[tuple[str, Payload]], str]:
+        """Checkpoint before ``command`` is first sent, or roll back to that checkpoint.
+
+        Call it only when no agent can be working on the command's key (at
+        resume, after the crashed run's agents are ended). Returns the records
+        to append before the command, and the checkpoint the command starts from.
+        """
+        ik = str(command["idempotency_key"])
+        role = str(command["to"]["agent_type"])
+        pre = state.pre_checkpoint(ik)
+        if pre is None:
+            tree = self.checkpoints.take()
+            payload: Payload = {"role": role, "idempotency_key": ik, "phase": "pre", "tree": tree}
+            return [("system.checkpoint", payload)], tree
+        restored = self.checkpoints.rollback(pre)
+        payload = {
+            "role": role,
+            "idempotency_key": ik,
+            "tree": pre,
+            "restored": restored[:LISTED],
+            "restored_count": len(restored),
+        }
+        return [("system.rollback", payload)], pre
+
+    def after_turn(self, pending: Pending) -> list[tuple[str, Payload]]:
+        """The post-command checkpoint of an answered command (none if already recorded)."""
+        if pending.pre is None or pending.post is not None:
+            return []
+        post = self.checkpoints.take()
+        changed = self.checkpoints.changed(pending.pre, post)
+        payload: Payload = {
+            "role": pending.role,
+            "idempotency_key": pending.ik,
+            "phase": "post",
+            "tree": post,
+            "changed": changed[:LISTED],
+            "changed_count": len(changed),
+        }
+        return [("system.checkpoint", payload)]

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from lorch import _planted, failpoint, ledger, protocol, snapshot, store, transcript
 from lorch.atomic import ensure_dir
+from lorch.checkpoint import TurnCheckpoints
 from lorch.checksum import sha256_file
 from lorch.config import Config, ensure, load
 from lorch.errors import AgentError, ConfigError, LorchError, PathEscape, StorageError, UsageError
@@ -185,6 +186,8 @@ class ReceiptWriter:
         }
         if "status" in ev:
             receipt["status"] = ev["status"]
+        if pending.pre is not None and pending.post is not None:
+            receipt["checkpoint"] = {"pre": pending.pre, "post": pending.post}
         return receipt
 
 
@@ -288,6 +291,7 @@ class Runner:
         self._receipts_held: list[tuple[Pending, str]] = []
         self._events_waiting = False  # agents' events appended, not yet synced
         self._state_at: float | None = None
+        self.turns = TurnCheckpoints(workspace, durable=config.policy.fsync)
 
     # -- ledger ---------------------------------------------------------------
 
@@ -333,7 +337,9 @@ class Runner:
             self.console.record(record)
         self._unshown.clear()
 
-    def system(self, name: str, payload: Record, correlation_id: str | None = None) -> None:
+    def system(
+        self, name: str, payload: Record, correlation_id: str | None = None, *, sync: bool = True
+    ) -> None:
         self.append(
             {
                 "kind": "event",
@@ -344,7 +350,8 @@ class Runner:
                 "event": name,
                 "payload": payload,
                 "occurred_at": protocol.now_rfc3339(),
-            }
+            },
+            sync=sync,
         )
 
     def start_run(self, run_id: str, task: dict[str, Any]) -> None:
@@ -594,6 +601,9 @@ class Runner:
         return _id("cmd"), _deadline(timeout)
 
     def check(self, pending: Pending) -> None:
+        if self.config.agents[pending.role].needs_checkpoints:
+            for name, payload in self.turns.after_turn(pending):
+                self.system(name, payload, pending.command["correlation_id"])
         problems = self.artifact_problems(pending.terminal or {})
         if not problems:
             self.state.accept()
@@ -653,6 +663,12 @@ class Runner:
             self.fail_attempt(cmd, str(e), "agent_start_failed", role=role, kill=False)
             self.restart(role, str(e))
             return
+        if self.config.agents[role].needs_checkpoints:
+            # Write-ahead like the command itself: the checkpoint (or the rollback
+            # to it) is durable with the command, before its first byte goes out.
+            records, _tree = self.turns.before_send(self.state, cmd)
+            for name, payload in records:
+                self.system(name, payload, cmd["correlation_id"], sync=False)
         line = protocol.encode(cmd)  # the same bytes go to the ledger and to the agent
         self.append(cmd, sync=not _planted.enabled("skip_command_fsync"), show=False, line=line)
         failpoint.busy_role[:] = [role]

@@ -100,6 +100,21 @@ def _system(name: str, p: dict[str, Any]) -> tuple[str, str] | None:
         orphans = p.get("orphans_killed") or []
         extra += f"; ended orphaned agents {', '.join(map(str, orphans))}" if orphans else ""
         return ("lorch", f"[lorch] resumed{extra}")
+    if name == "system.checkpoint":
+        tree = str(p.get("tree", ""))[:12]
+        if p.get("phase") == "pre":
+            return ("lorch", f"[lorch] checkpoint {tree} before {p.get('role')}'s turn")
+        return (
+            "lorch",
+            f"[lorch] checkpoint {tree} after {p.get('role')}'s turn: "
+            f"{p.get('changed_count', 0)} path(s) changed",
+        )
+    if name == "system.rollback":
+        return (
+            "bad",
+            f"[lorch] rolled back {p.get('restored_count', 0)} path(s) to checkpoint "
+            f"{str(p.get('tree', ''))[:12]} before sending {p.get('role')}'s command again",
+        )
     if name == "system.run_completed":
         return ("ok", "[lorch] DONE")
     if name in ("system.run_failed", "system.run_aborted"):

@@ -9,6 +9,9 @@ same key twice, it does the work twice: only lorch's checkpoints
 (``"idempotency": "lorch"``) can make its effects exactly-once.
 
 ``APPENDER_CHANGES=N`` makes the reviewer ask for changes in its first N rounds.
+``APPENDER_HANG=1`` makes it hang after its progress event, the first time
+only (a marker in ``.appender/``, which lorch does not roll back): a turn that
+is cut short for certain when the agent is killed or times out.
 """
 
 import hashlib
@@ -88,6 +91,11 @@ def work(cmd):
     rnd = cmd["inputs"].get("round", 1)
     append("effects.log", f"{cmd['idempotency_key']} {cmd['action']} {rnd}\n")
     out(event(cmd, "builder.progress" if ROLE == "builder" else "log", None, {"step": 1}))
+    marker = os.path.join(WS, ".appender", ROLE + ".hung")
+    if os.environ.get("APPENDER_HANG") and not os.path.exists(marker):
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        open(marker, "w").close()
+        threading.Event().wait()  # until killed
     if ROLE == "builder":
         art = append(f"src/{task}.txt", f"{cmd['action']} round {rnd}\n")
         out(event(cmd, "artifact.produced", None, {}, [art]))
