@@ -201,6 +201,8 @@ class Agent:
         self._rng: random.Random | None = None
         self._lock_fd = -1
         self._journal: Journal | None = None
+        self.prev_correlation: str | None = None  # misbehave.stale_correlation
+        self.new_keys: dict[str, int] = {}  # misbehave.refuse_new: new keys per action
 
     def open_state(self) -> None:
         """Open the state dir: read the journal, mark runs of dead processes interrupted."""
@@ -280,10 +282,13 @@ class Agent:
         artifacts: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         cmd = cmd or {}
+        corr = cmd.get("correlation_id")
+        if kind not in TERMINAL and self.prev_correlation and self._misbehave("stale_correlation"):
+            corr = self.prev_correlation  # the previous command's id on progress events
         ev: dict[str, Any] = {
             "kind": "event",
             "message_id": new_id("evt"),
-            "correlation_id": _echo(cmd.get("correlation_id"), ID_RE),
+            "correlation_id": _echo(corr, ID_RE),
             "task_id": _echo(cmd.get("task_id"), TASK_RE),
             "from": {"agent_type": self.o.role, "agent_id": self.o.agent_id},
             "event": kind,
@@ -369,7 +374,33 @@ class Agent:
         try:
             # Another mockagent sharing the state dir may have answered it meanwhile.
             journal.refresh()
-            cached = None if self.redo else journal.answer(ik)
+            cache_by = self._misbehave("cache_by") or "key"
+            if self.redo:
+                cached = None
+            elif cache_by == "key":
+                cached = journal.answer(ik)
+            else:
+                # A cache keyed by the wrong thing (and so blind to the inputs).
+                want = cmd["correlation_id"] if cache_by == "correlation" else action
+                cached = next(
+                    (
+                        a
+                        for a in reversed(list(journal.answers.values()))
+                        if a.get(cache_by) == want
+                    ),
+                    None,
+                )
+                if cached is not None:
+                    cached = {**cached, "digest": digest}
+            if cached is None and self._misbehave("refuse_new"):
+                self.new_keys[action] = self.new_keys.get(action, 0) + 1
+                if self.new_keys[action] % 2 == 0:
+                    self.emit(
+                        self.error_event(
+                            cmd, "idempotency_conflict", f"key {ik} was used before (it was not)"
+                        )
+                    )
+                    return
             if cached is not None:
                 if cached["digest"] != digest:
                     self.emit(
@@ -403,11 +434,21 @@ class Agent:
                 attempt,
                 "completed",
                 sync=True,
-                answer={"digest": digest, "events": events} if ok else None,
+                answer={
+                    "digest": digest,
+                    "events": events,
+                    "correlation": cmd["correlation_id"],
+                    "action": action,
+                }
+                if ok
+                else None,
             )
             for ev in events[shown:]:
                 self.emit(ev)
+            if ok and self._misbehave("second_terminal"):
+                self.emit({**events[-1], "message_id": new_id("evt"), "occurred_at": now()})
         finally:
+            self.prev_correlation = cmd["correlation_id"]
             self.lock_key(ik, False)
 
     def lock_key(self, ik: str, lock: bool) -> None:
@@ -546,7 +587,9 @@ class Agent:
         else:
             data = str(spec.get("content", "")).encode()
         atomic_write(target, data)
-        return {"path": spec["path"], "sha256": "sha256:" + sha256_hex(data), "size": len(data)}
+        # misbehave.lie_sha256: claim the hash of other bytes than those written.
+        claimed = data + b"\0lie" if self._misbehave("lie_sha256") else data
+        return {"path": spec["path"], "sha256": "sha256:" + sha256_hex(claimed), "size": len(data)}
 
     def fire(self, fault: dict[str, Any], cmd: dict[str, Any]) -> None:
         kind = fault["kind"]

@@ -33,13 +33,15 @@ from typing import Any
 
 from lorch import ledger, scenarios, snapshot
 from lorch.checksum import sha256_file
+from lorch.crashtest import invariants
 from lorch.crashtest.effects import effects_problem
 from lorch.crashtest.forkserver import ForkServer
+from lorch.crashtest.invariants import Broken
 from lorch.errors import LedgerError, UsageError
 from lorch.supervisor import group_alive
 
-MODES = ("kill", "torn", "agent", "powerloss", "double", "external")
-DEFAULT_MODES = ("kill", "torn", "agent", "powerloss", "double")
+MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt", "external")
+DEFAULT_MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt")
 FAILPOINT = {
     "kill": "after",
     "torn": "torn",
@@ -60,6 +62,11 @@ INVARIANTS = (
     "keys_completed_once",
     "orphans_ended",
     "no_stray_processes",
+    "no_command_after_answer",
+    "commands_match_baseline",
+    "receipts_complete",
+    "no_stale_temp_files",
+    "stops_on_corruption",
 )
 # Fields that differ between two clean runs without meaning anything.
 VOLATILE = {
@@ -258,6 +265,7 @@ def record_baseline(scenario_ref: str | Path, extra_env: dict[str, str] | None =
     scenario = scenarios.resolve(scenario_ref)
     meta = scenarios.load(scenario)
     expected = meta.get("expected", {}).get("status", "completed")
+    reason = str(meta.get("expected", {}).get("reason", ""))
     runs = []
     for i in range(2):
         with tempfile.TemporaryDirectory(prefix="lorch-baseline-") as tmp:
@@ -269,6 +277,12 @@ def record_baseline(scenario_ref: str | Path, extra_env: dict[str, str] | None =
                 raise UsageError(
                     f"scenario {scenario.name}: baseline run {i + 1} ended {status} "
                     f"(exit {rc}), expected {expected}"
+                )
+            why = _failure_reason(recs)
+            if reason and reason not in why:
+                raise UsageError(
+                    f"scenario {scenario.name}: baseline run {i + 1} ended {status} "
+                    f"with {why or 'no reason'!r}, expected a reason containing {reason!r}"
                 )
             runs.append(Baseline(scenario, recs, workspace_files(ws), status))
     a, b = runs
@@ -297,6 +311,13 @@ def _final_status(records: list[dict[str, Any]]) -> str:
     return "running"
 
 
+def _failure_reason(records: list[dict[str, Any]]) -> str:
+    for r in reversed(records):
+        if r.get("event") in ("system.run_failed", "system.run_aborted"):
+            return str((r.get("payload") or {}).get("reason", ""))
+    return ""
+
+
 def points(
     baseline: Baseline, modes: Iterable[str], offsets: Iterable[int] | None = None
 ) -> list[Point]:
@@ -311,13 +332,6 @@ def points(
                 f"offset {k} is beyond the ledger: the baseline has records 1..{baseline.n}"
             )
     return [Point(k, m) for m in modes for k in chosen]
-
-
-class Broken(Exception):
-    def __init__(self, invariant: str, detail: str) -> None:
-        super().__init__(detail)
-        self.invariant = invariant
-        self.detail = detail
 
 
 def _alive_agents(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
@@ -370,6 +384,9 @@ def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
     resume_args = [*lorch_argv(), "resume", "--workspace", str(ws)]
     if point.mode == "external":
         _external_crash(point, baseline, opts, ws, run_args)
+    elif point.mode == "corrupt":
+        _corrupt_middle_line(point, baseline, opts, ws, run_args)
+        return
     else:
         PROCS.run(run_args, _env(opts.extra_env, f"{FAILPOINT[point.mode]}:{point.offset}"))
     check_write_ahead(ws)
@@ -379,10 +396,57 @@ def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
         PROCS.run(resume_args, _env(opts.extra_env, f"after:{n + 1}"))
         check_write_ahead(ws)
     for _ in range(5):
-        rc = PROCS.run(resume_args, _env(opts.extra_env, None))
+        # Killed before its first record was durable, a run left nothing to
+        # resume (lorch says so): what its user does then is run it again.
+        args = resume_args if the_ledger(ws) is not None else run_args
+        rc = PROCS.run(args, _env(opts.extra_env, None))
         if rc != -signal.SIGKILL:
             break
     check_invariants(ws, baseline)
+
+
+def _corrupt_middle_line(
+    point: Point, baseline: Baseline, opts: Options, ws: Path, args: list[str]
+) -> None:
+    """Crash after record k+1, damage line k (a middle line, never the last), resume.
+
+    A damaged line that is not the last cannot be a torn append: resume must
+    stop at once with one line naming the file and line, and change nothing.
+    """
+    last = min(point.offset + 1, baseline.n)
+    line = min(point.offset, baseline.n - 1)
+    PROCS.run(args, _env(opts.extra_env, f"after:{last}" if last < baseline.n else None))
+    path = the_ledger(ws)
+    if path is None or line < 1:
+        raise Broken("stops_on_corruption", "the crashed run left no ledger to damage")
+    data = bytearray(path.read_bytes())
+    starts = [0] + [i + 1 for i, b in enumerate(data) if b == 0x0A]
+    if len(starts) <= line:
+        raise Broken("stops_on_corruption", f"the crashed run left only {len(starts) - 1} lines")
+    a, b = starts[line - 1], starts[line] - 1
+    data[(a + b) // 2] = 0x01  # a control byte is invalid anywhere in JSON
+    path.write_bytes(bytes(data))
+    before = bytes(data)
+    proc = subprocess.run(
+        [*lorch_argv(), "resume", "--workspace", str(ws)],
+        env=_env(opts.extra_env, None),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+        start_new_session=True,
+    )
+    err = proc.stderr.decode("utf-8", "replace").strip()
+    where = f"{path.name}:{line}"
+    if proc.returncode == 0:
+        raise Broken("stops_on_corruption", f"resume went on over the damaged line {where}")
+    if "Traceback" in err or len(err.splitlines()) != 1 or where not in err:
+        first = err.splitlines()[-1] if err else "nothing"
+        raise Broken(
+            "stops_on_corruption",
+            f"resume stopped (exit {proc.returncode}) without one line naming {where}: {first}",
+        )
+    if path.read_bytes() != before:
+        raise Broken("stops_on_corruption", f"resume changed the damaged ledger {path.name}")
 
 
 def check_orphans(recs: list[dict[str, Any]], ws: Path) -> None:
@@ -491,6 +555,10 @@ def check_invariants(ws: Path, baseline: Baseline) -> None:
     strays = _alive_agents(recs)
     if strays:
         raise Broken("no_stray_processes", f"agent pid {strays[0][0]} outlived the run")
+    folded = invariants.fold(recs)
+    invariants.check_commands_match_baseline(recs, baseline.records)
+    invariants.check_receipts_complete(ws, folded)
+    invariants.check_no_stale_temp_files(ws)
 
 
 def crashtest(

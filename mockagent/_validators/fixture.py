@@ -441,6 +441,31 @@ def validate_https___lorch_dev_schemas_v1_fixture_v1_json(data, custom_formats={
                     data__misbehave__ignoreversion = data__misbehave['ignore_version']
                     if not isinstance(data__misbehave__ignoreversion, bool):
                         raise JsonSchemaValueException('' + (name_prefix or 'data') + '.misbehave.ignore_version must be boolean', value=data__misbehave__ignoreversion, name='' + (name_prefix or 'data') + '.misbehave.ignore_version', rule='type')
+                if 'lie_sha256' in data__misbehave_keys:
+                    data__misbehave_keys.remove('lie_sha256')
+                    data__misbehave__liesha256 = data__misbehave['lie_sha256']
+                    if not isinstance(data__misbehave__liesha256, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.misbehave.lie_sha256 must be boolean', value=data__misbehave__liesha256, name='' + (name_prefix or 'data') + '.misbehave.lie_sha256', rule='type')
+                if 'cache_by' in data__misbehave_keys:
+                    data__misbehave_keys.remove('cache_by')
+                    data__misbehave__cacheby = data__misbehave['cache_by']
+                    if not (isinstance(data__misbehave__cacheby, str) and data__misbehave__cacheby == 'key' or (isinstance(data__misbehave__cacheby, str) and data__misbehave__cacheby == 'correlation') or (isinstance(data__misbehave__cacheby, str) and data__misbehave__cacheby == 'action')):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + ".misbehave.cache_by must be one of ['key', 'correlation', 'action']", value=data__misbehave__cacheby, name='' + (name_prefix or 'data') + '.misbehave.cache_by', rule='enum')
+                if 'stale_correlation' in data__misbehave_keys:
+                    data__misbehave_keys.remove('stale_correlation')
+                    data__misbehave__stalecorrelation = data__misbehave['stale_correlation']
+                    if not isinstance(data__misbehave__stalecorrelation, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.misbehave.stale_correlation must be boolean', value=data__misbehave__stalecorrelation, name='' + (name_prefix or 'data') + '.misbehave.stale_correlation', rule='type')
+                if 'second_terminal' in data__misbehave_keys:
+                    data__misbehave_keys.remove('second_terminal')
+                    data__misbehave__secondterminal = data__misbehave['second_terminal']
+                    if not isinstance(data__misbehave__secondterminal, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.misbehave.second_terminal must be boolean', value=data__misbehave__secondterminal, name='' + (name_prefix or 'data') + '.misbehave.second_terminal', rule='type')
+                if 'refuse_new' in data__misbehave_keys:
+                    data__misbehave_keys.remove('refuse_new')
+                    data__misbehave__refusenew = data__misbehave['refuse_new']
+                    if not isinstance(data__misbehave__refusenew, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.misbehave.refuse_new must be boolean', value=data__misbehave__refusenew, name='' + (name_prefix or 'data') + '.misbehave.refuse_new', rule='type')
                 if data__misbehave_keys:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.misbehave must not contain ' + str(data__misbehave_keys) + ' properties', value=data__misbehave, name='' + (name_prefix or 'data') + '.misbehave', rule='additionalProperties')
         if data_keys:

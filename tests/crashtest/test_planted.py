@@ -80,6 +80,12 @@ def test_orphaned_agents_left_running_are_caught(tmp_path: Path) -> None:
     assert failures(slow, ["kill"], [9], "no_orphan_kill") == {"kill@9": "orphans_ended"}
 
 
+def test_orphans_of_the_slow_agents_scenario_are_caught() -> None:
+    # Record 9 is the builder's progress report; it then works 1.5 s more.
+    assert failures("slow-agents", ["kill"], [9]) == {}
+    assert failures("slow-agents", ["kill"], [9], "no_orphan_kill") == {"kill@9": "orphans_ended"}
+
+
 def test_agent_that_redoes_work_is_caught(tmp_path: Path) -> None:
     redo = variant(tmp_path, {"top": {"misbehave": {"redo_on_repeat": True}}})
     found = failures(redo, ["kill"], [7, 8])

@@ -30,6 +30,8 @@ SCENARIOS = [
     "agent-crash-restart",
     "heartbeat-timeout",
     "garbage-output",
+    "artifact-lie",
+    "slow-agents",
 ]
 
 
@@ -59,6 +61,7 @@ def test_scenario_outcome(name: str, scenario, lorch: Runner) -> None:  # type: 
         assert (ws / f).is_file(), f
     state = json.loads((ws / "state/run.json").read_text())
     assert state["status"] == expected["status"]
+    assert expected.get("reason", "") in (state.get("failure") or "")
     assert max(completions(ws).values()) == 1
     assert_every_file_valid(ws)
     if expected["status"] == "completed":

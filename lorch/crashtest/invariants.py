@@ -1,0 +1,153 @@
+"""Invariants that compare a resumed run with its baseline and its own ledger.
+
+They read only what is on disk after the last resume (the ledger, receipts, the
+workspace's file names) and fold the ledger with the workflow's own reducer, so
+"accepted" means here exactly what it means to lorch. Each raises
+:class:`Broken` with the invariant's name and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorch import store
+from lorch.errors import StorageError
+from lorch.workflow import Pending, State
+
+Record = dict[str, Any]
+
+# lorch's own directories: a temp file left in one of them is lorch's.
+LORCH_DIRS = ("events", "state", "receipts", "snapshots", "transcripts", "logs")
+TEMP_NAME = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]+$")
+
+
+class Broken(Exception):
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(detail)
+        self.invariant = invariant
+        self.detail = detail
+
+
+@dataclass
+class Folded:
+    """What the reducer makes of a ledger: accepted commands, in order."""
+
+    accepted: list[Pending] = field(default_factory=list)
+    run_id: str = ""
+
+
+def _short(ik: str) -> str:
+    return ik[:19] + "…"
+
+
+def fold(recs: list[Record]) -> Folded:
+    """Fold the ledger; fail ``no_command_after_answer`` on the way.
+
+    A command whose key already has an accepted terminal event in the ledger,
+    or whose pending answer (a terminal event not rejected) precedes it, is a
+    command sent after its answer was known: resume must never do that.
+    """
+    out = Folded()
+    state = State()
+    state.on_accept = out.accepted.append
+    accepted: set[str] = set()
+    for i, r in enumerate(recs, start=1):
+        if r.get("kind") == "command":
+            accepted.update(p.ik for p in out.accepted)
+            ik = str(r["idempotency_key"])
+            p = state.pending
+            answered = p is not None and p.ik == ik and p.terminal is not None and p.failed is None
+            if answered or ik in accepted:
+                raise Broken(
+                    "no_command_after_answer",
+                    f"record {i}: command {r['action']} ({_short(ik)}) sent again although "
+                    "its answer was already in the ledger",
+                )
+        state.fold(r)
+    out.run_id = state.run_id
+    return out
+
+
+def command_sequence(recs: list[Record]) -> list[tuple[str, str]]:
+    """(action, key) of each command, a resend of the pending command (same key,
+    right after it) counted once."""
+    seq: list[tuple[str, str]] = []
+    for r in recs:
+        if r.get("kind") != "command":
+            continue
+        item = (str(r["action"]), str(r["idempotency_key"]))
+        if not seq or seq[-1] != item:
+            seq.append(item)
+    return seq
+
+
+def check_commands_match_baseline(recs: list[Record], baseline: list[Record]) -> None:
+    got, want = command_sequence(recs), command_sequence(baseline)
+    if got == want:
+        return
+    k = next(
+        (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
+        min(len(got), len(want)),
+    )
+
+    def name(seq: list[tuple[str, str]]) -> str:
+        return f"{seq[k][0]} ({_short(seq[k][1])})" if k < len(seq) else "nothing"
+
+    raise Broken(
+        "commands_match_baseline",
+        f"command {k + 1} of the resumed run is {name(got)}, the baseline's is {name(want)} "
+        f"({len(got)} vs {len(want)} distinct commands)",
+    )
+
+
+def check_receipts_complete(ws: Path, folded: Folded) -> None:
+    """Exactly one receipt per accepted command; step numbers unique and dense per run."""
+    try:
+        found = [(p, data) for p, data in store.iter_receipts(ws)]
+    except StorageError as e:
+        raise Broken("receipts_complete", str(e)) from None
+    mine = [(p, d) for p, d in found if d.get("run_id") == folded.run_id]
+    count = collections.Counter(str(d.get("idempotency_key")) for _, d in mine)
+    for p in folded.accepted:
+        n = count.pop(p.ik, 0)
+        if n != 1:
+            raise Broken(
+                "receipts_complete",
+                f"accepted command {p.command['action']} ({_short(p.ik)}) has {n} receipts "
+                f"({len(folded.accepted)} accepted commands, {len(mine)} receipts)",
+            )
+    if count:
+        ik = next(iter(count))
+        raise Broken("receipts_complete", f"a receipt names {_short(ik)}, never accepted")
+    steps = []
+    for path, data in mine:
+        m = re.fullmatch(r"step-(\d+)\.json", path.name)
+        assert m is not None
+        if data.get("step") != int(m.group(1)):
+            raise Broken("receipts_complete", f"{path.name} says step {data.get('step')} inside")
+        steps.append(int(m.group(1)))
+    steps.sort()
+    if steps and steps != list(range(steps[0], steps[0] + len(steps))):
+        gap = next(s for a, s in itertools.pairwise(steps) if s != a + 1)
+        raise Broken(
+            "receipts_complete",
+            f"step numbers of run {folded.run_id} are not dense: {len(steps)} receipts, "
+            f"a gap before step {gap}",
+        )
+
+
+def check_no_stale_temp_files(ws: Path) -> None:
+    """No temp file of an atomic write may outlive the resume (a crash between
+    create and rename leaves one; resume must clear them)."""
+    for d in LORCH_DIRS:
+        base = ws / d
+        if not base.is_dir():
+            continue
+        for p in sorted(base.rglob(".*")):
+            if TEMP_NAME.match(p.name):
+                raise Broken("no_stale_temp_files", f"{p.relative_to(ws)} left behind")
