@@ -413,8 +413,20 @@ class Agent:
                     return
                 journal.append(ik, action, task_id, attempt, "cached")
                 self.dribble = None
+                # A replay answers this delivery: its correlation id, new ids, now.
+                corr = _echo(cmd.get("correlation_id"), ID_RE)
                 for ev in cached["events"]:
-                    self.emit({**ev, "message_id": new_id("evt")})
+                    self.emit(
+                        {
+                            **ev,
+                            "message_id": new_id("evt"),
+                            "correlation_id": corr,
+                            "occurred_at": now(),
+                        }
+                    )
+                if self._misbehave("second_terminal"):
+                    last = cached["events"][-1]
+                    self.emit({**last, "message_id": new_id("evt"), "correlation_id": corr})
                 return
             self.heartbeat("busy", task_id)
             # Bookkeeping only: the fsync of the "completed" line makes it durable too.
@@ -445,8 +457,6 @@ class Agent:
             )
             for ev in events[shown:]:
                 self.emit(ev)
-            if ok and self._misbehave("second_terminal"):
-                self.emit({**events[-1], "message_id": new_id("evt"), "occurred_at": now()})
         finally:
             self.prev_correlation = cmd["correlation_id"]
             self.lock_key(ik, False)

@@ -90,7 +90,13 @@ class Journal:
 
     def _apply(self, e: dict[str, Any]) -> None:
         if e.get("state") == "completed" and "events" in e:
-            self.answers[e["ik"]] = {"digest": e.get("digest"), "events": e["events"]}
+            self.answers[e["ik"]] = {
+                "digest": e.get("digest"),
+                "events": e["events"],
+                # For misbehave.cache_by only: what a wrongly keyed cache looks up.
+                "correlation": e.get("correlation"),
+                "action": e.get("action"),
+            }
 
     def _load(self) -> None:
         """Build the index, and mark runs of processes that died unfinished."""

@@ -7,6 +7,7 @@ failure blamed on the agent.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import tempfile
 import time
@@ -496,14 +497,43 @@ def artifacts_of(s: Session, ex: Exchange) -> Verdict | None:
     return None
 
 
+def refused(ex: Exchange, what: str) -> Verdict | None:
+    """A fresh, well-formed command answered with an error was refused: a failure."""
+    if ex.terminal is not None and ex.terminal_msg.get("event") == "error":
+        code = (ex.terminal_msg.get("payload") or {}).get("code")
+        return Verdict("fail", f"{what} was refused with error {code}", [ex.terminal.n])
+    return None
+
+
 def new_round_executed(s: Session) -> Verdict:
     first = s.exchange(s.command())
     if first.terminal is None:
         return no_terminal(first, "a command", s.timeout)
+    second = s.command()
+    return _executed(s, first, second, "a new key (new round)")
+
+
+def new_key_old_correlation(s: Session) -> Verdict:
+    first = s.exchange(s.command())
+    if first.terminal is None:
+        return no_terminal(first, "a command", s.timeout)
+    # lorch numbers correlation ids per task (corr-<task>-1 in every run of it):
+    # only the key says whether the work was done.
+    second = {**s.command(), "correlation_id": first.command["correlation_id"]}
+    return _executed(s, first, second, "a new key under an earlier correlation id")
+
+
+def _executed(s: Session, first: Exchange, cmd: dict[str, Any], what: str) -> Verdict:
+    v = refused(first, "a fresh command")
+    if v is not None:
+        return v
     before = fingerprint(s.workspace)
-    second = s.exchange(s.command())
+    second = s.exchange(cmd)
     if second.terminal is None:
-        return no_terminal(second, "a new round", s.timeout)
+        return no_terminal(second, what, s.timeout)
+    v = refused(second, what)
+    if v is not None:
+        return v
     changed = diff(before, fingerprint(s.workspace))
     if changed or second.terminal_msg.get("artifacts") != first.terminal_msg.get("artifacts"):
         return Verdict(
@@ -516,9 +546,124 @@ def new_round_executed(s: Session) -> Verdict:
         )
     return Verdict(
         "fail",
-        "a new key (new round) was answered without any work: same answer, no file touched",
+        f"{what} was answered without any work: same answer, no file touched "
+        "(is the cache keyed by something other than the idempotency key?)",
         _n(second.events),
     )
+
+
+def same_key_new_correlation(s: Session) -> Verdict:
+    ex = s.baseline()
+    if ex.terminal is None:
+        return no_terminal(ex, "the first command", s.timeout)
+    before = fingerprint(s.workspace)
+    cmd = {**s.again(ex.command), "correlation_id": f"corr-{s.task_id}-{uuid.uuid4().hex[:6]}"}
+    again = s.exchange(cmd)
+    what = "the same key under a new correlation id"
+    if again.terminal is None:
+        return no_terminal(again, what, s.timeout)
+    changed = diff(before, fingerprint(s.workspace))
+    if changed:
+        return Verdict(
+            "fail",
+            f"{what} was executed again (cache keyed by correlation id?): {', '.join(changed[:3])}",
+            _n(again.events),
+        )
+    if not equivalent(ex.terminal_msg, again.terminal_msg):
+        return Verdict(
+            "fail",
+            f"{what} got another answer ({again.terminal_msg.get('event')} "
+            f"{again.terminal_msg.get('status')})",
+            [again.terminal.n] if again.terminal else [],
+        )
+    return Verdict("pass", f"{what}: same answer, no file touched")
+
+
+def never_refused(s: Session) -> Verdict:
+    for i in range(3):
+        ex = s.exchange(s.command())
+        if ex.terminal is None:
+            return no_terminal(ex, f"fresh command {i + 1} of 3", s.timeout)
+        v = refused(ex, f"fresh command {i + 1} of 3 (a new key)")
+        if v is not None:
+            return v
+    return Verdict("pass", "3 fresh commands in a row, each answered")
+
+
+def _open_commands(s: Session) -> tuple[list[Line], list[Line]]:
+    """Walk the whole transcript: (events that name no open command, surplus terminals).
+
+    A command is open from its delivery (per agent process) until one terminal
+    event answers it; each delivery gets one answer. An event whose correlation
+    id was never sent answers a line that was not a command (INPUT-* judge it).
+    """
+    open_: dict[tuple[int, str], int] = {}
+    sent: set[str] = set()
+    stray: list[Line] = []
+    extra: list[Line] = []
+    for ln in s.transcript.lines:
+        if ln.direction == "in":
+            try:
+                m = json.loads(ln.raw)
+            except ValueError:
+                continue
+            if isinstance(m, dict) and isinstance(m.get("correlation_id"), str):
+                key = (ln.generation, m["correlation_id"])
+                open_[key] = open_.get(key, 0) + 1
+                sent.add(m["correlation_id"])
+            continue
+        msg = ln.message or {}
+        corr = msg.get("correlation_id")
+        if ln.direction != "out" or msg.get("kind") != "event" or corr not in sent:
+            continue
+        key = (ln.generation, str(corr))
+        if msg.get("event") in TERMINAL_EVENTS:
+            if open_.get(key, 0) > 0:
+                open_[key] -= 1
+            else:
+                extra.append(ln)
+        elif open_.get(key, 0) == 0:
+            stray.append(ln)
+    return stray, extra
+
+
+def every_correlation(s: Session) -> Verdict:
+    for _ in range(2):  # at least two commands, so an id left over from the last one shows
+        ex = s.exchange(s.command())
+        if ex.terminal is None:
+            return no_terminal(ex, "a command", s.timeout)
+    s.collect("none", 0.3, until_terminal=False)
+    stray, _ = _open_commands(s)
+    if stray:
+        m = stray[0].message or {}
+        return Verdict(
+            "fail",
+            f"event {m.get('event')} carries correlation {m.get('correlation_id')}, "
+            "which is not a command in flight (a previous command's id?)",
+            _n(stray),
+        )
+    events = sum(
+        ln.direction == "out" and (ln.message or {}).get("kind") == "event"
+        for ln in s.transcript.lines
+    )
+    return Verdict("pass", f"all {events} events so far carry their own command's correlation id")
+
+
+def no_second_terminal(s: Session) -> Verdict:
+    ex = s.baseline()
+    if ex.terminal is not None:
+        s.exchange(s.again(ex.command))  # a replay must be answered once too
+    s.collect("none", 0.3, until_terminal=False)
+    _, extra = _open_commands(s)
+    if extra:
+        m = extra[0].message or {}
+        return Verdict(
+            "fail",
+            f"a second terminal event ({m.get('event')}) for {m.get('correlation_id')}, "
+            "which was already answered",
+            _n(extra),
+        )
+    return Verdict("pass", "every delivery of every command got exactly one terminal event")
 
 
 def conflict(s: Session) -> Verdict:
@@ -697,6 +842,27 @@ CHECKS: list[Check] = [
         "work against the wrong workspace version must be refused",
         version_mismatch,
     ),
+    Check(
+        "IDEMP-007",
+        "required",
+        "DESIGN §5.3-5.4",
+        "lorch reuses correlation ids across runs; only the key may decide a replay",
+        same_key_new_correlation,
+    ),
+    Check(
+        "IDEMP-008",
+        "required",
+        "DESIGN §5.4",
+        "a new key under a reused correlation id is new work (negative control)",
+        new_key_old_correlation,
+    ),
+    Check(
+        "IDEMP-009",
+        "required",
+        "DESIGN §5.4",
+        "refusing a legitimate new command stalls the run",
+        never_refused,
+    ),
     Check("INPUT-001", "required", "DESIGN §5.10", "a bad line must not kill the agent", malformed),
     Check(
         "INPUT-002",
@@ -711,6 +877,20 @@ CHECKS: list[Check] = [
         "DESIGN §3",
         "an unknown action gets an error event, not silence",
         unknown_action,
+    ),
+    Check(
+        "CORR-002",
+        "required",
+        "DESIGN §3",
+        "lorch attributes every event by correlation id, progress included",
+        every_correlation,
+    ),
+    Check(
+        "TERM-002",
+        "required",
+        "DESIGN §3",
+        "a second terminal event for a command makes the run ambiguous",
+        no_second_terminal,
     ),
     Check("LIFE-001", "required", "DESIGN §6", "lorch stops agents with EOF first", eof),
     Check(
