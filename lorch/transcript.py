@@ -14,6 +14,7 @@ from typing import Any
 
 from lorch import ledger
 from lorch.atomic import ensure_dir, fsync_dir
+from lorch.protocol import printable
 
 COLORS = {"lorch": "\x1b[36m", "send": "\x1b[35m", "ok": "\x1b[32m", "bad": "\x1b[31m"}
 RESET = "\x1b[0m"
@@ -27,31 +28,43 @@ def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB"
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _num(value: Any) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else 0.0
+
+
 def line(record: dict[str, Any]) -> tuple[str, str] | None:
-    """(style, text) for a record, or None if it is not shown."""
+    """(style, text) for a record, or None if it is not shown.
+
+    Total: a record of unexpected shape (a damaged ledger) is shown as best it can be.
+    """
     if record.get("kind") == "command":
-        inputs = record.get("inputs") or {}
-        attempt = record["retry"]["attempt"]
-        extra = f", attempt {attempt + 1}" if attempt else ""
+        inputs = _obj(record.get("inputs"))
+        attempt = _obj(record.get("retry")).get("attempt")
+        extra = f", attempt {_num(attempt) + 1:g}" if attempt else ""
         return (
             "send",
-            f"[lorch→{record['to']['agent_type']}] {record['action']} "
-            f"({record['task_id']}, round {inputs.get('round', 1)}{extra})",
+            f"[lorch→{_obj(record.get('to')).get('agent_type')}] {record.get('action')} "
+            f"({record.get('task_id')}, round {inputs.get('round', 1)}{extra})",
         )
     name = str(record.get("event", ""))
-    payload = record.get("payload") or {}
-    who = record.get("from", {}).get("agent_type", "?")
+    payload = _obj(record.get("payload"))
+    who = _obj(record.get("from")).get("agent_type", "?")
     if who == "system":
         return _system(name, payload)
     status = record.get("status")
     if name == "artifact.produced":
-        arts = record.get("artifacts") or []
-        shown = ", ".join(f"{a['path']} ({_size(a['size'])})" for a in arts) or payload.get(
-            "path", ""
-        )
+        arts = [_obj(a) for a in record.get("artifacts") or [] if isinstance(a, dict)]
+        shown = ", ".join(
+            f"{a.get('path')} ({_size(int(_num(a.get('size'))))})" for a in arts
+        ) or payload.get("path", "")
         return ("agent", f"[{who}] artifact.produced {shown}")
     if name == "builder.completed":
-        tests = payload.get("tests") or {}
+        tests = _obj(payload.get("tests"))
         return (
             "ok" if tests.get("status") == "pass" else "bad",
             f"[{who}] builder.completed {status or ''} (tests {tests.get('status', '?')}: "
@@ -75,7 +88,7 @@ def line(record: dict[str, Any]) -> tuple[str, str] | None:
 
 def _system(name: str, p: dict[str, Any]) -> tuple[str, str] | None:
     if name == "system.run_started":
-        return ("lorch", f"[lorch] run {p.get('run_id')} task {(p.get('task') or {}).get('id')}")
+        return ("lorch", f"[lorch] run {p.get('run_id')} task {_obj(p.get('task')).get('id')}")
     if name == "system.snapshot":
         return ("lorch", f"[lorch] snapshot {p.get('snapshot_id')} ({p.get('files', 0)} files)")
     if name == "system.agent_started":
@@ -85,19 +98,19 @@ def _system(name: str, p: dict[str, Any]) -> tuple[str, str] | None:
     if name == "system.agent_restarted":
         return (
             "bad",
-            f"[lorch] restarting {p.get('role')} in {p.get('delay_s', 0):.2f} s "
+            f"[lorch] restarting {p.get('role')} in {_num(p.get('delay_s')):.2f} s "
             f"(restart {p.get('restarts')}): {p.get('reason')}",
         )
     if name == "system.protocol_error":
         return ("bad", f"[lorch] protocol error from {p.get('role')}: {p.get('reason')}")
     if name == "system.command_failed":
-        return ("bad", f"[lorch] attempt {p.get('attempt', 0) + 1} failed: {p.get('reason')}")
+        return ("bad", f"[lorch] attempt {_num(p.get('attempt')) + 1:g} failed: {p.get('reason')}")
     if name == "system.artifact_rejected":
         return ("bad", f"[lorch] artifact rejected {p.get('path')}: {p.get('reason')}")
     if name == "system.resumed":
-        torn = p.get("torn_tail")
-        extra = f"; cut a torn last line of {torn['size']} bytes" if torn else ""
-        orphans = p.get("orphans_killed") or []
+        torn = _obj(p.get("torn_tail"))
+        extra = f"; cut a torn last line of {torn.get('size')} bytes" if torn else ""
+        orphans = p.get("orphans_killed") if isinstance(p.get("orphans_killed"), list) else []
         extra += f"; ended orphaned agents {', '.join(map(str, orphans))}" if orphans else ""
         return ("lorch", f"[lorch] resumed{extra}")
     if name == "system.checkpoint":
@@ -127,6 +140,7 @@ def render(record: dict[str, Any], *, color: bool) -> str | None:
     if shown is None:
         return None
     style, text = shown
+    text = printable(text)  # an agent's text cannot drive the terminal
     if color and style in COLORS:
         return f"{COLORS[style]}{text}{RESET}"
     return text

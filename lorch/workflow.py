@@ -123,30 +123,35 @@ class State:
     # -- folding ---------------------------------------------------------------
 
     def fold(self, record: Record) -> None:
+        """Fold one ledger record. Total: a malformed record changes nothing it
+        cannot type-check (a forged or damaged ``system.*`` payload included)."""
         self.records += 1
         if record.get("kind") == "command":
             self._fold_command(record)
             return
-        name = record.get("event", "")
+        name = _text(record.get("event"))
         ts = record.get("occurred_at")
         if isinstance(ts, str):
             self.updated_at = ts
-        if record.get("from", {}).get("agent_type") == "system":
+        sender = record.get("from")
+        if isinstance(sender, dict) and sender.get("agent_type") == "system":
             self._fold_system(name, record)
             return
         p = self.pending
         if p is None or record.get("correlation_id") != p.command["correlation_id"]:
             return
-        p.event_ids.append(str(record["message_id"]))
+        p.event_ids.append(_text(record.get("message_id")))
         if name == "error":
-            payload = record.get("payload") or {}
-            p.failed = str(payload.get("message") or payload.get("code") or "error event")
-            p.failed_code = str(payload.get("code") or "error")
+            payload = _object(record.get("payload"))
+            p.failed = _text(payload.get("message") or payload.get("code") or "error event")
+            p.failed_code = _text(payload.get("code") or "error")
             p.terminal = None
         elif name in TERMINAL_EVENTS and p.failed is None:
             p.terminal = record
 
     def _fold_command(self, record: Record) -> None:
+        if not _well_formed_command(record):
+            return  # not one lorch wrote: nothing to fold (verify reports the ledger)
         self._settle()
         ik = record["idempotency_key"]
         if self.pending is None or self.pending.ik != ik:
@@ -156,18 +161,32 @@ class State:
         self.pending = Pending(command=record, pre=self.pre_checkpoint(ik))
 
     def _fold_system(self, name: str, record: Record) -> None:
-        payload = record.get("payload") or {}
+        payload = _object(record.get("payload"))
         if name == "system.run_started":
-            self.run_id = str(payload.get("run_id", ""))
-            self.task = dict(payload.get("task") or {})
-            self.policy = dict(payload.get("policy") or {})
-            self.started_at = str(record.get("occurred_at", ""))
+            self.run_id = _text(payload.get("run_id"))
+            task = _object(payload.get("task"))
+            self.task = dict(task) if isinstance(task.get("id"), str) else {}
+            self.policy = dict(_object(payload.get("policy")))
+            self.started_at = _text(record.get("occurred_at"))
         elif name == "system.snapshot":
-            self.snapshot_id = payload.get("snapshot_id")
+            snap = payload.get("snapshot_id")
+            self.snapshot_id = snap if isinstance(snap, str) and snap else None
         elif name == "system.agent_started":
-            self.agents[str(payload["role"])] = {"pid": payload["pid"], "pgid": payload["pgid"]}
+            role, pid, pgid = payload.get("role"), payload.get("pid"), payload.get("pgid")
+            if (
+                isinstance(role, str)
+                and isinstance(pid, int)
+                and isinstance(pgid, int)
+                and _positive_int(pid)
+                and _positive_int(pgid)
+            ):
+                entry = {"pid": pid, "pgid": pgid}
+                start = payload.get("start_time")
+                if isinstance(start, int) and _positive_int(start):
+                    entry["start_time"] = start  # clock ticks since boot, from /proc
+                self.agents[role] = entry
         elif name == "system.agent_restarted":
-            role = str(payload.get("role"))
+            role = _text(payload.get("role"))
             self.restarts[role] = self.restarts.get(role, 0) + 1
         elif name == "system.checkpoint":
             ik, tree = str(payload.get("idempotency_key")), str(payload.get("tree"))
@@ -181,18 +200,18 @@ class State:
         elif name == "system.command_failed":
             p = self.pending
             if p is not None and payload.get("idempotency_key") == p.ik:
-                p.failed = str(payload.get("reason", "failed"))
-                p.failed_code = str(payload.get("code", "failed"))
+                p.failed = _text(payload.get("reason", "failed"))
+                p.failed_code = _text(payload.get("code", "failed"))
                 p.terminal = None
         elif name == "system.run_completed":
             self._settle()
             self.status = "completed"
         elif name == "system.run_failed":
             self.status = "failed"
-            self.failure = str(payload.get("reason", ""))
+            self.failure = _text(payload.get("reason", ""))
         elif name == "system.run_aborted":
             self.status = "aborted"
-            self.failure = str(payload.get("reason", ""))
+            self.failure = _text(payload.get("reason", ""))
 
     def _settle(self) -> None:
         """A terminal answer followed by anything but a rejection was accepted."""
@@ -223,7 +242,41 @@ class State:
     # -- deciding --------------------------------------------------------------
 
     def policy_value(self, name: str, default: Any) -> Any:
-        return self.policy.get(name, default)
+        """A policy setting from record 1, or ``default`` when it is not of its type."""
+        value = self.policy.get(name, default)
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else default
+        if isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31
+            return value if ok else default
+        return value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _well_formed_command(record: Record) -> bool:
+    """The fields the reducer reads from a command, with their types."""
+    to, retry = record.get("to"), record.get("retry")
+    return (
+        isinstance(record.get("idempotency_key"), str)
+        and isinstance(record.get("correlation_id"), str)
+        and record.get("action") in ROLE_OF
+        and isinstance(record.get("inputs"), dict)
+        and isinstance(to, dict)
+        and isinstance(to.get("agent_type"), str)
+        and isinstance(retry, dict)
+        and isinstance(retry.get("attempt"), int)
+    )
 
 
 def answer_digest(event: Record) -> str:
@@ -253,8 +306,8 @@ def build_command(
 ) -> Record:
     message_id, deadline = fresh(action)
     expected_outputs = expected or []
-    assert state.snapshot_id is not None
-    ik = idempotency_key(action, state.task_id, state.snapshot_id, inputs, expected_outputs)
+    snapshot_id = state.snapshot_id or ""  # next_step asks for a snapshot first
+    ik = idempotency_key(action, state.task_id, snapshot_id, inputs, expected_outputs)
     return {
         "kind": "command",
         "message_id": message_id,
@@ -265,9 +318,9 @@ def build_command(
         "action": action,
         "inputs": inputs,
         "expected_outputs": expected_outputs,
-        "version": {"snapshot_id": state.snapshot_id},
+        "version": {"snapshot_id": snapshot_id},
         "deadline": deadline,
-        "retry": {"attempt": 0, "max_attempts": int(state.policy_value("max_attempts", 3))},
+        "retry": {"attempt": 0, "max_attempts": state.policy_value("max_attempts", 3)},
         "priority": PRIORITY,
     }
 
@@ -279,7 +332,7 @@ def next_step(state: State, *, fresh: Fresh) -> Step:
     p = state.pending
     if p is not None:
         if p.failed is not None:
-            max_attempts = int(state.policy_value("max_attempts", 3))
+            max_attempts = state.policy_value("max_attempts", 3)
             if p.attempt + 1 >= max_attempts:
                 return Finish(
                     "failed",
@@ -305,7 +358,7 @@ def _resend(command: Record, fresh: Fresh, attempt: int) -> Record:
 
 
 def _next_new(state: State, fresh: Fresh) -> Step:
-    max_rounds = int(state.policy_value("max_rounds", 10))
+    max_rounds = state.policy_value("max_rounds", 10)
     answer = state.last_answer
     task = state.task_id
 
@@ -317,8 +370,12 @@ def _next_new(state: State, fresh: Fresh) -> Step:
     def builder_round() -> int:
         return state.rounds.get("implement", 0) + state.rounds.get("implement_changes", 0) + 1
 
+    if not state.task_id or state.snapshot_id is None:
+        return Finish("failed", "the ledger records no task or no snapshot of the workspace")
     if answer is None:
-        expected = [{"path": p, "required": True} for p in state.task.get("expected_outputs", [])]
+        outputs = state.task.get("expected_outputs")
+        paths = [p for p in outputs if isinstance(p, str)] if isinstance(outputs, list) else []
+        expected = [{"path": p, "required": True} for p in paths]
         return make("implement", {"round": 1, "task": state.task}, expected)
 
     name = answer.get("event")
