@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+from lorch import failpoint
 from lorch.errors import StorageError
 
 FILE_MODE = 0o600
@@ -30,6 +32,7 @@ def ensure_dir(path: str | os.PathLike[str]) -> Path:
     for d in reversed(missing):
         try:
             d.mkdir(mode=DIR_MODE)
+            os.chmod(d, DIR_MODE)  # 0700 whatever the umask
         except FileExistsError:
             continue
         except OSError as e:
@@ -39,20 +42,61 @@ def ensure_dir(path: str | os.PathLike[str]) -> Path:
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise StorageError(f"cannot sync directory {path}: {e.strerror}") from e
 
 
 def _open_temp(target: Path) -> tuple[Path, int]:
     ensure_dir(target.parent)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    tmp = target.parent / temp_name(target.name)
     try:
-        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        failpoint.io_fault(target)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except OSError as e:
         raise StorageError(f"cannot write {target}: {e.strerror}") from e
+    try:
+        os.fchmod(fd, FILE_MODE)  # 0600 whatever the umask
+    except OSError as e:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StorageError(f"cannot write {target}: {e.strerror}") from e
+    return tmp, fd
+
+
+# lorch's temp files: ".<name>.tmp-<pid>-<8 hex>" (resume removes stale ones).
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(-[0-9a-f]{8})?$")
+
+
+def temp_name(name: str) -> str:
+    return f".{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def remove_stale_temps(dirs: list[Path]) -> list[Path]:
+    """Delete lorch's own temp files left in ``dirs`` (and their subfolders) by a crash.
+
+    Only names of :data:`TEMP_PATTERN` are touched, and only by a caller that
+    holds the workspace lock: no other lorch can be writing them.
+    """
+    removed = []
+    for top in dirs:
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for root, subdirs, files in os.walk(top):
+            subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(root, d))]
+            for name in files:
+                if TEMP_PATTERN.match(name):
+                    path = Path(root, name)
+                    with contextlib.suppress(OSError):  # best effort: writes report the disk
+                        path.unlink()
+                        removed.append(path)
+    return removed
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -21,6 +21,12 @@ def sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
     Anything else (a directory, a FIFO, a device) raises ``OSError`` without
     being read: opening is non-blocking, so a FIFO cannot hang the caller.
     """
+    sha, size, _ = sha256_file_stat(path)
+    return sha, size
+
+
+def sha256_file_stat(path: str | os.PathLike[str]) -> tuple[str, int, os.stat_result]:
+    """:func:`sha256_file`, with the ``fstat`` of the very file that was read."""
     h = hashlib.sha256()
     size = 0
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -40,7 +46,7 @@ def sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
                 break  # all fstat announced, and a short read: the end, no read to see EOF
     finally:
         os.close(fd)
-    return "sha256:" + h.hexdigest(), size
+    return "sha256:" + h.hexdigest(), size, st
 
 
 def is_checksum(value: object) -> bool:

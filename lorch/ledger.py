@@ -153,14 +153,21 @@ class Ledger:
             result = scan(path)
             records, torn = result.records, result.torn
             if torn is not None:
-                with open(path, "r+b") as f:
-                    f.truncate(result.good_bytes)
-                    os.fsync(f.fileno())
+                try:
+                    failpoint.io_fault(path)
+                    with open(path, "r+b") as f:
+                        f.truncate(result.good_bytes)
+                        os.fsync(f.fileno())
+                except OSError as e:
+                    raise StorageError(
+                        f"cannot cut the torn last line of ledger {path}: {e.strerror}"
+                    ) from e
         elif not create:
             raise LedgerError(f"{path}: no such ledger")
         else:
             ensure_dir(path.parent)
         try:
+            failpoint.io_fault(path)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as e:
             raise StorageError(f"cannot open ledger {path}: {e.strerror}") from e
@@ -182,6 +189,7 @@ class Ledger:
         n = self.records + 1
         fp = self._failpoint
         try:
+            failpoint.io_fault(self.path)
             if fp is not None and fp.before_write(n):
                 os.write(self._fd, line[: max(1, len(line) // 2)])
                 os.fsync(self._fd)

@@ -54,3 +54,34 @@ def _real(path: str) -> str:
     # The workspace root is resolved once per process: a run checks every
     # artifact against it, and it does not move under a running lorch.
     return os.path.realpath(path)
+
+
+def links_problem(workspace: Path, st: os.stat_result) -> str | None:
+    """Why an artifact file with this ``stat`` is not the workspace's own, or None.
+
+    A file with one link is where its path says. A hard link has other names
+    too, maybe outside the workspace (where lorch's checksum could not vouch
+    for what the agent changed): it is accepted only when every one of its
+    links is found inside the workspace, by device and inode.
+    """
+    if st.st_nlink <= 1:
+        return None
+    root = _real(str(workspace))
+    if os.stat(root).st_dev != st.st_dev:
+        return "it is on another file system than the workspace"
+    found = 0
+    for dirpath, dirs, files in os.walk(root):
+        for name in files:
+            try:
+                other = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if other.st_ino == st.st_ino and other.st_dev == st.st_dev:
+                found += 1
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(dirpath, d))]
+    if found >= st.st_nlink:
+        return None
+    return (
+        f"it is a hard link with {st.st_nlink - found} of its {st.st_nlink} names "
+        "outside the workspace; an artifact must be a file of its own"
+    )

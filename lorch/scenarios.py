@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from lorch.errors import UsageError
+from lorch.atomic import FILE_MODE, ensure_dir
+from lorch.errors import StorageError, UsageError
 from lorch.resources import scenario_names, scenarios_dir
 
 META = "scenario.json"
@@ -39,16 +41,34 @@ def load(name_or_path: str | Path) -> dict[str, Any]:
 
 
 def materialize(name_or_path: str | Path, workspace: Path) -> dict[str, Any]:
-    """Copy the scenario's template into ``workspace``; return its scenario.json."""
+    """Copy the scenario's template into ``workspace``; return its scenario.json.
+
+    What lorch creates is private whatever the umask or the template's modes:
+    directories 0700, files 0600, or 0700 for a file that was executable (a
+    scenario's own agent script must still run).
+    """
     src = resolve(name_or_path)
     meta = load(src)
-    workspace.mkdir(parents=True, exist_ok=True)
+    ensure_dir(workspace)
     for entry in sorted(src.iterdir()):
         if entry.name == META or entry.name == "__pycache__":
             continue
-        target = workspace / entry.name
-        if entry.is_dir():
-            shutil.copytree(entry, target, dirs_exist_ok=True)
-        else:
-            shutil.copy2(entry, target)
+        _copy(entry, workspace / entry.name)
     return meta
+
+
+def _copy(src: Path, target: Path) -> None:
+    if src.is_dir():
+        ensure_dir(target)
+        for entry in sorted(src.iterdir()):
+            if entry.name != "__pycache__":
+                _copy(entry, target / entry.name)
+        return
+    mode = FILE_MODE | (0o100 if os.stat(src).st_mode & 0o111 else 0)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            os.fchmod(fd, mode)  # the file may have existed, or the umask taken bits
+            shutil.copyfileobj(f, out)
+    except OSError as e:
+        raise StorageError(f"cannot copy {src} to {target}: {e.strerror}") from None

@@ -36,11 +36,13 @@ def verify(workspace: Path, run_id: str) -> dict[str, list[str]]:
     answered: set[str] = set()
     last_review: dict[str, Any] | None = None
     spec_done = False
+    sent_at: dict[str, int] = {}  # key -> ledger record of its last command
     try:
-        for record in ledger.read(path, allow_torn=False):
+        for n, record in enumerate(ledger.read(path, allow_torn=False), start=1):
             state.fold(record)
             if record["kind"] == "command":
                 open_keys[record["correlation_id"]] = record["idempotency_key"]
+                sent_at[record["idempotency_key"]] = n
                 continue
             name = record.get("event")
             if name in TERMINAL_EVENTS and record.get("from", {}).get("agent_type") != "system":
@@ -60,8 +62,11 @@ def verify(workspace: Path, run_id: str) -> dict[str, list[str]]:
         for err in schemas.errors("receipt", r):
             rules["derived_files_valid"].append(f"{p}: {err[0]}: {err[1]}")
     # Only the newest receipt of each path must match: later rounds rewrite files.
+    # "Newest" is by the ledger, not by step number: a receipt that resume
+    # rebuilt (someone deleted it) has a higher step than the rounds after it.
     newest: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for p, r in receipts:
+    by_ledger = sorted(receipts, key=lambda pr: sent_at.get(str(pr[1].get("idempotency_key")), 0))
+    for p, r in by_ledger:
         for art in r.get("artifacts", []):
             newest[art["path"]] = (p, art)
     for rel, (p, art) in sorted(newest.items()):
