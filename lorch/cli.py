@@ -264,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 1
+    except OSError as e:
+        # A disk error lorch did not word itself still gets one line, no traceback.
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"lorch: {where}{e.strerror or e}", err=True)
+        return 1
     return rc if isinstance(rc, int) else 0
 
 
