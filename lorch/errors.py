@@ -45,12 +45,19 @@ class SchemaError(LorchError):
 
 
 class FramingError(LorchError):
-    """A line that is not a single valid NDJSON message."""
+    """A line that is not a single valid NDJSON message.
 
-    def __init__(self, message: str, *, size: int = 0, prefix: bytes = b"") -> None:
+    ``prefix``: its first bytes, to show; ``window``: more of them, so that a
+    secret the prefix cuts through can still be recognised and masked.
+    """
+
+    def __init__(
+        self, message: str, *, size: int = 0, prefix: bytes = b"", window: bytes = b""
+    ) -> None:
         super().__init__(message)
         self.size = size
         self.prefix = prefix
+        self.window = window or prefix
 
 
 class LineTooLong(FramingError):

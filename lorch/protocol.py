@@ -155,6 +155,10 @@ def new_message_id(prefix: str) -> str:
 
 
 def prefix_of(data: bytes) -> bytes:
+    return data[:PREFIX_LEN]
+
+
+def window_of(data: bytes) -> bytes:
     """The first bytes of a bad line, as kept for its record (see :func:`safe_prefix`)."""
     return data[:PREFIX_WINDOW]
 
@@ -244,7 +248,7 @@ def parse_line(line: bytes) -> Message:
     """
 
     def bad(reason: str, cls: type[FramingError] = BadJSON) -> FramingError:
-        return cls(reason, size=len(line), prefix=prefix_of(line))
+        return cls(reason, size=len(line), prefix=prefix_of(line), window=window_of(line))
 
     if len(line) > MAX_LINE:
         raise bad(f"line of {len(line)} bytes exceeds the {MAX_LINE}-byte limit", LineTooLong)
@@ -305,8 +309,8 @@ class ProtocolError:
     @classmethod
     def of(cls, error: FramingError | SchemaError, line: bytes) -> ProtocolError:
         if isinstance(error, FramingError):
-            return cls(str(error), error.size or len(line), error.prefix or prefix_of(line))
-        return cls(str(error), len(line), prefix_of(line))
+            return cls(str(error), error.size or len(line), error.window or window_of(line))
+        return cls(str(error), len(line), window_of(line))
 
     def payload(self, role: str, redactor: Redactor = NO_SECRETS) -> dict[str, Any]:
         return {
@@ -397,7 +401,7 @@ class LineSplitter:
         self.limit = limit
         self._buf = bytearray()
         self._discarding = 0  # bytes of an over-long line seen so far (0: not discarding)
-        self._discard_prefix = b""
+        self._discard_window = b""
 
     def feed(self, data: bytes) -> Iterator[bytes | FramingError]:
         start = 0
@@ -408,7 +412,7 @@ class LineSplitter:
                 self._discarding += len(chunk)
             elif len(self._buf) + len(chunk) > self.limit:
                 self._discarding = len(self._buf) + len(chunk)
-                self._discard_prefix = bytes((self._buf + chunk)[:PREFIX_WINDOW])
+                self._discard_window = bytes((self._buf + chunk)[:PREFIX_WINDOW])
                 self._buf.clear()
             else:
                 self._buf += chunk
@@ -420,7 +424,8 @@ class LineSplitter:
                 yield LineTooLong(
                     f"line of {size} bytes exceeds the {self.limit}-byte limit",
                     size=size,
-                    prefix=self._discard_prefix,
+                    prefix=self._discard_window[:PREFIX_LEN],
+                    window=self._discard_window,
                 )
             else:
                 yield bytes(self._buf)

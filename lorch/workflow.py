@@ -163,12 +163,16 @@ class State:
     def _fold_system(self, name: str, record: Record) -> None:
         payload = _object(record.get("payload"))
         if name == "system.run_started":
+            if self.run_id:
+                return  # record 1 starts the run; another one changes nothing
             self.run_id = _text(payload.get("run_id"))
             task = _object(payload.get("task"))
             self.task = dict(task) if isinstance(task.get("id"), str) else {}
             self.policy = dict(_object(payload.get("policy")))
             self.started_at = _text(record.get("occurred_at"))
         elif name == "system.snapshot":
+            if self.snapshot_id is not None:
+                return  # the run's snapshot is taken once
             snap = payload.get("snapshot_id")
             self.snapshot_id = snap if isinstance(snap, str) and snap else None
         elif name == "system.agent_started":

@@ -54,7 +54,7 @@ def test_a_line_that_crashed_the_parser_is_a_protocol_error(
 
 
 def test_malformed_system_events_do_not_break_lorch(hostile_ws: Workspace, lorch) -> None:  # type: ignore[no-untyped-def]
-    ws = hostile_ws({"builder": "bad_system"})
+    ws = hostile_ws({"builder": "bad_system"}, builder={"timeouts_s": {"implement": 5}})
     r = lorch("run", "--workspace", str(ws))
     assert_clean_exit(r)
     assert terminal_events(ws) == HAPPY
