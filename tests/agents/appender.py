@@ -118,7 +118,8 @@ def main():
             cmd = json.loads(line)
         except ValueError:
             continue
-        if isinstance(cmd, dict) and cmd.get("kind") == "command":
+        needed = ("correlation_id", "task_id", "idempotency_key", "action", "inputs")
+        if isinstance(cmd, dict) and cmd.get("kind") == "command" and all(k in cmd for k in needed):
             out(work(cmd))
 
 
