@@ -219,6 +219,11 @@ class Checkpoints:
             "info/exclude": _EXCLUDE,
             "info/attributes": _ATTRIBUTES,
         }
+        # Temp files of a write of ours that a kill interrupted (we hold the flock).
+        for d in (self.store, self.store / "info"):
+            for tmp in d.glob(".*.tmp-*"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
         # Written whole each time a store is opened, so no setting of ours can be
         # changed for good by anything that edits the store's files.
         for name, text in files.items():

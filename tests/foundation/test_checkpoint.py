@@ -198,6 +198,15 @@ def test_stale_git_lock_from_a_killed_process_is_cleared(tmp_path: Path) -> None
     assert c.changed(pre, c.take()) == ["a.txt"]
 
 
+def test_temp_files_of_an_interrupted_store_write_are_cleared(tmp_path: Path) -> None:
+    write(tmp_path, "a.txt", "a")
+    ck(tmp_path).take()
+    stale = tmp_path / "state/checkpoints.git/.config.tmp-123-abcd"
+    stale.write_text("half")
+    ck(tmp_path).take()
+    assert not stale.exists()
+
+
 def test_torn_index_is_rebuilt(tmp_path: Path) -> None:
     write(tmp_path, "a.txt", "a")
     c = ck(tmp_path)
