@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lorch import failpoint
+from lorch import _planted, failpoint
 from lorch.errors import StorageError
 
 FILE_MODE = 0o600
@@ -147,7 +147,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         if isinstance(e, OSError):
             raise StorageError(f"cannot write {target}: {e.strerror}") from e
         raise
-    fsync_dir(target.parent)
+    if not _planted.enabled("no_dir_fsync"):
+        fsync_dir(target.parent)
 
 
 def atomic_create_bytes(path: str | os.PathLike[str], data: bytes) -> bool:
@@ -194,8 +195,9 @@ def atomic_create_many(items: list[tuple[Path, bytes]]) -> list[bool]:
         for tmp in temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-    for parent in sorted({target.parent for target, _ in items}):
-        fsync_dir(parent)
+    if not _planted.enabled("no_dir_fsync"):
+        for parent in sorted({target.parent for target, _ in items}):
+            fsync_dir(parent)
     return results
 
 

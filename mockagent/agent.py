@@ -83,11 +83,11 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace ``path`` with ``data``: the content and the name are durable on return."""
     import contextlib
 
-    from mockagent.journal import fsync_dir
+    from mockagent.journal import fsync_dir, makedirs
 
     path = os.fspath(path)
     parent = os.path.dirname(path) or "."
-    os.makedirs(parent, mode=0o700, exist_ok=True)
+    makedirs(parent)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -35,9 +35,25 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def makedirs(path: str, mode: int = 0o700) -> None:
+    """``os.makedirs``, with each new level's name made durable (its parent
+    fsynced): a file in a directory whose own entry a power cut loses is lost."""
+    missing = []
+    cur = os.path.abspath(path)
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        cur = os.path.dirname(cur)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue
+        fsync_dir(os.path.dirname(d))
+
+
 class Journal:
     def __init__(self, state_dir: str) -> None:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        makedirs(state_dir)
         self.path = os.path.join(state_dir, "journal.ndjson")
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
         try:

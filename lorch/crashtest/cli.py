@@ -89,6 +89,20 @@ class Progress:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed for the external killer."
 )
+@click.option(
+    "--torn-bytes",
+    type=click.Choice(["edges", "all"]),
+    default="edges",
+    show_default=True,
+    help="powercut: tear a lost append at its first, middle and last byte, or at every byte.",
+)
+@click.option(
+    "--cuts",
+    type=click.Choice(["all", "lost"]),
+    default="all",
+    show_default=True,
+    help="powercut: every crash state, or only those where every unsynced operation is lost.",
+)
 def crashtest(
     scenario: str,
     modes: str,
@@ -98,13 +112,17 @@ def crashtest(
     junit_path: Path | None,
     keep_failed: Path | None,
     seed: int,
+    torn_bytes: str,
+    cuts: str,
 ) -> None:
     """Crash SCENARIO at every ledger offset in every mode, resume, check invariants."""
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
     for m in mode_list:
         if m not in MODES:
             raise UsageError(f"unknown crash mode {m!r}; known: {', '.join(MODES)}")
-    opts = Options(seed=seed, keep_failed=keep_failed, progress=Progress())
+    opts = Options(
+        seed=seed, keep_failed=keep_failed, progress=Progress(), torn_bytes=torn_bytes, cuts=cuts
+    )
     if jobs is not None:
         opts.jobs = jobs
     if keep_failed is not None:

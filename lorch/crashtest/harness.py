@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorch import ledger, scenarios, snapshot
+from lorch import ledger, scenarios, snapshot, store
 from lorch.checksum import sha256_file
 from lorch.crashtest import invariants
 from lorch.crashtest.effects import effects_problem
@@ -40,7 +40,7 @@ from lorch.crashtest.invariants import Broken
 from lorch.errors import LedgerError, UsageError
 from lorch.supervisor import group_alive
 
-MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt", "external")
+MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt", "powercut", "external")
 DEFAULT_MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt")
 FAILPOINT = {
     "kill": "after",
@@ -67,6 +67,7 @@ INVARIANTS = (
     "receipts_complete",
     "no_stale_temp_files",
     "stops_on_corruption",
+    "receipts_before_end",
 )
 # Fields that differ between two clean runs without meaning anything.
 VOLATILE = {
@@ -129,6 +130,9 @@ class Options:
     keep_failed: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # tests only: planted bugs
     progress: Callable[[int, int, Result], None] | None = None
+    torn_bytes: str = "edges"  # powercut: torn appends at edges|all byte offsets
+    cuts: str = "all"  # powercut: all states, or only those losing every unsynced op
+    offline: Any = None  # powercut: the recorded trace and its states (syscalls.Offline)
 
 
 def lorch_argv() -> list[str]:
@@ -319,19 +323,33 @@ def _failure_reason(records: list[dict[str, Any]]) -> str:
 
 
 def points(
-    baseline: Baseline, modes: Iterable[str], offsets: Iterable[int] | None = None
+    baseline: Baseline,
+    modes: Iterable[str],
+    offsets: Iterable[int] | None = None,
+    states: int = 0,
+    chosen: list[int] | None = None,
 ) -> list[Point]:
+    """The points to explore. ``powercut`` numbers crash states (``states`` of
+    them, from the recorded trace; by default the ``chosen`` ones) rather than
+    ledger offsets."""
     modes = list(modes)
     for m in modes:
         if m not in MODES:
             raise UsageError(f"unknown crash mode {m!r}; known: {', '.join(MODES)}")
-    chosen = list(offsets) if offsets is not None else list(range(1, baseline.n + 1))
-    for k in chosen:
-        if not 1 <= k <= baseline.n:
-            raise UsageError(
-                f"offset {k} is beyond the ledger: the baseline has records 1..{baseline.n}"
-            )
-    return [Point(k, m) for m in modes for k in chosen]
+    out = []
+    for m in modes:
+        n = states if m == "powercut" else baseline.n
+        default = chosen if m == "powercut" and chosen is not None else range(1, n + 1)
+        picked = list(offsets) if offsets is not None else list(default)
+        for k in picked:
+            if not 1 <= k <= n:
+                raise UsageError(
+                    f"crash state {k} does not exist: the trace gives states 1..{n}"
+                    if m == "powercut"
+                    else f"offset {k} is beyond the ledger: the baseline has records 1..{n}"
+                )
+        out += [Point(k, m) for k in picked]
+    return out
 
 
 def _alive_agents(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
@@ -363,7 +381,12 @@ def check_write_ahead(ws: Path) -> None:
 def explore(point: Point, baseline: Baseline, opts: Options, workdir: Path) -> Result:
     started = time.monotonic()
     ws = workdir / f"{point.mode}-{point.offset}"
-    result = Result(point, baseline.describe(point.offset), "pass")
+    what = (
+        opts.offline.states[point.offset - 1].describe(opts.offline.trace)
+        if point.mode == "powercut"
+        else baseline.describe(point.offset)
+    )
+    result = Result(point, what, "pass")
     try:
         _explore(point, baseline, opts, ws)
     except Broken as b:
@@ -379,7 +402,8 @@ def explore(point: Point, baseline: Baseline, opts: Options, workdir: Path) -> R
 
 
 def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
-    scenarios.materialize(baseline.scenario, ws)
+    if point.mode != "powercut":  # a crash state brings its own files
+        scenarios.materialize(baseline.scenario, ws)
     run_args = [*lorch_argv(), "run", "--workspace", str(ws)]
     resume_args = [*lorch_argv(), "resume", "--workspace", str(ws)]
     if point.mode == "external":
@@ -387,6 +411,11 @@ def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
     elif point.mode == "corrupt":
         _corrupt_middle_line(point, baseline, opts, ws, run_args)
         return
+    elif point.mode == "powercut":
+        from lorch.crashtest import syscalls
+
+        syscalls.materialize_state(opts.offline, point.offset, ws)
+        check_receipts_before_end(ws)
     else:
         PROCS.run(run_args, _env(opts.extra_env, f"{FAILPOINT[point.mode]}:{point.offset}"))
     check_write_ahead(ws)
@@ -447,6 +476,24 @@ def _corrupt_middle_line(
         )
     if path.read_bytes() != before:
         raise Broken("stops_on_corruption", f"resume changed the damaged ledger {path.name}")
+
+
+def check_receipts_before_end(ws: Path) -> None:
+    """A durable end of run comes after every receipt is durable (the runner
+    flushes receipts before it records the end): a crash state whose ledger says
+    the run is over holds every receipt already, before any resume."""
+    recs = read_records(ws)
+    if _final_status(recs) == "running":
+        return
+    folded = invariants.fold(recs)
+    have = {data.get("idempotency_key") for _, data in store.iter_receipts(ws)}
+    missing = [p for p in folded.accepted if p.ik not in have]
+    if missing:
+        raise Broken(
+            "receipts_before_end",
+            f"the durable ledger records the end of the run, but the receipt of "
+            f"{missing[0].command['action']} is not on disk",
+        )
 
 
 def check_orphans(recs: list[dict[str, Any]], ws: Path) -> None:
@@ -570,10 +617,22 @@ def crashtest(
     """Record the baseline, explore every point in parallel, return the results."""
     opts = opts or Options()
     baseline = record_baseline(scenario_ref, opts.extra_env)
-    todo = points(baseline, modes, offsets)
-    results: list[Result] = []
+    modes = list(modes)
     PROCS.stopping.clear()
     with tempfile.TemporaryDirectory(prefix="lorch-crashtest-") as tmp:
+        if "powercut" in modes and opts.offline is None:
+            from lorch.crashtest import syscalls
+
+            rec = Path(tmp) / "recording"
+            rec.mkdir()
+            opts.offline = syscalls.prepare(
+                baseline.scenario, _env(opts.extra_env, None), rec, opts.torn_bytes, opts.cuts
+            )
+        off = opts.offline
+        todo = points(
+            baseline, modes, offsets, len(off.states) if off else 0, off.chosen if off else None
+        )
+        results: list[Result] = []
         pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
         try:
             futures = [pool.submit(explore, p, baseline, opts, Path(tmp)) for p in todo]
