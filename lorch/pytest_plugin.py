@@ -61,6 +61,43 @@ MARKER = "lorch_crashpoints"
 _baselines: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("lorch").addoption(
+        "--lorch-shard",
+        default=None,
+        metavar="I/N",
+        help="run only the I-th of N equal shares of the crash points (1-based), to spread a "
+        "crash suite over N machines; collection is deterministic, so the shares never overlap",
+    )
+
+
+def _shard(spec: str) -> tuple[int, int]:
+    i, sep, n = spec.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+        raise pytest.UsageError(f"--lorch-shard {spec!r}: expected I/N with 1 <= I <= N, e.g. 2/4")
+    return int(i), int(n)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    spec = config.getoption("--lorch-shard")
+    if not spec:
+        return
+    i, n = _shard(str(spec))
+    # Crash points in node-id order: the same on every machine and worker.
+    points = sorted(
+        item.nodeid
+        for item in items
+        if "lorch_crash_point" in getattr(getattr(item, "callspec", None), "params", {})
+    )
+    mine = {nodeid for k, nodeid in enumerate(points) if k % n == i - 1}
+    others = set(points) - mine
+    keep = [it for it in items if it.nodeid not in others]
+    dropped = [it for it in items if it.nodeid in others]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",

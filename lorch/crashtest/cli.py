@@ -103,6 +103,7 @@ class Progress:
     show_default=True,
     help="powercut: every crash state, or only those where every unsynced operation is lost.",
 )
+@click.option("--fail-fast", "-x", is_flag=True, help="Stop after the first failed point.")
 def crashtest(
     scenario: str,
     modes: str,
@@ -114,6 +115,7 @@ def crashtest(
     seed: int,
     torn_bytes: str,
     cuts: str,
+    fail_fast: bool,
 ) -> None:
     """Crash SCENARIO at every ledger offset in every mode, resume, check invariants."""
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
@@ -121,7 +123,12 @@ def crashtest(
         if m not in MODES:
             raise UsageError(f"unknown crash mode {m!r}; known: {', '.join(MODES)}")
     opts = Options(
-        seed=seed, keep_failed=keep_failed, progress=Progress(), torn_bytes=torn_bytes, cuts=cuts
+        seed=seed,
+        keep_failed=keep_failed,
+        progress=Progress(),
+        torn_bytes=torn_bytes,
+        cuts=cuts,
+        fail_fast=fail_fast,
     )
     if jobs is not None:
         opts.jobs = jobs

@@ -132,6 +132,7 @@ class Options:
     progress: Callable[[int, int, Result], None] | None = None
     torn_bytes: str = "edges"  # powercut: torn appends at edges|all byte offsets
     cuts: str = "all"  # powercut: all states, or only those losing every unsynced op
+    fail_fast: bool = False  # stop starting points after the first failure
     offline: Any = None  # powercut: the recorded trace and its states (syscalls.Offline)
 
 
@@ -270,6 +271,7 @@ def record_baseline(scenario_ref: str | Path, extra_env: dict[str, str] | None =
     meta = scenarios.load(scenario)
     expected = meta.get("expected", {}).get("status", "completed")
     reason = str(meta.get("expected", {}).get("reason", ""))
+    terminals = meta.get("expected", {}).get("terminal_events")
     runs = []
     for i in range(2):
         with tempfile.TemporaryDirectory(prefix="lorch-baseline-") as tmp:
@@ -281,6 +283,12 @@ def record_baseline(scenario_ref: str | Path, extra_env: dict[str, str] | None =
                 raise UsageError(
                     f"scenario {scenario.name}: baseline run {i + 1} ended {status} "
                     f"(exit {rc}), expected {expected}"
+                )
+            got = _terminal_events(recs)
+            if terminals is not None and got != terminals:
+                raise UsageError(
+                    f"scenario {scenario.name}: baseline run {i + 1} answered "
+                    f"{', '.join(got) or 'nothing'}; expected {', '.join(terminals)}"
                 )
             why = _failure_reason(recs)
             if reason and reason not in why:
@@ -313,6 +321,22 @@ def _final_status(records: list[dict[str, Any]]) -> str:
         if e in ("system.run_failed", "system.run_aborted"):
             return "failed"
     return "running"
+
+
+def _terminal_events(records: list[dict[str, Any]]) -> list[str]:
+    """The agents' terminal events, as scenario.json lists them (``event:status``
+    for reviews)."""
+    from lorch.protocol import TERMINAL_EVENTS
+
+    out = []
+    for r in records:
+        e = r.get("event")
+        if r.get("kind") != "event" or e not in TERMINAL_EVENTS:
+            continue
+        if (r.get("from") or {}).get("agent_type") == "system":
+            continue
+        out.append(f"{e}:{r['status']}" if e == "review.completed" else str(e))
+    return out
 
 
 def _failure_reason(records: list[dict[str, Any]]) -> str:
@@ -637,10 +661,15 @@ def crashtest(
         try:
             futures = [pool.submit(explore, p, baseline, opts, Path(tmp)) for p in todo]
             for fut in as_completed(futures):
+                if fut.cancelled():
+                    continue
                 res = fut.result()
                 results.append(res)
                 if opts.progress is not None:
                     opts.progress(len(results), len(todo), res)
+                if opts.fail_fast and res.verdict == "fail":
+                    for f in futures:
+                        f.cancel()  # the points already running finish
         except KeyboardInterrupt:
             PROCS.kill_all()
             for f in futures:

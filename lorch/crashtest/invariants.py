@@ -73,14 +73,14 @@ def fold(recs: list[Record]) -> Folded:
     return out
 
 
-def command_sequence(recs: list[Record]) -> list[tuple[str, str]]:
-    """(action, key) of each command, a resend of the pending command (same key,
-    right after it) counted once."""
-    seq: list[tuple[str, str]] = []
+def command_sequence(recs: list[Record]) -> list[tuple[str, str, str]]:
+    """(action, key, correlation id) of each command, a resend of the pending
+    command (same key and id, right after it) counted once."""
+    seq: list[tuple[str, str, str]] = []
     for r in recs:
         if r.get("kind") != "command":
             continue
-        item = (str(r["action"]), str(r["idempotency_key"]))
+        item = (str(r["action"]), str(r["idempotency_key"]), str(r["correlation_id"]))
         if not seq or seq[-1] != item:
             seq.append(item)
     return seq
@@ -95,8 +95,8 @@ def check_commands_match_baseline(recs: list[Record], baseline: list[Record]) ->
         min(len(got), len(want)),
     )
 
-    def name(seq: list[tuple[str, str]]) -> str:
-        return f"{seq[k][0]} ({_short(seq[k][1])})" if k < len(seq) else "nothing"
+    def name(seq: list[tuple[str, str, str]]) -> str:
+        return f"{seq[k][0]} ({_short(seq[k][1])}, {seq[k][2]})" if k < len(seq) else "nothing"
 
     raise Broken(
         "commands_match_baseline",

@@ -38,3 +38,56 @@ def test_crash_point_fixture_without_marker_says_what_to_do(pytester: pytest.Pyt
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*lorch_crash_point needs @pytest.mark.lorch_crashpoints*"])
+
+
+POINTS = """
+import pytest
+
+
+@pytest.mark.lorch_crashpoints("happy-path", modes=["kill", "torn"], offsets=[6, 7, 10])
+def test_point(lorch_crash_point, tmp_path):
+    result = lorch_crash_point.explore(tmp_path)
+    assert result.verdict == "pass", f"{result.invariant}: {result.detail}"
+
+
+def test_other():
+    pass
+"""
+
+
+def test_crash_points_run_under_xdist(pytester: pytest.Pytester) -> None:
+    # Each worker records the baseline and collects the same points (their ids
+    # depend only on the scenario), so xdist can hand them out.
+    pytester.makepyfile(test_points=POINTS)
+    result = pytester.runpytest_subprocess("-p", "lorch", "-n", "2", "-v")
+    result.assert_outcomes(passed=7)
+    out = result.stdout.str()
+    assert "[gw0]" in out and "[gw1]" in out
+    for name in ("kill@6", "kill@7", "kill@10", "torn@6", "torn@7", "torn@10"):
+        assert f"test_point[{name}]" in out
+
+
+SHARDED = """
+import pytest
+
+
+@pytest.mark.lorch_crashpoints("happy-path", modes=["kill", "torn"], offsets=[6, 7, 10])
+def test_point(lorch_crash_point):
+    print("RAN", lorch_crash_point.point.name)
+
+
+def test_other():
+    pass
+"""
+
+
+def test_shards_split_the_points_without_overlap(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_points=SHARDED)
+    ran = []
+    for i in (1, 2, 3):
+        result = pytester.runpytest_subprocess("-p", "lorch", "-s", "--lorch-shard", f"{i}/3")
+        result.assert_outcomes(passed=3, deselected=4)  # two of six points, and test_other
+        ran += [ln.split()[-1] for ln in result.stdout.lines if "RAN " in ln]
+    assert sorted(ran) == sorted(["kill@6", "kill@7", "kill@10", "torn@6", "torn@7", "torn@10"])
+    bad = pytester.runpytest_subprocess("-p", "lorch", "--lorch-shard", "4/3")
+    assert bad.ret == 4 and "expected I/N" in bad.stderr.str()
