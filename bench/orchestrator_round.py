@@ -33,7 +33,8 @@ from _workspace import loop_workspace
 
 from lorch import ledger, protocol
 from lorch.config import load
-from lorch.runner import Console, Runner, resolve_argv, run
+from lorch.launch import resolve_argv
+from lorch.runner import Console, Runner, run
 from lorch.workflow import Send
 
 

@@ -33,7 +33,7 @@ def checks(workspace: Path) -> list[tuple[str, bool, str]]:
         out.append(("lorch.json", True, "none yet; `lorch run` creates one wired to mockagent"))
         return out
     from lorch.config import load
-    from lorch.runner import resolve_argv
+    from lorch.launch import resolve_argv
 
     try:
         config = load(ws)

@@ -47,8 +47,9 @@ def lorch_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(
         *args: str, workspace: Path, env: dict[str, str] | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        full_env = {**os.environ, **(env or {})}
-        full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+        from lorch.launch import with_scripts_path
+
+        full_env = with_scripts_path({**os.environ, **(env or {})})
         cmd: list[Any] = [_bin("lorch"), *args, "--workspace", str(workspace)]
         return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
 

@@ -13,7 +13,6 @@ import fcntl
 import os
 import queue
 import random
-import shutil
 import sys
 import threading
 import time
@@ -30,14 +29,15 @@ from lorch.checkpoint import TurnCheckpoints
 from lorch.checksum import sha256_file
 from lorch.config import Config, ensure, load
 from lorch.errors import AgentError, ConfigError, LorchError, PathEscape, StorageError, UsageError
+from lorch.launch import agent_env, resolve_argv
 from lorch.paths import safe_relpath
+from lorch.procs import kill_orphan
 from lorch.supervisor import (
     AgentProcess,
     Backoff,
     Inbox,
     Incoming,
     Redactor,
-    kill_orphan,
     secret_values,
 )
 from lorch.workflow import ROLE_OF, Check, Finish, Pending, Send, State, next_step
@@ -120,25 +120,6 @@ def workspace_lock(workspace: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def agent_path_env() -> str:
-    """PATH with the running Python's scripts dir first (docs/decisions.md D3)."""
-    bindir = os.path.dirname(sys.executable)
-    return f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
-
-
-def resolve_argv(role: str, cmd: list[str], cwd: Path) -> list[str]:
-    exe = cmd[0]
-    if os.sep in exe:
-        full = exe if os.path.isabs(exe) else str(cwd / exe)
-        if not os.access(full, os.X_OK):
-            raise ConfigError(f"lorch.json: $.agents.{role}.cmd: {exe!r} is not an executable file")
-        return [full, *cmd[1:]]
-    found = shutil.which(exe, path=agent_path_env())
-    if found is None:
-        raise ConfigError(f"lorch.json: $.agents.{role}.cmd: command {exe!r} not found on PATH")
-    return [found, *cmd[1:]]
 
 
 class ReceiptWriter:
@@ -506,19 +487,16 @@ class Runner:
         cwd = (self.workspace / cfg.cwd) if cfg.cwd else self.workspace
         argv = resolve_argv(role, cfg.cmd, cwd)
         self.generation += 1
-        env = {
-            **os.environ,
-            **cfg.env,
-            "PATH": agent_path_env(),
-            "LORCH_WORKSPACE": str(self.workspace),
-            "LORCH_RUN_ID": self.state.run_id,
-            "LORCH_ROLE": role,
-            "LORCH_AGENT_ID": f"{role}#{self.generation}",
-            "LORCH_SNAPSHOT_ID": str(self.state.snapshot_id),
-            "LORCH_HEARTBEAT_INTERVAL": str(cfg.heartbeat_interval_s),
-        }
-        for var in (failpoint.ENV, _planted.ENV):
-            env.pop(var, None)
+        env = agent_env(
+            base=os.environ,
+            extra=cfg.env,
+            workspace=self.workspace,
+            run_id=self.state.run_id,
+            role=role,
+            agent_id=f"{role}#{self.generation}",
+            snapshot_id=self.state.snapshot_id,
+            heartbeat_interval=cfg.heartbeat_interval_s,
+        )
         proc = AgentProcess(
             role,
             argv,

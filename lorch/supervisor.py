@@ -18,8 +18,6 @@ import json
 import os
 import random
 import selectors
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from lorch import failpoint, protocol
+from lorch import failpoint, procs, protocol
 from lorch.errors import AgentError, FramingError, SchemaError
 
 SECRET_SUFFIXES = ("_TOKEN", "_KEY", "_SECRET")
@@ -215,16 +213,7 @@ class AgentProcess:
         self._log: IO[str] = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
         os.chmod(log_path, 0o600)
         try:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # own process group: we signal the whole group
-                bufsize=0,
-            )
+            self.proc = procs.spawn(argv, cwd=cwd, env=env)
         except OSError as e:
             self._log.close()
             raise AgentError(f"agent {role}: cannot start {argv[0]!r}: {e.strerror}") from None
@@ -366,10 +355,6 @@ class AgentProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def _signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, sig)
-
     def close_input(self) -> None:
         """EOF on the agent's stdin: a well-behaved agent exits."""
         if self.proc.stdin is not None:
@@ -382,32 +367,16 @@ class AgentProcess:
         Its stdout is read meanwhile, so an agent that writes as it exits is
         not left blocked on a full pipe.
         """
-        self.close_input()
-        started = time.monotonic()
-        self._drain_stdout(grace)
-        rc = self._wait(max(0.0, grace - (time.monotonic() - started)))
-        if rc is None:
-            self._signal_group(signal.SIGTERM)
-            rc = self._wait(grace)
-        if rc is None:
-            self._signal_group(signal.SIGKILL)
-            rc = self._wait(None)
-        # Stragglers the agent left in its group go too.
-        self._signal_group(signal.SIGKILL)
+        rc = procs.stop(
+            self.proc, self.pgid, grace, close_input=self.close_input, drain=self._drain_stdout
+        )
         self._finish()
         return rc
 
     def kill(self) -> int | None:
-        self._signal_group(signal.SIGKILL)
-        rc = self._wait(None)
+        rc = procs.kill_and_reap(self.proc, self.pgid)
         self._finish()
         return rc
-
-    def _wait(self, timeout: float | None) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
 
     def _finish(self) -> None:
         if failpoint.agent_groups.get(self.role) == self.pgid:
@@ -435,38 +404,3 @@ def _readable(fd: int, timeout: float | None) -> bool:
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         return bool(sel.select(timeout))
-
-
-def group_alive(pid: int, pgid: int) -> bool:
-    """Is ``pid`` alive and still in process group ``pgid`` (not a recycled pid)?"""
-    try:
-        same = os.getpgid(pid) == pgid
-    except (ProcessLookupError, PermissionError):
-        return False
-    # A zombie (dead, not yet reaped by its new parent) is not alive.
-    return same and not _is_zombie(pid)
-
-
-def kill_orphan(pid: int, pgid: int, *, clock: Callable[[], float] = time.monotonic) -> bool:
-    """SIGKILL an orphaned agent's group and wait until its leader is gone."""
-    if not group_alive(pid, pgid):
-        return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    deadline = clock() + 10
-    while clock() < deadline:
-        # Reap it if it happens to be our child; otherwise watch /proc.
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
-            return True
-        time.sleep(0.01)
-    return True
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"

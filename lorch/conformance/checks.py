@@ -22,8 +22,10 @@ from lorch.canonical import idempotency_key
 from lorch.checksum import sha256_file
 from lorch.conformance.driver import AgentUnderTest, Line, Transcript
 from lorch.errors import AgentStartError
+from lorch.launch import find_executable
 from lorch.paths import safe_relpath
 from lorch.protocol import TERMINAL_EVENTS, now_rfc3339
+from lorch.reports import Status
 
 ACTION_FOR = {
     "builder": "implement",
@@ -52,7 +54,7 @@ class Check:
 
 @dataclass
 class Verdict:
-    status: str  # pass | fail | skip
+    status: Status  # pass | fail | skip
     evidence: str
     lines: list[int] = field(default_factory=list)
 
@@ -146,13 +148,9 @@ class Session:
     # -- process --------------------------------------------------------------
 
     def start(self) -> None:
-        import shutil
-        import sys
-
         exe = self.argv[0]
         if os.sep not in exe:
-            path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
-            found = shutil.which(exe, path=path)
+            found = find_executable(exe, self.workspace)
             if found is None:
                 raise AgentStartError(f"cannot start {exe!r}: command not found on PATH")
             self.agent.argv = [found, *self.argv[1:]]

@@ -4,9 +4,7 @@ every byte exchanged kept in a transcript (secrets redacted)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
-import signal
 import subprocess
 import threading
 import time
@@ -14,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorch import protocol
+from lorch import procs, protocol
 from lorch.errors import FramingError, SchemaError
 from lorch.supervisor import Redactor, secret_values
 
@@ -86,15 +84,7 @@ class AgentUnderTest:
         self.generation += 1
         self.inbox = queue.Queue()
         self.stdout_closed = False
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=self.workspace,
-            env=self.env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        self.proc = procs.spawn(self.argv, cwd=self.workspace, env=self.env, bufsize=-1)
         gen = self.generation
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.threads = [
@@ -174,18 +164,13 @@ class AgentUnderTest:
 
     def wait(self, timeout: float) -> int | None:
         assert self.proc is not None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        return procs.wait(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL the whole process group and reap."""
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        procs.kill_and_reap(self.proc)
         for th in self.threads:
             th.join(timeout=2)
         for s in (self.proc.stdin, self.proc.stdout, self.proc.stderr):

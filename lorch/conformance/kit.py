@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorch.atomic import atomic_write_bytes
+from lorch import reports
 from lorch.conformance.checks import CHECKS, Check, Outcome, Session, Verdict
 from lorch.errors import AgentError, AgentStartError, UsageError
 
@@ -196,42 +195,38 @@ def summary(report: Report) -> str:
 
 
 def to_json(path: Path, report: Report) -> None:
-    body = {
-        "conforms": report.passed,
-        "seconds": round(report.seconds, 3),
-        "unexpected_passes": report.unexpected_passes,
-        "checks": [
-            {
-                "id": o.check.id,
-                "severity": o.check.severity,
-                "rule": o.check.rule,
-                "why": o.check.why,
-                "verdict": o.verdict.status,
-                "expected_failure": o.expected_failure,
-                "evidence": o.verdict.evidence,
-                "transcript_lines": o.verdict.lines,
-            }
-            for o in report.outcomes
-        ],
-    }
-    atomic_write_bytes(path, (json.dumps(body, indent=2) + "\n").encode())
+    reports.write_json(
+        path,
+        {
+            "conforms": report.passed,
+            "seconds": round(report.seconds, 3),
+            "unexpected_passes": report.unexpected_passes,
+            "checks": [
+                {
+                    "id": o.check.id,
+                    "severity": o.check.severity,
+                    "rule": o.check.rule,
+                    "why": o.check.why,
+                    "verdict": o.verdict.status,
+                    "expected_failure": o.expected_failure,
+                    "evidence": o.verdict.evidence,
+                    "transcript_lines": o.verdict.lines,
+                }
+                for o in report.outcomes
+            ],
+        },
+    )
 
 
 def to_junit(path: Path, report: Report) -> None:
-    suite = ET.Element(
-        "testsuite",
-        name="lorch conformance",
-        tests=str(len(report.outcomes)),
-        failures=str(sum(o.verdict.status == "fail" for o in report.outcomes)),
-        skipped=str(sum(o.verdict.status == "skip" for o in report.outcomes)),
-        time=f"{report.seconds:.3f}",
-    )
-    for o in report.outcomes:
-        case = ET.SubElement(
-            suite, "testcase", classname=f"conformance.{o.check.severity}", name=o.check.id
+    cases = [
+        reports.Case(
+            classname=f"conformance.{o.check.severity}",
+            name=o.check.id,
+            status=o.verdict.status,
+            message=o.verdict.evidence,
+            text=o.check.why,
         )
-        if o.verdict.status == "fail":
-            ET.SubElement(case, "failure", message=o.verdict.evidence).text = o.check.why
-        elif o.verdict.status == "skip":
-            ET.SubElement(case, "skipped", message=o.verdict.evidence)
-    atomic_write_bytes(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True) + b"\n")
+        for o in report.outcomes
+    ]
+    reports.write_junit(path, "lorch conformance", cases, report.seconds)

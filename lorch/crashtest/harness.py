@@ -31,14 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorch import ledger, scenarios, snapshot, store
+from lorch import ledger, procs, scenarios, snapshot, store
 from lorch.checksum import sha256_file
 from lorch.crashtest import invariants
 from lorch.crashtest.effects import effects_problem
 from lorch.crashtest.forkserver import ForkServer
 from lorch.crashtest.invariants import Broken
 from lorch.errors import LedgerError, UsageError
-from lorch.supervisor import group_alive
+from lorch.launch import PRIVATE_VARS, with_scripts_path
+from lorch.procs import group_alive
 
 MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt", "powercut", "external")
 DEFAULT_MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt")
@@ -141,8 +142,7 @@ def lorch_argv() -> list[str]:
 
 
 def _env(extra: dict[str, str], failpoint: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LORCH_CRASH_AT", "LORCH_PLANT_BUG")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env = with_scripts_path({k: v for k, v in os.environ.items() if k not in PRIVATE_VARS})
     env.update(extra)
     if failpoint:
         env["LORCH_CRASH_AT"] = failpoint
@@ -176,23 +176,17 @@ class Procs:
             raise KeyboardInterrupt
         if args[: len(lorch_argv())] == lorch_argv():
             return self._run_forked(args[len(lorch_argv()) :], env, timeout)
-        proc = subprocess.Popen(
-            args,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+        proc = procs.spawn(
+            args, env=env, stdin=procs.DEVNULL, stdout=procs.DEVNULL, stderr=procs.DEVNULL
         )
         with self.lock:
             self.groups.add(proc.pid)
         try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return -999
+            rc = procs.wait(proc, timeout)
+            if rc is None:
+                procs.kill_and_reap(proc)
+                return -999
+            return rc
         finally:
             with self.lock:
                 self.groups.discard(proc.pid)
@@ -205,8 +199,7 @@ class Procs:
         try:
             rc = server.wait(pid, timeout)
             if rc is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+                procs.signal_group(pid, signal.SIGKILL)
                 server.wait(pid, None)
                 return -999
             return rc
@@ -219,8 +212,7 @@ class Procs:
         with self.lock:
             groups = list(self.groups)
         for g in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(g, signal.SIGKILL)
+            procs.signal_group(g, signal.SIGKILL)
 
 
 PROCS = Procs()
@@ -549,13 +541,12 @@ def _external_crash(
 ) -> None:
     rng = random.Random(f"{opts.seed}:{point.offset}")
     delay = rng.uniform(0.0, 1.5)
-    proc = subprocess.Popen(
+    proc = procs.spawn(
         args,
         env=_env(opts.extra_env, None),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        stdin=procs.DEVNULL,
+        stdout=procs.DEVNULL,
+        stderr=procs.DEVNULL,
     )
     with PROCS.lock:
         PROCS.groups.add(proc.pid)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from lorch.atomic import atomic_write_bytes
+from lorch import reports
 from lorch.crashtest.harness import Baseline, Result
 
 
@@ -41,48 +39,42 @@ def reproduce(scenario: str, r: Result) -> str:
 def to_json(
     path: Path, scenario: str, baseline: Baseline, results: list[Result], seconds: float
 ) -> None:
-    body = {
-        "scenario": scenario,
-        "baseline_records": baseline.n,
-        "seconds": round(seconds, 3),
-        "passed": sum(r.verdict == "pass" for r in results),
-        "failed": sum(r.verdict == "fail" for r in results),
-        "points": [
-            {
-                "offset": r.point.offset,
-                "mode": r.point.mode,
-                "record": r.record,
-                "verdict": r.verdict,
-                "invariant": r.invariant or None,
-                "detail": r.detail or None,
-                "seconds": round(r.seconds, 3),
-                "workspace": r.workspace,
-                "reproduce": reproduce(scenario, r),
-            }
-            for r in results
-        ],
-    }
-    atomic_write_bytes(path, (json.dumps(body, indent=2) + "\n").encode())
+    reports.write_json(
+        path,
+        {
+            "scenario": scenario,
+            "baseline_records": baseline.n,
+            "seconds": round(seconds, 3),
+            "passed": sum(r.verdict == "pass" for r in results),
+            "failed": sum(r.verdict == "fail" for r in results),
+            "points": [
+                {
+                    "offset": r.point.offset,
+                    "mode": r.point.mode,
+                    "record": r.record,
+                    "verdict": r.verdict,
+                    "invariant": r.invariant or None,
+                    "detail": r.detail or None,
+                    "seconds": round(r.seconds, 3),
+                    "workspace": r.workspace,
+                    "reproduce": reproduce(scenario, r),
+                }
+                for r in results
+            ],
+        },
+    )
 
 
 def to_junit(path: Path, scenario: str, results: list[Result], seconds: float) -> None:
-    suite = ET.Element(
-        "testsuite",
-        name=f"lorch crashtest {scenario}",
-        tests=str(len(results)),
-        failures=str(sum(r.verdict == "fail" for r in results)),
-        time=f"{seconds:.3f}",
-    )
-    for r in results:
-        case = ET.SubElement(
-            suite,
-            "testcase",
+    cases = [
+        reports.Case(
             classname=f"crashtest.{scenario}.{r.point.mode}",
             name=f"offset {r.point.offset}: {r.record}",
-            time=f"{r.seconds:.3f}",
+            status="fail" if r.verdict == "fail" else "pass",
+            message=f"{r.invariant}: {r.detail}",
+            text=reproduce(scenario, r),
+            seconds=r.seconds,
         )
-        if r.verdict == "fail":
-            fail = ET.SubElement(case, "failure", message=f"{r.invariant}: {r.detail}")
-            fail.text = reproduce(scenario, r)
-    data = ET.tostring(suite, encoding="utf-8", xml_declaration=True)
-    atomic_write_bytes(path, data + b"\n")
+        for r in results
+    ]
+    reports.write_junit(path, f"lorch crashtest {scenario}", cases, seconds)

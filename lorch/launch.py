@@ -1,0 +1,83 @@
+"""How an agent is launched: its argv resolved, its environment built.
+
+One place for runner, doctor, conformance, the crash harness and the pytest
+plugin, so an agent starts the same way under each of them. The running
+Python's scripts directory goes first on PATH (docs/decisions.md D3), so
+``mockagent`` and ``lorch`` from this installation are found before any other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from lorch import _planted, failpoint
+from lorch.errors import ConfigError
+
+# Set only for lorch itself: an agent must never inherit a crash or a planted bug.
+PRIVATE_VARS = (failpoint.ENV, _planted.ENV)
+
+
+def scripts_dir() -> str:
+    return os.path.dirname(sys.executable)
+
+
+def path_with_scripts(path: str | None = None) -> str:
+    """``path`` (default: this process's PATH) with the scripts directory first."""
+    rest = os.environ.get("PATH", "") if path is None else path
+    return f"{scripts_dir()}{os.pathsep}{rest}"
+
+
+def with_scripts_path(env: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``env`` whose PATH starts with the scripts directory."""
+    return {**env, "PATH": path_with_scripts(env.get("PATH", ""))}
+
+
+def find_executable(exe: str, cwd: Path) -> str | None:
+    """The full path of ``exe``: relative to ``cwd`` if it has a slash, else on PATH."""
+    if os.sep in exe:
+        full = exe if os.path.isabs(exe) else str(cwd / exe)
+        return full if os.access(full, os.X_OK) else None
+    return shutil.which(exe, path=path_with_scripts())
+
+
+def resolve_argv(role: str, cmd: list[str], cwd: Path) -> list[str]:
+    """``cmd`` with its program resolved, or a ConfigError naming the field at fault."""
+    exe = cmd[0]
+    found = find_executable(exe, cwd)
+    if found is None:
+        if os.sep in exe:
+            raise ConfigError(f"lorch.json: $.agents.{role}.cmd: {exe!r} is not an executable file")
+        raise ConfigError(f"lorch.json: $.agents.{role}.cmd: command {exe!r} not found on PATH")
+    return [found, *cmd[1:]]
+
+
+def agent_env(
+    *,
+    base: Mapping[str, str],
+    extra: Mapping[str, str],
+    workspace: Path,
+    run_id: str,
+    role: str,
+    agent_id: str,
+    snapshot_id: str | None,
+    heartbeat_interval: float,
+) -> dict[str, str]:
+    """The environment an agent starts with (the ``LORCH_*`` variables of docs/protocol)."""
+    env = {
+        **base,
+        **extra,
+        "PATH": path_with_scripts(),
+        "LORCH_WORKSPACE": str(workspace),
+        "LORCH_RUN_ID": run_id,
+        "LORCH_ROLE": role,
+        "LORCH_AGENT_ID": agent_id,
+        "LORCH_SNAPSHOT_ID": str(snapshot_id),
+        "LORCH_HEARTBEAT_INTERVAL": str(heartbeat_interval),
+    }
+    for var in PRIVATE_VARS:
+        env.pop(var, None)
+    return env
