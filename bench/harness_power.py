@@ -166,12 +166,13 @@ MUTANTS = [
         "resume",
         (
             (
-                "                    state.on_accept = runner._on_accept\n",
+                '            if record.get("event") == "system.run_started":\n'
+                "                self._track_receipts()\n",
                 "",
             ),
             (
                 "            if not state.run_id:\n                # The crash came before record 1",
-                "            state.on_accept = runner._on_accept\n"
+                "            runner._track_receipts()\n"
                 "            if not state.run_id:\n                # The crash came before record 1",
             ),
         ),
@@ -187,8 +188,8 @@ MUTANTS = [
         "runner",
         (
             (
-                '            if sha != art.get("sha256") or size != art.get("size"):',
-                "            if False:",
+                '        if sha != art.get("sha256") or size != art.get("size"):',
+                "        if False:",
             ),
         ),
         "lie",
@@ -198,8 +199,8 @@ MUTANTS = [
         "runner",
         (
             (
-                '            if sha != art.get("sha256") or size != art.get("size"):',
-                '            if size != art.get("size"):',
+                '        if sha != art.get("sha256") or size != art.get("size"):',
+                '        if size != art.get("size"):',
             ),
         ),
         "lie",
@@ -282,8 +283,8 @@ MUTANTS = [
         "resume",
         (
             (
-                "            for record in ledger.read(path):\n                state.fold(record)",
-                "            for record in list(ledger.read(path))[:1]:\n                state.fold(record)",
+                "        for record in ledger.read(path):\n            self.state.fold(record)",
+                "        for record in list(ledger.read(path))[:1]:\n            self.state.fold(record)",
             ),
         ),
     ),

@@ -33,8 +33,9 @@ from _workspace import loop_workspace
 
 from lorch import ledger, protocol
 from lorch.config import load
+from lorch.engine import Engine
 from lorch.launch import resolve_argv
-from lorch.runner import Console, Runner, run
+from lorch.runner import Console, run
 from lorch.workflow import Send
 
 
@@ -149,7 +150,7 @@ def under_lorch(rounds: int, tmp: Path, trial: int) -> tuple[Path, list[float], 
     loop_workspace(ws, rounds)
     calls = 0
     spent = 0.0
-    real_fsync, real_send = os.fsync, Runner.send
+    real_fsync, real_send = os.fsync, Engine.send
     stamps: list[float] = []
 
     def counting(fd: int) -> None:
@@ -159,19 +160,19 @@ def under_lorch(rounds: int, tmp: Path, trial: int) -> tuple[Path, list[float], 
         real_fsync(fd)
         spent += time.perf_counter() - t0
 
-    def stamped(self: Runner, step: Send) -> None:
+    def stamped(self: Engine, step: Send) -> None:
         if step.command["action"] == "review":
             stamps.append(time.perf_counter())
         real_send(self, step)
 
     os.fsync = counting  # type: ignore[assignment]
-    Runner.send = stamped  # type: ignore[method-assign]
+    Engine.send = stamped  # type: ignore[method-assign]
     try:
         with open(os.devnull, "w") as sink:
             outcome = run(ws, console=Console(out=sink, color=False))
     finally:
         os.fsync = real_fsync  # type: ignore[assignment]
-        Runner.send = real_send  # type: ignore[method-assign]
+        Engine.send = real_send  # type: ignore[method-assign]
     assert outcome.status == "completed", outcome
     return ws, round_times(stamps), calls / rounds, spent / calls
 

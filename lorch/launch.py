@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from lorch import _planted, failpoint
+from lorch.config import Config
 from lorch.errors import ConfigError
+from lorch.redact import Redactor
+from lorch.supervisor import NdjsonTransport
+from lorch.transport import AgentPort, Inbox, Launch, Transport
 
 # Set only for lorch itself: an agent must never inherit a crash or a planted bug.
 PRIVATE_VARS = (failpoint.ENV, _planted.ENV)
@@ -81,3 +85,64 @@ def agent_env(
     for var in PRIVATE_VARS:
         env.pop(var, None)
     return env
+
+
+class ConfiguredAgents:
+    """The agents ``lorch.json`` configures, started through their transport.
+
+    What the engine sees of the configuration: the roles, and a way to start
+    one (``lorch.engine.Agents``).
+    """
+
+    def __init__(
+        self,
+        workspace: Path,
+        config: Config,
+        redactor: Redactor,
+        *,
+        on_stderr: Callable[[str], None] | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.workspace = workspace
+        self.config = config
+        self.redactor = redactor
+        self.on_stderr = on_stderr
+        self.transport: Transport = transport or NdjsonTransport()
+
+    def roles(self) -> list[str]:
+        return list(self.config.agents)
+
+    def checkpointed(self, role: str) -> bool:
+        cfg = self.config.agents.get(role)
+        return cfg is not None and cfg.needs_checkpoints
+
+    def launch(self, role: str, generation: int, run_id: str, snapshot_id: str | None) -> Launch:
+        cfg = self.config.agents.get(role)
+        if cfg is None:
+            raise ConfigError(f"lorch.json: $.agents.{role}: no agent configured for role {role}")
+        cwd = (self.workspace / cfg.cwd) if cfg.cwd else self.workspace
+        env = agent_env(
+            base=os.environ,
+            extra=cfg.env,
+            workspace=self.workspace,
+            run_id=run_id,
+            role=role,
+            agent_id=f"{role}#{generation}",
+            snapshot_id=snapshot_id,
+            heartbeat_interval=cfg.heartbeat_interval_s,
+        )
+        return Launch(
+            role=role,
+            argv=resolve_argv(role, cfg.cmd, cwd),
+            cwd=cwd,
+            env=env,
+            log_path=self.workspace / "logs" / role / f"{run_id}.ndjson",
+            generation=generation,
+            redactor=self.redactor,
+            on_stderr=self.on_stderr,
+        )
+
+    def start(
+        self, role: str, generation: int, run_id: str, snapshot_id: str | None, inbox: Inbox
+    ) -> AgentPort:
+        return self.transport.start(self.launch(role, generation, run_id, snapshot_id), inbox)

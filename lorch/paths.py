@@ -6,7 +6,9 @@ import os
 import stat
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+from lorch.checksum import sha256_file
 from lorch.errors import PathEscape
 
 
@@ -85,3 +87,27 @@ def links_problem(workspace: Path, st: os.stat_result) -> str | None:
         f"it is a hard link with {st.st_nlink - found} of its {st.st_nlink} names "
         "outside the workspace; an artifact must be a file of its own"
     )
+
+
+def artifact_problems(workspace: Path, event: dict[str, Any]) -> list[tuple[str, str]]:
+    """What is wrong with the artifacts an event claims: (path, reason) for each."""
+    problems = []
+    for art in event.get("artifacts") or []:
+        path = str(art.get("path"))
+        try:
+            full = safe_relpath(workspace, path)
+        except PathEscape as e:
+            problems.append((path, str(e)))
+            continue
+        try:
+            sha, size = sha256_file(full)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            problems.append((path, "no such file in the workspace"))
+            continue
+        except OSError as e:
+            problems.append((path, f"cannot read it: {e.strerror}"))
+            continue
+        if sha != art.get("sha256") or size != art.get("size"):
+            claim = f"{art.get('sha256')} ({art.get('size')} bytes)"
+            problems.append((path, f"agent claimed {claim}, file has {sha} ({size} bytes)"))
+    return problems

@@ -14,7 +14,7 @@ from typing import Any
 
 from lorch import procs, protocol
 from lorch.errors import FramingError, SchemaError
-from lorch.supervisor import Redactor, secret_values
+from lorch.redact import Redactor, secret_values
 
 
 @dataclass

@@ -434,6 +434,10 @@ def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
         check_receipts_before_end(ws)
     else:
         PROCS.run(run_args, _env(opts.extra_env, f"{FAILPOINT[point.mode]}:{point.offset}"))
+    if the_ledger(ws) is None:
+        # Killed before its ledger existed (an external kill during start-up):
+        # nothing was recorded, so there is nothing to resume; run it again.
+        PROCS.run(run_args, _env(opts.extra_env, None))
     check_write_ahead(ws)
     if point.mode == "double" and _final_status(read_records(ws)) == "running":
         path = the_ledger(ws)

@@ -202,7 +202,7 @@ def test_atomic_create_many_keeps_taken_names_and_leaves_no_temp_files(tmp_path:
 
 
 def test_receipt_batch_skips_a_taken_step_number(tmp_path: Path) -> None:
-    from lorch.runner import ReceiptWriter
+    from lorch.derived import ReceiptWriter
     from lorch.workflow import Pending
 
     def pending(i: int) -> Pending:

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lorch.supervisor import AgentProcess, Backoff, Inbox, Redactor, Watchdog, secret_values
+from lorch.redact import Redactor, secret_values
+from lorch.supervisor import AgentProcess
+from lorch.timing import Backoff, Watchdog
+from lorch.transport import Inbox, Launch
 
 
 class FakeClock:
@@ -76,18 +79,17 @@ def test_secret_values_are_redacted() -> None:
 # -- reading agents' stdout (Inbox) -------------------------------------------
 
 
-def _agent(tmp_path: Path, inbox: Inbox, code: str, clock: FakeClock | None = None) -> AgentProcess:
-    return AgentProcess(
-        "builder",
-        [sys.executable, "-c", code],
+def _agent(tmp_path: Path, inbox: Inbox, code: str) -> AgentProcess:
+    launch = Launch(
+        role="builder",
+        argv=[sys.executable, "-c", code],
         cwd=tmp_path,
         env=dict(os.environ),
-        inbox=inbox,
         log_path=tmp_path / "logs" / "builder.ndjson",
-        redactor=Redactor([]),
         generation=1,
-        clock=clock or time.monotonic,
+        redactor=Redactor([]),
     )
+    return AgentProcess(launch, inbox)
 
 
 EVENT = {
@@ -111,10 +113,10 @@ HEARTBEAT = {
 }
 
 
-def test_get_reads_past_heartbeats_and_partial_lines_until_an_item(tmp_path: Path) -> None:
+def test_get_reads_past_partial_lines_until_an_item(tmp_path: Path) -> None:
     # A heartbeat, then half a line, then the rest, in three writes spaced out so
-    # that they arrive in separate reads: none of the first two is an item, and
-    # get must not return before the third.
+    # that they arrive in separate reads: the heartbeat is an item, the half line
+    # is not, and get must not return the event before the third write.
     line = json.dumps(EVENT) + "\n"
     parts = (json.dumps(HEARTBEAT) + "\n", line[:40], line[40:])
     code = (
@@ -123,14 +125,17 @@ def test_get_reads_past_heartbeats_and_partial_lines_until_an_item(tmp_path: Pat
         "    sys.stdout.write(part); sys.stdout.flush(); time.sleep(0.2)\n"
         "sys.stdin.readline()\n"
     )
-    clock = FakeClock()
     inbox = Inbox()
-    proc = _agent(tmp_path, inbox, code, clock)
-    clock.t = 100.0
+    proc = _agent(tmp_path, inbox, code)
     try:
+        beat = inbox.get(timeout=30)
+        assert beat is not None and (beat.kind, beat.role, beat.generation) == (
+            "heartbeat",
+            "builder",
+            1,
+        )
         item = inbox.get(timeout=30)
-        assert item is not None and item.message == EVENT
-        assert proc.watchdog.last_beat == 100.0  # the heartbeat was heard on the way
+        assert item is not None and item.kind == "event" and item.message == EVENT
     finally:
         proc.stop()
         inbox.close()
@@ -165,4 +170,30 @@ def test_stop_reads_what_an_agent_writes_as_it_exits(tmp_path: Path) -> None:
     try:
         assert proc.stop(grace=30) == 0
     finally:
+        inbox.close()
+
+
+def test_an_item_posted_from_another_thread_ends_the_wait() -> None:
+    # A transport that runs in its own thread (ACP) posts its items: a waiting
+    # get must return the item, not wait out its timeout.
+    import threading
+
+    from lorch.transport import Incoming
+
+    inbox = Inbox()
+    item = Incoming("reviewer", 3, "heartbeat")
+    started = threading.Event()
+
+    def post() -> None:
+        started.wait(30)
+        inbox.post(item)
+
+    t = threading.Thread(target=post)
+    t.start()
+    try:
+        started.set()
+        assert inbox.get(timeout=3600) is item
+        assert inbox.get(timeout=0) is None
+    finally:
+        t.join()
         inbox.close()

@@ -1,0 +1,543 @@
+"""The engine: ask the reducer, send, wait, fold — one loop for ``run`` and ``resume``.
+
+Write-ahead everywhere (DESIGN.md §5.1): a command is appended and fsynced
+before its first byte reaches the agent; an agent's event is appended before
+lorch acts on it, and fsynced before anything outside lorch's memory depends
+on it (docs/decisions.md D16). What to do next is only ever the workflow
+reducer's answer (``lorch/workflow.py``) to the folded ledger. Agents are
+reached through the agent interface (``lorch/transport.py``) and heard from
+through one inbox; derived files go to ``lorch/derived.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from lorch import _planted, failpoint, ledger, protocol, snapshot
+from lorch.checkpoint import TurnCheckpoints
+from lorch.derived import RECEIPT_DELAY_S, Derived
+from lorch.errors import AgentError, LorchError
+from lorch.paths import artifact_problems
+from lorch.policy import RunPolicy
+from lorch.redact import Redactor
+from lorch.timing import Backoff, Watchdog
+from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext
+from lorch.workflow import ROLE_OF, Check, Finish, Pending, Send, State, next_step
+
+Record = dict[str, Any]
+
+# How long an agent's event may wait for the next one to share its fsync
+# (group commit); a terminal event is made durable with the command that follows.
+GROUP_COMMIT_S = 0.01
+ROLES = ("builder", "reviewer", "spec_maintainer", "orchestration")
+
+
+@dataclass
+class Outcome:
+    """How a run ended (or stands, if it was already finished)."""
+
+    run_id: str
+    status: str
+    reason: str = ""
+
+
+class Sink(Protocol):
+    """Where the live transcript goes."""
+
+    def say(self, text: str) -> None: ...
+
+    def record(self, record: Record) -> None: ...
+
+
+def _deadline(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Engine:
+    def __init__(
+        self,
+        workspace: Path,
+        policy: RunPolicy,
+        agents: Agents,
+        console: Sink,
+        redactor: Redactor,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        turns: TurnCheckpoints | None = None,
+    ) -> None:
+        self.workspace = workspace
+        self.policy = policy
+        self.agents = agents
+        self.console = console
+        self.redactor = redactor
+        self.clock = clock
+        self.state = State()
+        self.ledger: ledger.Ledger | None = None
+        self.ports: dict[str, AgentPort] = {}
+        self.watchdogs: dict[str, Watchdog] = {}
+        self.inbox = Inbox()
+        self.generation = 0
+        self.stop_event = threading.Event()
+        self.backoff = Backoff(
+            policy.backoff_initial_s,
+            policy.backoff_factor,
+            policy.backoff_max_s,
+            rng or random.Random(),
+        )
+        self.derived = Derived(workspace, clock)
+        # Checkpoints around the commands of roles lorch makes exactly-once.
+        self.turns = turns or TurnCheckpoints(workspace)
+        self._unshown: list[Record] = []
+        self._events_waiting = False  # agents' events appended, not yet synced
+
+    # -- ledger ---------------------------------------------------------------
+
+    def append(
+        self,
+        record: Record,
+        *,
+        sync: bool = True,
+        trusted: bool = False,
+        show: bool = True,
+        line: bytes | None = None,
+    ) -> None:
+        """Validate, append, fold; show once durable. ``trusted``: validated on receipt.
+
+        ``sync=False`` (agents' events) leaves the record for the next fsync:
+        nothing outside lorch's memory — a command sent, a derived file, a line
+        of transcript — depends on it before :meth:`sync` (DESIGN.md §5.1,
+        docs/decisions.md D16). ``show=False`` leaves the transcript lines for
+        the caller to show (a command is shown once it is on its way).
+        """
+        assert self.ledger is not None
+        if not trusted:
+            protocol.validate_message(record, source=f"ledger record {self.ledger.records + 1}")
+        self.ledger.append(record, sync=sync, line=line)
+        self.state.fold(record)
+        self._unshown.append(record)
+        if show:
+            self._show_if_durable()
+
+    def sync(self) -> None:
+        """Make every appended record durable, then show the ones not shown yet."""
+        if self.ledger is not None:
+            self.ledger.sync()
+        self._events_waiting = False
+        self._show()
+
+    def _show_if_durable(self) -> None:
+        if self.ledger is not None and not self.ledger.unsynced:
+            self._show()
+
+    def _show(self) -> None:
+        for record in self._unshown:
+            self.console.record(record)
+        self._unshown.clear()
+
+    def system(
+        self, name: str, payload: Record, correlation_id: str | None = None, *, sync: bool = True
+    ) -> None:
+        self.append(
+            {
+                "kind": "event",
+                "message_id": protocol.new_message_id("evt"),
+                "correlation_id": correlation_id or self.state.run_id,
+                "task_id": self.state.task_id,
+                "from": {"agent_type": "system"},
+                "event": name,
+                "payload": payload,
+                "occurred_at": protocol.now_rfc3339(),
+            },
+            sync=sync,
+        )
+
+    def start_run(self, run_id: str, task: dict[str, Any], config_digest: str) -> None:
+        """Record 1 of every ledger: the run, its task and the policy it runs under."""
+        self.state.task = task
+        self.system(
+            "system.run_started",
+            {
+                "run_id": run_id,
+                "task": task,
+                "policy": self.policy.as_record(),
+                "config_digest": config_digest,
+            },
+            run_id,
+        )
+        self._track_receipts()
+
+    def replay(self, path: Path) -> None:
+        """Fold a recorded ledger (resume)."""
+        for record in ledger.read(path):
+            self.state.fold(record)
+            if record.get("event") == "system.run_started":
+                self._track_receipts()
+
+    def _track_receipts(self) -> None:
+        self.derived.start(self.state.run_id, self.state.task_id)
+        self.state.on_accept = self._on_accept
+
+    def take_snapshot(self) -> None:
+        manifest = snapshot.take(self.workspace)
+        self.system(
+            "system.snapshot",
+            {
+                "snapshot_id": manifest["snapshot_id"],
+                "files": len(manifest["files"]),
+                "manifest": f"snapshots/{manifest['snapshot_id']}.manifest.json",
+            },
+        )
+
+    def _on_accept(self, pending: Pending) -> None:
+        # Held in memory until the answer is durable and lorch is waiting.
+        self.derived.accepted(pending, self.state.snapshot_id)
+
+    # -- derived files --------------------------------------------------------
+
+    def write_index(self) -> None:
+        self.derived.write_index(self.state)
+
+    def flush_derived(self) -> None:
+        """Make the ledger durable, then write every held or queued derived file."""
+        self.sync()
+        self.derived.flush()
+
+    def write_derived(self) -> None:
+        self.sync()
+        self.derived.rebuild(self.state)
+
+    # -- agents ---------------------------------------------------------------
+
+    def agent(self, role: str) -> AgentPort:
+        port = self.ports.get(role)
+        if port is not None and port.alive():
+            return port
+        if port is not None:
+            self.kill_agent(role)
+        self.generation += 1
+        port = self.agents.start(
+            role, self.generation, self.state.run_id, self.state.snapshot_id, self.inbox
+        )
+        self.ports[role] = port
+        interval = self.policy.heartbeat_interval(role) if port.sends_heartbeats else float("inf")
+        self.watchdogs[role] = Watchdog(self.clock, interval, self.policy.heartbeat_misses)
+        failpoint.agent_groups[role] = port.pgid
+        self.system(
+            "system.agent_started",
+            {
+                "role": role,
+                "pid": port.pid,
+                "pgid": port.pgid,
+                "argv": [self.redactor.text(a) for a in port.argv],
+            },
+        )
+        return port
+
+    def _forget(self, role: str) -> AgentPort | None:
+        port = self.ports.pop(role, None)
+        self.watchdogs.pop(role, None)
+        if port is not None and failpoint.agent_groups.get(role) == port.pgid:
+            del failpoint.agent_groups[role]
+        return port
+
+    def stop_agents(self) -> None:
+        ports = list(self.ports.values())
+        for port in ports:
+            port.close_input()  # all at once: they wind down in parallel
+        for port in ports:
+            port.stop()
+            self._forget(port.role)
+
+    def start_agents(self) -> None:
+        """Start every configured role up front, so their start-up overlaps."""
+        configured = self.agents.roles()
+        for role in ROLES:
+            if role in configured and role not in self.ports:
+                try:
+                    self.agent(role)
+                except LorchError:
+                    return  # the first command to that role will report it
+
+    def kill_agent(self, role: str) -> int | None:
+        port = self._forget(role)
+        return port.kill() if port is not None else None
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.inbox.wait(seconds, self.stop_event)  # agents' output is still read
+
+    # -- the loop ---------------------------------------------------------------
+
+    def drive(self) -> Outcome:
+        if not self.state.finished:
+            self.start_agents()
+        while True:
+            step = next_step(self.state, fresh=self._fresh)
+            if isinstance(step, Finish):
+                return self.finish(step)
+            if isinstance(step, Check):
+                self.check(step.pending)
+                continue
+            self.send(step)
+
+    def finish(self, step: Finish) -> Outcome:
+        # Every receipt is on disk before the run's end is recorded.
+        self.flush_derived()
+        if not self.state.finished:
+            if step.status == "completed":
+                self.system("system.run_completed", {"reason": ""})
+            else:
+                self.system("system.run_failed", {"reason": step.reason})
+        self.stop_agents()
+        self.write_derived()
+        return Outcome(self.state.run_id, self.state.status, self.state.failure or "")
+
+    def _fresh(self, action: str) -> tuple[str, str]:
+        """A new command's message id and deadline (its action's timeout from now)."""
+        role = ROLE_OF.get(action, "")
+        return protocol.new_message_id("cmd"), _deadline(self.policy.timeout(role, action))
+
+    def check(self, pending: Pending) -> None:
+        if self.agents.checkpointed(pending.role):
+            for name, payload in self.turns.after_turn(pending):
+                self.system(name, payload, pending.command["correlation_id"])
+        problems = artifact_problems(self.workspace, pending.terminal or {})
+        if not problems:
+            self.state.accept()
+            return
+        corr = pending.command["correlation_id"]
+        for path, reason in problems:
+            self.system("system.artifact_rejected", {"path": path, "reason": reason}, corr)
+        self.system(
+            "system.command_failed",
+            {
+                "idempotency_key": pending.ik,
+                "attempt": pending.attempt,
+                "reason": f"artifact {problems[0][0]!r} rejected: {problems[0][1]}",
+                "code": "artifact_mismatch",
+            },
+            corr,
+        )
+
+    def send(self, step: Send) -> None:
+        cmd = step.command
+        if step.resend and _planted.enabled("new_key_on_resend"):
+            cmd = {**cmd, "idempotency_key": "ik:" + os.urandom(32).hex()}
+        role = cmd["to"]["agent_type"]
+        try:
+            port = self.agent(role)
+        except AgentError as e:
+            self.fail_attempt(cmd, str(e), "agent_start_failed", role=role, kill=False)
+            self.restart(role, str(e))
+            return
+        tree = None
+        if self.agents.checkpointed(role):
+            # Write-ahead like the command itself: the checkpoint (or the rollback
+            # to it) is durable with the command, before its first byte goes out.
+            records, tree = self.turns.before_send(self.state, cmd)
+            for name, payload in records:
+                self.system(name, payload, cmd["correlation_id"], sync=False)
+        line = protocol.encode(cmd)  # the same bytes go to the ledger and to the agent
+        self.append(cmd, sync=not _planted.enabled("skip_command_fsync"), show=False, line=line)
+        failpoint.busy_role[:] = [role]
+        try:
+            # Durable now: send it first, then do what can wait while the agent works.
+            sent = port.send(cmd, line, SendContext(checkpoint=tree))
+            self._show_if_durable()
+            if not sent:
+                self.on_agent_gone(cmd, port)
+                return
+            self.derived.write_state(self.state, force=False)
+            self.derived.release()
+            self.wait_for_answer(cmd, port)
+        finally:
+            failpoint.busy_role[:] = []
+
+    def wait_for_answer(self, cmd: Record, port: AgentPort) -> None:
+        role = port.role
+        timeout = self.policy.timeout(role, cmd["action"])
+        watchdog = self.watchdogs[role]
+        watchdog.beat()
+        watchdog.arm(timeout)
+        release_at = self.clock() + RECEIPT_DELAY_S if self.derived.held else None
+        try:
+            while True:
+                wait = min(watchdog.next_check_in(), 0.5)
+                if release_at is not None:
+                    if self.clock() >= release_at:
+                        self.derived.release(force=True)
+                        release_at = None
+                    else:
+                        wait = min(wait, max(release_at - self.clock(), 0.0))
+                if self._events_waiting:
+                    wait = min(wait, GROUP_COMMIT_S)
+                item = self.inbox.get(timeout=max(wait, 0.001))
+                if item is None and self._events_waiting:
+                    self.sync()  # a quiet moment: make the events durable, show them
+                if item is not None and self.handle(item, cmd, port):
+                    return
+                if self._watchdog_fired(cmd, role, watchdog, timeout):
+                    return
+        finally:
+            watchdog.disarm()
+
+    def _watchdog_fired(self, cmd: Record, role: str, watchdog: Watchdog, timeout: float) -> bool:
+        if watchdog.timed_out():
+            self.fail_attempt(cmd, f"{cmd['action']} timed out after {timeout:g} s", "timeout")
+            self.restart(role, "timeout")
+            return True
+        if watchdog.unhealthy():
+            misses = self.policy.heartbeat_misses
+            reason = f"no heartbeat from {role} for {misses} intervals of {watchdog.interval:g} s"
+            self.fail_attempt(cmd, reason, "heartbeat_timeout")
+            self.restart(role, reason)
+            return True
+        return False
+
+    def handle(self, item: Incoming, cmd: Record, port: AgentPort) -> bool:
+        """Act on one item from an agent; True when the command's attempt is over."""
+        current = self.ports.get(item.role)
+        if current is None or current.generation != item.generation:
+            return False  # a predecessor's last words
+        if item.kind == "heartbeat":
+            self.watchdogs[item.role].beat()
+            return False
+        working = item.role == port.role
+        if item.message is None or not working:
+            self.sync()  # what follows kills or records: the past must be durable first
+        if item.kind == "exit":
+            return self._on_exit(item, cmd, current, working)
+        if item.error is not None:
+            reason = str(item.error)
+            prefix = item.error.prefix if hasattr(item.error, "prefix") else b""
+            return self._protocol_error(
+                item, cmd, working, reason, prefix, f"protocol error: {reason}"
+            )
+        msg = item.message
+        assert msg is not None
+        if (
+            not working
+            or msg.get("correlation_id") != cmd["correlation_id"]
+            or msg.get("task_id") != cmd["task_id"]
+        ):
+            reason = (
+                f"event {msg.get('event')} for task {msg.get('task_id')} / "
+                f"correlation {msg.get('correlation_id')}, expected "
+                f"{cmd['task_id']} / {cmd['correlation_id']}"
+            )
+            prefix = protocol.encode(msg)[:80]
+            return self._protocol_error(
+                item, cmd, working, reason, prefix, "event for the wrong task or correlation"
+            )
+        return self._on_event(msg)
+
+    def _on_exit(self, item: Incoming, cmd: Record, port: AgentPort, working: bool) -> bool:
+        rc = self.kill_agent(item.role)
+        self.system(
+            "system.agent_exited",
+            {"role": item.role, "pid": port.pid, "returncode": rc if rc is not None else -1},
+        )
+        if not working:
+            return False
+        stderr = f": {port.last_stderr}" if port.last_stderr else ""
+        self.fail_attempt(
+            cmd, f"agent {item.role} exited (code {rc}){stderr}", "agent_exited", kill=False
+        )
+        self.restart(item.role, f"exited with code {rc}")
+        return True
+
+    def _protocol_error(
+        self, item: Incoming, cmd: Record, working: bool, reason: str, prefix: bytes, failure: str
+    ) -> bool:
+        self.system(
+            "system.protocol_error",
+            {
+                "role": item.role,
+                "reason": reason,
+                "size": item.raw_size,
+                "prefix": self.redactor.text(prefix.decode("utf-8", "replace")),
+            },
+            cmd["correlation_id"] if working else None,
+        )
+        if not working:
+            return False
+        self.fail_attempt(cmd, failure, "protocol_error")
+        self.restart(item.role, "protocol error")
+        return True
+
+    def _on_event(self, msg: Record) -> bool:
+        name = msg.get("event")
+        terminal = name in protocol.TERMINAL_EVENTS
+        p = self.state.pending
+        receipts, snap = self.derived.receipts, self.state.snapshot_id
+        if (
+            terminal
+            and name != "error"
+            and _planted.enabled("receipt_before_ledger")
+            and p is not None
+            and snap
+            and receipts is not None
+        ):
+            receipts.write(Pending(p.command, msg, [*p.event_ids, msg["message_id"]]), snap)
+        self.append(msg, trusted=True, sync=False)
+        self._events_waiting = True
+        if name == "error":
+            self.sync()
+            p = self.state.pending
+            self.sleep(self.backoff.delay(p.attempt if p else 0))
+            return True
+        return terminal
+
+    def fail_attempt(
+        self, cmd: Record, reason: str, code: str, *, role: str | None = None, kill: bool = True
+    ) -> None:
+        self.system(
+            "system.command_failed",
+            {
+                "idempotency_key": cmd["idempotency_key"],
+                "attempt": cmd["retry"]["attempt"],
+                "reason": reason,
+                "code": code,
+            },
+            cmd["correlation_id"],
+        )
+        if kill:
+            self.kill_agent(role or cmd["to"]["agent_type"])
+
+    def on_agent_gone(self, cmd: Record, port: AgentPort) -> None:
+        rc = self.kill_agent(port.role)
+        self.fail_attempt(
+            cmd, f"agent {port.role} closed its input (code {rc})", "agent_exited", kill=False
+        )
+        self.restart(port.role, "stdin closed")
+
+    def restart(self, role: str, reason: str) -> None:
+        n = self.state.restarts.get(role, 0)
+        limit = self.policy.max_restarts
+        if n >= limit:
+            self.system(
+                "system.run_failed",
+                {"reason": f"agent {role} failed after {limit} restarts: {reason}"},
+            )
+            return
+        delay = self.backoff.delay(n)
+        self.system(
+            "system.agent_restarted",
+            {"role": role, "restarts": n + 1, "delay_s": round(delay, 3), "reason": reason},
+        )
+        self.sleep(delay)
+
+    def close(self) -> None:
+        self.derived.close()
+        self.inbox.close()
+        if self.ledger is not None:
+            self.ledger.close()

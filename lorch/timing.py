@@ -1,0 +1,72 @@
+"""Time-dependent decisions on an injectable clock: heartbeats, timeouts, backoff (DESIGN.md §6).
+
+Nothing here reads the wall clock by itself, so the engine's supervision is
+tested with a fake clock, without waiting.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def __call__(self) -> float: ...
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter: uniform(0, min(cap, initial·factor^n))."""
+
+    initial: float = 1.0
+    factor: float = 2.0
+    cap: float = 60.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def ceiling(self, n: int) -> float:
+        return float(min(self.cap, self.initial * self.factor**n))
+
+    def delay(self, n: int) -> float:
+        return self.rng.uniform(0.0, self.ceiling(n))
+
+
+@dataclass
+class Watchdog:
+    """Heartbeat and timeout bookkeeping for one agent, on an injected clock.
+
+    ``interval=math.inf`` watches no heartbeats (an agent whose protocol has
+    none): only the timeout of the command in flight.
+    """
+
+    clock: Clock
+    interval: float
+    misses: int = 3
+    last_beat: float = 0.0
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        self.last_beat = self.clock()
+
+    def beat(self) -> None:
+        self.last_beat = self.clock()
+
+    def arm(self, timeout: float) -> None:
+        self.deadline = self.clock() + timeout
+
+    def disarm(self) -> None:
+        self.deadline = None
+
+    def unhealthy(self) -> bool:
+        return self.clock() - self.last_beat > self.interval * self.misses
+
+    def timed_out(self) -> bool:
+        return self.deadline is not None and self.clock() > self.deadline
+
+    def next_check_in(self) -> float:
+        """Seconds until the earliest moment a verdict could change."""
+        now = self.clock()
+        t = self.last_beat + self.interval * self.misses - now
+        if self.deadline is not None:
+            t = min(t, self.deadline - now)
+        return max(0.0, t)

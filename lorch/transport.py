@@ -1,0 +1,264 @@
+"""The agent interface: what the engine needs from an agent, whatever it speaks.
+
+The engine (``lorch/engine.py``) talks to every agent through an
+:class:`AgentPort`, started by a :class:`Transport`, and hears from all of them
+through one :class:`Inbox`. The NDJSON transport (``lorch/supervisor.py``,
+today's protocol over a subprocess's stdin/stdout) is one implementation; a
+transport over the Agent Client Protocol is another. Adding a transport means
+implementing these two protocols; the engine and the workflow reducer do not
+change.
+
+How one command travels (see ``docs/architecture.md``): the engine appends the
+command to the ledger and fsyncs it, then calls :meth:`AgentPort.send`; the
+transport delivers it and, as the agent answers, puts :class:`Incoming` items
+into the inbox; the engine takes them out with :meth:`Inbox.get` (a deadline in
+seconds), records them, folds them into the workflow state, and acts.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import selectors
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from lorch.errors import FramingError, SchemaError
+from lorch.redact import Redactor
+
+ItemKind = Literal["event", "heartbeat", "error", "exit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One thing an agent said, as the engine sees it.
+
+    ``kind``:
+
+    - ``"event"``: a schema-valid message other than a heartbeat or log
+      (``message`` holds it, already redacted; ``raw_size`` its size in bytes);
+    - ``"heartbeat"``: the agent is alive (the engine's watchdog is fed with it);
+    - ``"error"``: bytes that are not a valid message (``error`` says why and
+      carries the offending prefix; ``raw_size`` how many bytes there were);
+    - ``"exit"``: the agent's output ended (it exited or closed its stdout).
+      Nothing more comes from this generation.
+
+    ``role`` is the role the channel belongs to — never what a message claims —
+    and ``generation`` the port's, so the engine can drop a predecessor's last
+    words after a restart.
+    """
+
+    role: str
+    generation: int
+    kind: ItemKind
+    message: dict[str, Any] | None = None
+    error: FramingError | SchemaError | None = None
+    raw_size: int = 0
+
+    @property
+    def eof(self) -> bool:
+        return self.kind == "exit"
+
+
+@dataclass(frozen=True, slots=True)
+class SendContext:
+    """What the engine knows about a command beyond its bytes.
+
+    ``checkpoint``: the id of the workspace checkpoint (a git tree) lorch
+    recorded write-ahead before this command, or None when none was taken. A
+    transport that builds the terminal event itself (ACP) lists the files
+    changed since it as the command's artifacts.
+    """
+
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Everything a transport needs to start one agent for one role."""
+
+    role: str
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    log_path: Path  # the agent's log (stderr and its ``log`` messages), redacted
+    generation: int
+    redactor: Redactor
+    on_stderr: Callable[[str], None] | None = None
+
+
+class AgentPort(Protocol):
+    """One running agent, as the engine drives it.
+
+    Identity (set once started, read by the engine and recorded in the ledger):
+
+    - ``role``, ``generation``: as in :class:`Launch`; every :class:`Incoming`
+      the port produces carries them.
+    - ``pid``, ``pgid``: the agent's process and process group. lorch records
+      them in ``system.agent_started``; a resumed run ends that group before
+      it starts new agents (DESIGN.md §5.6). ``start_time`` (clock ticks since
+      boot, None if unknown) tells the recorded process from a recycled pid.
+    - ``argv``: the command line it was started with (recorded redacted).
+    - ``sends_heartbeats``: False when the protocol has none (ACP): the
+      engine then watches only the command's timeout.
+    - ``last_stderr``: the last stderr line, for the failure message at exit.
+
+    Behaviour:
+
+    - ``send(command, line, context)`` delivers one command. ``command`` is the
+      validated record, ``line`` its canonical NDJSON encoding (the very bytes
+      the ledger holds), ``context`` a :class:`SendContext`. It is called only
+      after the command is durable in the ledger. It returns False when the
+      agent can no longer take input (it is gone); it never raises for the
+      agent's faults. It must not block for longer than the agent takes to
+      accept the bytes.
+    - Answers arrive as :class:`Incoming` items in the :class:`Inbox` the port
+      was started with: from the engine's own thread through a readable file
+      descriptor (:meth:`Inbox.add`, cheapest: no thread hand-off), or from
+      any thread through :meth:`Inbox.post`. Heartbeats become ``heartbeat``
+      items; ``log`` messages and stderr go to the agent's log file (redacted)
+      and are not items. Exactly one ``exit`` item ends a generation.
+    - ``cancel()`` asks the agent to abandon the command in flight (ACP:
+      ``session/cancel``); it may be a no-op (NDJSON: the agent is killed or
+      restarted instead). The engine still waits for the terminal answer or
+      stops the agent.
+    - ``alive()``: is the agent still running?
+    - ``close_input()``: EOF on the agent's input, so it winds down; called for
+      every agent at once before ``stop`` so they end in parallel.
+    - ``stop(grace)``: end the agent politely (EOF, then SIGTERM, then
+      SIGKILL after ``grace`` seconds each), reap it, release its resources;
+      returns its exit code. ``kill()``: the same at once (SIGKILL to the
+      group). Both remove the port's sources from the inbox, and both may be
+      called on an agent that already exited.
+    """
+
+    role: str
+    generation: int
+    pid: int
+    pgid: int
+    start_time: int | None
+    argv: list[str]
+    sends_heartbeats: bool
+    last_stderr: str
+
+    def send(self, command: dict[str, Any], line: bytes, context: SendContext) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def close_input(self) -> None: ...
+
+    def stop(self, grace: float = 2.0) -> int | None: ...
+
+    def kill(self) -> int | None: ...
+
+
+class Transport(Protocol):
+    """Starts agents of one kind (NDJSON, ACP, ...)."""
+
+    def start(self, launch: Launch, inbox: Inbox) -> AgentPort:
+        """Start the agent ``launch`` describes; raise ``AgentError`` if it cannot start."""
+        ...
+
+
+class Agents(Protocol):
+    """The configured agents: which roles there are, and how to start one."""
+
+    def roles(self) -> list[str]: ...
+
+    def checkpointed(self, role: str) -> bool:
+        """True when lorch, not the agent, makes ``role``'s effects exactly-once:
+        the engine checkpoints the workspace around each of its commands."""
+        ...
+
+    def start(
+        self, role: str, generation: int, run_id: str, snapshot_id: str | None, inbox: Inbox
+    ) -> AgentPort:
+        """Start ``role``'s agent; AgentError if it cannot start, ConfigError if unknown."""
+        ...
+
+
+Reader = Callable[[Callable[[Incoming], None]], bool]
+
+
+class Inbox:
+    """Every running agent's output, read by the thread that waits on it.
+
+    Sources are file descriptors (``add``): when one is readable, its reader
+    is called on the waiting thread and puts what it read into the inbox;
+    it returns True once its source is done (EOF), which removes it. Items can
+    also be posted from any thread (``post``): a wake-up pipe in the same
+    ``epoll`` ends the wait at once. ``get`` returns the next item, waiting at
+    most ``timeout`` seconds; ``wait`` reads for the whole time, buffering what
+    comes, so that a sleeping engine still drains its agents.
+    """
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._items: collections.deque[Incoming] = collections.deque()
+        self._posted: collections.deque[Incoming] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+
+    def add(self, fd: int, reader: Reader) -> None:
+        self._selector.register(fd, selectors.EVENT_READ, reader)
+
+    def remove(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
+
+    def post(self, item: Incoming) -> None:
+        """Add an item from any thread; a waiting ``get`` returns it at once."""
+        with self._lock:
+            self._posted.append(item)
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def get(self, timeout: float) -> Incoming | None:
+        """The next item, or None when ``timeout`` seconds pass without one."""
+        if self._items:
+            return self._items.popleft()
+        end = time.monotonic() + timeout
+        while True:
+            self._read(max(end - time.monotonic(), 0.0))
+            if self._items:
+                return self._items.popleft()
+            if time.monotonic() >= end:
+                return None
+
+    def wait(self, seconds: float, stop: threading.Event | None = None) -> None:
+        """Read agents' output for ``seconds`` (or until ``stop`` is set)."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0 and not (stop and stop.is_set()):
+            self._read(min(left, 0.5))
+
+    def _read(self, timeout: float) -> None:
+        for key, _ in self._selector.select(max(timeout, 0.0)):
+            reader: Reader | None = key.data
+            if reader is None:
+                self._take_posted()
+            elif reader(self._items.append):
+                self.remove(key.fd)
+
+    def _take_posted(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+        with self._lock:
+            self._items.extend(self._posted)
+            self._posted.clear()
+
+    def close(self) -> None:
+        self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
