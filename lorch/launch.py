@@ -101,13 +101,14 @@ class ConfiguredAgents:
         redactor: Redactor,
         *,
         on_stderr: Callable[[str], None] | None = None,
-        transport: Transport | None = None,
+        transports: Mapping[str, Transport] | None = None,
     ) -> None:
         self.workspace = workspace
         self.config = config
         self.redactor = redactor
         self.on_stderr = on_stderr
-        self.transport: Transport = transport or NdjsonTransport()
+        # By ``$.agents.ROLE.transport``; a new transport is one more entry here.
+        self.transports: Mapping[str, Transport] = transports or {"ndjson": NdjsonTransport()}
 
     def roles(self) -> list[str]:
         return list(self.config.agents)
@@ -145,4 +146,11 @@ class ConfiguredAgents:
     def start(
         self, role: str, generation: int, run_id: str, snapshot_id: str | None, inbox: Inbox
     ) -> AgentPort:
-        return self.transport.start(self.launch(role, generation, run_id, snapshot_id), inbox)
+        launch = self.launch(role, generation, run_id, snapshot_id)
+        kind = self.config.agents[role].transport
+        transport = self.transports.get(kind)
+        if transport is None:
+            raise ConfigError(
+                f"lorch.json: $.agents.{role}.transport: {kind!r} agents cannot be run yet"
+            )
+        return transport.start(launch, inbox)
