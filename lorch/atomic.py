@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +120,11 @@ def _start_writeback(fd: int) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def _write_temp(target: Path, data: bytes) -> Path:
+def _write_temp(target: Path, chunks: Iterable[bytes]) -> Path:
     tmp, fd = _open_temp(target)
     try:
-        _write_all(fd, data)
+        for data in chunks:
+            _write_all(fd, data)
         os.fsync(fd)
     except BaseException as e:
         os.close(fd)
@@ -137,8 +139,16 @@ def _write_temp(target: Path, data: bytes) -> Path:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably."""
+    atomic_write_chunks(path, (data,))
+
+
+def atomic_write_chunks(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> None:
+    """Replace ``path`` with the concatenated ``chunks``, atomically and durably.
+
+    The chunks are written as they come, so a large file never sits in memory.
+    """
     target = Path(path)
-    tmp = _write_temp(target, data)
+    tmp = _write_temp(target, chunks)
     try:
         os.replace(tmp, target)
     except BaseException as e:

@@ -6,7 +6,6 @@ import errno
 import hashlib
 import os
 import stat
-from pathlib import Path
 
 CHUNK = 1 << 20
 
@@ -56,11 +55,3 @@ def is_checksum(value: object) -> bool:
         and value.startswith("sha256:")
         and all(c in "0123456789abcdef" for c in value[7:])
     )
-
-
-def file_matches(path: Path, sha256: str, size: int) -> bool:
-    try:
-        got, got_size = sha256_file(path)
-    except OSError:
-        return False
-    return got == sha256 and got_size == size

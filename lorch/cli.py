@@ -58,11 +58,23 @@ def run_cmd(workspace: Path = Path("."), task_id: str | None = None, verbose: bo
 @WORKSPACE
 @click.option("--run", "run_id", help="Run id (default: the newest unfinished run).")
 @click.option("-v", "--verbose", is_flag=True, help="Also show the agents' stderr.")
-def resume_cmd(workspace: Path, run_id: str | None, verbose: bool) -> None:
+@click.option(
+    "--accept-config-change",
+    is_flag=True,
+    help="Apply a change to lorch.json's task or limits made since the run started.",
+)
+def resume_cmd(
+    workspace: Path, run_id: str | None, verbose: bool, accept_config_change: bool
+) -> None:
     """Finish a crashed or interrupted run."""
     from lorch.runner import Console, resume
 
-    outcome = resume(workspace, run_id, console=Console(verbose=verbose))
+    outcome = resume(
+        workspace,
+        run_id,
+        console=Console(verbose=verbose),
+        accept_config_change=accept_config_change,
+    )
     _finish(outcome.status, outcome.reason)
 
 

@@ -74,7 +74,6 @@ class Policy:
     max_rounds: int = 10
     max_attempts: int = 3
     max_restarts: int = 5
-    heartbeat_interval_s: float = 10.0
     heartbeat_misses: int = 3
     backoff_initial_s: float = 1.0
     backoff_factor: float = 2.0
@@ -84,15 +83,6 @@ class Policy:
     fsync: bool = True
     message_max_bytes: int = MESSAGE_MAX_BYTES
     artifact_max_bytes: int = ARTIFACT_MAX_BYTES
-
-    def as_record(self) -> dict[str, Any]:
-        """What the reducer needs, recorded in ``system.run_started``."""
-        return {
-            "max_rounds": self.max_rounds,
-            "max_attempts": self.max_attempts,
-            "max_restarts": self.max_restarts,
-            "allowed_failures": self.allowed_failures,
-        }
 
 
 @dataclass(frozen=True)
@@ -294,7 +284,6 @@ def parse(raw: Any, path: Path) -> Config:
         max_rounds=pol.get("max_rounds", 10),
         max_attempts=pol.get("max_attempts", retry.get("max_attempts", 3)),
         max_restarts=pol.get("max_restarts", 5),
-        heartbeat_interval_s=hb,
         heartbeat_misses=pol.get("heartbeat_misses", 3),
         backoff_initial_s=float(backoff.get("initial_s", ms.get("initial_ms", 1000) / 1000)),
         backoff_factor=float(backoff.get("factor", ms.get("multiplier", 2.0))),

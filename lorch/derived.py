@@ -14,12 +14,10 @@ import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from lorch import protocol, store, transcript
+from lorch.protocol import Record
 from lorch.workflow import Pending, State
-
-Record = dict[str, Any]
 
 # While a run goes on, state/run.json may lag the ledger by at most this long.
 STATE_REFRESH_S = 1.0
@@ -124,7 +122,7 @@ class ReceiptWriter:
         self.done = {
             data.get("idempotency_key") for _, data in existing if data.get("run_id") == run_id
         }
-        self.next = store.next_step(workspace, task_id)
+        self.next = store.next_receipt_number(workspace, task_id)
 
     def write(self, pending: Pending, snapshot_id: str) -> None:
         self.write_batch([(pending, snapshot_id)])

@@ -27,12 +27,11 @@ from lorch.derived import RECEIPT_DELAY_S, Derived
 from lorch.errors import AgentError, LorchError
 from lorch.paths import artifact_problems
 from lorch.policy import RunPolicy
+from lorch.protocol import Record
 from lorch.redact import Redactor
 from lorch.timing import Backoff, Watchdog
 from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext
-from lorch.workflow import ROLE_OF, Check, Finish, Pending, Send, State, next_step
-
-Record = dict[str, Any]
+from lorch.workflow import ROLE_OF, Check, Finish, Pending, Send, State, after_failure, next_step
 
 # How long an agent's event may wait for the next one to share its fsync
 # (group commit); a terminal event is made durable with the command that follows.
@@ -62,20 +61,21 @@ def _deadline(seconds: float) -> str:
 
 
 class Engine:
+    """Drives one run. Every limit it applies is the recorded one (``state.policy``)."""
+
     def __init__(
         self,
         workspace: Path,
-        policy: RunPolicy,
         agents: Agents,
         console: Sink,
         redactor: Redactor,
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        inbox: Inbox | None = None,
         turns: TurnCheckpoints | None = None,
     ) -> None:
         self.workspace = workspace
-        self.policy = policy
         self.agents = agents
         self.console = console
         self.redactor = redactor
@@ -84,20 +84,24 @@ class Engine:
         self.ledger: ledger.Ledger | None = None
         self.ports: dict[str, AgentPort] = {}
         self.watchdogs: dict[str, Watchdog] = {}
-        self.inbox = Inbox()
+        self.inbox = inbox or Inbox()
         self.generation = 0
         self.stop_event = threading.Event()
-        self.backoff = Backoff(
-            policy.backoff_initial_s,
-            policy.backoff_factor,
-            policy.backoff_max_s,
-            rng or random.Random(),
-        )
+        self.rng = rng or random.Random()
         self.derived = Derived(workspace, clock)
         # Checkpoints around the commands of roles lorch makes exactly-once.
         self.turns = turns or TurnCheckpoints(workspace)
         self._unshown: list[Record] = []
         self._events_waiting = False  # agents' events appended, not yet synced
+
+    @property
+    def policy(self) -> RunPolicy:
+        return self.state.policy
+
+    def backoff(self, n: int) -> float:
+        """The delay before retry ``n`` (0-based), under the run's recorded policy."""
+        p = self.policy
+        return Backoff(p.backoff_initial_s, p.backoff_factor, p.backoff_max_s, self.rng).delay(n)
 
     # -- ledger ---------------------------------------------------------------
 
@@ -122,7 +126,7 @@ class Engine:
         if not trusted:
             protocol.validate_message(record, source=f"ledger record {self.ledger.records + 1}")
         self.ledger.append(record, sync=sync, line=line)
-        self.state.fold(record)
+        self._fold(record)
         self._unshown.append(record)
         if show:
             self._show_if_durable()
@@ -160,31 +164,39 @@ class Engine:
             sync=sync,
         )
 
-    def start_run(self, run_id: str, task: dict[str, Any], config_digest: str) -> None:
-        """Record 1 of every ledger: the run, its task and the policy it runs under."""
+    def start_run(
+        self, run_id: str, task: dict[str, Any], policy: RunPolicy, config: dict[str, Any]
+    ) -> None:
+        """Record 1 of every ledger: the run, its task and the policy it runs under.
+
+        ``config``: what identifies the configuration it started from
+        (``config_digest`` and ``config_parts``, see ``lorch/resumecheck.py``).
+        """
         self.state.task = task
         self.system(
             "system.run_started",
-            {
-                "run_id": run_id,
-                "task": task,
-                "policy": self.policy.as_record(),
-                "config_digest": config_digest,
-            },
+            {"run_id": run_id, "task": task, "policy": policy.as_record(), **config},
             run_id,
         )
-        self._track_receipts()
 
     def replay(self, path: Path) -> None:
         """Fold a recorded ledger (resume)."""
         for record in ledger.read(path):
-            self.state.fold(record)
-            if record.get("event") == "system.run_started":
-                self._track_receipts()
+            self._fold(record)
 
-    def _track_receipts(self) -> None:
-        self.derived.start(self.state.run_id, self.state.task_id)
-        self.state.on_accept = self._on_accept
+    def _fold(self, record: Record) -> None:
+        """Fold one record; an answer it accepts gets its receipt (once durable)."""
+        accepted = self.state.accepted
+        self.state.fold(record)
+        if record.get("event") == "system.run_started":
+            self.derived.start(self.state.run_id, self.state.task_id)
+        if self.state.accepted != accepted:
+            self._accepted()
+
+    def _accepted(self) -> None:
+        # Held in memory until the answer is durable and lorch is waiting.
+        assert self.state.last_accepted is not None
+        self.derived.accepted(self.state.last_accepted, self.state.snapshot_id)
 
     def take_snapshot(self) -> None:
         manifest = snapshot.take(self.workspace)
@@ -196,10 +208,6 @@ class Engine:
                 "manifest": f"snapshots/{manifest['snapshot_id']}.manifest.json",
             },
         )
-
-    def _on_accept(self, pending: Pending) -> None:
-        # Held in memory until the answer is durable and lorch is waiting.
-        self.derived.accepted(pending, self.state.snapshot_id)
 
     # -- derived files --------------------------------------------------------
 
@@ -313,6 +321,7 @@ class Engine:
         problems = artifact_problems(self.workspace, pending.terminal or {})
         if not problems:
             self.state.accept()
+            self._accepted()
             return
         corr = pending.command["correlation_id"]
         for path, reason in problems:
@@ -493,7 +502,7 @@ class Engine:
         if name == "error":
             self.sync()
             p = self.state.pending
-            self.sleep(self.backoff.delay(p.attempt if p else 0))
+            self.sleep(self.backoff(p.attempt if p else 0))
             return True
         return terminal
 
@@ -521,18 +530,14 @@ class Engine:
         self.restart(port.role, "stdin closed")
 
     def restart(self, role: str, reason: str) -> None:
-        n = self.state.restarts.get(role, 0)
-        limit = self.policy.max_restarts
-        if n >= limit:
-            self.system(
-                "system.run_failed",
-                {"reason": f"agent {role} failed after {limit} restarts: {reason}"},
-            )
+        decision = after_failure(self.state, role, reason)
+        if isinstance(decision, Finish):
+            self.system("system.run_failed", {"reason": decision.reason})
             return
-        delay = self.backoff.delay(n)
+        delay = self.backoff(decision.n - 1)
         self.system(
             "system.agent_restarted",
-            {"role": role, "restarts": n + 1, "delay_s": round(delay, 3), "reason": reason},
+            {"role": role, "restarts": decision.n, "delay_s": round(delay, 3), "reason": reason},
         )
         self.sleep(delay)
 

@@ -15,7 +15,7 @@ CLI turns it into one line on stderr (``cli.main`` is the only place that does).
     ├── StorageError                disk full, unwritable directory, fsync failure
     ├── AgentError                  an agent could not be started or failed for good
     │   └── AgentStartError         exit 2: the agent under test cannot run at all
-    └── RunFailed                   the workflow ended in failure (exit 1)
+    └── Interrupted                 exit 130: Ctrl-C; agents stopped, the run resumable
 """
 
 from __future__ import annotations
@@ -92,8 +92,10 @@ class AgentStartError(AgentError):
     exit_code = 2
 
 
-class RunFailed(LorchError):
-    pass
+class Interrupted(LorchError):
+    """Ctrl-C: agents were stopped and the run can be resumed."""
+
+    exit_code = 130
 
 
 # Raised by the validators generated from the schemas (lorch/_validators/); the

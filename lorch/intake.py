@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
-Record = dict[str, Any]
+from lorch.protocol import Record
 
 INTAKE_TASK = "intake"  # the task id of intake's commands and decisions
 CORRELATION = "corr-intake"

@@ -19,13 +19,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lorch import _planted, failpoint, protocol
 from lorch.atomic import ensure_dir, fsync_dir
 from lorch.errors import FramingError, LedgerError, SchemaError, StorageError
-
-Record = dict[str, Any]
+from lorch.protocol import Record
 
 
 @dataclass(frozen=True)

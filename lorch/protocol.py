@@ -142,7 +142,8 @@ class Log(TypedDict):
     fields: NotRequired[dict[str, Any]]
 
 
-Message = dict[str, Any]
+# Any record of the ledger, or message on the wire, once parsed (a JSON object).
+Record = dict[str, Any]
 
 
 def now_rfc3339() -> str:
@@ -163,7 +164,7 @@ def window_of(data: bytes) -> bytes:
     return data[:PREFIX_WINDOW]
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Record) -> bytes:
     """One message as one line, newline included; refuses lines over the limit."""
     line = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     if len(line) > MAX_LINE:
@@ -241,7 +242,7 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def parse_line(line: bytes) -> Message:
+def parse_line(line: bytes) -> Record:
     """Decode one line (without its newline) to a JSON object; no schema check.
 
     Raises only :class:`FramingError` (with the line's size and prefix).
@@ -273,7 +274,7 @@ def parse_line(line: bytes) -> Message:
     return value
 
 
-def validate_message(message: Message, *, source: str = "") -> str:
+def validate_message(message: Record, *, source: str = "") -> str:
     """Check a decoded message against the schema its ``kind`` names; return the kind."""
     kind = message.get("kind")
     if kind not in KINDS:
@@ -287,7 +288,7 @@ def validate_message(message: Message, *, source: str = "") -> str:
     return str(kind)
 
 
-def decode(line: bytes, *, source: str = "") -> Message:
+def decode(line: bytes, *, source: str = "") -> Record:
     """Parse and validate one line (without newline)."""
     message = parse_line(line)
     validate_message(message, source=source)
@@ -321,7 +322,7 @@ class ProtocolError:
         }
 
 
-def read_message(line: bytes, redactor: Redactor = NO_SECRETS) -> Message | ProtocolError:
+def read_message(line: bytes, redactor: Redactor = NO_SECRETS) -> Record | ProtocolError:
     """One line from an agent (without newline): a valid message, or why not.
 
     Total: no byte sequence raises. Every string of the decoded message is

@@ -20,25 +20,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from lorch import _planted, ledger, transcript
+from lorch import _planted, drift, ledger, transcript
 from lorch.atomic import ensure_dir
 from lorch.checkpoint import TurnCheckpoints
 from lorch.config import Config, ensure, load
 from lorch.engine import Engine, Outcome
-from lorch.errors import ConfigError, LorchError, StorageError, UsageError
+from lorch.errors import ConfigError, Interrupted, LorchError, StorageError, UsageError
 from lorch.launch import ConfiguredAgents, resolve_argv
 from lorch.policy import from_config
 from lorch.procs import kill_orphan
+from lorch.protocol import Record
 from lorch.redact import Redactor, secret_values
-from lorch.workflow import State
-
-Record = dict[str, Any]
-
-
-class Interrupted(LorchError):
-    """Ctrl-C: agents were stopped and the run can be resumed."""
-
-    exit_code = 130
+from lorch.workflow import State, replay
 
 
 @dataclass
@@ -114,7 +107,7 @@ def new_engine(
         workspace, config, redactor, on_stderr=console.say if console.verbose else None
     )
     turns = TurnCheckpoints(workspace, durable=config.policy.fsync)
-    return Engine(workspace, from_config(config), agents, console, redactor, turns=turns)
+    return Engine(workspace, agents, console, redactor, turns=turns)
 
 
 def _guard(runner: Engine, body: Callable[[], Outcome]) -> Outcome:
@@ -169,7 +162,7 @@ def run(workspace: Path, task_id: str | None = None, *, console: Console | None 
             runner.ledger, _ = ledger.Ledger.open(
                 workspace / "events" / f"{run_id}.ndjson", fsync=config.policy.fsync
             )
-            runner.start_run(run_id, task, config.digest)
+            runner.start_run(run_id, task, from_config(config), drift.identity(config))
             runner.write_index()
             runner.take_snapshot()
             return runner.drive()
@@ -191,10 +184,7 @@ def find_unfinished(workspace: Path) -> str:
         else []
     )
     for path in candidates:
-        s = State()
-        for record in ledger.read(path, validate=False):
-            s.fold(record)
-        if not s.finished:
+        if not replay(ledger.read(path, validate=False)).finished:
             return path.stem
     if candidates:
         # Nothing unfinished: the newest run, so resume reports it (and rebuilds
@@ -204,7 +194,11 @@ def find_unfinished(workspace: Path) -> str:
 
 
 def resume(
-    workspace: Path, run_id: str | None = None, *, console: Console | None = None
+    workspace: Path,
+    run_id: str | None = None,
+    *,
+    console: Console | None = None,
+    accept_config_change: bool = False,
 ) -> Outcome:
     console = console or Console()
     workspace = workspace.resolve()
@@ -217,52 +211,106 @@ def resume(
         if not path.exists():
             raise UsageError(f"{workspace}: no run {run_id} (no {path.relative_to(workspace)})")
         runner = new_engine(workspace, config, console)
+        resumed = _Resume(runner, config, path, run_id, console, accept_config_change)
+        return _guard(runner, resumed.body)
 
-        def body() -> Outcome:
-            if _planted.enabled("no_torn_cut"):
-                torn = None
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-                runner.ledger = ledger.Ledger(
-                    path, fd, ledger.scan(path).records, fsync=config.policy.fsync
-                )
-            else:
-                runner.ledger, torn = ledger.Ledger.open(path, fsync=config.policy.fsync)
-            state = runner.state
-            runner.replay(path)
-            if not state.run_id:
-                # The crash came before record 1 was durable: start the run afresh.
-                state.run_id = run_id
-                runner.start_run(run_id, _task(config, None), config.digest)
-            if torn is not None:
-                console.say(
-                    f"[lorch] cut a torn last line ({torn.size} bytes) from {path.name}: "
-                    f"{torn.reason}"
-                )
-            if state.finished:
-                runner.write_derived()
-                console.say(
-                    f"[lorch] run {run_id} already {state.status}"
-                    + (f": {state.failure}" if state.failure else "")
-                )
-                return Outcome(run_id, state.status, state.failure or "")
-            killed = []
-            if not _planted.enabled("no_orphan_kill"):
-                for _role, info in sorted(state.agents.items()):
-                    if kill_orphan(int(info["pid"]), int(info["pgid"])):
-                        killed.append(int(info["pid"]))
-            if state.snapshot_id is None:
-                runner.take_snapshot()
-            runner.system(
-                "system.resumed",
-                {
-                    "torn_tail": None if torn is None else {"line": torn.line, "size": torn.size},
-                    "orphans_killed": killed,
-                },
+
+@dataclass
+class _Resume:
+    runner: Engine
+    config: Config
+    path: Path
+    run_id: str
+    console: Console
+    accept_config_change: bool
+
+    def body(self) -> Outcome:
+        runner, state = self.runner, self.runner.state
+        torn = self.open_ledger()
+        runner.replay(self.path)
+        if not state.run_id:
+            # The crash came before record 1 was durable: start the run afresh.
+            state.run_id = self.run_id
+            self.start_afresh()
+        if torn is not None:
+            self.console.say(
+                f"[lorch] cut a torn last line ({torn.size} bytes) from {self.path.name}: "
+                f"{torn.reason}"
             )
-            runner.write_index()
-            return runner.drive()
+        if state.finished:
+            runner.write_derived()
+            self.console.say(
+                f"[lorch] run {self.run_id} already {state.status}"
+                + (f": {state.failure}" if state.failure else "")
+            )
+            return Outcome(self.run_id, state.status, state.failure or "")
+        changes = self.config_changes()
+        killed = [] if _planted.enabled("no_orphan_kill") else end_orphans(state)
+        if state.snapshot_id is None:
+            runner.take_snapshot()
+        runner.system(
+            "system.resumed",
+            {
+                "torn_tail": None if torn is None else {"line": torn.line, "size": torn.size},
+                "orphans_killed": killed,
+                **changes,
+            },
+        )
+        runner.write_index()
+        return runner.drive()
 
-        return _guard(runner, body)
+    def open_ledger(self) -> ledger.TornTail | None:
+        fsync = self.config.policy.fsync
+        if _planted.enabled("no_torn_cut"):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            self.runner.ledger = ledger.Ledger(
+                self.path, fd, ledger.scan(self.path).records, fsync=fsync
+            )
+            return None
+        self.runner.ledger, torn = ledger.Ledger.open(self.path, fsync=fsync)
+        return torn
+
+    def start_afresh(self) -> None:
+        config = self.config
+        self.runner.start_run(
+            self.run_id, _task(config, None), from_config(config), drift.identity(config)
+        )
+
+    def config_changes(self) -> Record:
+        """Say what changed in lorch.json; refuse a binding change unless accepted."""
+        state = self.runner.state
+        started = next(iter(ledger.read(self.path, validate=False)), {})
+        found = drift.compare(started.get("payload") or {}, state.policy, state.task, self.config)
+        if not found.any:
+            return {}
+        parts = ", ".join(found.changed)
+        if found.binding and not self.accept_config_change:
+            raise ConfigError(
+                f"{self.config.path}: changed since run {self.run_id} started ({parts}): "
+                f"{'; '.join(found.binding)}. Resume keeps the task and limits the run "
+                "started with: undo these changes, or pass --accept-config-change to "
+                "apply them from now on"
+            )
+        if found.binding:
+            self.console.say(
+                f"[lorch] lorch.json changed since the run started ({parts}); applying, "
+                f"as accepted: {'; '.join(found.binding)}"
+            )
+            return found.accepted()
+        self.console.say(
+            f"[lorch] lorch.json changed since the run started ({parts}); the run keeps "
+            "its recorded task and limits"
+        )
+        return {"config_changed": found.changed}
+
+
+def end_orphans(state: State) -> list[int]:
+    """End the crashed run's agents (DESIGN.md §5.6); the pids that were still alive."""
+    return [
+        int(info["pid"])
+        for _role, info in sorted(state.agents.items())
+        if kill_orphan(int(info["pid"]), int(info["pgid"]))
+    ]
 
 
 __all__ = ["Console", "Interrupted", "Outcome", "StorageError", "resume", "run"]

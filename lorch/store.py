@@ -51,7 +51,7 @@ def find_receipt(workspace: Path, task_id: str, run_id: str, ik: str) -> Path | 
     return None
 
 
-def next_step(workspace: Path, task_id: str) -> int:
+def next_receipt_number(workspace: Path, task_id: str) -> int:
     d = receipts_dir(workspace, task_id)
     existing = [int(m.group(1)) for p in d.glob("step-*.json") if (m := _STEP.match(p.name))]
     return max(existing, default=0) + 1
@@ -81,7 +81,7 @@ def write_receipts(
     if not receipts:
         return []
     d = receipts_dir(workspace, receipts[0]["task_id"])
-    step = start if start is not None else next_step(workspace, receipts[0]["task_id"])
+    step = start if start is not None else next_receipt_number(workspace, receipts[0]["task_id"])
     written: list[tuple[Path, int]] = []
     todo = list(receipts)
     while todo:

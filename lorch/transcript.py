@@ -7,14 +7,11 @@ and what the user saw never disagree.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
-from lorch import failpoint, ledger
-from lorch.atomic import FILE_MODE, ensure_dir, fsync_dir, temp_name
-from lorch.errors import StorageError
+from lorch import ledger
+from lorch.atomic import atomic_write_chunks
 from lorch.protocol import printable
 
 COLORS = {"lorch": "\x1b[36m", "send": "\x1b[35m", "ok": "\x1b[32m", "bad": "\x1b[31m"}
@@ -151,25 +148,6 @@ def rebuild(workspace: Path, run_id: str) -> Path:
     """Write ``transcripts/<run_id>.txt`` from the ledger (streaming, atomic)."""
     src = workspace / "events" / f"{run_id}.ndjson"
     target = workspace / "transcripts" / f"{run_id}.txt"
-    ensure_dir(target.parent)
-    tmp = target.parent / temp_name(target.name)
-    try:
-        failpoint.io_fault(target)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(fd, FILE_MODE)  # 0600 whatever the umask
-            for record in ledger.read(src, validate=False):
-                text = render(record, color=False)
-                if text is not None:
-                    f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise StorageError(f"cannot write transcript {target}: {e.strerror}") from e
-        raise
-    fsync_dir(target.parent)
+    lines = (render(record, color=False) for record in ledger.read(src, validate=False))
+    atomic_write_chunks(target, (f"{text}\n".encode() for text in lines if text is not None))
     return target

@@ -5,24 +5,24 @@ Each rule gives a list of problems; the run passes when every list is empty.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from lorch import ledger, schemas, store
 from lorch.checksum import sha256_file
 from lorch.errors import LedgerError, PathEscape, UsageError
 from lorch.paths import safe_relpath
-from lorch.protocol import TERMINAL_EVENTS
+from lorch.protocol import TERMINAL_EVENTS, Record
 from lorch.workflow import State
 
+Rules = dict[str, list[str]]
 
-def verify(workspace: Path, run_id: str) -> dict[str, list[str]]:
+
+def verify(workspace: Path, run_id: str) -> Rules:
     """Rule name → problems found (empty list: the rule holds)."""
     path = workspace / "events" / f"{run_id}.ndjson"
     if not path.exists():
         raise UsageError(f"{workspace}: no run {run_id} (no events/{run_id}.ndjson)")
-    rules: dict[str, list[str]] = {
+    rules: Rules = {
         "ledger_replays": [],
         "terminal_event_for_every_command": [],
         "receipts_match_files": [],
@@ -31,12 +31,27 @@ def verify(workspace: Path, run_id: str) -> dict[str, list[str]]:
         "run_completed": [],
         "derived_files_valid": [],
     }
+    state, sent_at = _check_ledger(path, rules)
+    _check_receipts(workspace, run_id, sent_at, rules)
+    if state.status != "completed":
+        rules["run_completed"].append(
+            f"run status is {state.status}" + (f": {state.failure}" if state.failure else "")
+        )
+    _check_state_files(workspace, run_id, state, rules)
+    return rules
+
+
+def _check_ledger(path: Path, rules: Rules) -> tuple[State, dict[str, int]]:
+    """Replay the ledger (the same fold as run and resume) and check its answers.
+
+    Also returns, for each key, the ledger record of its last command.
+    """
     state = State()
     open_keys: dict[str, str] = {}
     answered: set[str] = set()
-    last_review: dict[str, Any] | None = None
+    last_review: Record | None = None
     spec_done = False
-    sent_at: dict[str, int] = {}  # key -> ledger record of its last command
+    sent_at: dict[str, int] = {}
     try:
         for n, record in enumerate(ledger.read(path, allow_torn=False), start=1):
             state.fold(record)
@@ -55,6 +70,15 @@ def verify(workspace: Path, run_id: str) -> dict[str, list[str]]:
         rules["ledger_replays"].append(str(e))
     for corr in sorted(set(open_keys) - answered):
         rules["terminal_event_for_every_command"].append(f"command {corr} has no terminal event")
+    if last_review is None or last_review.get("status") != "approved":
+        status = None if last_review is None else last_review.get("status")
+        rules["final_review_approved"].append(f"last review.completed status is {status!r}")
+    if not spec_done:
+        rules["spec_terminal_event"].append("no spec.updated or spec.no_changes_needed event")
+    return state, sent_at
+
+
+def _check_receipts(workspace: Path, run_id: str, sent_at: dict[str, int], rules: Rules) -> None:
     receipts = [(p, r) for p, r in store.iter_receipts(workspace) if r.get("run_id") == run_id]
     if not receipts:
         rules["receipts_match_files"].append("no receipts for this run")
@@ -64,7 +88,7 @@ def verify(workspace: Path, run_id: str) -> dict[str, list[str]]:
     # Only the newest receipt of each path must match: later rounds rewrite files.
     # "Newest" is by the ledger, not by step number: a receipt that resume
     # rebuilt (someone deleted it) has a higher step than the rounds after it.
-    newest: dict[str, tuple[Path, dict[str, Any]]] = {}
+    newest: dict[str, tuple[Path, Record]] = {}
     by_ledger = sorted(receipts, key=lambda pr: sent_at.get(str(pr[1].get("idempotency_key")), 0))
     for p, r in by_ledger:
         for art in r.get("artifacts", []):
@@ -83,15 +107,9 @@ def verify(workspace: Path, run_id: str) -> dict[str, list[str]]:
             rules["receipts_match_files"].append(
                 f"{p}: {rel} has {sha} ({size} bytes), receipt says {art['sha256']}"
             )
-    if last_review is None or last_review.get("status") != "approved":
-        status = None if last_review is None else last_review.get("status")
-        rules["final_review_approved"].append(f"last review.completed status is {status!r}")
-    if not spec_done:
-        rules["spec_terminal_event"].append("no spec.updated or spec.no_changes_needed event")
-    if state.status != "completed":
-        rules["run_completed"].append(
-            f"run status is {state.status}" + (f": {state.failure}" if state.failure else "")
-        )
+
+
+def _check_state_files(workspace: Path, run_id: str, state: State, rules: Rules) -> None:
     run_json = workspace / "state" / "run.json"
     data = store.read_json(run_json)
     if isinstance(data, dict) and data.get("run_id") == run_id:
@@ -105,11 +123,3 @@ def verify(workspace: Path, run_id: str) -> dict[str, list[str]]:
     if index is not None:
         for err in schemas.errors("index", index):
             rules["derived_files_valid"].append(f"state/index.json: {err[0]}: {err[1]}")
-    return rules
-
-
-def snapshot_manifests(workspace: Path) -> list[tuple[Path, Any]]:
-    out = []
-    for p in sorted((workspace / "snapshots").glob("*.manifest.json")):
-        out.append((p, json.loads(p.read_text(encoding="utf-8"))))
-    return out

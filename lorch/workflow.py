@@ -16,14 +16,16 @@ The loop (MASTER-SPEC §4.2):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lorch.canonical import digest, idempotency_key
-from lorch.protocol import TERMINAL_EVENTS
-
-Record = dict[str, Any]
+from lorch.policy import RunPolicy, from_record
+from lorch.protocol import (
+    TERMINAL_EVENTS,
+    Record,
+)
 
 ROLE_OF = {
     "implement": "builder",
@@ -84,14 +86,24 @@ class Finish:
     reason: str
 
 
+@dataclass(frozen=True)
+class Restart:
+    """Start the role's agent again: its ``n``-th restart (1-based), after a backoff."""
+
+    role: str
+    n: int
+
+
 Step = Send | Check | Finish
+# Records that turn down the answer in flight; anything else after it accepts it.
+REJECTIONS = ("system.artifact_rejected", "system.command_failed")
 
 
 @dataclass
 class State:
     run_id: str = ""
     task: dict[str, Any] = field(default_factory=dict)
-    policy: dict[str, Any] = field(default_factory=dict)
+    policy: RunPolicy = field(default_factory=RunPolicy)
     snapshot_id: str | None = None
     started_at: str = ""
     updated_at: str = ""
@@ -101,16 +113,12 @@ class State:
     commands: int = 0  # distinct keys sent
     rounds: dict[str, int] = field(default_factory=dict)  # commands per action
     accepted: int = 0  # commands whose answers were accepted (a count: memory stays flat)
-    last_accepted_key: str | None = None
     pending: Pending | None = None
-    last_answer: Record | None = None  # last accepted terminal event
-    last_action: str | None = None  # action it answered
+    last_accepted: Pending | None = None  # the last command whose answer was accepted
     restarts: dict[str, int] = field(default_factory=dict)
     agents: dict[str, dict[str, int]] = field(default_factory=dict)
     # The last pre-command checkpoint recorded, and the key it was taken for.
     checkpoint: tuple[str, str] | None = None
-    # Called with each accepted command (receipts); not part of the decision.
-    on_accept: Callable[[Pending], None] | None = None
 
     @property
     def task_id(self) -> str:
@@ -120,12 +128,24 @@ class State:
     def finished(self) -> bool:
         return self.status != "running"
 
+    @property
+    def last_answer(self) -> Record | None:
+        """The last accepted terminal event."""
+        return self.last_accepted.terminal if self.last_accepted else None
+
+    @property
+    def last_action(self) -> str | None:
+        """The action the last accepted answer answered."""
+        return str(self.last_accepted.command["action"]) if self.last_accepted else None
+
     # -- folding ---------------------------------------------------------------
 
     def fold(self, record: Record) -> None:
         """Fold one ledger record. Total: a malformed record changes nothing it
         cannot type-check (a forged or damaged ``system.*`` payload included)."""
         self.records += 1
+        if not _awaits_verdict(record, self.pending):
+            self._settle()
         if record.get("kind") == "command":
             self._fold_command(record)
             return
@@ -152,7 +172,6 @@ class State:
     def _fold_command(self, record: Record) -> None:
         if not _well_formed_command(record):
             return  # not one lorch wrote: nothing to fold (verify reports the ledger)
-        self._settle()
         ik = record["idempotency_key"]
         if self.pending is None or self.pending.ik != ik:
             self.commands += 1
@@ -168,8 +187,15 @@ class State:
             self.run_id = _text(payload.get("run_id"))
             task = _object(payload.get("task"))
             self.task = dict(task) if isinstance(task.get("id"), str) else {}
-            self.policy = dict(_object(payload.get("policy")))
+            self.policy = from_record(_object(payload.get("policy")), RunPolicy())
             self.started_at = _text(record.get("occurred_at"))
+        elif name == "system.resumed":
+            # A resume that accepted a changed lorch.json records what now applies.
+            if isinstance(payload.get("policy"), dict):
+                self.policy = from_record(payload["policy"], self.policy)
+            changed = _object(payload.get("task"))
+            if isinstance(changed.get("id"), str):
+                self.task = dict(changed)
         elif name == "system.snapshot":
             if self.snapshot_id is not None:
                 return  # the run's snapshot is taken once
@@ -208,7 +234,6 @@ class State:
                 p.failed_code = _text(payload.get("code", "failed"))
                 p.terminal = None
         elif name == "system.run_completed":
-            self._settle()
             self.status = "completed"
         elif name == "system.run_failed":
             self.status = "failed"
@@ -224,15 +249,12 @@ class State:
             self.accept()
 
     def accept(self) -> None:
+        """The answer in flight passed its checks (or was followed by a record)."""
         p = self.pending
         assert p is not None and p.terminal is not None
         self.accepted += 1
-        self.last_accepted_key = p.ik
-        self.last_answer = p.terminal
-        self.last_action = str(p.command["action"])
+        self.last_accepted = p
         self.pending = None
-        if self.on_accept is not None:
-            self.on_accept(p)
 
     def pre_checkpoint(self, ik: str) -> str | None:
         """The checkpoint recorded before command ``ik`` was first sent, if any.
@@ -242,18 +264,6 @@ class State:
         if self.checkpoint is not None and self.checkpoint[0] == ik:
             return self.checkpoint[1]
         return None
-
-    # -- deciding --------------------------------------------------------------
-
-    def policy_value(self, name: str, default: Any) -> Any:
-        """A policy setting from record 1, or ``default`` when it is not of its type."""
-        value = self.policy.get(name, default)
-        if isinstance(default, bool):
-            return value if isinstance(value, bool) else default
-        if isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31
-            return value if ok else default
-        return value
 
 
 def _text(value: Any) -> str:
@@ -281,6 +291,43 @@ def _well_formed_command(record: Record) -> bool:
         and isinstance(retry, dict)
         and isinstance(retry.get("attempt"), int)
     )
+
+
+def _awaits_verdict(record: Record, p: Pending | None) -> bool:
+    """Does ``record`` come before the verdict on ``p``'s answer, or turn it down?
+
+    The post-turn checkpoint is recorded before the answer's artifacts are
+    checked; a rejection after them. Any other record means it was accepted.
+    """
+    if p is None or p.terminal is None:
+        return False
+    name = record.get("event")
+    payload = _object(record.get("payload"))
+    if name == "system.checkpoint":
+        return payload.get("phase") == "post" and payload.get("idempotency_key") == p.ik
+    if name not in REJECTIONS:
+        return False
+    return (
+        payload.get("idempotency_key") == p.ik
+        or record.get("correlation_id") == p.command["correlation_id"]
+    )
+
+
+def replay(records: Iterable[Record]) -> State:
+    """The state a ledger's records fold to (what ``run``, ``resume`` and ``verify`` see)."""
+    state = State()
+    for record in records:
+        state.fold(record)
+    return state
+
+
+def after_failure(state: State, role: str, reason: str) -> Restart | Finish:
+    """An agent failed: restart it, or fail the run once its restarts are used up."""
+    n = state.restarts.get(role, 0)
+    limit = state.policy.max_restarts
+    if n >= limit:
+        return Finish("failed", f"agent {role} failed after {limit} restarts: {reason}")
+    return Restart(role, n + 1)
 
 
 def answer_digest(event: Record) -> str:
@@ -324,7 +371,7 @@ def build_command(
         "expected_outputs": expected_outputs,
         "version": {"snapshot_id": snapshot_id},
         "deadline": deadline,
-        "retry": {"attempt": 0, "max_attempts": state.policy_value("max_attempts", 3)},
+        "retry": {"attempt": 0, "max_attempts": state.policy.max_attempts},
         "priority": PRIORITY,
     }
 
@@ -336,7 +383,7 @@ def next_step(state: State, *, fresh: Fresh) -> Step:
     p = state.pending
     if p is not None:
         if p.failed is not None:
-            max_attempts = state.policy_value("max_attempts", 3)
+            max_attempts = state.policy.max_attempts
             if p.attempt + 1 >= max_attempts:
                 return Finish(
                     "failed",
@@ -362,7 +409,7 @@ def _resend(command: Record, fresh: Fresh, attempt: int) -> Record:
 
 
 def _next_new(state: State, fresh: Fresh) -> Step:
-    max_rounds = state.policy_value("max_rounds", 10)
+    max_rounds = state.policy.max_rounds
     answer = state.last_answer
     task = state.task_id
 
@@ -391,7 +438,7 @@ def _next_new(state: State, fresh: Fresh) -> Step:
             return Finish(
                 "failed", f"task {task}: builder.completed carries no payload.tests status"
             )
-        if tests["status"] == "fail" and not state.policy_value("allowed_failures", False):
+        if tests["status"] == "fail" and not state.policy.allowed_failures:
             return Finish(
                 "failed", f"task {task}: builder tests failed: {tests.get('summary', '')}"
             )

@@ -110,7 +110,7 @@ class Fatal(Exception):
     """The agent must stop (an injected fault asked for it)."""
 
 
-class Options:
+class AgentOptions:
     """What the command line decided (paths are absolute or relative strings)."""
 
     def __init__(
@@ -185,7 +185,7 @@ class Output:
 
 
 class Agent:
-    def __init__(self, opts: Options, out: Output) -> None:
+    def __init__(self, opts: AgentOptions, out: Output) -> None:
         self.o = opts
         self.out = out
         self.started = time.monotonic()
@@ -654,7 +654,7 @@ def _schema_problem(cmd: dict[str, Any]) -> str | None:
     return None
 
 
-def serve(opts: Options) -> int:
+def serve(opts: AgentOptions) -> int:
     out = Output(sys.stdout.buffer)
     agent = Agent(opts, out)
 

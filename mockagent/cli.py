@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     interval = args.heartbeat_interval or float(os.environ.get("LORCH_HEARTBEAT_INTERVAL") or 10)
     expect = fixture.get("expect_snapshot") or os.environ.get("LORCH_SNAPSHOT_ID") or None
 
-    from mockagent.agent import Options, serve
+    from mockagent.agent import AgentOptions, serve
 
-    opts = Options(
+    opts = AgentOptions(
         role=role,
         agent_id=args.agent_id or os.environ.get("LORCH_AGENT_ID") or f"{role}#1",
         workspace=workspace,

@@ -1,6 +1,6 @@
 """Conformance kit: is an agent protocol-correct and safe to resume?"""
 
-from lorch.conformance.checks import CHECKS, Check, Outcome, Verdict
+from lorch.conformance.checks import CHECKS, CheckOutcome, ConformanceCheck, Verdict
 from lorch.conformance.kit import Report, run_battery
 
-__all__ = ["CHECKS", "Check", "Outcome", "Report", "Verdict", "run_battery"]
+__all__ = ["CHECKS", "CheckOutcome", "ConformanceCheck", "Report", "Verdict", "run_battery"]

@@ -44,7 +44,7 @@ STATUS_NEXT = {
 
 
 @dataclass(frozen=True)
-class Check:
+class ConformanceCheck:
     id: str
     severity: str  # required | recommended
     rule: str
@@ -60,8 +60,8 @@ class Verdict:
 
 
 @dataclass
-class Outcome:
-    check: Check
+class CheckOutcome:
+    check: ConformanceCheck
     verdict: Verdict
     expected_failure: bool = False
 
@@ -755,143 +755,145 @@ def sigterm(s: Session) -> Verdict:
     return _ends(s, "sigterm")
 
 
-CHECKS: list[Check] = [
-    Check(
+CHECKS: list[ConformanceCheck] = [
+    ConformanceCheck(
         "PROTO-001",
         "required",
         "DESIGN §3",
         "lorch records every line; one bad line is a protocol error and a retry",
         proto_lines,
     ),
-    Check(
+    ConformanceCheck(
         "HB-001",
         "required",
         "DESIGN §6",
         "without heartbeats lorch declares the agent unhealthy and kills it",
         heartbeats,
     ),
-    Check(
+    ConformanceCheck(
         "CORR-001",
         "required",
         "DESIGN §3",
         "lorch matches events to commands by task and correlation id",
         correlation,
     ),
-    Check(
+    ConformanceCheck(
         "TERM-001",
         "required",
         "DESIGN §3",
         "a command is done at its one terminal event; two answers make the run ambiguous",
         one_terminal,
     ),
-    Check(
+    ConformanceCheck(
         "ART-001",
         "required",
         "DESIGN §5.8",
         "lorch hashes every artifact; a wrong claim fails the command",
         artifacts,
     ),
-    Check(
+    ConformanceCheck(
         "IDEMP-001",
         "required",
         "DESIGN §5.3-5.4",
         "after a crash lorch re-sends the pending command with the same key",
         idempotent_repeat,
     ),
-    Check(
+    ConformanceCheck(
         "IDEMP-002",
         "required",
         "DESIGN §5.6",
         "two deliveries of one key must never run the work twice at once",
         in_flight,
     ),
-    Check(
+    ConformanceCheck(
         "IDEMP-003",
         "required",
         "DESIGN §5.3",
         "resume restarts agents and re-sends keys they already answered",
         across_restart,
     ),
-    Check(
+    ConformanceCheck(
         "IDEMP-004",
         "required",
         "DESIGN §5.3",
         "an agent killed mid-work must finish the work exactly once on re-send",
         crash_mid_work,
     ),
-    Check(
+    ConformanceCheck(
         "IDEMP-005",
         "required",
         "DESIGN §5.4",
         "a new round has a new key and must really be done (negative control)",
         new_round_executed,
     ),
-    Check(
+    ConformanceCheck(
         "IDEMP-006",
         "recommended",
         "DESIGN §5.4",
         "a key reused with other inputs is a bug worth refusing loudly",
         conflict,
     ),
-    Check(
+    ConformanceCheck(
         "VER-001",
         "required",
         "DESIGN §3",
         "work against the wrong workspace version must be refused",
         version_mismatch,
     ),
-    Check(
+    ConformanceCheck(
         "IDEMP-007",
         "required",
         "DESIGN §5.3-5.4",
         "lorch reuses correlation ids across runs; only the key may decide a replay",
         same_key_new_correlation,
     ),
-    Check(
+    ConformanceCheck(
         "IDEMP-008",
         "required",
         "DESIGN §5.4",
         "a new key under a reused correlation id is new work (negative control)",
         new_key_old_correlation,
     ),
-    Check(
+    ConformanceCheck(
         "IDEMP-009",
         "required",
         "DESIGN §5.4",
         "refusing a legitimate new command stalls the run",
         never_refused,
     ),
-    Check("INPUT-001", "required", "DESIGN §5.10", "a bad line must not kill the agent", malformed),
-    Check(
+    ConformanceCheck(
+        "INPUT-001", "required", "DESIGN §5.10", "a bad line must not kill the agent", malformed
+    ),
+    ConformanceCheck(
         "INPUT-002",
         "required",
         "DESIGN §3",
         "lines over 256 KiB are refused, not buffered without end",
         oversized,
     ),
-    Check(
+    ConformanceCheck(
         "INPUT-003",
         "required",
         "DESIGN §3",
         "an unknown action gets an error event, not silence",
         unknown_action,
     ),
-    Check(
+    ConformanceCheck(
         "CORR-002",
         "required",
         "DESIGN §3",
         "lorch attributes every event by correlation id, progress included",
         every_correlation,
     ),
-    Check(
+    ConformanceCheck(
         "TERM-002",
         "required",
         "DESIGN §3",
         "a second terminal event for a command makes the run ambiguous",
         no_second_terminal,
     ),
-    Check("LIFE-001", "required", "DESIGN §6", "lorch stops agents with EOF first", eof),
-    Check(
+    ConformanceCheck("LIFE-001", "required", "DESIGN §6", "lorch stops agents with EOF first", eof),
+    ConformanceCheck(
         "LIFE-002",
         "required",
         "DESIGN §6",

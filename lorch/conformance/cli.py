@@ -79,7 +79,7 @@ def conformance(
     checkpoints: bool,
     command: tuple[str, ...],
 ) -> None:
-    """Check that the agent started by COMMAND is protocol-correct and idempotent."""
+    """ConformanceCheck that the agent started by COMMAND is protocol-correct and idempotent."""
     expected = kit.read_expected(expected_failures)
     report = kit.run_battery(
         list(command),

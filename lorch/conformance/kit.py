@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorch import reports
-from lorch.conformance.checks import CHECKS, Check, Outcome, Session, Verdict
+from lorch.conformance.checks import CHECKS, CheckOutcome, ConformanceCheck, Session, Verdict
 from lorch.errors import AgentError, AgentStartError, UsageError
 
 
@@ -19,7 +19,7 @@ def _not_run(session: Session) -> Verdict:
 # How long an agent whose stdout reached EOF may take to be reaped.
 EXIT_GRACE = 5.0
 
-FUZZ = Check(
+FUZZ = ConformanceCheck(
     "FUZZ-001",
     "recommended",
     "DESIGN §3, §5.10",
@@ -30,7 +30,7 @@ FUZZ = Check(
 
 @dataclass
 class Report:
-    outcomes: list[Outcome]
+    outcomes: list[CheckOutcome]
     transcript: str
     seconds: float
     unexpected_passes: list[str]
@@ -83,7 +83,7 @@ def run_battery(
         from lorch.conformance.checkpointed import under_checkpoints
 
         session.agent = under_checkpoints(session.agent, session.workspace)
-    outcomes: list[Outcome] = []
+    outcomes: list[CheckOutcome] = []
     try:
         session.start()
         _ensure_alive(session)
@@ -103,7 +103,7 @@ def run_battery(
             ):
                 session.start()
             outcomes.append(
-                Outcome(check, verdict, expected_failure=check.id in (expected or set()))
+                CheckOutcome(check, verdict, expected_failure=check.id in (expected or set()))
             )
         if fuzz_examples and (not only or FUZZ.id in only):
             from lorch.conformance.fuzz import fuzz
@@ -111,7 +111,9 @@ def run_battery(
             if session.agent.proc is None or session.agent.proc.poll() is not None:
                 session.start()
             verdict = fuzz(session, seed=seed, examples=fuzz_examples)
-            outcomes.append(Outcome(FUZZ, verdict, expected_failure=FUZZ.id in (expected or set())))
+            outcomes.append(
+                CheckOutcome(FUZZ, verdict, expected_failure=FUZZ.id in (expected or set()))
+            )
         transcript = session.agent.t.dump(session.agent.redactor)
     finally:
         session.close()

@@ -12,7 +12,7 @@ from lorch.crashtest import report
 from lorch.crashtest.harness import (
     DEFAULT_MODES,
     MODES,
-    Interrupted,
+    CrashtestInterrupted,
     Options,
     Result,
 )
@@ -138,7 +138,7 @@ def crashtest(
     partial = False
     try:
         baseline, results = run(scenario, mode_list, parse_offsets(offsets), opts)
-    except Interrupted as i:
+    except CrashtestInterrupted as i:
         baseline, results, partial = i.baseline, i.results, True
     seconds = time.monotonic() - started
     click.echo(report.table(results))

@@ -40,6 +40,7 @@ from lorch.crashtest.invariants import Broken
 from lorch.errors import LedgerError, UsageError
 from lorch.launch import PRIVATE_VARS, with_scripts_path
 from lorch.procs import group_alive
+from lorch.workflow import replay
 
 MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt", "powercut", "external")
 DEFAULT_MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt")
@@ -306,13 +307,8 @@ def record_baseline(scenario_ref: str | Path, extra_env: dict[str, str] | None =
 
 
 def _final_status(records: list[dict[str, Any]]) -> str:
-    for r in reversed(records):
-        e = r.get("event")
-        if e == "system.run_completed":
-            return "completed"
-        if e in ("system.run_failed", "system.run_aborted"):
-            return "failed"
-    return "running"
+    """How the ledger says the run stands: the same fold run and resume use."""
+    return replay(records).status
 
 
 def _terminal_events(records: list[dict[str, Any]]) -> list[str]:
@@ -434,10 +430,6 @@ def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
         check_receipts_before_end(ws)
     else:
         PROCS.run(run_args, _env(opts.extra_env, f"{FAILPOINT[point.mode]}:{point.offset}"))
-    if the_ledger(ws) is None:
-        # Killed before its ledger existed (an external kill during start-up):
-        # nothing was recorded, so there is nothing to resume; run it again.
-        PROCS.run(run_args, _env(opts.extra_env, None))
     check_write_ahead(ws)
     if point.mode == "double" and _final_status(read_records(ws)) == "running":
         path = the_ledger(ws)
@@ -671,13 +663,15 @@ def crashtest(
                 f.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             results.sort(key=lambda r: (MODES.index(r.point.mode), r.point.offset))
-            raise Interrupted(baseline, results) from None
+            raise CrashtestInterrupted(baseline, results) from None
         pool.shutdown(wait=True)
     results.sort(key=lambda r: (MODES.index(r.point.mode), r.point.offset))
     return baseline, results
 
 
-class Interrupted(Exception):
+class CrashtestInterrupted(Exception):
+    """Ctrl-C during a matrix: the points explored so far, for a partial report."""
+
     def __init__(self, baseline: Baseline, results: list[Result]) -> None:
         super().__init__("interrupted")
         self.baseline = baseline

@@ -13,13 +13,11 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from lorch import store
 from lorch.errors import StorageError
+from lorch.protocol import Record
 from lorch.workflow import Pending, State
-
-Record = dict[str, Any]
 
 # lorch's own directories: a temp file left in one of them is lorch's.
 LORCH_DIRS = ("events", "state", "receipts", "snapshots", "transcripts", "logs")
@@ -54,7 +52,6 @@ def fold(recs: list[Record]) -> Folded:
     """
     out = Folded()
     state = State()
-    state.on_accept = out.accepted.append
     accepted: set[str] = set()
     for i, r in enumerate(recs, start=1):
         if r.get("kind") == "command":
@@ -68,7 +65,10 @@ def fold(recs: list[Record]) -> Folded:
                     f"record {i}: command {r['action']} ({_short(ik)}) sent again although "
                     "its answer was already in the ledger",
                 )
+        n = state.accepted
         state.fold(r)
+        if state.accepted != n and state.last_accepted is not None:
+            out.accepted.append(state.last_accepted)
     out.run_id = state.run_id
     return out
 

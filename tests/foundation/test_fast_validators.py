@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from lorch import schemas
+from lorch._validators import generate
 from lorch.resources import scenarios_dir, schema_path
 from lorch.runner import Console, run
 from lorch.scenarios import materialize
@@ -28,10 +29,10 @@ def reference(name: str) -> Draft202012Validator:
     return Draft202012Validator(json.loads(schema_path(name).read_text()))
 
 
-@pytest.mark.parametrize(("package", "name"), schemas.GENERATED)
+@pytest.mark.parametrize(("package", "name"), generate.GENERATED)
 def test_generated_validator_is_current(package: str, name: str) -> None:
-    path = schemas.generated_path(name, package)
-    assert path.read_text(encoding="utf-8") == schemas.generate(name, package), (
+    path = generate.generated_path(name, package)
+    assert path.read_text(encoding="utf-8") == generate.generate(name, package), (
         f"{path} is stale: run `python -m lorch._validators`"
     )
 

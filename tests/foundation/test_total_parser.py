@@ -434,5 +434,5 @@ def test_policy_of_the_wrong_type_falls_back_to_defaults() -> None:
             {"run_id": "r", "task": TASK, "policy": {"max_attempts": "many", "max_rounds": 1e9}},
         )
     )
-    assert s.policy_value("max_attempts", 3) == 3
-    assert s.policy_value("max_rounds", 10) == 10
+    assert s.policy.max_attempts == 3
+    assert s.policy.max_rounds == 10

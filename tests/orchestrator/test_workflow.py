@@ -182,7 +182,8 @@ def test_completed_key_is_never_resent() -> None:
     sim.reply(cmd, "builder.completed", "success", **PASS)
     step = sim.step()
     assert isinstance(step, Send) and step.command["action"] == "review"
-    assert sim.state.last_accepted_key == cmd["idempotency_key"] and sim.state.accepted == 1
+    last = sim.state.last_accepted
+    assert last is not None and last.ik == cmd["idempotency_key"] and sim.state.accepted == 1
     assert step.command["idempotency_key"] != cmd["idempotency_key"]
 
 

@@ -1,0 +1,541 @@
+"""The engine on a fake transport and a fake clock: no subprocess, no waiting.
+
+Each agent is a :class:`FakePort` whose answers a test scripts; the inbox
+advances the fake clock by the time the engine would have waited, so
+timeouts, heartbeat loss, restarts and backoff take no wall time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lorch import ledger
+from lorch.engine import Engine, Outcome
+from lorch.errors import AgentError, FramingError
+from lorch.policy import RolePolicy, RunPolicy
+from lorch.redact import Redactor
+from lorch.transport import Inbox, Incoming, SendContext
+from lorch.workflow import State, replay
+
+RUN_ID = "run-20261201-120000-0badc0de"
+TASK = {"id": "T-1", "title": "a task"}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeInbox(Inbox):
+    """Items in order; waiting only moves the fake clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.queue: deque[Incoming] = deque()
+        self.slept: list[float] = []
+
+    def post(self, item: Incoming) -> None:
+        self.queue.append(item)
+
+    def get(self, timeout: float) -> Incoming | None:
+        if self.queue:
+            return self.queue.popleft()
+        self.clock.t += timeout
+        return None
+
+    def wait(self, seconds: float, stop: threading.Event | None = None) -> None:
+        self.slept.append(seconds)
+        self.clock.t += seconds
+
+
+Script = Callable[["FakePort", dict[str, Any]], None]
+
+
+class FakePort:
+    def __init__(
+        self, role: str, generation: int, inbox: Inbox, script: Script, heartbeats: bool
+    ) -> None:
+        self.role = role
+        self.generation = generation
+        # Above any pid_max: never a real process (and never signalled here anyway).
+        self.pid = self.pgid = 2**22 + generation
+        self.start_time = None
+        self.argv = [f"fake-{role}"]
+        self.sends_heartbeats = heartbeats
+        self.last_stderr = ""
+        self.inbox = inbox
+        self.script = script
+        self.sent: list[tuple[dict[str, Any], bytes, SendContext]] = []
+        self.running = True
+        self.accepts_input = True
+        self.cancelled = 0
+
+    def send(self, command: dict[str, Any], line: bytes, context: SendContext) -> bool:
+        if not self.accepts_input:
+            return False
+        self.sent.append((command, line, context))
+        self.script(self, command)
+        return True
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+    def alive(self) -> bool:
+        return self.running
+
+    def close_input(self) -> None:
+        pass
+
+    def stop(self, grace: float = 2.0) -> int | None:
+        self.running = False
+        return 0
+
+    def kill(self) -> int | None:
+        self.running = False
+        return -9
+
+    # what a script does
+    def emit(self, event: str, cmd: dict[str, Any], **fields: Any) -> None:
+        self.post("event", message=message(self.role, event, cmd, **fields))
+
+    def post(self, kind: Any, **kw: Any) -> None:
+        self.inbox.post(Incoming(self.role, self.generation, kind, **kw))
+
+
+def message(role: str, event: str, cmd: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {
+        "kind": "event",
+        "message_id": f"evt-{role}-{event}-{cmd['message_id']}",
+        "correlation_id": cmd["correlation_id"],
+        "task_id": cmd["task_id"],
+        "from": {"agent_type": role},
+        "event": event,
+        "payload": {},
+        "occurred_at": "2026-12-01T12:00:00Z",
+        **fields,
+    }
+
+
+def good(port: FakePort, cmd: dict[str, Any]) -> None:
+    """A well-behaved agent: the happy answer of its role."""
+    if port.role == "builder":
+        port.emit("builder.completed", cmd, payload={"tests": {"status": "pass", "summary": ""}})
+    elif port.role == "reviewer":
+        port.emit("review.completed", cmd, status="approved")
+    else:
+        port.emit("spec.updated", cmd)
+
+
+class FakeAgents:
+    def __init__(self, inbox: Inbox, scripts: dict[str, Script], heartbeats: bool = False):
+        self.inbox = inbox
+        self.scripts = scripts
+        self.heartbeats = heartbeats
+        self.started: list[FakePort] = []
+        self.fail_start: set[str] = set()
+
+    def roles(self) -> list[str]:
+        return ["builder", "reviewer", "spec_maintainer"]
+
+    def checkpointed(self, role: str) -> bool:
+        return False
+
+    def start(
+        self, role: str, generation: int, run_id: str, snapshot_id: str | None, inbox: Inbox
+    ) -> FakePort:
+        if role in self.fail_start:
+            raise AgentError(f"agent {role}: cannot start 'fake-{role}'")
+        port = FakePort(role, generation, inbox, self.scripts.get(role, good), self.heartbeats)
+        self.started.append(port)
+        return port
+
+    def ports(self, role: str) -> list[FakePort]:
+        return [p for p in self.started if p.role == role]
+
+
+class Quiet:
+    def say(self, text: str) -> None:
+        pass
+
+    def record(self, record: dict[str, Any]) -> None:
+        pass
+
+
+POLICY = RunPolicy(
+    max_attempts=3,
+    max_restarts=2,
+    heartbeat_misses=3,
+    backoff_initial_s=1.0,
+    backoff_factor=2.0,
+    backoff_max_s=60.0,
+    roles={
+        role: RolePolicy(heartbeat_interval_s=10.0, timeouts_s={"implement": 100.0})
+        for role in ("builder", "reviewer", "spec_maintainer")
+    },
+)
+
+
+class Rig:
+    def __init__(
+        self,
+        tmp_path: Path,
+        scripts: dict[str, Script] | None = None,
+        *,
+        policy: RunPolicy = POLICY,
+        heartbeats: bool = False,
+    ) -> None:
+        self.ws = tmp_path / "ws"
+        self.ws.mkdir()
+        self.clock = FakeClock()
+        self.inbox = FakeInbox(self.clock)
+        self.agents = FakeAgents(self.inbox, scripts or {}, heartbeats)
+        self.policy = policy
+        self.engine = Engine(
+            self.ws,
+            self.agents,
+            Quiet(),
+            Redactor([]),
+            clock=self.clock,
+            rng=random.Random(5),
+            inbox=self.inbox,
+        )
+
+    def run(self) -> Outcome:
+        e = self.engine
+        e.ledger, _ = ledger.Ledger.open(self.ws / "events" / f"{RUN_ID}.ndjson", fsync=False)
+        try:
+            e.start_run(RUN_ID, dict(TASK), self.policy, {"config_digest": "sha256:" + "0" * 64})
+            e.take_snapshot()
+            return e.drive()
+        finally:
+            e.close()
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(ledger.read(self.ws / "events" / f"{RUN_ID}.ndjson"))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r.get("event") == name]
+
+    def commands(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r["kind"] == "command"]
+
+
+def test_happy_path_sends_each_command_after_it_is_recorded(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    outcome = rig.run()
+    assert outcome.status == "completed", outcome
+    cmds = rig.commands()
+    assert [c["action"] for c in cmds] == ["implement", "review", "update_spec"]
+    sent = [(p.role, c["message_id"]) for p in rig.agents.started for c, _, _ in p.sent]
+    assert sorted(sent) == sorted((c["to"]["agent_type"], c["message_id"]) for c in cmds)
+    for port in rig.agents.started:
+        for cmd, line, context in port.sent:
+            assert line == ledger_line(rig, cmd["message_id"])  # the very bytes recorded
+            assert context == SendContext(checkpoint=None)
+    assert len(list((rig.ws / "receipts" / "T-1").glob("step-*.json"))) == 3
+    assert rig.inbox.slept == []  # nothing failed: no backoff
+
+
+def ledger_line(rig: Rig, message_id: str) -> bytes:
+    raw = (rig.ws / "events" / f"{RUN_ID}.ndjson").read_bytes()
+    return next(ln + b"\n" for ln in raw.split(b"\n") if message_id.encode() in ln)
+
+
+def silent_once() -> Script:
+    calls = {"n": 0}
+
+    def script(port: FakePort, cmd: dict[str, Any]) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            good(port, cmd)
+
+    return script
+
+
+def test_a_command_that_times_out_is_resent_with_its_key_after_a_restart(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, {"builder": silent_once()})
+    assert rig.run().status == "completed"
+    failed = rig.events("system.command_failed")
+    assert [f["payload"]["code"] for f in failed] == ["timeout"]
+    assert failed[0]["payload"]["reason"] == "implement timed out after 100 s"
+    first, again = [c for c in rig.commands() if c["action"] == "implement"]
+    assert first["idempotency_key"] == again["idempotency_key"]
+    assert first["correlation_id"] == again["correlation_id"]
+    assert again["retry"]["attempt"] == 1
+    builders = rig.agents.ports("builder")
+    assert len(builders) == 2 and not builders[0].running  # killed, then a new one
+    (restart,) = rig.events("system.agent_restarted")
+    assert restart["payload"]["restarts"] == 1 and restart["payload"]["reason"] == "timeout"
+    (slept,) = rig.inbox.slept  # the backoff before the restart, within its first ceiling
+    assert 0 <= slept <= 1.0 and round(slept, 3) == restart["payload"]["delay_s"]
+
+
+def test_lost_heartbeats_make_the_agent_unhealthy(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, {"builder": silent_once()}, heartbeats=True)
+    assert rig.run().status == "completed"
+    (failed,) = rig.events("system.command_failed")
+    assert failed["payload"]["code"] == "heartbeat_timeout"
+    assert failed["payload"]["reason"] == "no heartbeat from builder for 3 intervals of 10 s"
+
+
+def test_heartbeats_keep_a_slow_agent_alive_until_its_timeout(tmp_path: Path) -> None:
+    # The first builder beats whenever lorch waits but never answers: the
+    # heartbeat watch never fires; the command's own timeout (100 s) does.
+    beating: list[FakePort] = []
+
+    def script(port: FakePort, cmd: dict[str, Any]) -> None:
+        if port.generation == 1:
+            beating.append(port)
+        else:
+            good(port, cmd)
+
+    rig = Rig(tmp_path, {"builder": script}, heartbeats=True)
+    real_get = rig.inbox.get
+
+    def get(timeout: float) -> Incoming | None:
+        if not rig.inbox.queue and beating and beating[-1].running:
+            rig.clock.t += timeout
+            return Incoming("builder", beating[-1].generation, "heartbeat")
+        return real_get(timeout)
+
+    rig.inbox.get = get  # type: ignore[method-assign]
+    assert rig.run().status == "completed"
+    (failed,) = rig.events("system.command_failed")
+    assert failed["payload"]["code"] == "timeout"
+
+
+def dies(port: FakePort, cmd: dict[str, Any]) -> None:
+    port.last_stderr = "boom"
+    port.running = False
+    port.post("exit")
+
+
+def test_restarts_are_capped_and_the_run_fails_naming_the_agent(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, {"builder": dies}, policy=POLICY)
+    outcome = rig.run()
+    assert outcome.status == "failed"
+    assert outcome.reason.startswith("agent builder failed after 2 restarts: exited with code")
+    restarts = rig.events("system.agent_restarted")
+    assert [r["payload"]["restarts"] for r in restarts] == [1, 2]
+    exits = rig.events("system.agent_exited")
+    assert len(exits) == 3
+    failed = rig.events("system.command_failed")
+    assert all(f["payload"]["code"] == "agent_exited" for f in failed)
+    assert "boom" in failed[0]["payload"]["reason"]
+
+
+def test_backoff_grows_between_restarts_within_its_ceiling(tmp_path: Path) -> None:
+    policy = dataclasses.replace(POLICY, max_restarts=4, max_attempts=9)
+    rig = Rig(tmp_path, {"builder": dies}, policy=policy)
+    assert rig.run().status == "failed"
+    slept = rig.inbox.slept
+    assert len(slept) == 4
+    for n, s in enumerate(slept):
+        assert 0 <= s <= min(60.0, 1.0 * 2.0**n)
+    delays = [r["payload"]["delay_s"] for r in rig.events("system.agent_restarted")]
+    assert delays == [round(s, 3) for s in slept]
+
+
+def test_a_protocol_error_fails_the_attempt_and_retries(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def garbage_once(port: FakePort, cmd: dict[str, Any]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            err = FramingError("not JSON", size=7, prefix=b"garbage")
+            port.post("error", error=err, raw_size=7)
+        else:
+            good(port, cmd)
+
+    rig = Rig(tmp_path, {"builder": garbage_once})
+    assert rig.run().status == "completed"
+    (perr,) = rig.events("system.protocol_error")
+    assert perr["payload"] == {
+        "role": "builder",
+        "reason": "not JSON",
+        "size": 7,
+        "prefix": "garbage",
+    }
+    (failed,) = rig.events("system.command_failed")
+    assert failed["payload"]["code"] == "protocol_error"
+
+
+def test_an_answer_for_another_correlation_is_refused(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def misaddressed(port: FakePort, cmd: dict[str, Any]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            port.emit("builder.completed", {**cmd, "correlation_id": "corr-other"})
+        else:
+            good(port, cmd)
+
+    rig = Rig(tmp_path, {"builder": misaddressed})
+    assert rig.run().status == "completed"
+    (perr,) = rig.events("system.protocol_error")
+    assert "correlation corr-other" in perr["payload"]["reason"]
+    assert rig.events("system.command_failed")[0]["payload"]["reason"] == (
+        "event for the wrong task or correlation"
+    )
+
+
+def test_error_events_retry_with_backoff_then_fail_after_max_attempts(tmp_path: Path) -> None:
+    def errs(port: FakePort, cmd: dict[str, Any]) -> None:
+        port.emit("error", cmd, payload={"code": "E42", "message": "no"})
+
+    rig = Rig(tmp_path, {"builder": errs})
+    outcome = rig.run()
+    assert outcome.status == "failed"
+    assert "after 3 attempts: E42: no" in outcome.reason
+    cmds = rig.commands()
+    assert [c["retry"]["attempt"] for c in cmds] == [0, 1, 2]
+    assert len({c["idempotency_key"] for c in cmds}) == 1
+    assert len(rig.inbox.slept) == 3  # a backoff after each error event
+    assert rig.events("system.agent_restarted") == []  # an error event is no crash
+
+
+def test_a_predecessor_s_last_words_are_ignored(tmp_path: Path) -> None:
+    def late(port: FakePort, cmd: dict[str, Any]) -> None:
+        if port.generation == 1 and len(port.sent) == 1:
+            return  # silent: it times out and is replaced
+        # The new agent's answer comes after a stale one from generation 1.
+        stale = message("builder", "builder.completed", cmd, payload={"tests": {"status": "fail"}})
+        port.inbox.post(Incoming("builder", 1, "event", message=stale))
+        good(port, cmd)
+
+    rig = Rig(tmp_path, {"builder": late})
+    assert rig.run().status == "completed"
+    builder_events = [r for r in rig.records() if r.get("from", {}).get("agent_type") == "builder"]
+    assert len(builder_events) == 1  # only the live agent's answer was recorded
+
+
+def test_an_agent_that_cannot_start_counts_as_a_restart(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.agents.fail_start.add("reviewer")
+    outcome = rig.run()
+    assert outcome.status == "failed"
+    assert "agent reviewer failed after 2 restarts" in outcome.reason
+    failed = rig.events("system.command_failed")
+    assert {f["payload"]["code"] for f in failed} == {"agent_start_failed"}
+
+
+def test_an_agent_that_closed_its_input_is_restarted(tmp_path: Path) -> None:
+    calls = {"n": 0}
+    rig = Rig(tmp_path)
+    real_start = rig.agents.start
+
+    def start(*args: Any) -> FakePort:
+        port = real_start(*args)
+        calls["n"] += 1
+        port.accepts_input = port.role != "builder" or calls["n"] > 3  # first builder: gone
+        return port
+
+    rig.agents.start = start  # type: ignore[method-assign]
+    assert rig.run().status == "completed"
+    failed = rig.events("system.command_failed")
+    assert failed and failed[0]["payload"]["reason"].startswith("agent builder closed its input")
+
+
+@pytest.mark.parametrize("terminal", ["spec.updated", "spec.no_changes_needed"])
+def test_every_agent_is_stopped_at_the_end(tmp_path: Path, terminal: str) -> None:
+    def spec(port: FakePort, cmd: dict[str, Any]) -> None:
+        port.emit(terminal, cmd)
+
+    rig = Rig(tmp_path, {"spec_maintainer": spec})
+    assert rig.run().status == "completed"
+    assert rig.agents.started and not any(p.running for p in rig.agents.started)
+    assert rig.engine.ports == {}
+
+
+# -- the ledger is the only input: replaying any prefix gives the live state ----
+
+BEHAVIOURS = ("answer", "silent", "exit", "garbage", "error", "misaddressed", "bad_artifact")
+
+
+def scripted(plan: dict[str, list[str]], verdicts: list[str]) -> dict[str, Script]:
+    """Agents that misbehave as ``plan`` says, call after call, then answer well."""
+    calls: dict[str, int] = {}
+
+    def script(port: FakePort, cmd: dict[str, Any]) -> None:
+        n = calls[port.role] = calls.get(port.role, 0) + 1
+        todo = plan.get(port.role, [])
+        what = todo[n - 1] if n <= len(todo) else "answer"
+        if what == "silent":
+            return
+        if what == "exit":
+            dies(port, cmd)
+        elif what == "garbage":
+            port.post("error", error=FramingError("not JSON", size=3, prefix=b"{{{"), raw_size=3)
+        elif what == "error":
+            port.emit("error", cmd, payload={"code": "E1", "message": "failed"})
+        elif what == "misaddressed":
+            port.emit("builder.progress", {**cmd, "correlation_id": "corr-elsewhere"})
+        elif what == "bad_artifact":
+            art = {"path": "missing.txt", "sha256": "sha256:" + "0" * 64, "size": 1}
+            port.emit(terminal_of(port.role), cmd, artifacts=[art], **answer_fields(port.role))
+        elif port.role == "reviewer" and verdicts:
+            port.emit("review.completed", cmd, status=verdicts.pop(0))
+        else:
+            good(port, cmd)
+
+    return {role: script for role in ("builder", "reviewer", "spec_maintainer")}
+
+
+def terminal_of(role: str) -> str:
+    return {"builder": "builder.completed", "reviewer": "review.completed"}.get(
+        role, "spec.updated"
+    )
+
+
+def answer_fields(role: str) -> dict[str, Any]:
+    if role == "builder":
+        return {"payload": {"tests": {"status": "pass", "summary": ""}}}
+    return {"status": "approved"} if role == "reviewer" else {}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=st.fixed_dictionaries(
+        {
+            role: st.lists(st.sampled_from(BEHAVIOURS), max_size=4)
+            for role in ("builder", "reviewer", "spec_maintainer")
+        }
+    ),
+    verdicts=st.lists(st.sampled_from(["approved", "changes_requested"]), max_size=3),
+)
+def test_replaying_any_prefix_of_the_ledger_gives_the_live_state(
+    plan: dict[str, list[str]], verdicts: list[str]
+) -> None:
+    policy = dataclasses.replace(POLICY, max_rounds=3, max_restarts=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp), scripted(plan, list(verdicts)), policy=policy)
+        live: list[State] = []
+        fold = rig.engine._fold
+
+        def recording(record: dict[str, Any]) -> None:
+            fold(record)
+            live.append(copy.deepcopy(rig.engine.state))
+
+        rig.engine._fold = recording  # type: ignore[method-assign]
+        outcome = rig.run()
+        records = rig.records()
+    assert outcome.status in ("completed", "failed")
+    assert len(records) == len(live)
+    for k in range(1, len(records) + 1):
+        assert replay(records[:k]) == live[k - 1], f"state after record {k} differs"
