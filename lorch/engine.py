@@ -19,19 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
 
-from lorch import _planted, failpoint, ledger, protocol, snapshot
+from lorch import _planted, failpoint, protocol
 from lorch.checkpoint import TurnCheckpoints
-from lorch.derived import RECEIPT_DELAY_S, Derived
+from lorch.derived import RECEIPT_DELAY_S
 from lorch.errors import AgentError, LorchError
 from lorch.paths import artifact_problems
-from lorch.policy import RunPolicy
 from lorch.protocol import Record
+from lorch.recorder import Recorder, Sink
 from lorch.redact import Redactor
 from lorch.timing import Backoff, Watchdog
 from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext
-from lorch.workflow import ROLE_OF, Check, Finish, Pending, Send, State, after_failure, next_step
+from lorch.workflow import ROLE_OF, Check, Finish, Pending, Send, after_failure, next_step
 
 # How long an agent's event may wait for the next one to share its fsync
 # (group commit); a terminal event is made durable with the command that follows.
@@ -48,19 +47,11 @@ class Outcome:
     reason: str = ""
 
 
-class Sink(Protocol):
-    """Where the live transcript goes."""
-
-    def say(self, text: str) -> None: ...
-
-    def record(self, record: Record) -> None: ...
-
-
 def _deadline(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class Engine:
+class Engine(Recorder):
     """Drives one run. Every limit it applies is the recorded one (``state.policy``)."""
 
     def __init__(
@@ -75,153 +66,22 @@ class Engine:
         inbox: Inbox | None = None,
         turns: TurnCheckpoints | None = None,
     ) -> None:
-        self.workspace = workspace
+        super().__init__(workspace, console, clock)
         self.agents = agents
-        self.console = console
         self.redactor = redactor
-        self.clock = clock
-        self.state = State()
-        self.ledger: ledger.Ledger | None = None
         self.ports: dict[str, AgentPort] = {}
         self.watchdogs: dict[str, Watchdog] = {}
         self.inbox = inbox or Inbox()
         self.generation = 0
         self.stop_event = threading.Event()
         self.rng = rng or random.Random()
-        self.derived = Derived(workspace, clock)
         # Checkpoints around the commands of roles lorch makes exactly-once.
         self.turns = turns or TurnCheckpoints(workspace)
-        self._unshown: list[Record] = []
-        self._events_waiting = False  # agents' events appended, not yet synced
-
-    @property
-    def policy(self) -> RunPolicy:
-        return self.state.policy
 
     def backoff(self, n: int) -> float:
         """The delay before retry ``n`` (0-based), under the run's recorded policy."""
         p = self.policy
         return Backoff(p.backoff_initial_s, p.backoff_factor, p.backoff_max_s, self.rng).delay(n)
-
-    # -- ledger ---------------------------------------------------------------
-
-    def append(
-        self,
-        record: Record,
-        *,
-        sync: bool = True,
-        trusted: bool = False,
-        show: bool = True,
-        line: bytes | None = None,
-    ) -> None:
-        """Validate, append, fold; show once durable. ``trusted``: validated on receipt.
-
-        ``sync=False`` (agents' events) leaves the record for the next fsync:
-        nothing outside lorch's memory — a command sent, a derived file, a line
-        of transcript — depends on it before :meth:`sync` (DESIGN.md §5.1,
-        docs/decisions.md D16). ``show=False`` leaves the transcript lines for
-        the caller to show (a command is shown once it is on its way).
-        """
-        assert self.ledger is not None
-        if not trusted:
-            protocol.validate_message(record, source=f"ledger record {self.ledger.records + 1}")
-        self.ledger.append(record, sync=sync, line=line)
-        self._fold(record)
-        self._unshown.append(record)
-        if show:
-            self._show_if_durable()
-
-    def sync(self) -> None:
-        """Make every appended record durable, then show the ones not shown yet."""
-        if self.ledger is not None:
-            self.ledger.sync()
-        self._events_waiting = False
-        self._show()
-
-    def _show_if_durable(self) -> None:
-        if self.ledger is not None and not self.ledger.unsynced:
-            self._show()
-
-    def _show(self) -> None:
-        for record in self._unshown:
-            self.console.record(record)
-        self._unshown.clear()
-
-    def system(
-        self, name: str, payload: Record, correlation_id: str | None = None, *, sync: bool = True
-    ) -> None:
-        self.append(
-            {
-                "kind": "event",
-                "message_id": protocol.new_message_id("evt"),
-                "correlation_id": correlation_id or self.state.run_id,
-                "task_id": self.state.task_id,
-                "from": {"agent_type": "system"},
-                "event": name,
-                "payload": payload,
-                "occurred_at": protocol.now_rfc3339(),
-            },
-            sync=sync,
-        )
-
-    def start_run(
-        self, run_id: str, task: dict[str, Any], policy: RunPolicy, config: dict[str, Any]
-    ) -> None:
-        """Record 1 of every ledger: the run, its task and the policy it runs under.
-
-        ``config``: what identifies the configuration it started from
-        (``config_digest`` and ``config_parts``, see ``lorch/resumecheck.py``).
-        """
-        self.state.task = task
-        self.system(
-            "system.run_started",
-            {"run_id": run_id, "task": task, "policy": policy.as_record(), **config},
-            run_id,
-        )
-
-    def replay(self, path: Path) -> None:
-        """Fold a recorded ledger (resume)."""
-        for record in ledger.read(path):
-            self._fold(record)
-
-    def _fold(self, record: Record) -> None:
-        """Fold one record; an answer it accepts gets its receipt (once durable)."""
-        accepted = self.state.accepted
-        self.state.fold(record)
-        if record.get("event") == "system.run_started":
-            self.derived.start(self.state.run_id, self.state.task_id)
-        if self.state.accepted != accepted:
-            self._accepted()
-
-    def _accepted(self) -> None:
-        # Held in memory until the answer is durable and lorch is waiting.
-        assert self.state.last_accepted is not None
-        self.derived.accepted(self.state.last_accepted, self.state.snapshot_id)
-
-    def take_snapshot(self) -> None:
-        manifest = snapshot.take(self.workspace)
-        self.system(
-            "system.snapshot",
-            {
-                "snapshot_id": manifest["snapshot_id"],
-                "files": len(manifest["files"]),
-                "manifest": f"snapshots/{manifest['snapshot_id']}.manifest.json",
-            },
-        )
-
-    # -- derived files --------------------------------------------------------
-
-    def write_index(self) -> None:
-        self.derived.write_index(self.state)
-
-    def flush_derived(self) -> None:
-        """Make the ledger durable, then write every held or queued derived file."""
-        self.sync()
-        self.derived.flush()
-
-    def write_derived(self) -> None:
-        self.sync()
-        self.derived.rebuild(self.state)
 
     # -- agents ---------------------------------------------------------------
 
@@ -542,7 +402,5 @@ class Engine:
         self.sleep(delay)
 
     def close(self) -> None:
-        self.derived.close()
         self.inbox.close()
-        if self.ledger is not None:
-            self.ledger.close()
+        super().close()
