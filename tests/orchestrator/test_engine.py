@@ -149,12 +149,13 @@ class FakeAgents:
         self.heartbeats = heartbeats
         self.started: list[FakePort] = []
         self.fail_start: set[str] = set()
+        self.exactly_once: set[str] = set()  # roles lorch checkpoints
 
     def roles(self) -> list[str]:
         return ["builder", "reviewer", "spec_maintainer"]
 
     def checkpointed(self, role: str) -> bool:
-        return False
+        return role in self.exactly_once
 
     def start(
         self, role: str, generation: int, run_id: str, snapshot_id: str | None, inbox: Inbox
@@ -509,7 +510,7 @@ def answer_fields(role: str) -> dict[str, Any]:
     return {"status": "approved"} if role == "reviewer" else {}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     plan=st.fixed_dictionaries(
         {
@@ -518,13 +519,15 @@ def answer_fields(role: str) -> dict[str, Any]:
         }
     ),
     verdicts=st.lists(st.sampled_from(["approved", "changes_requested"]), max_size=3),
+    exactly_once=st.sets(st.sampled_from(["builder", "reviewer"])),
 )
 def test_replaying_any_prefix_of_the_ledger_gives_the_live_state(
-    plan: dict[str, list[str]], verdicts: list[str]
+    plan: dict[str, list[str]], verdicts: list[str], exactly_once: set[str]
 ) -> None:
     policy = dataclasses.replace(POLICY, max_rounds=3, max_restarts=3)
     with tempfile.TemporaryDirectory() as tmp:
         rig = Rig(Path(tmp), scripted(plan, list(verdicts)), policy=policy)
+        rig.agents.exactly_once = exactly_once  # checkpoints around their commands
         live: list[State] = []
         fold = rig.engine._fold
 
