@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorch.config import ARTIFACT_MAX_BYTES, DEFAULT_TIMEOUTS, MESSAGE_MAX_BYTES, Config
+from lorch.protocol import Record
 
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -49,7 +50,7 @@ class RunPolicy:
         r = self.roles.get(role)
         return r.heartbeat_interval_s if r else RolePolicy().heartbeat_interval_s
 
-    def as_record(self) -> dict[str, Any]:
+    def as_record(self) -> Record:
         """The ``policy`` payload of ``system.run_started``."""
         return {
             "max_rounds": self.max_rounds,

@@ -26,9 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from lorch.errors import FramingError, SchemaError
+from lorch.protocol import Record
 from lorch.redact import Redactor
 
 ItemKind = Literal["event", "heartbeat", "error", "exit"]
@@ -56,7 +57,7 @@ class Incoming:
     role: str
     generation: int
     kind: ItemKind
-    message: dict[str, Any] | None = None
+    message: Record | None = None
     error: FramingError | SchemaError | None = None
     raw_size: int = 0
 
@@ -146,7 +147,7 @@ class AgentPort(Protocol):
     sends_heartbeats: bool
     last_stderr: str
 
-    def send(self, command: dict[str, Any], line: bytes, context: SendContext) -> bool: ...
+    def send(self, command: Record, line: bytes, context: SendContext) -> bool: ...
 
     def cancel(self) -> None: ...
 
