@@ -166,14 +166,10 @@ MUTANTS = [
         "resume",
         (
             (
-                '            if record.get("event") == "system.run_started":\n'
-                "                self._track_receipts()\n",
-                "",
-            ),
-            (
-                "            if not state.run_id:\n                # The crash came before record 1",
-                "            runner._track_receipts()\n"
-                "            if not state.run_id:\n                # The crash came before record 1",
+                "        for record in ledger.read(path):\n            self._fold(record)\n",
+                "        for record in ledger.read(path):\n            self.state.fold(record)\n"
+                "        if self.state.run_id:\n"
+                "            self.derived.start(self.state.run_id, self.state.task_id)\n",
             ),
         ),
     ),
@@ -265,7 +261,12 @@ MUTANTS = [
     Mutant(
         "resume: orphaned agents of the crashed run are not ended",
         "resume",
-        (('            if not _planted.enabled("no_orphan_kill"):', "            if False:"),),
+        (
+            (
+                '        killed = [] if _planted.enabled("no_orphan_kill") else end_orphans(state)',
+                "        killed = []",
+            ),
+        ),
         "orphans",
     ),
     Mutant(
@@ -273,8 +274,8 @@ MUTANTS = [
         "resume",
         (
             (
-                "            if state.snapshot_id is None:\n                runner.take_snapshot()",
-                "            if True:\n                runner.take_snapshot()",
+                "        if state.snapshot_id is None:\n            runner.take_snapshot()",
+                "        if True:\n            runner.take_snapshot()",
             ),
         ),
     ),
@@ -283,8 +284,8 @@ MUTANTS = [
         "resume",
         (
             (
-                "        for record in ledger.read(path):\n            self.state.fold(record)",
-                "        for record in list(ledger.read(path))[:1]:\n            self.state.fold(record)",
+                "        for record in ledger.read(path):\n            self._fold(record)",
+                "        for record in list(ledger.read(path))[:1]:\n            self._fold(record)",
             ),
         ),
     ),
