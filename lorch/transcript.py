@@ -63,9 +63,10 @@ def line(record: dict[str, Any]) -> tuple[str, str] | None:
         return ("agent", f"[{who}] artifact.produced {shown}")
     if name == "builder.completed":
         tests = _obj(payload.get("tests"))
+        allowed = " (failures allowed)" if tests.get("allowed_failures") is True else ""
         return (
             "ok" if tests.get("status") == "pass" else "bad",
-            f"[{who}] builder.completed {status or ''} (tests {tests.get('status', '?')}: "
+            f"[{who}] builder.completed {status or ''} (tests {tests.get('status', '?')}{allowed}: "
             f"{tests.get('summary', '')})".replace("  ", " "),
         )
     if name == "review.completed":
@@ -78,7 +79,9 @@ def line(record: dict[str, Any]) -> tuple[str, str] | None:
         where = f" ({payload['notes_path']})" if payload.get("notes_path") else ""
         return ("ok", f"[{who}] {name}{where}")
     if name == "error":
-        return ("bad", f"[{who}] error {payload.get('code', '')}: {payload.get('message', '')}")
+        from lorch.workflow import error_cause
+
+        return ("bad", f"[{who}] error {payload.get('code', 'error')}: {error_cause(payload)}")
     if name == "builder.progress":
         return ("agent", f"[{who}] builder.progress {payload.get('message', '')}".rstrip())
     return ("agent", f"[{who}] {name}" + (f" {status}" if status else ""))

@@ -529,9 +529,11 @@ class Agent:
                 self.emit(ev)
                 shown += 1
 
+        written: dict[str, dict[str, Any]] = {}
         for f in [] if self.o.no_files else resp.get("files", []):
             art = self.write_file(f)
             artifacts.append(art)
+            written[art["path"]] = art
             stream(
                 self.event(cmd, "artifact.produced", payload={"path": art["path"]}, artifacts=[art])
             )
@@ -552,6 +554,8 @@ class Agent:
             arts = spec.get("artifacts")
             if arts is None and kind in TERMINAL and artifacts:
                 arts = artifacts
+            elif arts is not None:
+                arts = [self.fixture_artifact(a, written) for a in arts]
             stream(
                 self.event(
                     cmd,
@@ -586,20 +590,53 @@ class Agent:
                 self.log(f"random delay {ms:.3f} ms")
             self.stop.wait(ms / 1000.0)
 
-    def write_file(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def write_file(self, spec: dict[str, Any], data: bytes | None = None) -> dict[str, Any]:
         from pathlib import Path
 
         from mockagent.fixture import safe_target
 
         target = safe_target(Path(self.o.workspace), spec["path"])
-        if "content_file" in spec:
+        if data is None and "content_file" in spec:
             data = (Path(self.o.fixture_dir) / spec["content_file"]).read_bytes()
-        else:
+        elif data is None:
             data = str(spec.get("content", "")).encode()
         atomic_write(target, data)
         # misbehave.lie_sha256: claim the hash of other bytes than those written.
         claimed = data + b"\0lie" if self._misbehave("lie_sha256") else data
         return {"path": spec["path"], "sha256": "sha256:" + sha256_hex(claimed), "size": len(data)}
+
+    def fixture_artifact(
+        self, spec: dict[str, Any], written: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """An artifact an event of the fixture lists: made real unless ``write`` is false.
+
+        The original fixtures name files they never wrote, with placeholder
+        checksums; such a file is written here (``size`` deterministic bytes) and
+        reported with its true sha256, so the claim holds. A file this response
+        wrote is reported as written; ``"write": false`` sends the claim as is.
+        """
+        from mockagent.fixture import FixtureError
+
+        claim: dict[str, Any] = {k: spec[k] for k in ("path", "sha256", "size") if k in spec}
+        if spec.get("write") is False or self.o.no_files:
+            return claim
+        path = str(spec["path"])
+        if path in written:
+            return written[path]
+        size = int(spec["size"])
+        pattern = f"mockagent placeholder for {path}\n".encode()
+        data = (pattern * (size // len(pattern) + 1))[:size]
+        try:
+            art = self.write_file({"path": path}, data)
+        except FixtureError as e:
+            self.log(f"fixture artifact not written, sent as claimed: {e}")
+            return claim
+        self.log(
+            f"fixture artifact {path} has no content: wrote {size} placeholder bytes, "
+            f"reported with its true {art['sha256']} (the fixture said {spec.get('sha256')})"
+        )
+        written[path] = art
+        return art
 
     def fire(self, fault: dict[str, Any], cmd: dict[str, Any]) -> None:
         kind = fault["kind"]

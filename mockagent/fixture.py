@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 ROLES = ("builder", "reviewer", "spec_maintainer", "orchestration")
+# The schema's top-level keys (a shortcut: the schema is read only for another key).
+TOP_LEVEL = ("responses", "match", "expect_snapshot", "misbehave")
+SHA_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class FixtureError(Exception):
@@ -59,10 +63,30 @@ def validate(data: Any, path: Path) -> None:
         # Inside a oneOf, the deepest alternative's error names the real mistake.
         while e.context:
             e = max(e.context, key=lambda c: len(c.absolute_path))
-        raise FixtureError(f"{path}: {_path(e.absolute_path)}: {_short(e.message)}")
+        hint = ""
+        if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+            known = list((e.schema or {}).get("properties", {}))
+            hint = next((_hint(k, known) for k in e.instance if k not in known), "")
+        raise FixtureError(f"{path}: {_path(e.absolute_path)}: {_short(e.message)}{hint}")
+    # Unknown top-level keys are notes ("comment": the original fixtures have
+    # them), unless one is so close to a known key that it must be a typo.
+    unknown = [k for k in data if k not in TOP_LEVEL]
+    if unknown:
+        known = list(json.loads(schema_file("fixture").read_text(encoding="utf-8"))["properties"])
+        for key in unknown:
+            hint = "" if key in known else _hint(key, known)
+            if hint:
+                raise FixtureError(f"{path}: $.{key}: unknown key{hint}")
     for action, spec in (data.get("responses") or {}).items():
         for i, resp in enumerate(_responses(spec)):
             where = f"$.responses.{action}" + (f"[{i}]" if isinstance(spec, list) else "")
+            for j, ev in enumerate(resp.get("events", [])):
+                for k, art in enumerate(ev.get("artifacts", [])):
+                    if art.get("write") is False and not SHA_RE.fullmatch(art.get("sha256", "")):
+                        raise FixtureError(
+                            f"{path}: {where}.events[{j}].artifacts[{k}].sha256: an artifact "
+                            'with "write": false is sent as claimed and needs a sha256:<64 hex>'
+                        )
             for j, f in enumerate(resp.get("files", [])):
                 if "content_file" in f and not (path.parent / f["content_file"]).is_file():
                     raise FixtureError(
@@ -73,6 +97,13 @@ def validate(data: Any, path: Path) -> None:
         for j, f in enumerate(rule.get("response", {}).get("files", [])):
             if "content_file" in f and not (path.parent / f["content_file"]).is_file():
                 raise FixtureError(f"{path}: $.match.files[{j}].content_file: missing file")
+
+
+def _hint(key: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _short(message: str, limit: int = 160) -> str:

@@ -5,7 +5,7 @@ VERSION = '2.22.3'
 from decimal import Decimal
 import re
 from mockagent.schemacheck import JsonSchemaValueException, JsonSchemaValuesException
-REGEX_PATTERNS = {'^snap-[0-9a-f]{12}$': re.compile('^snap-[0-9a-f]{12}\\Z'), '^sha256:[0-9a-f]{64}$': re.compile('^sha256:[0-9a-f]{64}\\Z')}
+REGEX_PATTERNS = {'^snap-[0-9a-f]{12}$': re.compile('^snap-[0-9a-f]{12}\\Z')}
 NoneType = type(None)
 
 def validate_https___lorch_dev_schemas_v1_fixture_v1_json(data, custom_formats={}, name_prefix=None):
@@ -468,8 +468,6 @@ def validate_https___lorch_dev_schemas_v1_fixture_v1_json(data, custom_formats={
                         raise JsonSchemaValueException('' + (name_prefix or 'data') + '.misbehave.refuse_new must be boolean', value=data__misbehave__refusenew, name='' + (name_prefix or 'data') + '.misbehave.refuse_new', rule='type')
                 if data__misbehave_keys:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.misbehave must not contain ' + str(data__misbehave_keys) + ' properties', value=data__misbehave, name='' + (name_prefix or 'data') + '.misbehave', rule='additionalProperties')
-        if data_keys:
-            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must not contain ' + str(data_keys) + ' properties', value=data, name='' + (name_prefix or 'data') + '', rule='additionalProperties')
     return data
 
 def validate_https___lorch_dev_schemas_v1_fixture_v1_json___defs_response(data, custom_formats={}, name_prefix=None):
@@ -637,7 +635,7 @@ def validate_https___lorch_dev_schemas_v1_fixture_v1_json___defs_response(data, 
                                         raise JsonSchemaValueException('' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}]'.format(**locals()) + ' must be object', value=data__events_item__artifacts_item, name='' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}]'.format(**locals()) + '', rule='type')
                                     data__events_item__artifacts_item_is_dict = isinstance(data__events_item__artifacts_item, dict)
                                     if data__events_item__artifacts_item_is_dict:
-                                        data__events_item__artifacts_item__missing_keys = set(['path', 'sha256', 'size']) - data__events_item__artifacts_item.keys()
+                                        data__events_item__artifacts_item__missing_keys = set(['path', 'size']) - data__events_item__artifacts_item.keys()
                                         if data__events_item__artifacts_item__missing_keys:
                                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}]'.format(**locals()) + ' must contain ' + (str(sorted(data__events_item__artifacts_item__missing_keys)) + ' properties'), value=data__events_item__artifacts_item, name='' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}]'.format(**locals()) + '', rule='required')
                                         data__events_item__artifacts_item_keys = set(data__events_item__artifacts_item.keys())
@@ -651,9 +649,6 @@ def validate_https___lorch_dev_schemas_v1_fixture_v1_json___defs_response(data, 
                                             data__events_item__artifacts_item__sha256 = data__events_item__artifacts_item['sha256']
                                             if not isinstance(data__events_item__artifacts_item__sha256, str):
                                                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}].sha256'.format(**locals()) + ' must be string', value=data__events_item__artifacts_item__sha256, name='' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}].sha256'.format(**locals()) + '', rule='type')
-                                            if isinstance(data__events_item__artifacts_item__sha256, str):
-                                                if not REGEX_PATTERNS['^sha256:[0-9a-f]{64}$'].search(data__events_item__artifacts_item__sha256):
-                                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}].sha256'.format(**locals()) + ' must match pattern ^sha256:[0-9a-f]{64}$', value=data__events_item__artifacts_item__sha256, name='' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}].sha256'.format(**locals()) + '', rule='pattern')
                                         if 'size' in data__events_item__artifacts_item_keys:
                                             data__events_item__artifacts_item_keys.remove('size')
                                             data__events_item__artifacts_item__size = data__events_item__artifacts_item['size']
@@ -662,6 +657,11 @@ def validate_https___lorch_dev_schemas_v1_fixture_v1_json___defs_response(data, 
                                             if isinstance(data__events_item__artifacts_item__size, (int, float, Decimal)) and (not isinstance(data__events_item__artifacts_item__size, bool)):
                                                 if data__events_item__artifacts_item__size < 0:
                                                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}].size'.format(**locals()) + ' must be bigger than or equal to 0', value=data__events_item__artifacts_item__size, name='' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}].size'.format(**locals()) + '', rule='minimum')
+                                        if 'write' in data__events_item__artifacts_item_keys:
+                                            data__events_item__artifacts_item_keys.remove('write')
+                                            data__events_item__artifacts_item__write = data__events_item__artifacts_item['write']
+                                            if not isinstance(data__events_item__artifacts_item__write, bool):
+                                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}].write'.format(**locals()) + ' must be boolean', value=data__events_item__artifacts_item__write, name='' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}].write'.format(**locals()) + '', rule='type')
                                         if data__events_item__artifacts_item_keys:
                                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}]'.format(**locals()) + ' must not contain ' + str(data__events_item__artifacts_item_keys) + ' properties', value=data__events_item__artifacts_item, name='' + (name_prefix or 'data') + '.events[{data__events_x}].artifacts[{data__events_item__artifacts_x}]'.format(**locals()) + '', rule='additionalProperties')
                         if 'delay_ms' in data__events_item_keys:
@@ -737,6 +737,11 @@ def validate_https___lorch_dev_schemas_v1_fixture_v1_json___defs_response(data, 
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.fault.probability must be smaller than or equal to 1', value=data__fault__probability, name='' + (name_prefix or 'data') + '.fault.probability', rule='maximum')
                 if data__fault_keys:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.fault must not contain ' + str(data__fault_keys) + ' properties', value=data__fault, name='' + (name_prefix or 'data') + '.fault', rule='additionalProperties')
+        if 'metadata' in data_keys:
+            data_keys.remove('metadata')
+            data__metadata = data['metadata']
+            if not isinstance(data__metadata, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.metadata must be object', value=data__metadata, name='' + (name_prefix or 'data') + '.metadata', rule='type')
         if 'dribble' in data_keys:
             data_keys.remove('dribble')
             data__dribble = data['dribble']

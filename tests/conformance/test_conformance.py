@@ -165,7 +165,12 @@ def test_an_agent_that_does_nothing_new_fails_the_negative_control(tmp_path: Pat
                     {
                         "type": "builder.completed",
                         "artifacts": [
-                            {"path": "README.md", "sha256": "sha256:" + "0" * 64, "size": 1}
+                            {
+                                "path": "README.md",
+                                "sha256": "sha256:" + "0" * 64,
+                                "size": 1,
+                                "write": False,
+                            }
                         ],
                         "payload": {"tests": {"status": "pass"}},
                     }

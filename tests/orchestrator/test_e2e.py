@@ -415,7 +415,8 @@ def test_bad_artifacts_are_rejected_and_retried(
                             {
                                 "type": "builder.completed",
                                 "status": "success",
-                                "artifacts": [artifact],
+                                # Sent as claimed: mockagent writes no file for it.
+                                "artifacts": [{**artifact, "write": False}],
                                 "payload": {"tests": {"status": "pass", "summary": "ok"}},
                             }
                         ]
