@@ -7,14 +7,65 @@ message on stderr and an exit status (0 success, 1 failed run or check,
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import click
 
 from lorch.errors import LorchError
+
+
+class ConsoleOut(io.TextIOBase):
+    """The console for a run: it survives its reader going away (`lorch run | head -2`).
+
+    On the first broken pipe it says so once on stderr and drops what follows;
+    the run goes on and everything stays in the ledger and the transcript file.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, s: str) -> int:
+        if not self.gone:
+            try:
+                self._stream.write(s)
+            except BrokenPipeError:
+                self._lost()
+        return len(s)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._lost()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def _lost(self) -> None:
+        self.gone = True
+        # What is still buffered for fd 1 goes nowhere instead of failing at exit.
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+        sys.stderr.write(
+            "lorch: the console's reader went away (broken pipe); the run goes on "
+            "without it: `lorch status` shows its progress, transcripts/ its lines\n"
+        )
+        sys.stderr.flush()
+
+
+def _console(verbose: bool) -> Any:
+    from lorch.runner import Console
+
+    return Console(verbose=verbose, out=cast(TextIO, ConsoleOut(sys.stdout)))
+
 
 WORKSPACE = click.option(
     "--workspace",
@@ -23,6 +74,16 @@ WORKSPACE = click.option(
     default=Path("."),
     show_default=True,
     help="Workspace directory.",
+)
+# Only `run` may create its workspace (the demo, docs/decisions.md D19): the
+# other commands refuse one that does not exist rather than report it empty.
+EXISTING_WORKSPACE = click.option(
+    "--workspace",
+    "-w",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Workspace directory (must exist).",
 )
 
 
@@ -45,17 +106,18 @@ def cli(ctx: click.Context) -> None:
 def run_cmd(workspace: Path = Path("."), task_id: str | None = None, verbose: bool = False) -> None:
     """Start a run of a task."""
     from lorch.firstrun import prepare
-    from lorch.runner import Console, run
+    from lorch.runner import run
 
     said = prepare(workspace.absolute())
+    console = _console(verbose)
     if said is not None:
-        click.echo(said)
-    outcome = run(workspace, task_id, console=Console(verbose=verbose))
+        console.say(said)
+    outcome = run(workspace, task_id, console=console)
     _finish(outcome.status, outcome.reason)
 
 
 @cli.command("resume")
-@WORKSPACE
+@EXISTING_WORKSPACE
 @click.option("--run", "run_id", help="Run id (default: the newest unfinished run).")
 @click.option("-v", "--verbose", is_flag=True, help="Also show the agents' stderr.")
 @click.option(
@@ -67,12 +129,12 @@ def resume_cmd(
     workspace: Path, run_id: str | None, verbose: bool, accept_config_change: bool
 ) -> None:
     """Finish a crashed or interrupted run."""
-    from lorch.runner import Console, resume
+    from lorch.runner import resume
 
     outcome = resume(
         workspace,
         run_id,
-        console=Console(verbose=verbose),
+        console=_console(verbose),
         accept_config_change=accept_config_change,
     )
     _finish(outcome.status, outcome.reason)
@@ -89,7 +151,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 @cli.command("status")
-@WORKSPACE
+@EXISTING_WORKSPACE
 @click.option("--run", "run_id", help="Show this run's command timeline.")
 def status_cmd(workspace: Path, run_id: str | None) -> None:
     """List the runs in the workspace, or one run's timeline."""
@@ -134,13 +196,27 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
     click.echo(f"status: {state.status}" + (f" ({state.failure})" if state.failure else ""))
 
 
+def latest_run(workspace: Path) -> str:
+    """The run whose ledger was started last (ids sort by their start second)."""
+    from lorch.errors import UsageError
+
+    events = workspace / "events"
+    runs = list(events.glob("run-*.ndjson")) if events.is_dir() else []
+    if not runs:
+        raise UsageError(f"{workspace}: no runs in this workspace")
+    return max(runs, key=lambda p: (p.stem[:19], p.stat().st_mtime_ns)).stem
+
+
 @cli.command("verify")
-@WORKSPACE
-@click.option("--run", "run_id", required=True, help="Run id to verify.")
-def verify_cmd(workspace: Path, run_id: str) -> None:
+@EXISTING_WORKSPACE
+@click.option("--run", "run_id", help="Run id to verify (default: the latest run).")
+def verify_cmd(workspace: Path, run_id: str | None) -> None:
     """Check a run against the run-validation rules."""
     from lorch.verify import verify
 
+    if run_id is None:
+        run_id = latest_run(workspace)
+        click.echo(f"run {run_id} (the latest)")
     rules = verify(workspace, run_id)
     failed = 0
     for name, problems in rules.items():
@@ -166,27 +242,53 @@ def _schema_for(path: Path, data: Any) -> str | None:
         return "index"
     if name.endswith(".manifest.json"):
         return "snapshot-manifest"
+    if isinstance(data, dict) and (
+        "responses" in data or "match" in data or path.parent.name == "fixtures"
+    ):
+        return "fixture"
     if name.startswith("step-") and path.parent.parent.name == "receipts":
         return "receipt"
     return None
 
 
+def workspace_files(workspace: Path) -> list[Path]:
+    """The files of a workspace that have a schema: lorch's own and the agents' fixtures."""
+    found = [workspace / "lorch.json"] if (workspace / "lorch.json").is_file() else []
+    for pattern in (
+        "events/*.ndjson",
+        "state/run.json",
+        "state/index.json",
+        "snapshots/*.manifest.json",
+        "receipts/*/step-*.json",
+        "fixtures/*.json",
+    ):
+        found += sorted(workspace.glob(pattern))
+    return found
+
+
 @cli.command("validate")
+@EXISTING_WORKSPACE
 @click.option(
     "--schemas",
     "files",
     multiple=True,
-    required=True,
     type=click.Path(path_type=Path),
-    help="File to check (repeatable); NDJSON or JSON.",
+    help="File to check (repeatable); NDJSON or JSON (default: the workspace's files).",
 )
 @click.argument("more", nargs=-1, type=click.Path(path_type=Path))
-def validate_cmd(files: tuple[Path, ...], more: tuple[Path, ...]) -> None:
-    """Validate NDJSON or JSON files against lorch's schemas."""
+def validate_cmd(workspace: Path, files: tuple[Path, ...], more: tuple[Path, ...]) -> None:
+    """Validate NDJSON or JSON files (lorch's, and mockagent fixtures) against the schemas.
+
+    Relative paths are relative to --workspace; with no file, every file of the
+    workspace that has a schema is checked.
+    """
     from lorch import protocol, schemas
 
     bad = 0
-    for path in (*files, *more):
+    paths = [workspace / p for p in (*files, *more)] or workspace_files(workspace)
+    if not paths:
+        raise click.exceptions.Exit(_fail(f"{workspace}: no file to validate", 2))
+    for path in paths:
         try:
             raw = path.read_bytes()
         except OSError as e:
@@ -219,18 +321,27 @@ def validate_cmd(files: tuple[Path, ...], more: tuple[Path, ...]) -> None:
             from lorch.config import problems
 
             found = problems(data, path.parent.absolute())
+        elif name == "fixture":
+            from mockagent.fixture import FixtureError
+            from mockagent.fixture import validate as check_fixture
+
+            try:
+                check_fixture(data, path)
+                found = []
+            except FixtureError as e:
+                found = [("", str(e).removeprefix(f"{path}: "))]
         else:
             found = schemas.errors(name, data)
         for where, what in found:
-            click.echo(f"{path}: {where}: {what} (schema {name})")
+            click.echo(f"{path}: {where + ': ' if where else ''}{what} (schema {name})")
             bad += 1
     if bad:
         raise click.exceptions.Exit(_fail(f"{bad} problem(s) found"))
-    click.echo("all valid")
+    click.echo(f"all valid ({len(paths)} file{'s' if len(paths) != 1 else ''})")
 
 
 @cli.command("doctor")
-@WORKSPACE
+@EXISTING_WORKSPACE
 def doctor_cmd(workspace: Path) -> None:
     """Check Python, the agent commands, the workspace and fsync."""
     from lorch.doctor import checks

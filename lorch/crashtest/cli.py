@@ -104,6 +104,14 @@ class Progress:
     help="powercut: every crash state, or only those where every unsynced operation is lost.",
 )
 @click.option("--fail-fast", "-x", is_flag=True, help="Stop after the first failed point.")
+@click.option(
+    "--workspace",
+    "-w",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder that relative SCENARIO and report paths are taken from.",
+)
 def crashtest(
     scenario: str,
     modes: str,
@@ -116,8 +124,17 @@ def crashtest(
     torn_bytes: str,
     cuts: str,
     fail_fast: bool,
+    workspace: Path = Path("."),
 ) -> None:
-    """Crash SCENARIO at every ledger offset in every mode, resume, check invariants."""
+    """Crash SCENARIO at every ledger offset in every mode, resume, check invariants.
+
+    SCENARIO is a bundled scenario's name or a scenario folder (relative to --workspace).
+    """
+    if not Path(scenario).is_absolute() and (workspace / scenario).is_dir():
+        scenario = str(workspace / scenario)
+    json_path, junit_path, keep_failed = (
+        workspace / p if p is not None else None for p in (json_path, junit_path, keep_failed)
+    )
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
     for m in mode_list:
         if m not in MODES:

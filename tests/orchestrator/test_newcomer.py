@@ -1,0 +1,104 @@
+"""Frictions a newcomer meets: a closed console, defaults, --workspace everywhere, fixtures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import Runner, run_ids
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_console_closed_early_does_not_stop_the_run(
+    tmp_path: Path, lorch_bin: str, clean_env: dict[str, str]
+) -> None:
+    # `lorch run | head -2`: the reader takes two lines and goes away.
+    ws = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [lorch_bin, "run", "--workspace", str(ws)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    for _ in range(2):
+        assert proc.stdout.readline()
+    proc.stdout.close()
+    rc = proc.wait(60)
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert rc == 0, stderr
+    assert "broken pipe" in stderr and "the run goes on" in stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    state = json.loads((ws / "state" / "run.json").read_text())
+    assert state["status"] == "completed"
+    transcript = (ws / "transcripts" / f"{run_ids(ws)[0]}.txt").read_text()
+    assert transcript.splitlines()[-1] == "[lorch] DONE"
+
+
+def test_verify_defaults_to_the_latest_run(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    assert lorch("run", "--workspace", str(ws)).returncode == 0
+    assert lorch("run", "--workspace", str(ws)).returncode == 0
+    latest = run_ids(ws)[-1]
+    r = lorch("verify", "--workspace", str(ws))
+    assert r.returncode == 0, r.stdout
+    assert f"run {latest} (the latest)" in r.stdout
+    empty = ws.parent / "empty"
+    empty.mkdir()
+    r = lorch("verify", "--workspace", str(empty))
+    assert r.returncode == 2 and "no runs" in r.stderr
+
+
+def test_validate_takes_the_workspace_and_knows_fixtures(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    assert lorch("run", "--workspace", str(ws)).returncode == 0
+    r = lorch("validate", "--workspace", str(ws))
+    assert r.returncode == 0, r.stdout
+    assert "all valid" in r.stdout
+    n = int(r.stdout.split("(")[-1].split()[0])
+    assert n >= 8  # lorch.json, ledger, run.json, index, manifest, receipts, 3 fixtures
+    r = lorch("validate", "--workspace", str(ws), "--schemas", "fixtures/builder.json")
+    assert r.returncode == 0 and "all valid (1 file)" in r.stdout
+    fx = json.loads((ws / "fixtures" / "builder.json").read_text())
+    fx["responses"]["implement"]["dealy_ms"] = 5
+    (ws / "fixtures" / "builder.json").write_text(json.dumps(fx))
+    r = lorch("validate", "--workspace", str(ws), "--schemas", "fixtures/builder.json")
+    assert r.returncode == 1
+    assert "fixtures/builder.json: $.responses.implement:" in r.stdout
+    assert "did you mean 'delay_ms'?" in r.stdout and "(schema fixture)" in r.stdout
+
+
+def test_commands_refuse_a_workspace_that_does_not_exist(tmp_path: Path, lorch: Runner) -> None:
+    missing = str(tmp_path / "nope")
+    for args in (("verify",), ("status",), ("resume",), ("validate",), ("doctor",)):
+        r = lorch(*args, "--workspace", missing)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+    assert not (tmp_path / "nope").exists()
+
+
+def test_crashtest_takes_the_workspace(tmp_path: Path, lorch: Runner) -> None:
+    import shutil
+
+    from lorch.resources import scenarios_dir
+
+    shutil.copytree(scenarios_dir() / "happy-path", tmp_path / "mine")
+    r = lorch(
+        "crashtest",
+        "mine",
+        "--workspace",
+        str(tmp_path),
+        "--modes",
+        "kill",
+        "--offsets",
+        "1",
+        "--json",
+        "report.json",
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((tmp_path / "report.json").read_text())
