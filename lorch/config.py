@@ -191,12 +191,13 @@ def _unsupported(raw: Any, config_dir: Path | None) -> list[tuple[str, str]]:
                 )
             )
     mmb = pol.get("message_max_bytes")
-    if isinstance(mmb, int) and mmb > MESSAGE_MAX_BYTES:
+    if isinstance(mmb, int) and mmb != MESSAGE_MAX_BYTES:
         out.append(
             (
                 "$.policy.message_max_bytes",
-                f"{mmb} is not supported: the protocol's limit is {MESSAGE_MAX_BYTES} bytes a "
-                "line (larger content travels as files)",
+                f"{mmb} is not supported: lines are limited to the protocol's "
+                f"{MESSAGE_MAX_BYTES} bytes (larger content travels as files; set "
+                f"{MESSAGE_MAX_BYTES} or remove it)",
             )
         )
     jitter = _get(pol, "retry", "backoff", "jitter")

@@ -24,7 +24,7 @@ from lorch import _planted, failpoint, protocol
 from lorch.checkpoint import TurnCheckpoints
 from lorch.derived import RECEIPT_DELAY_S
 from lorch.errors import AgentError, LorchError
-from lorch.paths import artifact_problems
+from lorch.paths import artifact_problems, missing_outputs
 from lorch.protocol import Record
 from lorch.recorder import Recorder, Sink
 from lorch.redact import Redactor
@@ -178,7 +178,12 @@ class Engine(Recorder):
         if self.agents.checkpointed(pending.role):
             for name, payload in self.turns.after_turn(pending):
                 self.system(name, payload, pending.command["correlation_id"])
-        problems = artifact_problems(self.workspace, pending.terminal or {})
+        problems = artifact_problems(
+            self.workspace, pending.terminal or {}, self.policy.artifact_max_bytes
+        )
+        code = "artifact_mismatch"
+        if not problems and (pending.terminal or {}).get("event") == "builder.completed":
+            problems, code = missing_outputs(self.workspace, pending.command), "missing_output"
         if not problems:
             self.state.accept()
             self._accepted()
@@ -192,7 +197,7 @@ class Engine(Recorder):
                 "idempotency_key": pending.ik,
                 "attempt": pending.attempt,
                 "reason": f"artifact {problems[0][0]!r} rejected: {problems[0][1]}",
-                "code": "artifact_mismatch",
+                "code": code,
             },
             corr,
         )

@@ -89,8 +89,30 @@ def links_problem(workspace: Path, st: os.stat_result) -> str | None:
     )
 
 
-def artifact_problems(workspace: Path, event: dict[str, Any]) -> list[tuple[str, str]]:
-    """What is wrong with the artifacts an event claims: (path, reason) for each."""
+def missing_outputs(workspace: Path, command: dict[str, Any]) -> list[tuple[str, str]]:
+    """The command's required ``expected_outputs`` that are not a file in the workspace."""
+    problems = []
+    for out in command.get("expected_outputs") or []:
+        if not isinstance(out, dict) or out.get("required") is not True:
+            continue
+        path = str(out.get("path"))
+        try:
+            full = safe_relpath(workspace, path)
+        except PathEscape as e:
+            problems.append((path, f"required output: {e}"))
+            continue
+        if not full.is_file():
+            problems.append((path, "required output was not written"))
+    return problems
+
+
+def artifact_problems(
+    workspace: Path, event: dict[str, Any], max_bytes: int | None = None
+) -> list[tuple[str, str]]:
+    """What is wrong with the artifacts an event claims: (path, reason) for each.
+
+    ``max_bytes`` (``policy.artifact_max_bytes``): a larger file is refused.
+    """
     problems = []
     for art in event.get("artifacts") or []:
         path = str(art.get("path"))
@@ -106,6 +128,9 @@ def artifact_problems(workspace: Path, event: dict[str, Any]) -> list[tuple[str,
             continue
         except OSError as e:
             problems.append((path, f"cannot read it: {e.strerror}"))
+            continue
+        if max_bytes is not None and size > max_bytes:
+            problems.append((path, f"{size} bytes is over policy.artifact_max_bytes ({max_bytes})"))
             continue
         if sha != art.get("sha256") or size != art.get("size"):
             claim = f"{art.get('sha256')} ({art.get('size')} bytes)"

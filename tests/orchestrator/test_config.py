@@ -21,7 +21,7 @@ SPEC_FORM: dict[str, Any] = {
     "workspace_root": ".",
     "policy": {
         "concurrency": 1,
-        "message_max_bytes": 65536,
+        "message_max_bytes": 262144,
         "artifact_max_bytes": 1048576,
         "retry": {
             "max_attempts": 4,
@@ -69,7 +69,7 @@ def test_the_spec_form_is_accepted_and_honoured(tmp_path: Path) -> None:
     assert p.max_attempts == 4
     assert (p.backoff_initial_s, p.backoff_max_s, p.backoff_factor) == (0.05, 2.0, 3.0)
     assert p.backoff_jitter == "full"
-    assert (p.message_max_bytes, p.artifact_max_bytes) == (65536, 1048576)
+    assert (p.message_max_bytes, p.artifact_max_bytes) == (262144, 1048576)
     assert [t["id"] for t in c.tasks] == ["T-0100", "T-0101"]
     assert c.task == {"id": "T-0100", "goal": "First task"}
     assert c.find_task("T-0101") == {"id": "T-0101", "goal": "Second task"}
@@ -163,6 +163,7 @@ def test_one_mistake_is_one_line(tmp_path: Path) -> None:
         ("strict_version_pinning", False, "pinned to the run's snapshot"),
         ("redact_secrets_in_logs", False, "always redacted"),
         ("message_max_bytes", 262145, "262144"),
+        ("message_max_bytes", 65536, "262144"),
     ],
 )
 def test_values_lorch_cannot_honour_are_refused(

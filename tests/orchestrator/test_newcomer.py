@@ -102,3 +102,29 @@ def test_crashtest_takes_the_workspace(tmp_path: Path, lorch: Runner) -> None:
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((tmp_path / "report.json").read_text())
+
+
+def test_a_required_output_never_written_fails_the_attempt(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    from .conftest import records
+
+    ws = scenario("happy-path")
+    fx = json.loads((ws / "fixtures" / "builder.json").read_text())
+    # Writes the greeting but not its test, which the task lists as expected.
+    fx["responses"]["implement"]["files"] = fx["responses"]["implement"]["files"][:1]
+    (ws / "fixtures" / "builder.json").write_text(json.dumps(fx))
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == 1
+    assert "'tests/test_greeting.py' rejected: required output was not written" in r.stderr
+    failed = [x for x in records(ws) if x.get("event") == "system.command_failed"]
+    assert [f["payload"]["code"] for f in failed] == ["missing_output"] * 3
+    assert not list(ws.glob("receipts/*/step-*.json"))
+
+
+def test_an_artifact_over_the_cap_is_rejected(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    cfg = json.loads((ws / "lorch.json").read_text())
+    cfg["policy"]["artifact_max_bytes"] = 40
+    (ws / "lorch.json").write_text(json.dumps(cfg))
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == 1
+    assert "bytes is over policy.artifact_max_bytes (40)" in r.stderr
