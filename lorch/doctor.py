@@ -42,9 +42,34 @@ def checks(workspace: Path) -> list[tuple[str, bool, str]]:
         return out
     out.append(("lorch.json", True, "valid"))
     for role, cfg in sorted(config.agents.items()):
+        cwd = ws / cfg.cwd if cfg.cwd else ws
         try:
-            argv = resolve_argv(role, cfg.cmd, ws / cfg.cwd if cfg.cwd else ws)
+            argv = resolve_argv(role, cfg.cmd, cwd)
             out.append((f"agent {role}", True, argv[0]))
         except LorchError as e:
             out.append((f"agent {role}", False, str(e)))
+            continue
+        script = mockagent_script(cfg.cmd)
+        if script is not None:
+            from mockagent.fixture import FixtureError
+            from mockagent.fixture import load as load_fixture
+
+            try:
+                load_fixture(cwd / script)
+                out.append((f"fixture {role}", True, script))
+            except FixtureError as e:
+                out.append((f"fixture {role}", False, str(e)))
     return out
+
+
+def mockagent_script(cmd: list[str]) -> str | None:
+    """The fixture a mockagent command line names (`--script F`, `-script F`, `-script=F`)."""
+    if not cmd or os.path.basename(cmd[0]) != "mockagent":
+        return None
+    for i, arg in enumerate(cmd[1:], 1):
+        for flag in ("--script", "-script"):
+            if arg == flag and i + 1 < len(cmd):
+                return cmd[i + 1]
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1 :]
+    return None

@@ -128,3 +128,14 @@ def test_an_artifact_over_the_cap_is_rejected(scenario, lorch: Runner) -> None: 
     r = lorch("run", "--workspace", str(ws))
     assert r.returncode == 1
     assert "bytes is over policy.artifact_max_bytes (40)" in r.stderr
+
+
+def test_doctor_checks_each_mockagent_fixture(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    ws = scenario("happy-path")
+    r = lorch("doctor", "--workspace", str(ws))
+    assert r.returncode == 0, r.stdout
+    assert "ok   fixture reviewer: fixtures/reviewer.json" in r.stdout
+    (ws / "fixtures" / "reviewer.json").write_text('{"responses": {"review": {"dealy_ms": 1}}}')
+    r = lorch("doctor", "--workspace", str(ws))
+    assert r.returncode == 1
+    assert "FAIL fixture reviewer:" in r.stdout and "did you mean 'delay_ms'?" in r.stdout
