@@ -135,6 +135,10 @@ class Options:
     torn_bytes: str = "edges"  # powercut: torn appends at edges|all byte offsets
     cuts: str = "all"  # powercut: all states, or only those losing every unsynced op
     fail_fast: bool = False  # stop starting points after the first failure
+    # Invariants whose failure is not counted. Only for a known, tracked gap (the
+    # mutation bench skips no_stale_temp_files until resume sweeps temp files, #14);
+    # it must be the last invariant checked, since the ones after it are not.
+    skip_invariants: frozenset[str] = frozenset()
     offline: Any = None  # powercut: the recorded trace and its states (syscalls.Offline)
 
 
@@ -402,7 +406,8 @@ def explore(point: Point, baseline: Baseline, opts: Options, workdir: Path) -> R
     try:
         _explore(point, baseline, opts, ws)
     except Broken as b:
-        result.verdict, result.invariant, result.detail = "fail", b.invariant, b.detail
+        if b.invariant not in opts.skip_invariants:
+            result.verdict, result.invariant, result.detail = "fail", b.invariant, b.detail
     result.seconds = time.monotonic() - started
     if result.verdict == "fail" and opts.keep_failed is not None:
         dest = opts.keep_failed / ws.name

@@ -166,3 +166,19 @@ def test_resume_removes_stale_temp_files(tmp_path: Path) -> None:
     r = lorch("resume", "--workspace", str(ws))
     assert r.returncode == 0, r.stderr
     invariants.check_no_stale_temp_files(ws)
+
+
+def test_a_skipped_invariant_is_not_counted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from lorch.crashtest import harness
+
+    def broken(*_: Any) -> None:
+        raise Broken("no_stale_temp_files", "state/.x.tmp-1-00000000 left behind")
+
+    monkeypatch.setattr(harness, "_explore", broken)
+    base = harness.Baseline(tmp_path, [{"kind": "command", "action": "implement"}], {}, "completed")
+    point = harness.Point(1, "kill")
+    assert harness.explore(point, base, harness.Options(), tmp_path).verdict == "fail"
+    skip = harness.Options(skip_invariants=frozenset({"no_stale_temp_files"}))
+    assert harness.explore(point, base, skip, tmp_path).verdict == "pass"
