@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import sys
 import threading
 import uuid
@@ -110,12 +111,27 @@ def new_engine(
     return Engine(workspace, agents, console, redactor, turns=turns)
 
 
+def _ignore_sigint() -> None:
+    """From here on the run is being put away: a further Ctrl-C must not cut that short."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _guard(runner: Engine, body: Callable[[], Outcome]) -> Outcome:
     try:
         return body()
     except KeyboardInterrupt:
         runner.stop_event.set()
-        runner.stop_agents()
+        try:
+            runner.stop_agents()
+        except KeyboardInterrupt:
+            # A second Ctrl-C: stop waiting for agents to wind down, kill them
+            # (no agent is left behind), and still leave a resumable run.
+            _ignore_sigint()
+            for role in list(runner.ports):
+                with contextlib.suppress(LorchError, OSError):
+                    runner.kill_agent(role)
+        _ignore_sigint()
         with contextlib.suppress(LorchError, OSError):
             runner.write_derived()
         raise Interrupted(

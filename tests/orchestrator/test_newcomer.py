@@ -139,3 +139,47 @@ def test_doctor_checks_each_mockagent_fixture(scenario, lorch: Runner) -> None: 
     r = lorch("doctor", "--workspace", str(ws))
     assert r.returncode == 1
     assert "FAIL fixture reviewer:" in r.stdout and "did you mean 'delay_ms'?" in r.stdout
+
+
+def test_a_second_ctrl_c_still_stops_every_agent(scenario, lorch_bin: str, clean_env) -> None:  # type: ignore[no-untyped-def]
+    import re
+    import sys
+    import time
+
+    import pexpect
+
+    ws = scenario("happy-path")
+    # A reviewer that ignores EOF and SIGTERM: stopping it takes lorch's whole grace.
+    (ws / "stubborn.py").write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)\n"
+    )
+    cfg = json.loads((ws / "lorch.json").read_text())
+    cfg["agents"]["reviewer"]["cmd"] = [sys.executable, "stubborn.py"]
+    (ws / "lorch.json").write_text(json.dumps(cfg))
+    child = pexpect.spawn(
+        lorch_bin, ["run", "--workspace", str(ws)], env=clean_env, encoding="utf-8", timeout=30
+    )
+    child.expect(r"review \(T-0042, round 1\)")
+    pids = {m[0]: int(m[1]) for m in re.findall(r"started (\w+) \(pid (\d+)\)", child.before)}
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    child.sendintr()
+    # The well-behaved builder ends at EOF; the reviewer is still being waited for.
+    deadline = time.monotonic() + 10
+    while alive(pids["builder"]):
+        assert time.monotonic() < deadline, "builder not stopped"
+        time.sleep(0.01)
+    assert alive(pids["reviewer"])
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+    assert "lorch resume --workspace" in (child.before or "")
+    assert not alive(pids["reviewer"])
+    assert not any(alive(p) for p in pids.values())
