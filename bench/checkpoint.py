@@ -121,8 +121,10 @@ def bench(files: int, rounds: int, base: Path) -> None:
 
 def main() -> None:
     rounds = 5 if "--quick" in sys.argv else 21
+    git = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.split()[-1]
+    load = os.getloadavg()[0]
     print(
-        f"git {subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.split()[-1]}, median of {rounds} rounds"
+        f"git {git}, median of {rounds} rounds, load average {load:.1f} on {os.cpu_count()} cores"
     )
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         for files in (1_000, 10_000):
