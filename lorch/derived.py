@@ -110,6 +110,10 @@ def receipt(run_id: str, pending: Pending, snapshot_id: str) -> Record | None:
     return body
 
 
+def _step_of(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
 class ReceiptWriter:
     """Writes one receipt per accepted command, never twice for the same key."""
 
@@ -119,24 +123,55 @@ class ReceiptWriter:
         existing = store.iter_receipts(workspace, task_id)
         # Only the receipts found on disk at start: a live run accepts each key
         # once, so this need not grow (memory stays flat over long runs).
-        self.done = {
-            data.get("idempotency_key") for _, data in existing if data.get("run_id") == run_id
+        self.steps: dict[str, int] = {
+            str(data.get("idempotency_key")): _step_of(path)
+            for path, data in existing
+            if data.get("run_id") == run_id
         }
+        self.taken = {_step_of(path) for path, _ in existing}
         self.next = store.next_receipt_number(workspace, task_id)
+        self.last = 0  # step of the last accepted command, in ledger order
+
+    @property
+    def done(self) -> set[str]:
+        return set(self.steps)
 
     def write(self, pending: Pending, snapshot_id: str) -> None:
         self.write_batch([(pending, snapshot_id)])
 
     def write_batch(self, batch: list[tuple[Pending, str]]) -> None:
-        """Receipts for several accepted commands, written together."""
-        receipts = [
-            r
-            for p, snap in batch
-            if p.ik not in self.done and (r := receipt(self.run_id, p, snap)) is not None
-        ]
-        written = store.write_receipts(self.workspace, receipts, start=self.next)
+        """Receipts for several accepted commands, written together.
+
+        A receipt that is missing between two that exist (someone deleted it)
+        is rebuilt under its own step number, the one after its predecessor's,
+        when that number is free: the receipts keep the ledger's order.
+        """
+        receipts: list[Record] = []
+        for p, snap in batch:
+            if p.ik in self.steps:
+                self.last = self.steps[p.ik]
+                continue
+            r = receipt(self.run_id, p, snap)
+            if r is None:
+                continue
+            gap = self.last + 1
+            if gap < self.next and gap not in self.taken:
+                self._flush(receipts)
+                receipts = []
+                self._flush([r], start=gap)
+            else:
+                receipts.append(r)
+        self._flush(receipts)
+
+    def _flush(self, receipts: list[Record], start: int | None = None) -> None:
+        if not receipts:
+            return
+        written = store.write_receipts(self.workspace, receipts, start=start or self.next)
+        if start is not None:  # a gap filled (rare): the only numbers below next to note
+            self.taken.update(step for _, step in written)
         if written:
-            self.next = max(step for _, step in written) + 1
+            self.last = max(step for _, step in written)
+            self.next = max(self.next, self.last + 1)
 
 
 class DerivedWriter:

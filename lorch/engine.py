@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from lorch import _planted, failpoint, protocol
+from lorch import _planted, failpoint, protocol, provenance
 from lorch.checkpoint import TurnCheckpoints
 from lorch.derived import RECEIPT_DELAY_S
 from lorch.errors import AgentError, LorchError
@@ -99,15 +99,16 @@ class Engine(Recorder):
         interval = self.policy.heartbeat_interval(role) if port.sends_heartbeats else float("inf")
         self.watchdogs[role] = Watchdog(self.clock, interval, self.policy.heartbeat_misses)
         failpoint.agent_groups[role] = port.pgid
-        self.system(
-            "system.agent_started",
-            {
-                "role": role,
-                "pid": port.pid,
-                "pgid": port.pgid,
-                "argv": [self.redactor.text(a) for a in port.argv],
-            },
-        )
+        started: Record = {
+            "role": role,
+            "pid": port.pid,
+            "pgid": port.pgid,
+            "argv": [self.redactor.text(a) for a in port.argv],
+        }
+        if port.start_time is not None:
+            # With pid and pgid, names this process for good: resume ends only it.
+            started["start_time"] = port.start_time
+        self.system("system.agent_started", started)
         return port
 
     def _forget(self, role: str) -> AgentPort | None:
@@ -121,9 +122,22 @@ class Engine(Recorder):
         ports = list(self.ports.values())
         for port in ports:
             port.close_input()  # all at once: they wind down in parallel
+        failed: LorchError | None = None
         for port in ports:
-            port.stop()
-            self._forget(port.role)
+            try:
+                port.stop()
+            except LorchError as e:  # its log could not be written: stop the others first
+                failed = failed or e
+            finally:
+                self._forget(port.role)
+        if failed is not None:
+            raise failed
+
+    def system(
+        self, name: str, payload: Record, correlation_id: str | None = None, *, sync: bool = True
+    ) -> None:
+        """A record of lorch's own; what it quotes of an agent (reasons, stderr) is redacted."""
+        super().system(name, self.redactor.value(payload), correlation_id, sync=sync)
 
     def start_agents(self) -> None:
         """Start every configured role up front, so their start-up overlaps."""
@@ -291,27 +305,17 @@ class Engine(Recorder):
         if item.kind == "exit":
             return self._on_exit(item, cmd, current, working)
         if item.error is not None:
-            reason = str(item.error)
-            prefix = item.error.prefix if hasattr(item.error, "prefix") else b""
-            return self._protocol_error(
-                item, cmd, working, reason, prefix, f"protocol error: {reason}"
-            )
+            window = getattr(item.error, "window", b"") or getattr(item.error, "prefix", b"")
+            error = protocol.ProtocolError(str(item.error), item.raw_size, window)
+            return self._protocol_error(item, cmd, working, error, "protocol error")
         msg = item.message
         assert msg is not None
-        if (
-            not working
-            or msg.get("correlation_id") != cmd["correlation_id"]
-            or msg.get("task_id") != cmd["task_id"]
-        ):
-            reason = (
-                f"event {msg.get('event')} for task {msg.get('task_id')} / "
-                f"correlation {msg.get('correlation_id')}, expected "
-                f"{cmd['task_id']} / {cmd['correlation_id']}"
-            )
-            prefix = protocol.encode(msg)[:80]
-            return self._protocol_error(
-                item, cmd, working, reason, prefix, "event for the wrong task or correlation"
-            )
+        # Attributed by channel, not by claim (DESIGN.md §5.11).
+        refused = provenance.refusal(item.role, msg, cmd if working else None)
+        if refused is not None:
+            line = protocol.encode(msg)
+            error = protocol.ProtocolError(refused, item.raw_size, protocol.window_of(line))
+            return self._protocol_error(item, cmd, working, error, "protocol error")
         return self._on_event(msg)
 
     def _on_exit(self, item: Incoming, cmd: Record, port: AgentPort, working: bool) -> bool:
@@ -330,22 +334,19 @@ class Engine(Recorder):
         return True
 
     def _protocol_error(
-        self, item: Incoming, cmd: Record, working: bool, reason: str, prefix: bytes, failure: str
+        self,
+        item: Incoming,
+        cmd: Record,
+        working: bool,
+        error: protocol.ProtocolError,
+        failure: str,
     ) -> bool:
-        self.system(
-            "system.protocol_error",
-            {
-                "role": item.role,
-                "reason": reason,
-                "size": item.raw_size,
-                "prefix": self.redactor.text(prefix.decode("utf-8", "replace")),
-            },
-            cmd["correlation_id"] if working else None,
-        )
+        payload = error.payload(item.role, self.redactor)
+        self.system("system.protocol_error", payload, cmd["correlation_id"] if working else None)
         if not working:
             return False
-        self.fail_attempt(cmd, failure, "protocol_error")
-        self.restart(item.role, "protocol error")
+        self.fail_attempt(cmd, f"{failure}: {payload['reason']}", "protocol_error")
+        self.restart(item.role, failure)
         return True
 
     def _on_event(self, msg: Record) -> bool:

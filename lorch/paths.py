@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from lorch.checksum import sha256_file
+from lorch.checksum import sha256_file_stat
 from lorch.errors import PathEscape
 
 
@@ -122,7 +122,7 @@ def artifact_problems(
             problems.append((path, str(e)))
             continue
         try:
-            sha, size = sha256_file(full)
+            sha, size, st = sha256_file_stat(full)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             problems.append((path, "no such file in the workspace"))
             continue
@@ -131,6 +131,9 @@ def artifact_problems(
             continue
         if max_bytes is not None and size > max_bytes:
             problems.append((path, f"{size} bytes is over policy.artifact_max_bytes ({max_bytes})"))
+            continue
+        if (links := links_problem(workspace, st)) is not None:
+            problems.append((path, links))
             continue
         if sha != art.get("sha256") or size != art.get("size"):
             claim = f"{art.get('sha256')} ({art.get('size')} bytes)"

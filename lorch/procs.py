@@ -110,9 +110,22 @@ def group_alive(pid: int, pgid: int) -> bool:
     return same and not is_zombie(pid)
 
 
-def kill_orphan(pid: int, pgid: int, *, clock: Callable[[], float] = time.monotonic) -> bool:
-    """SIGKILL an orphaned agent's group and wait until its leader is gone."""
+def kill_orphan(
+    pid: int,
+    pgid: int,
+    *,
+    started: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """SIGKILL an orphaned agent's group and wait until its leader is gone.
+
+    ``started``: the start time recorded with the pid (clock ticks since boot);
+    a live process with another start time is a recycled pid, not the orphan,
+    and is left alone.
+    """
     if not group_alive(pid, pgid):
+        return False
+    if started is not None and start_time(pid) != started:
         return False
     signal_group(pgid, signal.SIGKILL)
     deadline = clock() + 10

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from lorch import _planted, drift, ledger, transcript
-from lorch.atomic import ensure_dir
+from lorch import _planted, drift, failpoint, ledger, transcript
+from lorch.atomic import ensure_dir, remove_stale_temps
 from lorch.checkpoint import TurnCheckpoints
 from lorch.config import Config, ensure, load
 from lorch.engine import Engine, Outcome
@@ -63,12 +63,20 @@ def new_run_id() -> str:
     return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
+# Where lorch's atomic writes leave their temp files (never the agents' folders).
+LORCH_TEMP_DIRS = ("state", "receipts", "snapshots", "transcripts", "events", "logs")
+
+
 @contextlib.contextmanager
 def workspace_lock(workspace: Path) -> Iterator[None]:
     """One lorch process per workspace at a time."""
     ensure_dir(workspace / "state")
     path = workspace / "state" / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        failpoint.io_fault(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StorageError(f"cannot open the lock file {path}: {e.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -76,6 +84,9 @@ def workspace_lock(workspace: Path) -> Iterator[None]:
             raise UsageError(
                 f"{workspace}: another lorch process is running in this workspace"
             ) from None
+        # Holding the lock, no other lorch writes here: any temp file of an
+        # atomic write is a crashed one's (docs/decisions.md D26).
+        remove_stale_temps([workspace / d for d in LORCH_TEMP_DIRS])
         yield
     finally:
         os.close(fd)
@@ -321,11 +332,15 @@ class _Resume:
 
 
 def end_orphans(state: State) -> list[int]:
-    """End the crashed run's agents (DESIGN.md §5.6); the pids that were still alive."""
+    """End the crashed run's agents (DESIGN.md §5.6); the pids that were still alive.
+
+    Only processes lorch recorded starting (``system.agent_started`` is lorch's
+    own record), and only while pid, group and start time all still match.
+    """
     return [
         int(info["pid"])
         for _role, info in sorted(state.agents.items())
-        if kill_orphan(int(info["pid"]), int(info["pgid"]))
+        if kill_orphan(int(info["pid"]), int(info["pgid"]), started=info.get("start_time"))
     ]
 
 

@@ -18,10 +18,13 @@ import selectors
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
-from lorch import procs, protocol
-from lorch.errors import AgentError, FramingError, SchemaError
+from lorch import failpoint, procs, protocol
+from lorch.atomic import FILE_MODE, ensure_dir
+from lorch.errors import AgentError, FramingError, StorageError
+from lorch.pipewriter import PipeWriter
 from lorch.transport import Inbox, Incoming, ItemKind, Launch, SendContext
 
 
@@ -47,15 +50,18 @@ class AgentProcess:
         self._redactor = launch.redactor
         self._log_path = log_path
         self._log_lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._log: IO[str] = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
-        os.chmod(log_path, 0o600)
+        self._log_error: OSError | None = None  # a failed log write, raised on the next call
+        self._log: IO[str] = _open_log(log_path)
         try:
             self.proc = procs.spawn(argv, cwd=launch.cwd, env=launch.env)
         except OSError as e:
             self._log.close()
             raise AgentError(f"agent {role}: cannot start {argv[0]!r}: {e.strerror}") from None
+        assert self.proc.stdin is not None
+        # The writer owns a copy of the stdin descriptor: writes never block lorch
+        # (an agent that does not read is timed out like one that does not answer).
+        self._stdin = PipeWriter(os.dup(self.proc.stdin.fileno()), role)
+        self.proc.stdin.close()
         self.pid = self.proc.pid
         self.last_stderr = ""
         self.pgid = os.getpgid(self.pid)
@@ -94,7 +100,7 @@ class AgentProcess:
                 if isinstance(item, FramingError):
                     put(self._item("error", error=item, raw_size=item.size))
                 else:
-                    self._deliver(self._redactor.raw(item), put)
+                    self._deliver(item, put)
             return
         self.stdout_eof = True
         tail = self._splitter.pending()
@@ -102,7 +108,8 @@ class AgentProcess:
             error = FramingError(
                 f"partial line of {len(tail)} bytes at exit (no newline)",
                 size=len(tail),
-                prefix=tail[:80],
+                prefix=protocol.prefix_of(tail),
+                window=protocol.window_of(tail),
             )
             put(self._item("error", error=error, raw_size=len(tail)))
         put(self._item("exit"))
@@ -113,14 +120,18 @@ class AgentProcess:
     def _deliver(self, line: bytes, put: Callable[[Incoming], None]) -> None:
         if not line.strip():
             return
-        try:
-            message = protocol.parse_line(line)
-            kind = protocol.validate_message(message)
-        except (FramingError, SchemaError) as e:
-            if isinstance(e, SchemaError):
-                e = FramingError(str(e), size=len(line), prefix=line[:80])
-            put(self._item("error", error=e, raw_size=len(line)))
+        # Parsed, redacted after decoding, validated: a message or why not.
+        message = protocol.read_message(line, self._redactor)
+        if isinstance(message, protocol.ProtocolError):
+            error = FramingError(
+                message.reason,
+                size=message.size,
+                prefix=message.prefix[: protocol.PREFIX_LEN],
+                window=message.prefix,
+            )
+            put(self._item("error", error=error, raw_size=len(line)))
             return
+        kind = message["kind"]
         if kind == "heartbeat":
             put(self._item("heartbeat"))
             return
@@ -163,7 +174,7 @@ class AgentProcess:
     def _write_stderr(self, lines: list[str]) -> None:
         if not lines:
             return
-        self.last_stderr = lines[-1][:200]
+        self.last_stderr = self._redactor.cut(lines[-1], 200)
         if self._on_stderr is not None:
             for s in lines:
                 self._on_stderr(f"[{self.role} stderr] {self._redactor.text(s)}")
@@ -172,28 +183,40 @@ class AgentProcess:
             json.dumps({"at": at, "stream": "stderr", "line": self._redactor.text(s)}) + "\n"
             for s in lines
         )
-        with self._log_lock:
-            self._log.write(text)
-            self._log.flush()
+        self._append_log(text)
 
     def write_log(self, entry: dict[str, Any]) -> None:
-        text = self._redactor.text(json.dumps({"at": protocol.now_rfc3339(), **entry}))
+        # The entry was redacted when its line was decoded; what lorch adds is not secret.
+        self._append_log(json.dumps({"at": protocol.now_rfc3339(), **entry}) + "\n")
+
+    def _append_log(self, text: str) -> None:
+        """Append to the agent's log; a failing disk is kept and raised on the next call.
+
+        (This runs on the stderr thread too, where an exception would only print
+        a traceback: the engine's thread reports it, in one line.)
+        """
         with self._log_lock:
-            self._log.write(text + "\n")
-            self._log.flush()
+            if self._log_error is not None or self._log.closed:
+                return
+            try:
+                failpoint.io_fault(self._log_path)
+                self._log.write(text)
+                self._log.flush()
+            except OSError as e:
+                self._log_error = e
+
+    def _raise_log_error(self) -> None:
+        e = self._log_error
+        if e is not None:
+            self._log_error = None
+            raise StorageError(f"cannot write agent log {self._log_path}: {e.strerror}") from e
 
     # -- writing ------------------------------------------------------------
 
     def send(self, command: dict[str, Any], line: bytes, context: SendContext) -> bool:
-        """Write the command's framed line; False if the agent's stdin is gone."""
-        assert self.proc.stdin is not None
-        with self._send_lock:
-            try:
-                self.proc.stdin.write(line)
-                self.proc.stdin.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                return False
-        return True
+        """Queue the command's framed line (never blocks); False if the agent's stdin is gone."""
+        self._raise_log_error()
+        return self._stdin.write(line)
 
     def cancel(self) -> None:
         """Nothing to do: an NDJSON agent is stopped or restarted instead."""
@@ -205,9 +228,7 @@ class AgentProcess:
 
     def close_input(self) -> None:
         """EOF on the agent's stdin: a well-behaved agent exits."""
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.proc.stdin.close()
+        self._stdin.close()
 
     def stop(self, grace: float = 2.0) -> int | None:
         """EOF, then SIGTERM, then SIGKILL to the group; always reaped.
@@ -235,15 +256,33 @@ class AgentProcess:
             self._drain_stdout(0.5)
         for t in self._threads:
             t.join(timeout=5)
-        with self._log_lock:
-            self._log.close()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+        self._stdin.close()
+        for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError, ValueError):
                     stream.close()
+        with self._log_lock:
+            try:
+                if not self._log.closed:
+                    self._log.close()
+            except OSError as e:  # the last flush, on a full or read-only disk
+                self._log_error = self._log_error or e
+        self._raise_log_error()
 
 
 READ_SIZE = 65536
+
+
+def _open_log(path: Path) -> IO[str]:
+    """The agent's log, appended to; 0600 in a 0700 folder whatever the umask."""
+    ensure_dir(path.parent)
+    try:
+        failpoint.io_fault(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    except OSError as e:
+        raise StorageError(f"cannot open agent log {path}: {e.strerror}") from e
+    os.fchmod(fd, FILE_MODE)
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def _readable(fd: int, timeout: float | None) -> bool:

@@ -206,6 +206,14 @@ def validate_https___lorch_dev_schemas_v1_run_state_v1_json(data, custom_formats
                             if isinstance(data__agents__builder__pgid, (int, float, Decimal)) and (not isinstance(data__agents__builder__pgid, bool)):
                                 if data__agents__builder__pgid < 1:
                                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.pgid must be bigger than or equal to 1', value=data__agents__builder__pgid, name='' + (name_prefix or 'data') + '.agents.builder.pgid', rule='minimum')
+                        if 'start_time' in data__agents__builder_keys:
+                            data__agents__builder_keys.remove('start_time')
+                            data__agents__builder__starttime = data__agents__builder['start_time']
+                            if not isinstance(data__agents__builder__starttime, int) and (not (isinstance(data__agents__builder__starttime, float) and data__agents__builder__starttime.is_integer())) or isinstance(data__agents__builder__starttime, bool):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.start_time must be integer', value=data__agents__builder__starttime, name='' + (name_prefix or 'data') + '.agents.builder.start_time', rule='type')
+                            if isinstance(data__agents__builder__starttime, (int, float, Decimal)) and (not isinstance(data__agents__builder__starttime, bool)):
+                                if data__agents__builder__starttime < 0:
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder.start_time must be bigger than or equal to 0', value=data__agents__builder__starttime, name='' + (name_prefix or 'data') + '.agents.builder.start_time', rule='minimum')
                         if data__agents__builder_keys:
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.builder must not contain ' + str(data__agents__builder_keys) + ' properties', value=data__agents__builder, name='' + (name_prefix or 'data') + '.agents.builder', rule='additionalProperties')
                 if 'reviewer' in data__agents_keys:
@@ -235,6 +243,14 @@ def validate_https___lorch_dev_schemas_v1_run_state_v1_json(data, custom_formats
                             if isinstance(data__agents__reviewer__pgid, (int, float, Decimal)) and (not isinstance(data__agents__reviewer__pgid, bool)):
                                 if data__agents__reviewer__pgid < 1:
                                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.pgid must be bigger than or equal to 1', value=data__agents__reviewer__pgid, name='' + (name_prefix or 'data') + '.agents.reviewer.pgid', rule='minimum')
+                        if 'start_time' in data__agents__reviewer_keys:
+                            data__agents__reviewer_keys.remove('start_time')
+                            data__agents__reviewer__starttime = data__agents__reviewer['start_time']
+                            if not isinstance(data__agents__reviewer__starttime, int) and (not (isinstance(data__agents__reviewer__starttime, float) and data__agents__reviewer__starttime.is_integer())) or isinstance(data__agents__reviewer__starttime, bool):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.start_time must be integer', value=data__agents__reviewer__starttime, name='' + (name_prefix or 'data') + '.agents.reviewer.start_time', rule='type')
+                            if isinstance(data__agents__reviewer__starttime, (int, float, Decimal)) and (not isinstance(data__agents__reviewer__starttime, bool)):
+                                if data__agents__reviewer__starttime < 0:
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer.start_time must be bigger than or equal to 0', value=data__agents__reviewer__starttime, name='' + (name_prefix or 'data') + '.agents.reviewer.start_time', rule='minimum')
                         if data__agents__reviewer_keys:
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.reviewer must not contain ' + str(data__agents__reviewer_keys) + ' properties', value=data__agents__reviewer, name='' + (name_prefix or 'data') + '.agents.reviewer', rule='additionalProperties')
                 if 'spec_maintainer' in data__agents_keys:
@@ -264,6 +280,14 @@ def validate_https___lorch_dev_schemas_v1_run_state_v1_json(data, custom_formats
                             if isinstance(data__agents__specmaintainer__pgid, (int, float, Decimal)) and (not isinstance(data__agents__specmaintainer__pgid, bool)):
                                 if data__agents__specmaintainer__pgid < 1:
                                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.pgid must be bigger than or equal to 1', value=data__agents__specmaintainer__pgid, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.pgid', rule='minimum')
+                        if 'start_time' in data__agents__specmaintainer_keys:
+                            data__agents__specmaintainer_keys.remove('start_time')
+                            data__agents__specmaintainer__starttime = data__agents__specmaintainer['start_time']
+                            if not isinstance(data__agents__specmaintainer__starttime, int) and (not (isinstance(data__agents__specmaintainer__starttime, float) and data__agents__specmaintainer__starttime.is_integer())) or isinstance(data__agents__specmaintainer__starttime, bool):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.start_time must be integer', value=data__agents__specmaintainer__starttime, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.start_time', rule='type')
+                            if isinstance(data__agents__specmaintainer__starttime, (int, float, Decimal)) and (not isinstance(data__agents__specmaintainer__starttime, bool)):
+                                if data__agents__specmaintainer__starttime < 0:
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer.start_time must be bigger than or equal to 0', value=data__agents__specmaintainer__starttime, name='' + (name_prefix or 'data') + '.agents.spec_maintainer.start_time', rule='minimum')
                         if data__agents__specmaintainer_keys:
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.spec_maintainer must not contain ' + str(data__agents__specmaintainer_keys) + ' properties', value=data__agents__specmaintainer, name='' + (name_prefix or 'data') + '.agents.spec_maintainer', rule='additionalProperties')
                 if 'orchestration' in data__agents_keys:
@@ -293,6 +317,14 @@ def validate_https___lorch_dev_schemas_v1_run_state_v1_json(data, custom_formats
                             if isinstance(data__agents__orchestration__pgid, (int, float, Decimal)) and (not isinstance(data__agents__orchestration__pgid, bool)):
                                 if data__agents__orchestration__pgid < 1:
                                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.pgid must be bigger than or equal to 1', value=data__agents__orchestration__pgid, name='' + (name_prefix or 'data') + '.agents.orchestration.pgid', rule='minimum')
+                        if 'start_time' in data__agents__orchestration_keys:
+                            data__agents__orchestration_keys.remove('start_time')
+                            data__agents__orchestration__starttime = data__agents__orchestration['start_time']
+                            if not isinstance(data__agents__orchestration__starttime, int) and (not (isinstance(data__agents__orchestration__starttime, float) and data__agents__orchestration__starttime.is_integer())) or isinstance(data__agents__orchestration__starttime, bool):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.start_time must be integer', value=data__agents__orchestration__starttime, name='' + (name_prefix or 'data') + '.agents.orchestration.start_time', rule='type')
+                            if isinstance(data__agents__orchestration__starttime, (int, float, Decimal)) and (not isinstance(data__agents__orchestration__starttime, bool)):
+                                if data__agents__orchestration__starttime < 0:
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration.start_time must be bigger than or equal to 0', value=data__agents__orchestration__starttime, name='' + (name_prefix or 'data') + '.agents.orchestration.start_time', rule='minimum')
                         if data__agents__orchestration_keys:
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.agents.orchestration must not contain ' + str(data__agents__orchestration_keys) + ' properties', value=data__agents__orchestration, name='' + (name_prefix or 'data') + '.agents.orchestration', rule='additionalProperties')
                 if data__agents_keys:

@@ -121,3 +121,25 @@ def test_io_fault_spec() -> None:
     for bad in ("EROFS", "NOPE:x", "EIO:", "EIO:x:y"):
         with pytest.raises(UsageError, match="LORCH_IO_FAULT"):
             failpoint.parse_io_fault(bad)
+
+
+def test_an_orphan_is_ended_only_while_its_start_time_matches() -> None:
+    import subprocess
+    import sys
+
+    from lorch import procs
+
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        started = procs.start_time(p.pid)
+        assert started is not None
+        # Same pid and group, another start time: a recycled pid, left alone.
+        assert not procs.kill_orphan(p.pid, p.pid, started=started + 1)
+        assert p.poll() is None
+        assert procs.kill_orphan(p.pid, p.pid, started=started)
+        assert p.wait(timeout=10) == -9
+    finally:
+        p.kill()
+        p.wait()

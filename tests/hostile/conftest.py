@@ -31,15 +31,27 @@ def hostile_ws(tmp_path: Path) -> Workspace:
     (``HOSTILE_API_TOKEN``), which the agent is told to leak.
     """
 
-    def make(attacks: dict[str, str], *, task: dict[str, Any] | None = None, **extra: Any) -> Path:
-        ws = tmp_path / "ws"
+    def make(
+        attacks: dict[str, str],
+        *,
+        task: dict[str, Any] | None = None,
+        leak: str = "role-env",
+        name: str = "ws",
+        **extra: Any,
+    ) -> Path:
+        ws = tmp_path / name
         ws.mkdir()
         agents: dict[str, Any] = {}
+        # leak="role-env": the agent leaks a secret only its agents.<role>.env
+        # holds; otherwise it leaks HOSTILE_SECRET from lorch's own environment.
+        env = {"HOSTILE_API_TOKEN": ENV_SECRET}
+        if leak == "role-env":
+            env["HOSTILE_SECRET"] = ENV_SECRET
         for role in ROLES:
             agents[role] = {
                 "cmd": [sys.executable, AGENT, role, attacks.get(role, "none")],
                 "heartbeat_interval_s": 0.5,
-                "env": {"HOSTILE_API_TOKEN": ENV_SECRET, "HOSTILE_SECRET": ENV_SECRET},
+                "env": dict(env),
             }
             agents[role].update(extra.pop(role, {}))
         cfg = {

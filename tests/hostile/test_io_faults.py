@@ -27,6 +27,8 @@ SITES = {
     "receipts": "receipts/",
     "snapshot": "snapshots/",
     "transcript": "transcripts/",
+    "logs": "logs/builder/",
+    "lock": "state/lock",
 }
 QUICK = {  # one errno per site in the quick loop; the full matrix is marked slow
     "ledger": "ENOSPC",
@@ -35,6 +37,8 @@ QUICK = {  # one errno per site in the quick loop; the full matrix is marked slo
     "receipts": "EIO",
     "snapshot": "ENOSPC",
     "transcript": "EROFS",
+    "logs": "EIO",
+    "lock": "EACCES",
 }
 
 
