@@ -85,7 +85,7 @@ def workspace_lock(workspace: Path) -> Iterator[None]:
                 f"{workspace}: another lorch process is running in this workspace"
             ) from None
         # Holding the lock, no other lorch writes here: any temp file of an
-        # atomic write is a crashed one's (docs/decisions.md D26).
+        # atomic write is a crashed one's (docs/decisions.md D29).
         remove_stale_temps([workspace / d for d in LORCH_TEMP_DIRS])
         yield
     finally:
