@@ -79,6 +79,7 @@ VOLATILE = {
     "run_id",
     "pid",
     "pgid",
+    "start_time",
     "argv",
     "delay_s",
     "config_digest",

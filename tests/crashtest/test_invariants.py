@@ -147,12 +147,6 @@ def test_stale_temp_file(ws: Path) -> None:
         invariants.check_no_stale_temp_files(ws)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Broken,
-    reason="coupled to #14: resume does not yet remove stale temp files of atomic writes; "
-    "when it does, this passes and the marker must go",
-)
 def test_resume_removes_stale_temp_files(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     materialize("happy-path", ws)

@@ -391,9 +391,8 @@ def test_an_answer_for_another_correlation_is_refused(tmp_path: Path) -> None:
     assert rig.run().status == "completed"
     (perr,) = rig.events("system.protocol_error")
     assert "correlation corr-other" in perr["payload"]["reason"]
-    assert rig.events("system.command_failed")[0]["payload"]["reason"] == (
-        "event for the wrong task or correlation"
-    )
+    reason = rig.events("system.command_failed")[0]["payload"]["reason"]
+    assert reason.startswith("protocol error: ") and "expected T-1 / corr-T-1-1" in reason
 
 
 def test_error_events_retry_with_backoff_then_fail_after_max_attempts(tmp_path: Path) -> None:
