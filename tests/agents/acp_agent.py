@@ -126,7 +126,7 @@ class Scripted:
     async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> s.PromptResponse:
         text = "".join(getattr(b, "text", "") for b in prompt)
         m = TASK_RE.search(text)
-        task_id = m.group(1) if m else "TASK"
+        task_id = m.group(1).rstrip(".") if m else "TASK"
         index, turn = self._turn(text)
         n = self.calls.get(index, 0)
         if self.state is not None:
