@@ -64,6 +64,14 @@ from lorch.conformance import kit
     '"idempotency": "lorch": answered keys are not sent again, interrupted ones are '
     "rolled back first.",
 )
+@click.option(
+    "--transport",
+    type=click.Choice(["ndjson", "acp"]),
+    default="ndjson",
+    show_default=True,
+    help="acp: the idempotency battery for an Agent Client Protocol agent, bare and under "
+    "lorch's checkpoints.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def conformance(
     role: str,
@@ -77,21 +85,33 @@ def conformance(
     fuzz_examples: int,
     seed: int,
     checkpoints: bool,
+    transport: str,
     command: tuple[str, ...],
 ) -> None:
     """ConformanceCheck that the agent started by COMMAND is protocol-correct and idempotent."""
     expected = kit.read_expected(expected_failures)
-    report = kit.run_battery(
-        list(command),
-        role=role,
-        workspace=workspace,
-        only=list(only) or None,
-        timeout=timeout,
-        expected=expected,
-        fuzz_examples=fuzz_examples,
-        seed=seed,
-        checkpoints=checkpoints,
-    )
+    if transport == "acp":
+        from lorch.conformance.acp_battery import run_acp_battery
+
+        report = run_acp_battery(
+            list(command),
+            role=role,
+            workspace=workspace,
+            only=list(only) or None,
+            timeout=max(timeout, 60.0),
+        )
+    else:
+        report = kit.run_battery(
+            list(command),
+            role=role,
+            workspace=workspace,
+            only=list(only) or None,
+            timeout=timeout,
+            expected=expected,
+            fuzz_examples=fuzz_examples,
+            seed=seed,
+            checkpoints=checkpoints,
+        )
     click.echo(kit.table(report))
     click.echo(kit.summary(report))
     if json_path:

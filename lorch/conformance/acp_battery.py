@@ -1,0 +1,270 @@
+"""``lorch conformance --transport acp -- CMD``: the idempotency battery for an ACP agent.
+
+ACP has no idempotency key: an ACP agent prompted twice does the work twice,
+and one killed mid-turn leaves half of it behind. So each check runs twice:
+
+- **bare** — what happens if the agent is simply prompted again. Expected to
+  fail for any ACP agent; reported as an expected failure, never blocking.
+- **lorch** — the same, with lorch's checkpoints: the workspace is checkpointed
+  before the turn and restored before the prompt is sent again, as lorch does
+  on resume. Must pass.
+
+Each check compares the workspace with the one a single clean turn leaves
+(the baseline), so the agent must do the same work when given the same prompt
+(a scripted agent, or a real one against a scripted model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lorch import protocol
+from lorch.acp import AcpPort, AcpSettings
+from lorch.checkpoint import EXCLUDED, Checkpoints
+from lorch.conformance.checks import Check, Outcome, Verdict
+from lorch.conformance.kit import Report
+from lorch.errors import AgentError, AgentStartError, UsageError
+from lorch.redact import Redactor, secret_values
+from lorch.transport import Inbox, Incoming, Launch, SendContext
+
+Files = dict[str, bytes]
+
+
+def _noop(_: Any) -> Verdict:
+    return Verdict("skip", "")
+
+
+CHECKS = {
+    "ACP-IDEMP-001": "a completed turn prompted again must not change the workspace again",
+    "ACP-IDEMP-004": "a turn killed mid-work, then prompted again, must leave its work once",
+}
+BARE_NOTE = (
+    "expected for an ACP agent: ACP has no idempotency key, so a prompt sent again is "
+    "worked again; lorch never relies on that (see the lorch row)"
+)
+
+
+def _check(cid: str, mode: str) -> Check:
+    severity = "required" if mode == "lorch" else "recommended"
+    return Check(f"{cid}-{mode}", severity, "DESIGN §5.12", CHECKS[cid], _noop)
+
+
+def _files(root: Path) -> Files:
+    out: Files = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d not in EXCLUDED and not d.startswith(".")]
+        else:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            full = Path(dirpath, name)
+            rel = full.relative_to(root).as_posix()
+            with contextlib.suppress(OSError):
+                out[rel] = full.read_bytes()
+    return out
+
+
+def _diff(expected: Files, got: Files) -> str:
+    added = sorted(set(got) - set(expected))
+    missing = sorted(set(expected) - set(got))
+    changed = sorted(p for p in set(got) & set(expected) if got[p] != expected[p])
+    parts = []
+    if changed:
+        parts.append(f"changed {', '.join(changed[:5])}")
+    if added:
+        parts.append(f"extra {', '.join(added[:5])}")
+    if missing:
+        parts.append(f"missing {', '.join(missing[:5])}")
+    return "; ".join(parts)
+
+
+class _Driver:
+    def __init__(self, argv: list[str], role: str, seed: Path | None, timeout: float) -> None:
+        self.argv = argv
+        self.role = role
+        self.seed = seed
+        self.timeout = timeout
+        self.root = Path(tempfile.mkdtemp(prefix="lorch-acp-conformance-"))
+        self.redactor = Redactor(secret_values(dict(os.environ)))
+        self.generation = 0
+        self.transcript: list[str] = []
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def workspace(self, name: str) -> Path:
+        ws = self.root / name
+        if self.seed is not None:
+            shutil.copytree(self.seed, ws, symlinks=True)
+        else:
+            ws.mkdir()
+        return ws
+
+    @contextlib.contextmanager
+    def port(self, ws: Path, inbox: Inbox) -> Iterator[AcpPort]:
+        self.generation += 1
+        launch = Launch(
+            role=self.role,
+            argv=self.argv,
+            cwd=ws,
+            env=dict(os.environ),
+            log_path=self.root / "logs" / f"{ws.name}-{self.generation}.ndjson",
+            generation=self.generation,
+            redactor=self.redactor,
+        )
+        port = AcpPort(
+            launch, inbox, AcpSettings(workspace=ws, task={"id": "T-CONF", "goal": "conformance"})
+        )
+        port.start()
+        try:
+            yield port
+        finally:
+            port.kill()
+
+    def command(self) -> dict[str, Any]:
+        action = {"builder": "implement", "reviewer": "review"}.get(self.role, "update_spec")
+        return {
+            "kind": "command",
+            "message_id": protocol.new_message_id("cmd"),
+            "correlation_id": "corr-T-CONF-1",
+            "task_id": "T-CONF",
+            "idempotency_key": "ik:" + "c" * 64,
+            "to": {"agent_type": self.role},
+            "action": action,
+            "inputs": {"round": 1},
+            "expected_outputs": [],
+            "version": {"snapshot_id": "snap-000000000000"},
+            "deadline": "2099-01-01T00:00:00Z",
+            "retry": {"attempt": 0, "max_attempts": 3},
+            "priority": 5,
+        }
+
+    def turn(
+        self, port: AcpPort, inbox: Inbox, stop_when: Callable[[Incoming], bool] | None = None
+    ) -> str:
+        """Prompt once; 'done' at the terminal event, 'stopped' when ``stop_when`` fires."""
+        cmd = self.command()
+        if not port.send(cmd, protocol.encode(cmd), SendContext()):
+            raise AgentError(f"agent {self.argv[0]} is gone before its turn")
+        end = time.monotonic() + self.timeout
+        while time.monotonic() < end:
+            item = inbox.get(0.1)
+            if item is None or item.generation != port.generation:
+                continue  # nothing, or the last words of an agent already ended
+            if item.message is not None:
+                self.transcript.append(
+                    f"{port.agent_id}: {item.message.get('event')} "
+                    f"{(item.message.get('payload') or {}).get('message', '')}".rstrip()
+                )
+            if stop_when is not None and stop_when(item):
+                return "stopped"
+            if item.kind == "exit":
+                return "exited"
+            if item.message is not None and item.message["event"] in protocol.TERMINAL_EVENTS:
+                return "done"
+        raise AgentError(f"agent {self.argv[0]}: no end of turn in {self.timeout:g} s")
+
+
+def _first_tool_done(item: Incoming) -> bool:
+    p = (item.message or {}).get("payload") or {}
+    return p.get("acp") == "tool_call" and p.get("status") == "completed"
+
+
+def run_acp_battery(
+    argv: list[str],
+    *,
+    role: str = "builder",
+    workspace: Path | None = None,
+    timeout: float = 60.0,
+    only: list[str] | None = None,
+) -> Report:
+    known = {f"{c}-{m}" for c in CHECKS for m in ("bare", "lorch")}
+    for c in only or []:
+        if c not in known and c not in CHECKS:
+            raise UsageError(f"--only {c}: unknown check; known: {', '.join(sorted(known))}")
+    started = time.monotonic()
+    d = _Driver(argv, role, workspace, timeout)
+    inbox = Inbox()
+    outcomes: list[Outcome] = []
+    try:
+        base_ws = d.workspace("baseline")
+        try:
+            with d.port(base_ws, inbox) as port:
+                if d.turn(port, inbox) != "done":
+                    raise AgentError(f"agent {argv[0]}: its first turn did not complete")
+        except AgentError as e:
+            raise AgentStartError(str(e)) from None
+        baseline = _files(base_ws)
+
+        def want(cid: str) -> bool:
+            return not only or cid in only or cid.rsplit("-", 1)[0] in only
+
+        for mode in ("bare", "lorch"):
+            cid = f"ACP-IDEMP-001-{mode}"
+            if want(cid):
+                ws = d.workspace(cid)
+                ck = Checkpoints(ws, d.root / f"{cid}.git", durable=False)
+                pre = ck.take()
+                with d.port(ws, inbox) as port:
+                    d.turn(port, inbox)
+                    if mode == "lorch":
+                        ck.restore(pre)  # what lorch does before a prompt goes out again
+                    d.turn(port, inbox)
+                outcomes.append(_outcome(cid, mode, baseline, _files(ws)))
+            cid = f"ACP-IDEMP-004-{mode}"
+            if want(cid):
+                ws = d.workspace(cid)
+                ck = Checkpoints(ws, d.root / f"{cid}.git", durable=False)
+                pre = ck.take()
+                with d.port(ws, inbox) as port:
+                    how = d.turn(port, inbox, stop_when=_first_tool_done)
+                if how != "stopped":
+                    outcomes.append(
+                        Outcome(
+                            _check(cid.rsplit("-", 1)[0], mode),
+                            Verdict(
+                                "skip",
+                                f"the turn {how} before any tool call completed: nothing to cut",
+                            ),
+                        )
+                    )
+                    continue
+                if mode == "lorch":
+                    ck.restore(pre)
+                with d.port(ws, inbox) as port:
+                    d.turn(port, inbox)
+                outcomes.append(_outcome(cid, mode, baseline, _files(ws)))
+    finally:
+        inbox.close()
+        d.close()
+    return Report(outcomes, "\n".join(d.transcript) + "\n", time.monotonic() - started, [])
+
+
+def _outcome(cid: str, mode: str, baseline: Files, got: Files) -> Outcome:
+    diff = _diff(baseline, got)
+    check = _check(cid.rsplit("-", 1)[0], mode)
+    if not diff:
+        evidence = "the workspace equals a single clean turn's"
+        return Outcome(
+            check,
+            Verdict(
+                "pass", evidence + ("" if mode == "lorch" else " (this agent is idempotent itself)")
+            ),
+        )
+    if mode == "bare":
+        return Outcome(check, Verdict("fail", f"{diff}: {BARE_NOTE}"), expected_failure=True)
+    return Outcome(
+        check,
+        Verdict(
+            "fail",
+            f"with lorch's checkpoints the workspace still differs from a clean turn's: {diff}",
+        ),
+    )
