@@ -62,14 +62,27 @@ Record = dict[str, Any]
 T = TypeVar("T")
 
 # What an ACP agent inherits from lorch's environment besides ``pass_env``.
-BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TMPDIR", "TZ", "USER",
-            "LOGNAME", "SHELL")
+BASE_ENV = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "TMPDIR",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+)
 AUTH_REQUIRED = -32000
 INIT_TIMEOUT_S = 60.0
 # A JSON-RPC message may be large (a file's content); lines beyond this are an error.
 LINE_LIMIT = 64 * 1024 * 1024
 TEXT_LIMIT = 4000  # characters of agent text per ledger record
 HEARTBEAT_EVERY_S = 0.5
+LOG_FLUSH_S = 0.05
+POST_EVERY_S = 0.02
 TERMINAL_OUTPUT_LIMIT = 1 << 20
 # How long kill() lets an agent answer session/cancel before the group is killed.
 CANCEL_GRACE_S = 0.5
@@ -110,8 +123,9 @@ class _Loop:
 
 # The SDK reports trouble through the root logger; records go to the log of the
 # port whose connection they come from (its tasks inherit this variable).
-_PORT: contextvars.ContextVar[AcpPort | None] = contextvars.ContextVar("lorch_acp_port",
-                                                                        default=None)
+_PORT: contextvars.ContextVar[AcpPort | None] = contextvars.ContextVar(
+    "lorch_acp_port", default=None
+)
 
 
 class _SdkLog(logging.Handler):
@@ -122,8 +136,12 @@ class _SdkLog(logging.Handler):
                 sys.stderr.write(self.format(record) + "\n")
             return
         exc = record.exc_info[1] if record.exc_info else None
-        port.log({"stream": "acp-sdk", "line": record.getMessage()
-                  + (f": {type(exc).__name__}: {exc}" if exc else "")})
+        port.log(
+            {
+                "stream": "acp-sdk",
+                "line": record.getMessage() + (f": {type(exc).__name__}: {exc}" if exc else ""),
+            }
+        )
 
 
 _sdk_log_installed = False
@@ -236,6 +254,9 @@ class AcpPort:
         self._beat_at = 0.0
         self._exited = threading.Event()
         self._exit_posted = False
+        self._flush_due = False
+        self._held: list[Incoming] = []
+        self._post_due = False
         launch.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._log: IO[str] = open(launch.log_path, "a", encoding="utf-8")  # noqa: SIM115
         os.chmod(launch.log_path, 0o600)
@@ -394,11 +415,33 @@ class AcpPort:
 
     # -- items for the engine ------------------------------------------------------
 
-    def _post(self, message: Record) -> None:
-        self.inbox.post(
-            Incoming(self.role, self.generation, "event", message=message,
-                     raw_size=len(protocol.encode(message)))
+    def _post(self, message: Record, *, now: bool = False) -> None:
+        """Hand an event to the engine; lines of a turn go in bursts, its end at once.
+
+        Waking the engine's thread costs more than the line itself, so what a
+        turn says waits up to ``POST_EVERY_S`` for company (never past the
+        terminal event, which flushes what is held first).
+        """
+        self._held.append(
+            Incoming(
+                self.role,
+                self.generation,
+                "event",
+                message=message,
+                raw_size=len(protocol.encode(message)),
+            )
         )
+        if now:
+            self._post_held()
+        elif not self._post_due:
+            self._post_due = True
+            self._loop.loop.call_later(POST_EVERY_S, self._post_held)
+
+    def _post_held(self) -> None:
+        self._post_due = False
+        held, self._held = self._held, []
+        for item in held:
+            self.inbox.post(item)
 
     def _beat(self) -> None:
         now = time.monotonic()
@@ -421,7 +464,15 @@ class AcpPort:
             return
         line = json.dumps({"at": protocol.now_rfc3339(), **entry}, ensure_ascii=False)
         self._log.write(self.launch.redactor.text(line) + "\n")
-        self._log.flush()
+        # Flushed soon rather than per line: one write for a burst of messages.
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.loop.call_later(LOG_FLUSH_S, self._flush_log)
+
+    def _flush_log(self) -> None:
+        self._flush_due = False
+        if not self._log.closed:
+            self._log.flush()
 
     def _observe(self, event: StreamEvent) -> None:
         direction = "in" if event.direction == StreamDirection.INCOMING else "out"
@@ -446,6 +497,7 @@ class AcpPort:
 
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
+        self._post_held()  # what it said before it went, then the exit
         self._exited.set()
         for term in self._terminals.values():
             term.kill()
@@ -468,8 +520,9 @@ class AcpPort:
         finally:
             _PORT.reset(token)
         self._flush_text()
+        self._flush_log()
         if self.alive() or message.get("event") != "error":
-            self._post(message)
+            self._post(message, now=True)
 
     async def _turn_body(self, command: Record, context: SendContext) -> Record:
         st = self.settings
@@ -490,25 +543,34 @@ class AcpPort:
             session = await conn.new_session(cwd=str(st.workspace), mcp_servers=[])
             self._session = session.session_id
             text = prompts.render(command, st.task, st.workspace, st.prompts)
-            response = await conn.prompt(session_id=session.session_id,
-                                         prompt=[sdk.text_block(text)])
+            response = await conn.prompt(
+                session_id=session.session_id, prompt=[sdk.text_block(text)]
+            )
         except sdk.RequestError as e:
             if e.code == AUTH_REQUIRED:
-                return error_event(command, self.agent_id, "auth_required",
-                                   self.auth_message(command))
-            return error_event(command, self.agent_id, "acp_error",
-                               f"agent {self.role}: {e} (code {e.code})" + _data(e.data))
+                return error_event(
+                    command, self.agent_id, "auth_required", self.auth_message(command)
+                )
+            return error_event(
+                command,
+                self.agent_id,
+                "acp_error",
+                f"agent {self.role}: {e} (code {e.code})" + _data(e.data),
+            )
         finally:
             self._session = None
         self._flush_text()
         stop = str(response.stop_reason)
         if stop not in FINISHED:
-            return error_event(command, self.agent_id, f"stop_{stop}",
-                               f"agent {self.role} ended its turn with stopReason {stop!r}")
+            return error_event(
+                command,
+                self.agent_id,
+                f"stop_{stop}",
+                f"agent {self.role} ended its turn with stopReason {stop!r}",
+            )
         post = await asyncio.to_thread(st.take) if st.take is not None else None
         changed = (
-            st.changed(pre, post) if (pre is not None and post is not None and st.changed)
-            else []
+            st.changed(pre, post) if (pre is not None and post is not None and st.changed) else []
         )
         arts, deleted = artifacts(st.workspace, changed)
         extra: Record = {"stop_reason": stop}
@@ -549,9 +611,13 @@ class AcpPort:
         shown = cmd if isinstance(cmd, str) else " ".join(cmd)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=str(self.settings.workspace), env=dict(self.launch.env),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                *argv,
+                cwd=str(self.settings.workspace),
+                env=dict(self.launch.env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
             )
         except OSError as e:
             summary = f"{shown}: cannot run: {e.strerror}"
@@ -587,25 +653,43 @@ class AcpPort:
                 if sum(map(len, self._text)) >= TEXT_LIMIT:
                     self._flush_text()
             return
-        if kind in ("agent_thought_chunk", "user_message_chunk", "usage_update",
-                    "available_commands_update", "current_mode_update", "config_option_update",
-                    "session_info_update"):
+        if kind in (
+            "agent_thought_chunk",
+            "user_message_chunk",
+            "usage_update",
+            "available_commands_update",
+            "current_mode_update",
+            "config_option_update",
+            "session_info_update",
+        ):
             return  # in the log only
         self._flush_text()
         if kind == "tool_call":
             tid, title = update.tool_call_id, update.title
             tkind = str(update.kind or "other")
             self._tools[tid] = (tkind, title)
-            self.say(f"tool {tkind}: {title} [{update.status or 'pending'}]", acp="tool_call",
-                     tool_call_id=tid, kind=tkind, title=title, status=update.status or "pending")
+            self.say(
+                f"tool {tkind}: {title} [{update.status or 'pending'}]",
+                acp="tool_call",
+                tool_call_id=tid,
+                kind=tkind,
+                title=title,
+                status=update.status or "pending",
+            )
         elif kind == "tool_call_update":
             status = update.status
             if status in ("completed", "failed"):
-                tkind, title = self._tools.get(update.tool_call_id, (str(update.kind or "other"),
-                                                                    update.title or "?"))
-                self.say(f"tool {tkind}: {update.title or title} [{status}]", acp="tool_call",
-                         tool_call_id=update.tool_call_id, kind=tkind, title=update.title or title,
-                         status=status)
+                tkind, title = self._tools.get(
+                    update.tool_call_id, (str(update.kind or "other"), update.title or "?")
+                )
+                self.say(
+                    f"tool {tkind}: {update.title or title} [{status}]",
+                    acp="tool_call",
+                    tool_call_id=update.tool_call_id,
+                    kind=tkind,
+                    title=update.title or title,
+                    status=status,
+                )
         elif kind == "plan":
             entries = getattr(update, "entries", None) or []
             shown = "; ".join(f"[{e.status}] {e.content}" for e in entries)
@@ -613,10 +697,28 @@ class AcpPort:
 
     def decided(self, what: str, decision: Any) -> None:
         verdict = "allowed" if decision.allowed else "refused"
-        where = f" ({', '.join(decision.paths)})" if decision.paths else ""
-        self.say(f"permission {what}{where}: {verdict} ({decision.rule}: {decision.reason})",
-                 acp="permission", allowed=decision.allowed, kind=decision.kind,
-                 rule=decision.rule, paths=list(decision.paths), option=decision.option_id)
+        shown = [self._shown_path(p) for p in decision.paths]
+        where = f" ({', '.join(shown)})" if shown else ""
+        self.say(
+            f"permission {what}{where}: {verdict} ({decision.rule}: {decision.reason})",
+            acp="permission",
+            allowed=decision.allowed,
+            kind=decision.kind,
+            rule=decision.rule,
+            paths=shown,
+            option=decision.option_id,
+        )
+
+    def _shown_path(self, path: str) -> str:
+        """A path as the transcript shows it: relative when inside the workspace."""
+        try:
+            return (
+                agent_path(self.settings.workspace, path)
+                .relative_to(os.path.realpath(self.settings.workspace))
+                .as_posix()
+            )
+        except (PathEscape, ValueError):
+            return path
 
     def terminal(self, terminal_id: str) -> _Terminal:
         term = self._terminals.get(terminal_id)
@@ -624,8 +726,14 @@ class AcpPort:
             raise sdk.RequestError.invalid_params({"details": f"no terminal {terminal_id!r}"})
         return term
 
-    async def new_terminal(self, command: str, args: list[str], env: Mapping[str, str],
-                           cwd: str | None, limit: int | None) -> str:
+    async def new_terminal(
+        self,
+        command: str,
+        args: list[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        limit: int | None,
+    ) -> str:
         where = self.settings.workspace
         if cwd:
             try:
@@ -633,9 +741,14 @@ class AcpPort:
             except PathEscape as e:
                 raise sdk.RequestError.invalid_params({"details": str(e)}) from None
         proc = await asyncio.create_subprocess_exec(
-            command, *args, cwd=str(where), env={**self.launch.env, **env},
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            command,
+            *args,
+            cwd=str(where),
+            env={**self.launch.env, **env},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
         )
         term = _Terminal(proc, min(limit or TERMINAL_OUTPUT_LIMIT, TERMINAL_OUTPUT_LIMIT))
         term.reader = asyncio.get_running_loop().create_task(term.read())
@@ -688,8 +801,13 @@ def _lenient_session_updates(conn: Any, port: AcpPort) -> None:
             try:
                 return await inner(method, params, is_notification)
             except ValidationError as e:
-                port.log({"stream": "acp", "skipped": "session/update the SDK's models reject",
-                          "error": _one_line(e)})
+                port.log(
+                    {
+                        "stream": "acp",
+                        "skipped": "session/update the SDK's models reject",
+                        "error": _one_line(e),
+                    }
+                )
                 return None
         return await inner(method, params, is_notification)
 
@@ -728,8 +846,12 @@ class _Client:
             raise sdk.RequestError.invalid_params({"details": str(e)}) from None
 
     async def read_text_file(
-        self, session_id: str, path: str, line: int | None = None, limit: int | None = None,
-        **kwargs: Any
+        self,
+        session_id: str,
+        path: str,
+        line: int | None = None,
+        limit: int | None = None,
+        **kwargs: Any,
     ) -> s.ReadTextFileResponse:
         full = self._path(path, "fs/read_text_file")
         try:
@@ -749,15 +871,21 @@ class _Client:
     ) -> s.WriteTextFileResponse:
         full = self._path(path, "fs/write_text_file")
         try:
-            await asyncio.to_thread(_write_file, full, content.encode("utf-8"))
+            # Small and local: written on the loop, no thread hand-off.
+            _write_file(full, content.encode("utf-8"))
         except OSError as e:
             raise sdk.RequestError.invalid_params({"details": f"{path}: {e.strerror}"}) from None
         return s.WriteTextFileResponse()
 
     async def create_terminal(
-        self, session_id: str, command: str, args: list[str] | None = None,
-        env: list[Any] | None = None, cwd: str | None = None,
-        output_byte_limit: int | None = None, **kwargs: Any
+        self,
+        session_id: str,
+        command: str,
+        args: list[str] | None = None,
+        env: list[Any] | None = None,
+        cwd: str | None = None,
+        output_byte_limit: int | None = None,
+        **kwargs: Any,
     ) -> s.CreateTerminalResponse:
         decision = self.port.policy.may_execute(command)
         shown = " ".join([command, *(args or [])])
@@ -766,22 +894,26 @@ class _Client:
             raise sdk.RequestError.invalid_params({"details": "execute is not allowed by lorch"})
         variables = {v.name: v.value for v in env or []}
         try:
-            tid = await self.port.new_terminal(command, list(args or []), variables, cwd,
-                                               output_byte_limit)
+            tid = await self.port.new_terminal(
+                command, list(args or []), variables, cwd, output_byte_limit
+            )
         except OSError as e:
             raise sdk.RequestError.invalid_params({"details": f"{command}: {e}"}) from None
         return s.CreateTerminalResponse(terminal_id=tid)
 
-    async def terminal_output(self, session_id: str, terminal_id: str,
-                              **kwargs: Any) -> s.TerminalOutputResponse:
+    async def terminal_output(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> s.TerminalOutputResponse:
         term = self.port.terminal(terminal_id)
         return s.TerminalOutputResponse(
-            output=term.output.decode("utf-8", "replace"), truncated=term.truncated,
+            output=term.output.decode("utf-8", "replace"),
+            truncated=term.truncated,
             exit_status=term.exit_status(),
         )
 
-    async def wait_for_terminal_exit(self, session_id: str, terminal_id: str,
-                                     **kwargs: Any) -> s.WaitForTerminalExitResponse:
+    async def wait_for_terminal_exit(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> s.WaitForTerminalExitResponse:
         term = self.port.terminal(terminal_id)
         await term.proc.wait()
         if term.reader is not None:
@@ -790,13 +922,15 @@ class _Client:
         assert status is not None
         return s.WaitForTerminalExitResponse(exit_code=status.exit_code, signal=status.signal)
 
-    async def kill_terminal(self, session_id: str, terminal_id: str,
-                            **kwargs: Any) -> s.KillTerminalResponse:
+    async def kill_terminal(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> s.KillTerminalResponse:
         self.port.terminal(terminal_id).kill()
         return s.KillTerminalResponse()
 
-    async def release_terminal(self, session_id: str, terminal_id: str,
-                               **kwargs: Any) -> s.ReleaseTerminalResponse:
+    async def release_terminal(
+        self, session_id: str, terminal_id: str, **kwargs: Any
+    ) -> s.ReleaseTerminalResponse:
         self.port.release_terminal(terminal_id)
         return s.ReleaseTerminalResponse()
 

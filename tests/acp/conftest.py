@@ -23,8 +23,12 @@ AGENT = Path(__file__).resolve().parent.parent / "agents" / "acp_agent.py"
 
 
 def command(action: str = "implement", task_id: str = "T-1", **inputs: Any) -> dict[str, Any]:
-    role = {"implement": "builder", "implement_changes": "builder", "review": "reviewer",
-            "update_spec": "spec_maintainer"}[action]
+    role = {
+        "implement": "builder",
+        "implement_changes": "builder",
+        "review": "reviewer",
+        "update_spec": "spec_maintainer",
+    }[action]
     return {
         "kind": "command",
         "message_id": protocol.new_message_id("cmd"),
@@ -69,14 +73,21 @@ class Harness:
             role=role,
             argv=[sys.executable, str(AGENT), str(script)],
             cwd=self.workspace,
-            env={**base_env(pass_env), "ACP_AGENT_STATE": str(self.tmp / "agent-state"),
-                 **(env or {})},
+            env={
+                **base_env(pass_env),
+                "ACP_AGENT_STATE": str(self.tmp / "agent-state"),
+                **(env or {}),
+            },
             log_path=self.workspace / "logs" / role / "run-1.ndjson",
             generation=len(self.ports) + 1,
             redactor=Redactor(secrets or []),
         )
-        opts = {"task": {"id": "T-1", "goal": "greet"}, "take": ck.take, "changed": ck.changed,
-                **settings}
+        opts = {
+            "task": {"id": "T-1", "goal": "greet"},
+            "take": ck.take,
+            "changed": ck.changed,
+            **settings,
+        }
         p = AcpPort(launch, self.inbox, AcpSettings(workspace=self.workspace, **opts))
         self.ports.append(p)
         p.start()

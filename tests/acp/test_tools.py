@@ -13,16 +13,27 @@ from .conftest import AGENT
 
 pytestmark = pytest.mark.e2e
 
-NOT_IDEMPOTENT = {"turns": [{"calls": [[
-    {"write": "src/a.py", "content": "a = 1\n"},
-    {"append": "log.txt", "content": "one turn\n"},
-    {"write": "src/b.py", "content": "b = 2\n"},
-]]}]}
+NOT_IDEMPOTENT = {
+    "turns": [
+        {
+            "calls": [
+                [
+                    {"write": "src/a.py", "content": "a = 1\n"},
+                    {"append": "log.txt", "content": "one turn\n"},
+                    {"write": "src/b.py", "content": "b = 2\n"},
+                ]
+            ]
+        }
+    ]
+}
 
 
 def _lorch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lorch", *args], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "lorch", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -33,8 +44,18 @@ def test_conformance_acp_bare_fails_as_expected_and_passes_under_checkpoints(
     script = tmp_path / "script.json"
     script.write_text(json.dumps(NOT_IDEMPOTENT))
     report = tmp_path / "report.json"
-    r = _lorch("conformance", "--transport", "acp", "--json", str(report), "--",
-               sys.executable, str(AGENT), str(script), cwd=tmp_path)
+    r = _lorch(
+        "conformance",
+        "--transport",
+        "acp",
+        "--json",
+        str(report),
+        "--",
+        sys.executable,
+        str(AGENT),
+        str(script),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("ACP-")}
     assert "FAIL (expected)" in rows["ACP-IDEMP-001-bare"]
@@ -46,7 +67,8 @@ def test_conformance_acp_bare_fails_as_expected_and_passes_under_checkpoints(
 
 
 def test_conformance_acp_names_an_agent_that_does_not_start(tmp_path: Path) -> None:
-    r = _lorch("conformance", "--transport", "acp", "--", "sh", "-c", "echo nope >&2; exit 3",
-               cwd=tmp_path)
+    r = _lorch(
+        "conformance", "--transport", "acp", "--", "sh", "-c", "echo nope >&2; exit 3", cwd=tmp_path
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.count("\n") == 1 and "exited (code 3)" in r.stderr and "nope" in r.stderr
