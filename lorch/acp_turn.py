@@ -112,8 +112,9 @@ def builder_completed(
     payload = {"tests": tests, **extra}
     if deleted:
         payload["deleted"] = deleted
-    return event(command, agent_id, "builder.completed", status="success", payload=payload,
-                 artifacts=arts)
+    return event(
+        command, agent_id, "builder.completed", status="success", payload=payload, artifacts=arts
+    )
 
 
 def verdict_event(
@@ -124,11 +125,13 @@ def verdict_event(
     payload: Record = {"summary": verdict["summary"], **extra}
     if action == "review":
         payload["review_path"] = rel
-        return event(command, agent_id, "review.completed", status=status, payload=payload,
-                     artifacts=arts)
+        return event(
+            command, agent_id, "review.completed", status=status, payload=payload, artifacts=arts
+        )
     payload["notes_path"] = rel
-    return event(command, agent_id, SPEC_EVENTS[status], status=status, payload=payload,
-                 artifacts=arts)
+    return event(
+        command, agent_id, SPEC_EVENTS[status], status=status, payload=payload, artifacts=arts
+    )
 
 
 def error_event(command: Record, agent_id: str, code: str, message: str) -> Record:
