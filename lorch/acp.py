@@ -548,9 +548,8 @@ class AcpPort:
             )
         except sdk.RequestError as e:
             if e.code == AUTH_REQUIRED:
-                return error_event(
-                    command, self.agent_id, "auth_required", self.auth_message(command)
-                )
+                what = f"{command['action']} of task {command['task_id']}"
+                return error_event(command, self.agent_id, "auth_required", self.auth_message(what))
             return error_event(
                 command,
                 self.agent_id,
@@ -587,7 +586,7 @@ class AcpPort:
             arts = [*arts, *artifacts(st.workspace, [rel])[0]]
         return verdict_event(command, self.agent_id, rel, verdict, arts, extra)
 
-    def auth_message(self, command: Record) -> str:
+    def auth_message(self, what: str) -> str:
         methods = []
         for m in (self.init.auth_methods if self.init else None) or []:
             text = m.name + (f" ({m.description})" if getattr(m, "description", None) else "")
@@ -597,8 +596,8 @@ class AcpPort:
             methods.append(text)
         advertised = "; ".join(methods) if methods else "none advertised"
         return (
-            f"agent {self.role} ({self.argv[0]}) needs authentication for "
-            f"{command['action']} of task {command['task_id']}; auth methods: {advertised} "
+            f"agent {self.role} ({self.argv[0]}) needs authentication for {what}; "
+            f"auth methods: {advertised} "
             f"(a variable it needs must be listed in $.agents.{self.role}.pass_env or env)"
         )
 
@@ -959,3 +958,44 @@ def _write_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def describe_init(init: s.InitializeResponse) -> str:
+    """The ``initialize`` answer in one line: agent, version, loadSession, auth methods."""
+    info = init.agent_info
+    who = f"{info.name} {info.version}" if info is not None else "agent (no agentInfo)"
+    caps = init.agent_capabilities
+    load = "yes" if caps is not None and caps.load_session else "no"
+    methods = [m.id + (f" ({m.name})" if m.name != m.id else "") for m in init.auth_methods or []]
+    return f"{who}, ACP protocol {init.protocol_version}, loadSession: {load}, auth methods: " + (
+        ", ".join(methods) if methods else "none"
+    )
+
+
+def probe(launch: Launch, settings: AcpSettings) -> str:
+    """Start the agent, ask ``initialize`` and open a session; describe what it said.
+
+    Raises :class:`AgentError` with the exact failure (the agent did not start,
+    did not answer, or needs authentication).
+    """
+    inbox = Inbox()
+    port = AcpPort(launch, inbox, settings)
+    try:
+        port.start()
+        assert port.init is not None
+        text = describe_init(port.init)
+        try:
+            port._loop.run(
+                port._conn.new_session(cwd=str(settings.workspace), mcp_servers=[]),
+                settings.init_timeout_s,
+            )
+        except sdk.RequestError as e:
+            if e.code == AUTH_REQUIRED:
+                raise AgentError(f"{text}; but {port.auth_message('a session')}") from None
+            raise AgentError(f"{text}; but session/new failed: {e} (code {e.code})") from None
+        except (concurrent.futures.TimeoutError, TimeoutError):
+            raise AgentError(f"{text}; but no answer to session/new") from None
+        return text
+    finally:
+        port.stop(grace=1.0)
+        inbox.close()

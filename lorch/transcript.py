@@ -82,6 +82,10 @@ def line(record: dict[str, Any]) -> tuple[str, str] | None:
         from lorch.workflow import error_cause
 
         return ("bad", f"[{who}] error {payload.get('code', 'error')}: {error_cause(payload)}")
+    if name == "log" and isinstance(payload.get("message"), str):
+        # An ACP agent's turn: its messages, tool calls, plans and lorch's permission answers.
+        style = "bad" if payload.get("allowed") is False else "agent"
+        return (style, f"[{who}] {payload['message']}")
     if name == "builder.progress":
         return ("agent", f"[{who}] builder.progress {payload.get('message', '')}".rstrip())
     return ("agent", f"[{who}] {name}" + (f" {status}" if status else ""))
