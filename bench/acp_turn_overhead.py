@@ -30,8 +30,9 @@ import acp as sdk
 from acp import schema as s
 
 from lorch import protocol
-from lorch.acp import AcpPort, AcpSettings, base_env
+from lorch.acp import AcpPort, AcpSettings
 from lorch.checkpoint import Checkpoints
+from lorch.launch import acp_base_env
 from lorch.redact import Redactor
 from lorch.transport import Inbox, Launch, SendContext
 
@@ -121,7 +122,7 @@ def with_lorch(script: Path, ws: Path, turns: int, checkpoints: bool) -> list[fl
         role="builder",
         argv=[sys.executable, str(AGENT), str(script)],
         cwd=ws,
-        env=base_env(()),
+        env=acp_base_env(()),
         log_path=ws / "logs" / "builder" / "bench.ndjson",
         generation=1,
         redactor=Redactor([]),

@@ -61,20 +61,6 @@ from lorch.transport import Inbox, Incoming, Launch, SendContext
 Record = dict[str, Any]
 T = TypeVar("T")
 
-# What an ACP agent inherits from lorch's environment besides ``pass_env``.
-BASE_ENV = (
-    "PATH",
-    "HOME",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TERM",
-    "TMPDIR",
-    "TZ",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-)
 AUTH_REQUIRED = -32000
 INIT_TIMEOUT_S = 60.0
 # A JSON-RPC message may be large (a file's content); lines beyond this are an error.
@@ -87,12 +73,6 @@ TERMINAL_OUTPUT_LIMIT = 1 << 20
 # How long kill() lets an agent answer session/cancel before the group is killed.
 CANCEL_GRACE_S = 0.5
 FINISHED = ("end_turn", "max_tokens", "max_turn_requests")
-
-
-def base_env(pass_env: tuple[str, ...], environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The part of lorch's environment an ACP agent gets: a few basics and ``pass_env``."""
-    environ = os.environ if environ is None else environ
-    return {k: environ[k] for k in (*BASE_ENV, *pass_env) if k in environ}
 
 
 # -- the event loop all ACP ports share ---------------------------------------------

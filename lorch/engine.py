@@ -23,7 +23,7 @@ from pathlib import Path
 from lorch import _planted, failpoint, protocol, provenance
 from lorch.checkpoint import TurnCheckpoints
 from lorch.derived import RECEIPT_DELAY_S
-from lorch.errors import AgentError, LorchError
+from lorch.errors import AgentError, AuthRequired, LorchError
 from lorch.paths import artifact_problems, missing_outputs
 from lorch.protocol import Record
 from lorch.recorder import Recorder, Sink
@@ -367,6 +367,11 @@ class Engine(Recorder):
         self._events_waiting = True
         if name == "error":
             self.sync()
+            payload = msg.get("payload") or {}
+            if payload.get("code") == "auth_required":
+                # No retry can help: stop with the agent's one line; the ledger keeps the
+                # failed attempt, so a resume once the credentials are set goes on.
+                raise AuthRequired(str(payload.get("message") or "the agent needs authentication"))
             p = self.state.pending
             self.sleep(self.backoff(p.attempt if p else 0))
             return True

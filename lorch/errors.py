@@ -14,7 +14,8 @@ CLI turns it into one line on stderr (``cli.main`` is the only place that does).
     ├── PathEscape                  a path outside the workspace
     ├── StorageError                disk full, unwritable directory, fsync failure
     ├── AgentError                  an agent could not be started or failed for good
-    │   └── AgentStartError         exit 2: the agent under test cannot run at all
+    │   ├── AgentStartError         exit 2: the agent under test cannot run at all
+    │   └── AuthRequired            exit 2: the agent needs credentials (resumable once set)
     └── Interrupted                 exit 130: Ctrl-C; agents stopped, the run resumable
 """
 
@@ -89,6 +90,12 @@ class AgentError(LorchError):
 
 
 class AgentStartError(AgentError):
+    exit_code = 2
+
+
+class AuthRequired(AgentError):
+    """An agent answered that it needs authentication: retrying cannot help."""
+
     exit_code = 2
 
 

@@ -59,6 +59,68 @@ def resolve_argv(role: str, cmd: list[str], cwd: Path) -> list[str]:
     return [found, *cmd[1:]]
 
 
+# What an ACP agent inherits from lorch's environment besides its ``pass_env``
+# (docs/decisions.md D21): enough for a CLI to start, nothing secret.
+ACP_BASE_ENV = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "TMPDIR",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+)
+
+
+def acp_base_env(
+    pass_env: tuple[str, ...], environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The part of lorch's environment an ACP agent gets: a few basics and ``pass_env``."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in (*ACP_BASE_ENV, *pass_env) if k in environ}
+
+
+class AcpTransport:
+    """The ACP transport, imported when a role first needs it (the SDK is slow to import)."""
+
+    def __init__(self, workspace: Path, config: Config) -> None:
+        self.workspace = workspace
+        self.config = config
+        self._transport: Transport | None = None
+
+    def start(self, launch: Launch, inbox: Inbox) -> AgentPort:
+        if self._transport is None:
+            from lorch import acp
+            from lorch.checkpoint import Checkpoints
+
+            # The engine's own checkpoint store (its flock makes sharing it safe).
+            ck = Checkpoints(
+                self.workspace,
+                self.workspace / "state" / "checkpoints.git",
+                durable=self.config.policy.fsync,
+            )
+            task = dict(self.config.task or {})
+
+            def settings(role: str) -> acp.AcpSettings:
+                cfg = self.config.agents[role]
+                return acp.AcpSettings(
+                    workspace=self.workspace,
+                    task=task,
+                    permissions=cfg.permissions,
+                    prompts=cfg.prompts,
+                    test_cmd=task.get("test_cmd"),
+                    take=ck.take,
+                    changed=ck.changed,
+                )
+
+            self._transport = acp.AcpTransport(settings)
+        return self._transport.start(launch, inbox)
+
+
 def agent_env(
     *,
     base: Mapping[str, str],
@@ -108,7 +170,10 @@ class ConfiguredAgents:
         self.redactor = redactor
         self.on_stderr = on_stderr
         # By ``$.agents.ROLE.transport``; a new transport is one more entry here.
-        self.transports: Mapping[str, Transport] = transports or {"ndjson": NdjsonTransport()}
+        self.transports: Mapping[str, Transport] = transports or {
+            "ndjson": NdjsonTransport(),
+            "acp": AcpTransport(workspace, config),
+        }
 
     def roles(self) -> list[str]:
         return list(self.config.agents)
@@ -123,7 +188,7 @@ class ConfiguredAgents:
             raise ConfigError(f"lorch.json: $.agents.{role}: no agent configured for role {role}")
         cwd = (self.workspace / cfg.cwd) if cfg.cwd else self.workspace
         env = agent_env(
-            base=os.environ,
+            base=acp_base_env(cfg.pass_env) if cfg.transport == "acp" else os.environ,
             extra=cfg.env,
             workspace=self.workspace,
             run_id=run_id,

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from lorch import protocol
-from lorch.acp import AcpPort, AcpSettings, base_env
+from lorch.acp import AcpPort, AcpSettings
 from lorch.checkpoint import Checkpoints
+from lorch.launch import acp_base_env
 from lorch.redact import Redactor
 from lorch.transport import Inbox, Incoming, Launch, SendContext
 
@@ -74,7 +75,7 @@ class Harness:
             argv=[sys.executable, str(AGENT), str(script)],
             cwd=self.workspace,
             env={
-                **base_env(pass_env),
+                **acp_base_env(pass_env),
                 "ACP_AGENT_STATE": str(self.tmp / "agent-state"),
                 **(env or {}),
             },
