@@ -553,8 +553,6 @@ class AcpPort:
         )
         arts, deleted = artifacts(st.workspace, changed)
         extra: Record = {"stop_reason": stop}
-        if post is not None:
-            extra["checkpoint"] = post
         if verdict_rel is None:
             tests = await self._tests(command)
             return builder_completed(command, self.agent_id, arts, deleted, tests, extra)

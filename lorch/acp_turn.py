@@ -23,6 +23,7 @@ from lorch.checksum import sha256_file
 from lorch.errors import LorchError, PathEscape, SchemaError
 from lorch.paths import safe_relpath
 from lorch.prompts import verdict_path
+from lorch.snapshot import EXCLUDED_NAMES
 
 Record = dict[str, Any]
 
@@ -46,6 +47,8 @@ def artifacts(workspace: Path, paths: list[str]) -> tuple[list[Record], list[str
     arts: list[Record] = []
     deleted: list[str] = []
     for rel in paths:
+        if any(part in EXCLUDED_NAMES for part in rel.split("/")):
+            continue  # build output (__pycache__, node_modules): not the turn's work
         try:
             full = safe_relpath(workspace, rel)
             sha, size = sha256_file(full)

@@ -24,7 +24,8 @@ import sys
 import threading
 from typing import Any
 
-PRELOAD = ("lorch.cli", "lorch.runner", "lorch.verify", "lorch.transcript")
+# lorch.acp: the ACP SDK is slow to import, and a scenario with ACP roles needs it in every run.
+PRELOAD = ("lorch.cli", "lorch.runner", "lorch.verify", "lorch.transcript", "lorch.acp")
 
 
 def _child(args: list[str], env: dict[str, str], close: tuple[int, ...]) -> None:

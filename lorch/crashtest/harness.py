@@ -563,6 +563,14 @@ def _external_crash(
             PROCS.groups.discard(proc.pid)
 
 
+def _acp_roles(ws: Path) -> set[str]:
+    try:
+        agents = json.loads((ws / "lorch.json").read_text(encoding="utf-8")).get("agents", {})
+    except (OSError, ValueError):
+        return set()
+    return {role for role, spec in agents.items() if spec.get("transport") == "acp"}
+
+
 def check_invariants(ws: Path, baseline: Baseline) -> None:
     try:
         recs = read_records(ws, strict=True)
@@ -608,7 +616,14 @@ def check_invariants(ws: Path, baseline: Baseline) -> None:
         raise Broken(
             "no_duplicate_work", f"work for {twice[0][:19]}… was completed {done[twice[0]]} times"
         )
-    keys = {r["idempotency_key"] for r in recs if r["kind"] == "command"}
+    # ACP agents see no key (ACP has none) and keep no journal: only the roles
+    # that speak lorch's protocol can be asked to have done each key once.
+    acp_roles = _acp_roles(ws)
+    keys = {
+        r["idempotency_key"]
+        for r in recs
+        if r["kind"] == "command" and r["to"]["agent_type"] not in acp_roles
+    }
     never = sorted(k for k in keys if done[k] == 0)
     if never and (ws / ".mockagent").is_dir():
         raise Broken(

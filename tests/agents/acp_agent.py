@@ -21,6 +21,7 @@ outside the workspace) when set, so a restarted agent goes on counting. Steps:
     {"write": PATH, "content": S}      write a file itself (tool_call edit around it)
     {"write": PATH, "json": {...}}     same, JSON content
     {"write": PATH, ..., "via": "fs"}  through fs/write_text_file instead
+    {"write": PATH, ..., "quiet": true} without the tool_call updates around it
     {"append": PATH, "content": S}     append to a file itself (not idempotent)
     {"read": PATH}                     fs/read_text_file, the text echoed as a message
     {"delete": PATH}                   remove a file itself
@@ -204,7 +205,8 @@ class Scripted:
                     else self._sub(step.get("content", ""), ctx)
                 )
                 target = cwd / rel
-                tid = await self._tool(sid, "edit", f"Write {rel}", str(target))
+                quiet = step.get("quiet", False)
+                tid = "" if quiet else await self._tool(sid, "edit", f"Write {rel}", str(target))
                 if step.get("via") == "fs":
                     try:
                         await self.conn.write_text_file(
@@ -220,7 +222,8 @@ class Scripted:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text(content, encoding="utf-8")
                     status = "completed"
-                await self._update(sid, acp.update_tool_call(tid, status=status))
+                if not quiet:
+                    await self._update(sid, acp.update_tool_call(tid, status=status))
             elif "append" in step:
                 target = cwd / self._sub(step["append"], ctx)
                 target.parent.mkdir(parents=True, exist_ok=True)

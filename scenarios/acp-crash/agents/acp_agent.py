@@ -1,0 +1,1 @@
+../../../tests/agents/acp_agent.py
