@@ -29,6 +29,7 @@ import contextvars
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -65,7 +66,9 @@ AUTH_REQUIRED = -32000
 INIT_TIMEOUT_S = 60.0
 # A JSON-RPC message may be large (a file's content); lines beyond this are an error.
 LINE_LIMIT = 64 * 1024 * 1024
-TEXT_LIMIT = 4000  # characters of agent text per ledger record
+TEXT_LIMIT = 4000  # characters of agent text per string of a ledger record
+LIST_LIMIT = 100  # items of a list (paths, artifacts are lorch's own and few)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\x9b]")
 HEARTBEAT_EVERY_S = 0.5
 LOG_FLUSH_S = 0.05
 POST_EVERY_S = 0.02
@@ -402,6 +405,7 @@ class AcpPort:
         turn says waits up to ``POST_EVERY_S`` for company (never past the
         terminal event, which flushes what is held first).
         """
+        message = self._clean(message)
         self._held.append(
             Incoming(
                 self.role,
@@ -436,8 +440,20 @@ class AcpPort:
 
     def _say(self, message: str, **payload: Any) -> None:
         if self._command is not None:
-            text = self.launch.redactor.text(message)
-            self._post(log_event(self._command, self.agent_id, text, **payload))
+            self._post(log_event(self._command, self.agent_id, message, **payload))
+
+    def _clean(self, value: Any) -> Any:
+        """What the agent said, fit for the ledger and a terminal: redacted, no control
+        characters (an escape sequence must not reach the user's terminal), cut to size."""
+        if isinstance(value, str):
+            text = _CONTROL.sub("?", self.launch.redactor.text(value))
+            return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
+        if isinstance(value, dict):
+            # Artifacts are lorch's own (paths it listed, hashes it computed): whole.
+            return {k: v if k == "artifacts" else self._clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._clean(v) for v in value[:LIST_LIMIT]]
+        return value
 
     def log(self, entry: Record) -> None:
         if self._log.closed:

@@ -393,3 +393,19 @@ def test_stderr_is_drained_into_the_log_and_secrets_redacted(acp: Harness) -> No
 def test_verdict_schemas_are_the_documented_shapes() -> None:
     assert schemas.is_valid("review-verdict", {"status": "approved", "summary": "ok"})
     assert not schemas.is_valid("review-verdict", {"status": "approved"})
+
+
+def test_what_the_agent_says_is_redacted_and_cannot_drive_the_terminal(acp: Harness) -> None:
+    script = acp.script([{"calls": [[
+        {"text": "key sk-live-123456 then \x1b[2Jcleared"},
+        {"permission": {"kind": "edit", "title": "Edit \x1b]0;pwned\x07 sk-live-123456",
+                        "paths": ["a.txt"]}},
+    ]]}])
+    port = acp.port(script, secrets=["sk-live-123456"])
+    items, end = acp.turn(port, command())
+    said = lines(items)
+    assert "key *** then ?[2Jcleared" in said
+    assert any(x.startswith("permission edit 'Edit \\x1b]0;pwned\\x07 ***'") for x in said)
+    assert not any("\x1b" in x or "\x07" in x for x in said)
+    for i in [*items, end]:
+        assert i.message is None or "sk-live-123456" not in json.dumps(i.message)
