@@ -28,7 +28,7 @@ from typing import Any
 from lorch import protocol
 from lorch.acp import AcpPort, AcpSettings
 from lorch.checkpoint import EXCLUDED, Checkpoints
-from lorch.conformance.checks import Check, Outcome, Verdict
+from lorch.conformance.checks import CheckOutcome, ConformanceCheck, Verdict
 from lorch.conformance.kit import Report
 from lorch.errors import AgentError, AgentStartError, UsageError
 from lorch.redact import Redactor, secret_values
@@ -51,9 +51,9 @@ BARE_NOTE = (
 )
 
 
-def _check(cid: str, mode: str) -> Check:
+def _check(cid: str, mode: str) -> ConformanceCheck:
     severity = "required" if mode == "lorch" else "recommended"
-    return Check(f"{cid}-{mode}", severity, "DESIGN §5.12", CHECKS[cid], _noop)
+    return ConformanceCheck(f"{cid}-{mode}", severity, "DESIGN §5.12", CHECKS[cid], _noop)
 
 
 def _files(root: Path) -> Files:
@@ -193,7 +193,7 @@ def run_acp_battery(
     started = time.monotonic()
     d = _Driver(argv, role, workspace, timeout)
     inbox = Inbox()
-    outcomes: list[Outcome] = []
+    outcomes: list[CheckOutcome] = []
     try:
         base_ws = d.workspace("baseline")
         try:
@@ -228,7 +228,7 @@ def run_acp_battery(
                     how = d.turn(port, inbox, stop_when=_first_tool_done)
                 if how != "stopped":
                     outcomes.append(
-                        Outcome(
+                        CheckOutcome(
                             _check(cid.rsplit("-", 1)[0], mode),
                             Verdict(
                                 "skip",
@@ -248,20 +248,20 @@ def run_acp_battery(
     return Report(outcomes, "\n".join(d.transcript) + "\n", time.monotonic() - started, [])
 
 
-def _outcome(cid: str, mode: str, baseline: Files, got: Files) -> Outcome:
+def _outcome(cid: str, mode: str, baseline: Files, got: Files) -> CheckOutcome:
     diff = _diff(baseline, got)
     check = _check(cid.rsplit("-", 1)[0], mode)
     if not diff:
         evidence = "the workspace equals a single clean turn's"
-        return Outcome(
+        return CheckOutcome(
             check,
             Verdict(
                 "pass", evidence + ("" if mode == "lorch" else " (this agent is idempotent itself)")
             ),
         )
     if mode == "bare":
-        return Outcome(check, Verdict("fail", f"{diff}: {BARE_NOTE}"), expected_failure=True)
-    return Outcome(
+        return CheckOutcome(check, Verdict("fail", f"{diff}: {BARE_NOTE}"), expected_failure=True)
+    return CheckOutcome(
         check,
         Verdict(
             "fail",

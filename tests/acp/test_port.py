@@ -396,11 +396,24 @@ def test_verdict_schemas_are_the_documented_shapes() -> None:
 
 
 def test_what_the_agent_says_is_redacted_and_cannot_drive_the_terminal(acp: Harness) -> None:
-    script = acp.script([{"calls": [[
-        {"text": "key sk-live-123456 then \x1b[2Jcleared"},
-        {"permission": {"kind": "edit", "title": "Edit \x1b]0;pwned\x07 sk-live-123456",
-                        "paths": ["a.txt"]}},
-    ]]}])
+    script = acp.script(
+        [
+            {
+                "calls": [
+                    [
+                        {"text": "key sk-live-123456 then \x1b[2Jcleared"},
+                        {
+                            "permission": {
+                                "kind": "edit",
+                                "title": "Edit \x1b]0;pwned\x07 sk-live-123456",
+                                "paths": ["a.txt"],
+                            }
+                        },
+                    ]
+                ]
+            }
+        ]
+    )
     port = acp.port(script, secrets=["sk-live-123456"])
     items, end = acp.turn(port, command())
     said = lines(items)
