@@ -12,7 +12,7 @@ import pytest
 
 from lorch.crashtest.harness import DEFAULT_MODES, Options, crashtest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def test_acp_scenario_survives_a_crash_at_every_offset_in_every_mode() -> None:
