@@ -265,6 +265,10 @@ class _Resume:
                 f"{torn.reason}"
             )
         if state.finished:
+            # A crash right after the run's last record can leave its agents winding
+            # down (an ACP agent takes a while to exit on EOF): end them all the same.
+            if not _planted.enabled("no_orphan_kill"):
+                end_orphans(state)
             runner.write_derived()
             self.console.say(
                 f"[lorch] run {self.run_id} already {state.status}"
