@@ -19,6 +19,7 @@ from lorch.checkpoint import Checkpoints
 from lorch.launch import acp_base_env
 from lorch.redact import Redactor
 from lorch.transport import Inbox, Incoming, Launch, SendContext
+from tests.orchestrator.conftest import lorch  # noqa: F401  (the e2e runner fixture)
 
 AGENT = Path(__file__).resolve().parent.parent / "agents" / "acp_agent.py"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +37,6 @@ def ws(tmp_path: Path) -> Path:
     return w
 
 
-@pytest.fixture
-def lorch(lorch_bin: str, clean_env: dict[str, str]):  # type: ignore[no-untyped-def]
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 180):  # type: ignore[no-untyped-def]
-        return subprocess.run(
-            [lorch_bin, *args],
-            capture_output=True,
-            text=True,
-            env={**clean_env, **(env or {})},
-            timeout=timeout,
-        )
-
-    return run
-
-
 def _edit(ws: Path, change: Any) -> None:
     cfg = json.loads((ws / "lorch.json").read_text())
     change(cfg)
@@ -67,7 +52,7 @@ def _script(ws: Path, role: str, change: Any) -> None:
 
 
 def test_acp_run_completes_with_lorch_built_events(ws: Path, lorch) -> None:  # type: ignore[no-untyped-def]
-    r = lorch("run", "--workspace", str(ws))
+    r = lorch("run", "--workspace", str(ws), timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     expected = load(SCENARIO)["expected"]
     assert _terminals(ws) == expected["terminal_events"]
@@ -119,7 +104,7 @@ def test_agent_crash_mid_turn_is_rolled_back_and_resent_with_the_same_key(
 
     _script(ws, "builder", crash_once)
     _edit(ws, lambda c: c["agents"]["builder"].update(env={"ACP_AGENT_STATE": str(state)}))
-    r = lorch("run", "--workspace", str(ws))
+    r = lorch("run", "--workspace", str(ws), timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (state / "crashed.done").exists()
     # The half-done turn was undone before it was sent again: its append is there once.
@@ -145,7 +130,7 @@ def test_missing_verdict_fails_the_attempt_and_is_retried(
 
     _script(ws, "reviewer", forget_first)
     _edit(ws, lambda c: c["agents"]["reviewer"].update(env={"ACP_AGENT_STATE": str(state)}))
-    r = lorch("run", "--workspace", str(ws))
+    r = lorch("run", "--workspace", str(ws), timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     errors = [r for r in _records(ws) if r.get("event") == "error"]
     assert [e["payload"]["message"] for e in errors] == [
@@ -163,7 +148,7 @@ def test_auth_required_stops_the_run_with_one_line_and_exit_2(ws: Path, lorch) -
         }
 
     _script(ws, "builder", need_auth)
-    r = lorch("run", "--workspace", str(ws), env={"SCRIPTED_KEY": "k-1234"})
+    r = lorch("run", "--workspace", str(ws), env={"SCRIPTED_KEY": "k-1234"}, timeout=300)
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -176,7 +161,7 @@ def test_auth_required_stops_the_run_with_one_line_and_exit_2(ws: Path, lorch) -
     assert len(implements) == 1  # not retried
     # SCRIPTED_KEY was in lorch's environment but not in pass_env: it did not reach the agent.
     _edit(ws, lambda c: c["agents"]["builder"].update(pass_env=["SCRIPTED_KEY"]))
-    r = lorch("resume", "--workspace", str(ws), env={"SCRIPTED_KEY": "k-1234"})
+    r = lorch("resume", "--workspace", str(ws), env={"SCRIPTED_KEY": "k-1234"}, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -189,7 +174,7 @@ def test_timeout_cancels_the_turn_then_ends_the_group(ws: Path, lorch) -> None: 
             c["policy"].update(max_attempts=2),
         ),
     )
-    r = lorch("run", "--workspace", str(ws))
+    r = lorch("run", "--workspace", str(ws), timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
     recs = _records(ws)
     fails = [r["payload"] for r in recs if r.get("event") == "system.command_failed"]
@@ -204,7 +189,7 @@ def test_timeout_cancels_the_turn_then_ends_the_group(ws: Path, lorch) -> None: 
 
 
 def test_doctor_reports_the_initialize_answer_or_the_failure(ws: Path, lorch) -> None:  # type: ignore[no-untyped-def]
-    r = lorch("doctor", "--workspace", str(ws))
+    r = lorch("doctor", "--workspace", str(ws), timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "scripted-builder 1.0, ACP protocol 1, loadSession: no, auth methods: none" in r.stdout
     _script(
@@ -225,7 +210,7 @@ def test_doctor_reports_the_initialize_answer_or_the_failure(ws: Path, lorch) ->
             cmd=["python3", "-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(4)"]
         ),
     )
-    r = lorch("doctor", "--workspace", str(ws))
+    r = lorch("doctor", "--workspace", str(ws), timeout=300)
     assert r.returncode == 1
     assert (
         "needs authentication for a session; auth methods: Log in (run the login command)"
