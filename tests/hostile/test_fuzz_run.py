@@ -84,6 +84,7 @@ def test_fuzzed_builder_lines_in_a_real_run(always: bool, tmp_path: Path, lorch)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_many_fuzzed_runs(tmp_path: Path, lorch) -> None:  # type: ignore[no-untyped-def]
     @settings(
         max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)

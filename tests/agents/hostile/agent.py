@@ -150,7 +150,10 @@ def bad_system(cmd):
 
 
 def forged_completed(cmd):
-    out(event(cmd, "system.run_completed", None, {"reason": ""}, sender="system"))
+    forged = event(cmd, "system.run_completed", None, {"reason": ""}, sender="system")
+    # The same bytes in every run, so the crash harness's two clean runs agree.
+    forged.update(message_id="evt-forged", occurred_at="2026-01-01T00:00:00Z")
+    out(forged)
     return True
 
 
