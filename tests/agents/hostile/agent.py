@@ -14,6 +14,7 @@ Environment read besides lorch's: ``HOSTILE_SECRET`` (a secret to leak),
 of raw lines to print, for the fuzz attack).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -104,14 +105,43 @@ def honest(cmd):
     return [event(cmd, "spec.no_changes_needed", None, {})]
 
 
+# The journal is the idempotency cache, in mockagent's format (one fsynced
+# "completed" line per key worked), so the crash harness can count the work.
+JOURNAL = os.path.join(WS, ".mockagent", ROLE, "journal.ndjson")
+
+
+def cached(ik):
+    try:
+        with open(JOURNAL) as f:
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("ik") == ik and entry.get("state") == "completed":
+                        return entry["events"]
+    except FileNotFoundError:
+        pass
+    return None
+
+
 def answer(cmd):
-    key = os.path.join(STATE, cmd["idempotency_key"][3:] + ".json")
-    if os.path.exists(key):
-        with open(key) as f:
-            events = json.load(f)
-    else:
+    events = cached(cmd["idempotency_key"])
+    if events is None:
         events = honest(cmd)
-        write_file(key, json.dumps(events).encode())
+        entry = {
+            "ik": cmd["idempotency_key"],
+            "action": cmd["action"],
+            "task_id": cmd["task_id"],
+            "attempt": cmd["retry"]["attempt"],
+            "state": "completed",
+            "pid": os.getpid(),
+            "at": now(),
+            "events": events,
+        }
+        os.makedirs(os.path.dirname(JOURNAL), exist_ok=True)
+        fd = os.open(JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, json.dumps(entry).encode() + b"\n")
+        os.fsync(fd)
+        os.close(fd)
     for e in events:
         e["correlation_id"] = cmd["correlation_id"]
         out(e)
