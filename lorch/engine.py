@@ -160,15 +160,19 @@ class Engine(Recorder):
     # -- the loop ---------------------------------------------------------------
 
     def drive(self) -> Outcome:
-        if not self.state.finished:
-            self.start_agents()
+        started = False
         while True:
             step = next_step(self.state, fresh=self._fresh)
             if isinstance(step, Finish):
                 return self.finish(step)
             if isinstance(step, Check):
+                # Before any agent is started: a record between an answer and its
+                # verdict would accept it unchecked (docs/decisions.md D26).
                 self.check(step.pending)
                 continue
+            if not started:
+                self.start_agents()
+                started = True
             self.send(step)
 
     def finish(self, step: Finish) -> Outcome:

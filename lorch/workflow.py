@@ -296,8 +296,9 @@ def _well_formed_command(record: Record) -> bool:
 def _awaits_verdict(record: Record, p: Pending | None) -> bool:
     """Does ``record`` come before the verdict on ``p``'s answer, or turn it down?
 
-    The post-turn checkpoint is recorded before the answer's artifacts are
-    checked; a rejection after them. Any other record means it was accepted.
+    The post-turn checkpoint (and, after a crash, ``system.resumed``) is
+    recorded before the answer's artifacts are checked; a rejection after them.
+    Any other record means it was accepted.
     """
     if p is None or p.terminal is None:
         return False
@@ -305,6 +306,8 @@ def _awaits_verdict(record: Record, p: Pending | None) -> bool:
     payload = _object(record.get("payload"))
     if name == "system.checkpoint":
         return payload.get("phase") == "post" and payload.get("idempotency_key") == p.ik
+    if name == "system.resumed":
+        return True  # a resume checks the answer in flight after it says it resumed
     if name not in REJECTIONS:
         return False
     return (

@@ -296,3 +296,14 @@ def test_checkpoints_fold_into_the_pending_command_across_attempts() -> None:
     assert sim.state.pre_checkpoint(review.command["idempotency_key"]) is None
     sim.add(review.command)
     assert sim.state.pending is not None and sim.state.pending.pre is None
+
+
+def test_a_resume_does_not_accept_the_answer_it_has_yet_to_check() -> None:
+    # Crash after an answer, before lorch checked its artifacts: the resume's
+    # own record must leave the answer to be checked, not accept it.
+    sim = Sim()
+    cmd = sim.send()
+    sim.add(answer(cmd, "builder.completed", "success", **PASS))
+    sim.add(sysev("system.resumed", {"torn_tail": None, "orphans_killed": []}))
+    assert isinstance(sim.step(), Check)
+    assert sim.state.accepted == 0
