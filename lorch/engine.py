@@ -124,12 +124,13 @@ class Engine(Recorder):
             port.close_input()  # all at once: they wind down in parallel
         failed: LorchError | None = None
         for port in ports:
+            # Forgotten only once stopped (or failed to log): a Ctrl-C in the
+            # middle leaves it in ``ports``, for the caller to kill.
             try:
                 port.stop()
             except LorchError as e:  # its log could not be written: stop the others first
                 failed = failed or e
-            finally:
-                self._forget(port.role)
+            self._forget(port.role)
         if failed is not None:
             raise failed
 

@@ -21,8 +21,11 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from typing import Any
+
+from lorch.errors import LorchError
 
 # lorch.acp: the ACP SDK is slow to import, and a scenario with ACP roles needs it in every run.
 PRELOAD = ("lorch.cli", "lorch.runner", "lorch.verify", "lorch.transcript", "lorch.acp")
@@ -115,11 +118,13 @@ class ForkServer:
     """The harness's side: start lorch runs, wait for them, from any thread."""
 
     def __init__(self) -> None:
+        # Its last line explains a server that stopped; closed in close().
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "from lorch.crashtest.forkserver import serve; serve()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._stderr,
         )
         self._send_lock = threading.Lock()
         self._pids: queue.Queue[int | None] = queue.Queue()
@@ -152,7 +157,7 @@ class ForkServer:
             self._proc.stdin.flush()
             pid = self._pids.get()
         if pid is None:
-            raise RuntimeError("the lorch fork server stopped")
+            raise self._stopped()
         return pid
 
     def wait(self, pid: int, timeout: float | None) -> int | None:
@@ -162,8 +167,14 @@ class ForkServer:
             if pid in self._exits:
                 return self._exits.pop(pid)
             if self._closed:
-                raise RuntimeError("the lorch fork server stopped")
+                raise self._stopped()
             return None
+
+    def _stopped(self) -> LorchError:
+        self._stderr.seek(0)
+        lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+        why = f": {lines[-1]}" if lines else ""
+        return LorchError(f"the lorch fork server stopped{why}")
 
     def close(self) -> None:
         if self._proc.stdin is not None:
@@ -175,3 +186,4 @@ class ForkServer:
         self._reader.join(timeout=5)
         if not self._reader.is_alive() and self._proc.stdout is not None:
             self._proc.stdout.close()
+        self._stderr.close()

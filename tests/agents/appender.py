@@ -90,11 +90,15 @@ def work(cmd):
     task = cmd["task_id"]
     rnd = cmd["inputs"].get("round", 1)
     append("effects.log", f"{cmd['idempotency_key']} {cmd['action']} {rnd}\n")
-    out(event(cmd, "builder.progress" if ROLE == "builder" else "log", None, {"step": 1}))
+    # The marker is made before the progress event: lorch may kill this agent
+    # as soon as it has recorded that event, and the next one must not hang.
     marker = os.path.join(WS, ".appender", ROLE + ".hung")
-    if os.environ.get("APPENDER_HANG") and not os.path.exists(marker):
+    hang = bool(os.environ.get("APPENDER_HANG")) and not os.path.exists(marker)
+    if hang:
         os.makedirs(os.path.dirname(marker), exist_ok=True)
         open(marker, "w").close()
+    out(event(cmd, "builder.progress" if ROLE == "builder" else "log", None, {"step": 1}))
+    if hang:
         threading.Event().wait()  # until killed
     if ROLE == "builder":
         art = append(f"src/{task}.txt", f"{cmd['action']} round {rnd}\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lorch.crashtest.forkserver import ForkServer
+from lorch.errors import LorchError
 from lorch.scenarios import materialize
 
 
@@ -60,3 +61,18 @@ def test_wait_times_out_on_a_run_that_goes_on(server: ForkServer, tmp_path: Path
     finally:
         os.killpg(pid, signal.SIGKILL)
     assert server.wait(pid, 60) == -signal.SIGKILL
+
+
+def test_a_server_that_cannot_start_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broken install (here: a `lorch` package that fails to import) is named in one line.
+    (tmp_path / "lorch").mkdir()
+    (tmp_path / "lorch" / "__init__.py").write_text("raise ImportError('no module named acp')\n")
+    monkeypatch.chdir(tmp_path)  # `python -c` imports from the working directory first
+    s = ForkServer()
+    try:
+        with pytest.raises(LorchError, match=r"server stopped: ImportError: no module named acp"):
+            s.spawn(["run"], _env())
+    finally:
+        s.close()

@@ -43,8 +43,11 @@ def test_a_console_closed_early_does_not_stop_the_run(
 def test_verify_defaults_to_the_latest_run(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
     ws = scenario("happy-path")
     assert lorch("run", "--workspace", str(ws)).returncode == 0
-    assert lorch("run", "--workspace", str(ws)).returncode == 0
-    latest = run_ids(ws)[-1]
+    second = lorch("run", "--workspace", str(ws))
+    assert second.returncode == 0
+    # The run started last (both may start in the same second: ids alone do not sort them).
+    latest = second.stdout.split()[2]
+    assert latest in run_ids(ws) and len(run_ids(ws)) == 2
     r = lorch("verify", "--workspace", str(ws))
     assert r.returncode == 0, r.stdout
     assert f"run {latest} (the latest)" in r.stdout
