@@ -17,36 +17,7 @@ until :meth:`ModelEndpoint.release` or the client goes away. A test waits for
 that moment (:meth:`ModelEndpoint.wait_held`) to kill a run mid-turn without
 guessing at timing.
 
-Script (JSON)::
-
-    {
-      "command_pattern": "ik:[0-9a-f]{64}",      # optional (this is the default)
-      "model": "claude-sonnet-4-5",               # optional: the model named in answers
-      "steps": [
-        {"name": "write",                          # unique; what the log calls it
-         "when": {"prompt_contains": "T-0042", "turn": 0},
-         "reply": [{"type": "tool_use", "name": "Write",
-                    "input": {"file_path": "{cwd}/hello.py", "content": "print(1)\\n"}}]},
-        {"name": "done", "when": {"after_tool": "Write"},
-         "reply": [{"type": "text", "text": "Wrote hello.py."}]}
-      ],
-      "fallback": [{"type": "text", "text": "ok"}]  # optional: requests no step matches
-    }
-
-``when`` (all given conditions must hold; none = always):
-``prompt_contains`` (text of the conversation's first user message),
-``contains`` (text of the last user message, tool results included),
-``turn`` (how many assistant messages the conversation already has),
-``after_tool`` (the last user message carries the result of a call to this tool),
-``tool_error`` (that result is / is not an error), ``system_contains`` (the
-system prompt), ``has_tools`` (the request offers tools: the agent's main loop,
-not a side query). A step may also say ``times`` (answer at most N requests),
-``hold`` (hold its first N answers) and ``stop_reason`` (default ``tool_use``
-when the reply calls a tool, else ``end_turn``). In reply strings ``{cwd}`` is
-the working directory the agent's system prompt names and ``{{`` / ``}}`` are
-literal braces. A request no step matches gets ``fallback`` when the script has
-one, else a 400 error naming the request (the agent sees an API error, the log
-says ``unmatched``).
+What a script may say is described in :mod:`lorch.testing.model_script`.
 
 Use it from Python (``with ModelEndpoint(Script.load(path), log=...) as ep:``)
 or as ``python -m lorch.testing.model_endpoint SCRIPT [--port N] [--log FILE]``.
@@ -64,167 +35,22 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
-import jsonschema
+from lorch.testing import model_stream
+from lorch.testing.model_script import Conversation, Script, ScriptError, Step, fill, matches
 
-from lorch.errors import LorchError
-
-DEFAULT_COMMAND_PATTERN = r"ik:[0-9a-f]{64}"
-DEFAULT_MODEL = "claude-sonnet-4-5"
 MODELS = (
     ("claude-sonnet-4-5", "Claude Sonnet 4.5"),
     ("claude-opus-4-1", "Claude Opus 4.1"),
     ("claude-haiku-4-5", "Claude Haiku 4.5"),
 )
 MAX_BODY = 64 * 1024 * 1024
-# Chunk sizes of the streamed deltas: small enough that a client must join them.
-TEXT_CHUNK = 24
-JSON_CHUNK = 40
-_CWD_RE = re.compile(r"(?:Primary working directory|Working directory): *(\S[^\n]*)")
-
-_BLOCK = {
-    "oneOf": [
-        {
-            "type": "object",
-            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
-            "required": ["type", "text"],
-            "additionalProperties": False,
-        },
-        {
-            "type": "object",
-            "properties": {
-                "type": {"const": "tool_use"},
-                "name": {"type": "string", "minLength": 1},
-                "input": {"type": "object"},
-            },
-            "required": ["type", "name", "input"],
-            "additionalProperties": False,
-        },
-    ]
-}
-_REPLY = {"type": "array", "items": _BLOCK, "minItems": 1}
-SCRIPT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "command_pattern": {"type": "string", "minLength": 1},
-        "model": {"type": "string", "minLength": 1},
-        "steps": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "minLength": 1},
-                    "when": {
-                        "type": "object",
-                        "properties": {
-                            "prompt_contains": {"type": "string"},
-                            "contains": {"type": "string"},
-                            "turn": {"type": "integer", "minimum": 0},
-                            "after_tool": {"type": "string"},
-                            "tool_error": {"type": "boolean"},
-                            "system_contains": {"type": "string"},
-                            "has_tools": {"type": "boolean"},
-                        },
-                        "additionalProperties": False,
-                    },
-                    "reply": _REPLY,
-                    "stop_reason": {
-                        "enum": ["end_turn", "tool_use", "max_tokens", "stop_sequence"]
-                    },
-                    "times": {"type": "integer", "minimum": 1},
-                    "hold": {"type": "integer", "minimum": 0},
-                },
-                "required": ["name", "reply"],
-                "additionalProperties": False,
-            },
-        },
-        "fallback": _REPLY,
-    },
-    "required": ["steps"],
-    "additionalProperties": False,
-}
-
-
-class ScriptError(LorchError):
-    """A model script that cannot be used; the message names the file and the field."""
-
-    exit_code = 2
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    reply: tuple[dict[str, Any], ...]
-    when: dict[str, Any] = field(default_factory=dict)
-    stop_reason: str | None = None
-    times: int | None = None
-    hold: int = 0
-
-
-@dataclass(frozen=True)
-class Script:
-    steps: tuple[Step, ...]
-    fallback: tuple[dict[str, Any], ...] | None = None
-    command_pattern: str = DEFAULT_COMMAND_PATTERN
-    model: str = DEFAULT_MODEL
-
-    @classmethod
-    def from_dict(cls, data: object, *, source: str = "script") -> Script:
-        """Check ``data`` against the script schema and build the script."""
-        validator = jsonschema.Draft202012Validator(SCRIPT_SCHEMA)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-        if error is not None:
-            where = error.json_path
-            raise ScriptError(f"{source}: {where}: {error.message}")
-        doc = cast(dict[str, Any], data)
-        names: set[str] = set()
-        steps = []
-        for i, raw in enumerate(doc["steps"]):
-            if raw["name"] in names:
-                raise ScriptError(f"{source}: $.steps[{i}].name: {raw['name']!r} is used twice")
-            names.add(raw["name"])
-            steps.append(
-                Step(
-                    name=raw["name"],
-                    reply=tuple(raw["reply"]),
-                    when=dict(raw.get("when", {})),
-                    stop_reason=raw.get("stop_reason"),
-                    times=raw.get("times"),
-                    hold=raw.get("hold", 0),
-                )
-            )
-        pattern = doc.get("command_pattern", DEFAULT_COMMAND_PATTERN)
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ScriptError(
-                f"{source}: $.command_pattern: not a regular expression: {exc}"
-            ) from None
-        fallback = doc.get("fallback")
-        return cls(
-            steps=tuple(steps),
-            fallback=tuple(fallback) if fallback is not None else None,
-            command_pattern=pattern,
-            model=doc.get("model", DEFAULT_MODEL),
-        )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Script:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ScriptError(f"{path}: cannot read the model script: {exc.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ScriptError(f"{path}: line {exc.lineno}: not JSON: {exc.msg}") from None
-        return cls.from_dict(data, source=str(path))
 
 
 @dataclass(frozen=True)
@@ -243,135 +69,6 @@ class Request:
     stream: bool = False
     held: bool = False
     note: str = ""
-
-
-# --- reading a Messages request -------------------------------------------------------
-
-
-def _text_of(content: object) -> str:
-    """All the text in a message's content: text blocks and tool results alike."""
-    if isinstance(content, str):
-        return content
-    parts: list[str] = []
-    if isinstance(content, list):
-        for block in content:
-            if not isinstance(block, dict):
-                continue
-            if isinstance(block.get("text"), str):
-                parts.append(block["text"])
-            elif block.get("type") == "tool_result":
-                parts.append(_text_of(block.get("content")))
-    return "\n".join(parts)
-
-
-@dataclass(frozen=True)
-class _Conversation:
-    messages: list[dict[str, Any]]
-    system: str
-    has_tools: bool
-
-    @classmethod
-    def of(cls, body: dict[str, Any]) -> _Conversation:
-        raw = body.get("messages")
-        messages = [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
-        system = body.get("system")
-        return cls(messages, _text_of(system), bool(body.get("tools")))
-
-    def _users(self) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m.get("role") == "user"]
-
-    @property
-    def prompt(self) -> str:
-        users = self._users()
-        return _text_of(users[0].get("content")) if users else ""
-
-    @property
-    def last(self) -> str:
-        users = self._users()
-        return _text_of(users[-1].get("content")) if users else ""
-
-    @property
-    def turn(self) -> int:
-        return sum(1 for m in self.messages if m.get("role") == "assistant")
-
-    def all_text(self) -> str:
-        return "\n".join(_text_of(m.get("content")) for m in self.messages)
-
-    def last_tool_result(self) -> tuple[str | None, bool]:
-        """The name of the tool whose result ends the conversation, and whether it failed."""
-        if not self.messages or self.messages[-1].get("role") != "user":
-            return None, False
-        content = self.messages[-1].get("content")
-        results = [
-            b for b in content or [] if isinstance(b, dict) and b.get("type") == "tool_result"
-        ]
-        if not isinstance(content, list) or not results:
-            return None, False
-        names: dict[str, str] = {}
-        for message in self.messages:
-            if message.get("role") == "assistant" and isinstance(message.get("content"), list):
-                for block in message["content"]:
-                    if isinstance(block, dict) and block.get("type") == "tool_use":
-                        names[str(block.get("id"))] = str(block.get("name"))
-        last = results[-1]
-        return names.get(str(last.get("tool_use_id"))), bool(last.get("is_error"))
-
-    def cwd(self) -> str | None:
-        match = _CWD_RE.search(self.system) or _CWD_RE.search(self.all_text())
-        return match.group(1).strip() if match else None
-
-
-def _matches(when: dict[str, Any], conv: _Conversation) -> bool:
-    if "prompt_contains" in when and when["prompt_contains"] not in conv.prompt:
-        return False
-    if "contains" in when and when["contains"] not in conv.last:
-        return False
-    if "turn" in when and when["turn"] != conv.turn:
-        return False
-    if "system_contains" in when and when["system_contains"] not in conv.system:
-        return False
-    if "has_tools" in when and when["has_tools"] != conv.has_tools:
-        return False
-    if "after_tool" in when or "tool_error" in when:
-        tool, failed = conv.last_tool_result()
-        if tool is None:
-            return False
-        if "after_tool" in when and when["after_tool"] != tool:
-            return False
-        if "tool_error" in when and when["tool_error"] != failed:
-            return False
-    return True
-
-
-_TEMPLATE = re.compile(r"\{\{|\}\}|\{cwd\}")
-
-
-def _fill(value: Any, cwd: str | None) -> Any:
-    """Replace ``{cwd}`` in every string of a reply (``{{``/``}}`` stay braces)."""
-    if isinstance(value, str):
-
-        def sub(match: re.Match[str]) -> str:
-            token = match.group(0)
-            if token != "{cwd}":
-                return token[0]
-            if cwd is None:
-                raise ScriptError("a reply uses {cwd} but the request names no working directory")
-            return cwd
-
-        return _TEMPLATE.sub(sub, value)
-    if isinstance(value, list):
-        return [_fill(v, cwd) for v in value]
-    if isinstance(value, dict):
-        return {k: _fill(v, cwd) for k, v in value.items()}
-    return value
-
-
-def _chunks(text: str, size: int) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
-
-
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 # --- the endpoint ---------------------------------------------------------------------
@@ -500,14 +197,14 @@ class ModelEndpoint:
             self._ids += 1
             return self._ids
 
-    def _choose(self, conv: _Conversation) -> tuple[Step | None, bool]:
+    def _choose(self, conv: Conversation) -> tuple[Step | None, bool]:
         """The step that answers ``conv`` (None: fallback or unmatched), and whether to hold."""
         with self._cond:
             for step in self.script.steps:
                 used = self._used.get(step.name, 0)
                 if step.times is not None and used >= step.times:
                     continue
-                if _matches(step.when, conv):
+                if matches(step.when, conv):
                     self._used[step.name] = used + 1
                     return step, used < step.hold and not self._closed
         return None, False
@@ -525,7 +222,7 @@ class ModelEndpoint:
             if w in self._holding:
                 self._holding.remove(w)
 
-    def _command_of(self, conv: _Conversation) -> str | None:
+    def _command_of(self, conv: Conversation) -> str | None:
         match = self._pattern.search(conv.all_text())
         return match.group(0) if match else None
 
@@ -663,11 +360,49 @@ class _Handler(BaseHTTPRequestHandler):
         self._messages(body)
 
     def _messages(self, body: dict[str, Any]) -> None:
+        conv = Conversation.of(body)
+        answer = self._answer(conv, body)
+        if answer is None:
+            return
+        base, blocks, stop, hold = answer
+        usage_in = max(1, len(json.dumps(body)) // 4)
+        usage_out = max(1, len(json.dumps(blocks)) // 4)
+        message_id = self.ep._message_id()
+        model = base.model or self.ep.script.model
+        if not base.stream:
+            self.ep._record(base)
+            self._send_json(
+                200, model_stream.message(message_id, model, blocks, stop, usage_in, usage_out)
+            )
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("request-id", f"req_{self.ep._next_id():020d}")
+        self.end_headers()
+        events = model_stream.events(message_id, model, blocks, stop, usage_in, usage_out)
+        if hold:
+            # Stream the start of the message, then stall: the agent is mid-turn.
+            self._chunk(next(events) + next(events) + next(events))
+            if not self._hold(replace(base, held=True)):
+                return
+        else:
+            self.ep._record(base)
+        try:
+            for event in events:
+                self._chunk(event)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+
+    def _answer(
+        self, conv: Conversation, body: dict[str, Any]
+    ) -> tuple[Request, list[dict[str, Any]], str, bool] | None:
+        """The record, blocks, stop reason and hold answering ``conv``; None once refused."""
         ep = self.ep
-        conv = _Conversation.of(body)
-        stream = body.get("stream") is True
         raw_model = body.get("model")
-        model = raw_model if isinstance(raw_model, str) else ep.script.model
         step, hold = ep._choose(conv)
         base = Request(
             seq=ep._next_seq(),
@@ -677,8 +412,8 @@ class _Handler(BaseHTTPRequestHandler):
             status=200,
             command=ep._command_of(conv),
             turn=conv.turn,
-            model=model,
-            stream=stream,
+            model=raw_model if isinstance(raw_model, str) else ep.script.model,
+            stream=body.get("stream") is True,
         )
         if step is not None:
             reply, stop, name = step.reply, step.stop_reason, step.name
@@ -687,58 +422,20 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             ep._record(replace(base, status=400, step="unmatched", note=conv.last[:200]))
             self._error(400, "invalid_request_error", "no step of the model script matches")
-            return
+            return None
+        base = replace(base, step=name)
         try:
-            blocks = [cast(dict[str, Any], _fill(b, conv.cwd())) for b in reply]
+            blocks = [cast(dict[str, Any], fill(b, conv.cwd())) for b in reply]
         except ScriptError as exc:
-            ep._record(replace(base, status=400, step=name, note=str(exc)))
+            ep._record(replace(base, status=400, note=str(exc)))
             self._error(400, "invalid_request_error", str(exc))
-            return
+            return None
         for block in blocks:
             if block["type"] == "tool_use":
                 block["id"] = f"toolu_{ep._next_id():020d}"
         if stop is None:
             stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
-        usage_in = max(1, len(json.dumps(body)) // 4)
-        usage_out = max(1, len(json.dumps(blocks)) // 4)
-        message_id = ep._message_id()
-        if not stream:
-            ep._record(replace(base, step=name))
-            self._send_json(
-                200,
-                {
-                    "id": message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": blocks,
-                    "stop_reason": stop,
-                    "stop_sequence": None,
-                    "usage": {"input_tokens": usage_in, "output_tokens": usage_out},
-                },
-            )
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("request-id", f"req_{ep._next_id():020d}")
-        self.end_headers()
-        events = self._events(message_id, model, blocks, stop, usage_in, usage_out)
-        if hold:
-            # Stream the start of the message, then stall: the agent is mid-turn.
-            self._chunk(next(events) + next(events) + next(events))
-            if not self._hold(replace(base, step=name, held=True)):
-                return
-        else:
-            ep._record(replace(base, step=name))
-        try:
-            for event in events:
-                self._chunk(event)
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except OSError:
-            self.close_connection = True
+        return base, blocks, stop, hold
 
     def _hold(self, record: Request) -> bool:
         """Hold the answer until released; False if the client went away meanwhile."""
@@ -764,67 +461,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
-
-    @staticmethod
-    def _events(
-        message_id: str,
-        model: str,
-        blocks: list[dict[str, Any]],
-        stop: str,
-        usage_in: int,
-        usage_out: int,
-    ) -> Iterator[bytes]:
-        yield _sse(
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": model,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": {"input_tokens": usage_in, "output_tokens": 1},
-                },
-            },
-        )
-        for index, block in enumerate(blocks):
-            start: dict[str, Any]
-            if block["type"] == "text":
-                start = {"type": "text", "text": ""}
-                deltas = [
-                    {"type": "text_delta", "text": t} for t in _chunks(block["text"], TEXT_CHUNK)
-                ]
-            else:
-                start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
-                payload = json.dumps(block["input"], separators=(",", ":"))
-                deltas = [
-                    {"type": "input_json_delta", "partial_json": p}
-                    for p in _chunks(payload, JSON_CHUNK)
-                ]
-            yield _sse(
-                "content_block_start",
-                {"type": "content_block_start", "index": index, "content_block": start},
-            )
-            if index == 0:
-                yield _sse("ping", {"type": "ping"})
-            for delta in deltas:
-                yield _sse(
-                    "content_block_delta",
-                    {"type": "content_block_delta", "index": index, "delta": delta},
-                )
-            yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
-        yield _sse(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": stop, "stop_sequence": None},
-                "usage": {"output_tokens": usage_out},
-            },
-        )
-        yield _sse("message_stop", {"type": "message_stop"})
 
 
 def main(argv: list[str] | None = None) -> int:

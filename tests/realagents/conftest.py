@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from lorch.testing.model_endpoint import ModelEndpoint, Script
+from lorch.testing.model_endpoint import ModelEndpoint
+from lorch.testing.model_script import Script
 from tests.realagents import adapters
 
 

@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorch.testing.model_endpoint import ModelEndpoint, Script, ScriptError
+from lorch.testing.model_endpoint import ModelEndpoint
+from lorch.testing.model_script import Script, ScriptError
 
 IK = "ik:" + "ab" * 32
 CWD_SYSTEM = "You are an agent.\n - Primary working directory: /work/space\n"
