@@ -1,6 +1,7 @@
 """Conformance kit: is an agent protocol-correct and safe to resume?"""
 
-from lorch.conformance.checks import CHECKS, CheckOutcome, ConformanceCheck, Verdict
+from lorch.conformance.checks import CHECKS
 from lorch.conformance.kit import Report, run_battery
+from lorch.conformance.session import CheckOutcome, ConformanceCheck, Verdict
 
 __all__ = ["CHECKS", "CheckOutcome", "ConformanceCheck", "Report", "Verdict", "run_battery"]

@@ -28,8 +28,8 @@ from typing import Any
 from lorch import protocol
 from lorch.acp import AcpPort, AcpSettings
 from lorch.checkpoint import EXCLUDED, Checkpoints
-from lorch.conformance.checks import CheckOutcome, ConformanceCheck, Verdict
 from lorch.conformance.kit import Report
+from lorch.conformance.session import CheckOutcome, ConformanceCheck, Verdict
 from lorch.errors import AgentError, AgentStartError, UsageError
 from lorch.redact import Redactor, secret_values
 from lorch.transport import Inbox, Incoming, Launch, SendContext

@@ -9,31 +9,33 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from lorch import snapshot
-from lorch.canonical import idempotency_key
 from lorch.checksum import sha256_file
-from lorch.conformance.driver import AgentUnderTest, Line, Transcript
-from lorch.errors import AgentStartError
-from lorch.launch import find_executable
+from lorch.conformance.driver import Line
+from lorch.conformance.idempotency import (
+    across_restart,
+    conflict,
+    crash_mid_work,
+    idempotent_repeat,
+    in_flight,
+    never_refused,
+    new_key_old_correlation,
+    new_round_executed,
+    same_key_new_correlation,
+)
+from lorch.conformance.session import (
+    HEARTBEAT_INTERVAL,
+    ConformanceCheck,
+    Session,
+    Verdict,
+    line_numbers,
+    no_terminal,
+)
 from lorch.paths import safe_relpath
-from lorch.protocol import TERMINAL_EVENTS, now_rfc3339
-from lorch.reports import Status
+from lorch.protocol import TERMINAL_EVENTS
 
-ACTION_FOR = {
-    "builder": "implement",
-    "reviewer": "review",
-    "spec_maintainer": "update_spec",
-    "orchestration": "intake",
-}
-HEARTBEAT_INTERVAL = 0.25
+# The heartbeat statuses that may follow each status.
 STATUS_NEXT = {
     "starting": {"starting", "ready", "busy", "stopping", "backoff"},
     "ready": {"ready", "busy", "stopping", "backoff"},
@@ -42,232 +44,6 @@ STATUS_NEXT = {
     "stopping": {"stopping"},
 }
 
-
-@dataclass(frozen=True)
-class ConformanceCheck:
-    id: str
-    severity: str  # required | recommended
-    rule: str
-    why: str
-    run: Callable[[Session], Verdict]
-
-
-@dataclass
-class Verdict:
-    status: Status  # pass | fail | skip
-    evidence: str
-    lines: list[int] = field(default_factory=list)
-
-
-@dataclass
-class CheckOutcome:
-    check: ConformanceCheck
-    verdict: Verdict
-    expected_failure: bool = False
-
-    @property
-    def blocking(self) -> bool:
-        return (
-            self.verdict.status == "fail"
-            and self.check.severity == "required"
-            and not self.expected_failure
-        )
-
-
-@dataclass
-class Exchange:
-    command: dict[str, Any]
-    events: list[Line]
-    terminal: Line | None
-    heartbeats: list[Line]
-    problems: list[Line]
-
-    @property
-    def terminal_msg(self) -> dict[str, Any]:
-        assert self.terminal is not None and self.terminal.message is not None
-        return self.terminal.message
-
-
-def fingerprint(ws: Path) -> dict[str, tuple[int, int, int, int, str]]:
-    """inode, mtime_ns, ctime_ns, size and sha256 of every workspace file."""
-    out = {}
-    for rel in snapshot.iter_files(ws):
-        st = (ws / rel).stat()
-        out[rel] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, sha256_file(ws / rel)[0])
-    return out
-
-
-def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    changed = []
-    for rel in sorted(set(a) | set(b)):
-        if rel not in a:
-            changed.append(f"{rel} created")
-        elif rel not in b:
-            changed.append(f"{rel} deleted")
-        elif a[rel] != b[rel]:
-            what = [
-                n
-                for n, x, y in zip(
-                    ("inode", "mtime", "ctime", "size", "sha256"), a[rel], b[rel], strict=True
-                )
-                if x != y
-            ]
-            changed.append(f"{rel} ({', '.join(what)} changed)")
-    return changed
-
-
-class Session:
-    """One agent, one scratch workspace, one transcript, shared by the checks."""
-
-    def __init__(self, argv: list[str], role: str, workspace: Path | None, timeout: float) -> None:
-        self.argv = argv
-        self.role = role
-        self.timeout = timeout
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if workspace is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="lorch-conformance-")
-            workspace = Path(self._tmp.name)
-            (workspace / "README.md").write_text("conformance scratch workspace\n")
-        self.workspace = workspace.resolve()
-        self.snapshot_id = snapshot.manifest(self.workspace)["snapshot_id"]
-        self.transcript = Transcript()
-        self.task_id = "T-9001"
-        self.round = 0
-        env = {
-            **os.environ,
-            "LORCH_WORKSPACE": str(self.workspace),
-            "LORCH_RUN_ID": "run-20000101-000000-00000000",
-            "LORCH_ROLE": role,
-            "LORCH_AGENT_ID": f"{role}#conformance",
-            "LORCH_SNAPSHOT_ID": self.snapshot_id,
-            "LORCH_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
-        }
-        self.agent = AgentUnderTest(argv, self.workspace, env, self.transcript)
-        self.cache: dict[str, Any] = {}
-
-    # -- process --------------------------------------------------------------
-
-    def start(self) -> None:
-        exe = self.argv[0]
-        if os.sep not in exe:
-            found = find_executable(exe, self.workspace)
-            if found is None:
-                raise AgentStartError(f"cannot start {exe!r}: command not found on PATH")
-            self.agent.argv = [found, *self.argv[1:]]
-        try:
-            self.agent.start()
-        except OSError as e:
-            raise AgentStartError(f"cannot start {exe!r}: {e.strerror}") from None
-
-    def restart(self) -> None:
-        self.agent.kill()
-        self.start()
-
-    def close(self) -> None:
-        self.agent.kill()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-    # -- messages -------------------------------------------------------------
-
-    def command(
-        self,
-        *,
-        inputs: dict[str, Any] | None = None,
-        action: str | None = None,
-        snapshot_id: str | None = None,
-    ) -> dict[str, Any]:
-        if inputs is None:
-            self.round += 1
-            inputs = {"round": self.round, "conformance": True}
-        action = action or ACTION_FOR[self.role]
-        snap = snapshot_id or self.snapshot_id
-        return {
-            "kind": "command",
-            "message_id": f"cmd-{uuid.uuid4().hex[:12]}",
-            "correlation_id": f"corr-{self.task_id}-{uuid.uuid4().hex[:6]}",
-            "task_id": self.task_id,
-            "idempotency_key": idempotency_key(action, self.task_id, snap, inputs, []),
-            "to": {"agent_type": self.role},
-            "action": action,
-            "inputs": inputs,
-            "expected_outputs": [],
-            "version": {"snapshot_id": snap},
-            "deadline": now_rfc3339(),
-            "retry": {"attempt": 0, "max_attempts": 3},
-            "priority": 5,
-        }
-
-    def again(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **cmd,
-            "message_id": f"cmd-{uuid.uuid4().hex[:12]}",
-            "retry": {**cmd["retry"], "attempt": cmd["retry"]["attempt"] + 1},
-        }
-
-    def collect(
-        self, corr: str | None, timeout: float | None = None, *, until_terminal: bool = True
-    ) -> Exchange:
-        """Read until a terminal event for ``corr`` (or any event when corr is None)."""
-        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
-        ex = Exchange({}, [], None, [], [])
-        while True:
-            line = self.agent.next(deadline - time.monotonic())
-            if line is None:
-                return ex
-            if line.problem is not None:
-                ex.problems.append(line)
-                # A bad line usually stands where the answer should be: wait a
-                # little for a good one, not the whole timeout.
-                deadline = min(deadline, time.monotonic() + 1.0)
-                continue
-            msg = line.message or {}
-            if msg.get("kind") == "heartbeat":
-                ex.heartbeats.append(line)
-                continue
-            if msg.get("kind") != "event":
-                continue
-            ex.events.append(line)
-            # Any terminal event ends the wait; CORR-001 judges its ids.
-            if msg.get("event") in TERMINAL_EVENTS:
-                ex.terminal = line
-                if until_terminal:
-                    return ex
-
-    def exchange(self, cmd: dict[str, Any], timeout: float | None = None) -> Exchange:
-        self.agent.send(cmd)
-        ex = self.collect(cmd["correlation_id"], timeout)
-        ex.command = cmd
-        return ex
-
-    def baseline(self) -> Exchange:
-        """The first real command, shared by several checks."""
-        if "baseline" not in self.cache:
-            cmd = self.command()
-            ex = self.exchange(cmd)
-            # A short grace period to catch a second terminal event.
-            extra = self.collect(cmd["correlation_id"], 0.3)
-            ex.events += extra.events
-            ex.heartbeats += extra.heartbeats
-            ex.problems += extra.problems
-            self.cache["baseline"] = ex
-        result: Exchange = self.cache["baseline"]
-        return result
-
-
-def _n(lines: list[Line]) -> list[int]:
-    return [ln.n for ln in lines]
-
-
-def no_terminal(ex: Exchange, what: str, timeout: float) -> Verdict:
-    return Verdict("fail", f"no terminal event for {what} within {timeout:g} s", _n(ex.events[-3:]))
-
-
-def equivalent(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("event", "status", "artifacts")
-    return all(a.get(k) == b.get(k) for k in keys)
-
-
 # -- the checks ---------------------------------------------------------------------
 
 
@@ -275,7 +51,7 @@ def proto_lines(s: Session) -> Verdict:
     s.baseline()
     bad = [ln for ln in s.transcript.lines if ln.direction == "out" and ln.problem is not None]
     if bad:
-        return Verdict("fail", f"line {bad[0].n}: {bad[0].problem}", _n(bad))
+        return Verdict("fail", f"line {bad[0].n}: {bad[0].problem}", line_numbers(bad))
     outs = sum(ln.direction == "out" for ln in s.transcript.lines)
     return Verdict("pass", f"{outs} lines, all valid NDJSON within 256 KiB and schema-valid")
 
@@ -297,20 +73,22 @@ def heartbeats(s: Session) -> Verdict:
             "fail",
             f"{len(beats)} heartbeat(s) over {HEARTBEAT_INTERVAL * 4:g} s "
             f"with LORCH_HEARTBEAT_INTERVAL={HEARTBEAT_INTERVAL}",
-            _n(beats),
+            line_numbers(beats),
         )
     seqs = [ln.message["seq"] for ln in beats if ln.message]
     if any(b <= a for a, b in itertools.pairwise(seqs)):
-        return Verdict("fail", f"heartbeat seq not increasing: {seqs[:10]}", _n(beats))
+        return Verdict("fail", f"heartbeat seq not increasing: {seqs[:10]}", line_numbers(beats))
     pids = {ln.message["pid"] for ln in beats if ln.message}
     if pids != {s.agent.pid}:
         return Verdict(
-            "fail", f"heartbeat pid {sorted(pids)} is not the agent's pid {s.agent.pid}", _n(beats)
+            "fail",
+            f"heartbeat pid {sorted(pids)} is not the agent's pid {s.agent.pid}",
+            line_numbers(beats),
         )
     statuses = [ln.message["status"] for ln in beats if ln.message]
     for a, b in itertools.pairwise(statuses):
         if b not in STATUS_NEXT[a]:
-            return Verdict("fail", f"heartbeat status went {a} → {b}", _n(beats))
+            return Verdict("fail", f"heartbeat status went {a} → {b}", line_numbers(beats))
     now = time.monotonic() - s.transcript.started
     gaps = [b.at - a.at for a, b in itertools.pairwise(beats)] + [now - beats[-1].at]
     worst = max(gaps)
@@ -319,7 +97,7 @@ def heartbeats(s: Session) -> Verdict:
             "fail",
             f"a gap of {worst:.2f} s between heartbeats "
             f"(interval {HEARTBEAT_INTERVAL} s, 3 missed = unhealthy)",
-            _n(beats),
+            line_numbers(beats),
         )
     return Verdict(
         "pass",
@@ -344,7 +122,7 @@ def correlation(s: Session) -> Verdict:
             "fail",
             f"event {m.get('event')} has task {m.get('task_id')} / correlation "
             f"{m.get('correlation_id')}, expected {cmd['task_id']} / {cmd['correlation_id']}",
-            _n(wrong),
+            line_numbers(wrong),
         )
     return Verdict("pass", f"{len(ex.events)} events echo task_id and correlation_id")
 
@@ -353,7 +131,7 @@ def one_terminal(s: Session) -> Verdict:
     ex = s.baseline()
     terms = [ln for ln in ex.events if (ln.message or {}).get("event") in TERMINAL_EVENTS]
     if len(terms) != 1:
-        return Verdict("fail", f"{len(terms)} terminal events for one command", _n(terms))
+        return Verdict("fail", f"{len(terms)} terminal events for one command", line_numbers(terms))
     return Verdict(
         "pass",
         f"exactly one terminal event ({terms[0].message['event'] if terms[0].message else '?'})",
@@ -381,211 +159,6 @@ def artifacts(s: Session) -> Verdict:
                 [ln.n],
             )
     return Verdict("pass", f"{len(arts)} artifact claims match the files")
-
-
-def _repeat(s: Session, ex: Exchange, what: str) -> Verdict:
-    before = fingerprint(s.workspace)
-    again = s.exchange(s.again(ex.command))
-    if again.terminal is None:
-        return no_terminal(again, f"the repeated key ({what})", s.timeout)
-    if not equivalent(ex.terminal_msg, again.terminal_msg):
-        return Verdict(
-            "fail",
-            f"{what}: answer differs from the first "
-            f"({ex.terminal_msg.get('event')} {ex.terminal_msg.get('status')} vs "
-            f"{again.terminal_msg.get('event')} {again.terminal_msg.get('status')})",
-            [ex.terminal.n if ex.terminal else 0, again.terminal.n if again.terminal else 0],
-        )
-    changed = diff(before, fingerprint(s.workspace))
-    if changed:
-        return Verdict(
-            "fail",
-            f"{what}: work redone, files touched: {', '.join(changed[:3])}",
-            _n(again.events),
-        )
-    return Verdict("pass", f"{what}: same answer, no file touched")
-
-
-def idempotent_repeat(s: Session) -> Verdict:
-    ex = s.baseline()
-    if ex.terminal is None:
-        return no_terminal(ex, "the first command", s.timeout)
-    return _repeat(s, ex, "same key again")
-
-
-def in_flight(s: Session) -> Verdict:
-    cmd = s.command()
-    s.agent.send(cmd)
-    s.agent.send(s.again(cmd))
-    first = s.collect(cmd["correlation_id"])
-    if first.terminal is None:
-        return no_terminal(first, "a key sent twice", s.timeout)
-    after_first = fingerprint(s.workspace)
-    second = s.collect(cmd["correlation_id"])
-    if second.terminal is None:
-        return no_terminal(second, "the second copy of a key in flight", s.timeout)
-    changed = diff(after_first, fingerprint(s.workspace))
-    if changed:
-        return Verdict(
-            "fail",
-            f"the key in flight was executed twice: {', '.join(changed[:3])}",
-            _n(second.events),
-        )
-    return Verdict("pass", "two copies of one key in flight: one execution, two answers")
-
-
-def across_restart(s: Session) -> Verdict:
-    cmd = s.command()
-    ex = s.exchange(cmd)
-    if ex.terminal is None:
-        return no_terminal(ex, "a command", s.timeout)
-    s.restart()
-    return _repeat(s, ex, "same key after kill and restart")
-
-
-def crash_mid_work(s: Session) -> Verdict:
-    cmd = s.command()
-    s.agent.send(cmd)
-    deadline = time.monotonic() + s.timeout
-    working = False
-    while time.monotonic() < deadline:
-        line = s.agent.next(deadline - time.monotonic())
-        if line is None:
-            break
-        msg = line.message or {}
-        if msg.get("kind") == "heartbeat" and msg.get("status") == "busy":
-            working = True
-            break
-        if msg.get("kind") == "event" and msg.get("event") in TERMINAL_EVENTS:
-            break
-        if msg.get("kind") == "event":
-            working = True
-            break
-    if not working:
-        s.restart()
-        return Verdict(
-            "skip",
-            "the agent finished before it could be killed mid-work "
-            "(no busy heartbeat or progress event first)",
-        )
-    s.restart()
-    ex = s.exchange(s.again(cmd))
-    if ex.terminal is None:
-        return no_terminal(ex, "the key re-sent after a crash mid-work", s.timeout)
-    v = artifacts_of(s, ex)
-    if v is not None:
-        return v
-    repeat = _repeat(s, ex, "after recovery")
-    if repeat.status != "pass":
-        return repeat
-    return Verdict(
-        "pass", "killed mid-work, restarted, re-sent: completed once, files match the answer"
-    )
-
-
-def artifacts_of(s: Session, ex: Exchange) -> Verdict | None:
-    for a in ex.terminal_msg.get("artifacts", []):
-        full = s.workspace / a["path"]
-        if not full.is_file() or sha256_file(full) != (a["sha256"], a["size"]):
-            return Verdict(
-                "fail",
-                f"after recovery, {a['path']} does not match the answer's artifact",
-                [ex.terminal.n] if ex.terminal else [],
-            )
-    return None
-
-
-def refused(ex: Exchange, what: str) -> Verdict | None:
-    """A fresh, well-formed command answered with an error was refused: a failure."""
-    if ex.terminal is not None and ex.terminal_msg.get("event") == "error":
-        code = (ex.terminal_msg.get("payload") or {}).get("code")
-        return Verdict("fail", f"{what} was refused with error {code}", [ex.terminal.n])
-    return None
-
-
-def new_round_executed(s: Session) -> Verdict:
-    first = s.exchange(s.command())
-    if first.terminal is None:
-        return no_terminal(first, "a command", s.timeout)
-    second = s.command()
-    return _executed(s, first, second, "a new key (new round)")
-
-
-def new_key_old_correlation(s: Session) -> Verdict:
-    first = s.exchange(s.command())
-    if first.terminal is None:
-        return no_terminal(first, "a command", s.timeout)
-    # lorch numbers correlation ids per task (corr-<task>-1 in every run of it):
-    # only the key says whether the work was done.
-    second = {**s.command(), "correlation_id": first.command["correlation_id"]}
-    return _executed(s, first, second, "a new key under an earlier correlation id")
-
-
-def _executed(s: Session, first: Exchange, cmd: dict[str, Any], what: str) -> Verdict:
-    v = refused(first, "a fresh command")
-    if v is not None:
-        return v
-    before = fingerprint(s.workspace)
-    second = s.exchange(cmd)
-    if second.terminal is None:
-        return no_terminal(second, what, s.timeout)
-    v = refused(second, what)
-    if v is not None:
-        return v
-    changed = diff(before, fingerprint(s.workspace))
-    if changed or second.terminal_msg.get("artifacts") != first.terminal_msg.get("artifacts"):
-        return Verdict(
-            "pass", f"a new key was executed ({', '.join(changed[:2]) or 'different answer'})"
-        )
-    if not first.terminal_msg.get("artifacts"):
-        return Verdict(
-            "skip",
-            "the agent produces no files, so real execution cannot be told from a cached answer",
-        )
-    return Verdict(
-        "fail",
-        f"{what} was answered without any work: same answer, no file touched "
-        "(is the cache keyed by something other than the idempotency key?)",
-        _n(second.events),
-    )
-
-
-def same_key_new_correlation(s: Session) -> Verdict:
-    ex = s.baseline()
-    if ex.terminal is None:
-        return no_terminal(ex, "the first command", s.timeout)
-    before = fingerprint(s.workspace)
-    cmd = {**s.again(ex.command), "correlation_id": f"corr-{s.task_id}-{uuid.uuid4().hex[:6]}"}
-    again = s.exchange(cmd)
-    what = "the same key under a new correlation id"
-    if again.terminal is None:
-        return no_terminal(again, what, s.timeout)
-    changed = diff(before, fingerprint(s.workspace))
-    if changed:
-        return Verdict(
-            "fail",
-            f"{what} was executed again (cache keyed by correlation id?): {', '.join(changed[:3])}",
-            _n(again.events),
-        )
-    if not equivalent(ex.terminal_msg, again.terminal_msg):
-        return Verdict(
-            "fail",
-            f"{what} got another answer ({again.terminal_msg.get('event')} "
-            f"{again.terminal_msg.get('status')})",
-            [again.terminal.n] if again.terminal else [],
-        )
-    return Verdict("pass", f"{what}: same answer, no file touched")
-
-
-def never_refused(s: Session) -> Verdict:
-    for i in range(3):
-        ex = s.exchange(s.command())
-        if ex.terminal is None:
-            return no_terminal(ex, f"fresh command {i + 1} of 3", s.timeout)
-        v = refused(ex, f"fresh command {i + 1} of 3 (a new key)")
-        if v is not None:
-            return v
-    return Verdict("pass", "3 fresh commands in a row, each answered")
 
 
 def _open_commands(s: Session) -> tuple[list[Line], list[Line]]:
@@ -638,7 +211,7 @@ def every_correlation(s: Session) -> Verdict:
             "fail",
             f"event {m.get('event')} carries correlation {m.get('correlation_id')}, "
             "which is not a command in flight (a previous command's id?)",
-            _n(stray),
+            line_numbers(stray),
         )
     events = sum(
         ln.direction == "out" and (ln.message or {}).get("kind") == "event"
@@ -659,29 +232,9 @@ def no_second_terminal(s: Session) -> Verdict:
             "fail",
             f"a second terminal event ({m.get('event')}) for {m.get('correlation_id')}, "
             "which was already answered",
-            _n(extra),
+            line_numbers(extra),
         )
     return Verdict("pass", "every delivery of every command got exactly one terminal event")
-
-
-def conflict(s: Session) -> Verdict:
-    cmd = s.command()
-    first = s.exchange(cmd)
-    if first.terminal is None:
-        return no_terminal(first, "a command", s.timeout)
-    changed = {**s.again(cmd), "inputs": {**cmd["inputs"], "changed": True}}
-    ex = s.exchange(changed)
-    if ex.terminal is None:
-        return no_terminal(ex, "the same key with other inputs", s.timeout)
-    if ex.terminal_msg.get("event") == "error":
-        return Verdict(
-            "pass", f"rejected with error {ex.terminal_msg.get('payload', {}).get('code')}"
-        )
-    return Verdict(
-        "fail",
-        f"the same key with different inputs was answered with {ex.terminal_msg.get('event')}",
-        [ex.terminal.n] if ex.terminal else [],
-    )
 
 
 def version_mismatch(s: Session) -> Verdict:
@@ -706,10 +259,14 @@ def _bad_input(s: Session, raw: bytes, what: str) -> Verdict:
     ex = s.collect(None, s.timeout)
     if ex.terminal is None or ex.terminal_msg.get("event") != "error":
         got = ex.terminal_msg.get("event") if ex.terminal is not None else "nothing"
-        return Verdict("fail", f"{what}: expected an error event, got {got}", _n(ex.events[-2:]))
+        return Verdict(
+            "fail", f"{what}: expected an error event, got {got}", line_numbers(ex.events[-2:])
+        )
     alive = s.exchange(s.command())
     if alive.terminal is None:
-        return Verdict("fail", f"{what}: the agent stopped serving afterwards", _n(alive.events))
+        return Verdict(
+            "fail", f"{what}: the agent stopped serving afterwards", line_numbers(alive.events)
+        )
     return Verdict(
         "pass",
         f"{what}: error {ex.terminal_msg.get('payload', {}).get('code')}, and it kept serving",

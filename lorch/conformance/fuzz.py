@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lorch.conformance.checks import Session, Verdict
+from lorch.conformance.session import Session, Verdict
 from lorch.errors import UsageError
 
 REQUIRED = (

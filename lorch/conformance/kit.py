@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorch import reports
-from lorch.conformance.checks import CHECKS, CheckOutcome, ConformanceCheck, Session, Verdict
+from lorch.conformance.checks import CHECKS
+from lorch.conformance.session import CheckOutcome, ConformanceCheck, Session, Verdict
 from lorch.errors import AgentError, AgentStartError, UsageError
 
 
