@@ -208,44 +208,46 @@ def run_acp_battery(
             return not only or cid in only or cid.rsplit("-", 1)[0] in only
 
         for mode in ("bare", "lorch"):
-            cid = f"ACP-IDEMP-001-{mode}"
-            if want(cid):
-                ws = d.workspace(cid)
-                ck = Checkpoints(ws, d.root / f"{cid}.git", durable=False)
-                pre = ck.take()
-                with d.port(ws, inbox) as port:
-                    d.turn(port, inbox)
-                    if mode == "lorch":
-                        ck.restore(pre)  # what lorch does before a prompt goes out again
-                    d.turn(port, inbox)
-                outcomes.append(_outcome(cid, mode, baseline, _files(ws)))
-            cid = f"ACP-IDEMP-004-{mode}"
-            if want(cid):
-                ws = d.workspace(cid)
-                ck = Checkpoints(ws, d.root / f"{cid}.git", durable=False)
-                pre = ck.take()
-                with d.port(ws, inbox) as port:
-                    how = d.turn(port, inbox, stop_when=_first_tool_done)
-                if how != "stopped":
-                    outcomes.append(
-                        CheckOutcome(
-                            _check(cid.rsplit("-", 1)[0], mode),
-                            Verdict(
-                                "skip",
-                                f"the turn {how} before any tool call completed: nothing to cut",
-                            ),
-                        )
-                    )
-                    continue
-                if mode == "lorch":
-                    ck.restore(pre)
-                with d.port(ws, inbox) as port:
-                    d.turn(port, inbox)
-                outcomes.append(_outcome(cid, mode, baseline, _files(ws)))
+            if want(f"ACP-IDEMP-001-{mode}"):
+                outcomes.append(_resent_turn(d, inbox, mode, baseline))
+            if want(f"ACP-IDEMP-004-{mode}"):
+                outcomes.append(_cut_turn(d, inbox, mode, baseline))
     finally:
         inbox.close()
         d.close()
     return Report(outcomes, "\n".join(d.transcript) + "\n", time.monotonic() - started, [])
+
+
+def _resent_turn(d: _Driver, inbox: Inbox, mode: str, baseline: Files) -> CheckOutcome:
+    """ACP-IDEMP-001: a completed turn prompted again (after a rollback under lorch)."""
+    cid = f"ACP-IDEMP-001-{mode}"
+    ws = d.workspace(cid)
+    ck = Checkpoints(ws, d.root / f"{cid}.git", durable=False)
+    pre = ck.take()
+    with d.port(ws, inbox) as port:
+        d.turn(port, inbox)
+        if mode == "lorch":
+            ck.restore(pre)  # what lorch does before a prompt goes out again
+        d.turn(port, inbox)
+    return _outcome(cid, mode, baseline, _files(ws))
+
+
+def _cut_turn(d: _Driver, inbox: Inbox, mode: str, baseline: Files) -> CheckOutcome:
+    """ACP-IDEMP-004: a turn cut short after its first tool call, then prompted again."""
+    cid = f"ACP-IDEMP-004-{mode}"
+    ws = d.workspace(cid)
+    ck = Checkpoints(ws, d.root / f"{cid}.git", durable=False)
+    pre = ck.take()
+    with d.port(ws, inbox) as port:
+        how = d.turn(port, inbox, stop_when=_first_tool_done)
+    if how != "stopped":
+        why = f"the turn {how} before any tool call completed: nothing to cut"
+        return CheckOutcome(_check(cid.rsplit("-", 1)[0], mode), Verdict("skip", why))
+    if mode == "lorch":
+        ck.restore(pre)
+    with d.port(ws, inbox) as port:
+        d.turn(port, inbox)
+    return _outcome(cid, mode, baseline, _files(ws))
 
 
 def _outcome(cid: str, mode: str, baseline: Files, got: Files) -> CheckOutcome:

@@ -68,20 +68,7 @@ def fuzz(session: Session, *, seed: int, examples: int) -> Verdict:
     @given(commands())
     def answers_once(case: tuple[str, dict[str, Any]]) -> None:
         how, cmd = case
-        if session.agent.proc is None or session.agent.proc.poll() is not None:
-            session.start()
-        session.agent.send((json.dumps(cmd) + "\n").encode())
-        ex = session.collect(None, session.timeout)
-        problem = None
-        if ex.terminal is None:
-            problem = "no answer" + (
-                " (the agent exited)"
-                if session.agent.proc and session.agent.proc.poll() is not None
-                else ""
-            )
-        elif how != "none" and ex.terminal_msg.get("event") != "error":
-            got = ex.terminal_msg.get("event")
-            problem = f"a near-valid command ({how}) was answered {got}, not error"
+        problem = _answer_problem(session, how, cmd)
         if problem:
             failures.append((how, cmd, problem))
             raise AssertionError(problem)
@@ -92,3 +79,18 @@ def fuzz(session: Session, *, seed: int, examples: int) -> Verdict:
         _how, cmd, problem = failures[-1]  # hypothesis replays the minimal example last
         return Verdict("fail", f"{problem}; minimal input (seed {seed}): {json.dumps(cmd)[:300]}")
     return Verdict("pass", f"{examples} generated commands (seed {seed}), each answered once")
+
+
+def _answer_problem(session: Session, how: str, cmd: dict[str, Any]) -> str | None:
+    """What is wrong with the agent's answer to ``cmd`` (mutated ``how``), or None."""
+    if session.agent.proc is None or session.agent.proc.poll() is not None:
+        session.start()
+    session.agent.send((json.dumps(cmd) + "\n").encode())
+    ex = session.collect(None, session.timeout)
+    if ex.terminal is None:
+        exited = session.agent.proc is not None and session.agent.proc.poll() is not None
+        return "no answer" + (" (the agent exited)" if exited else "")
+    if how != "none" and ex.terminal_msg.get("event") != "error":
+        got = ex.terminal_msg.get("event")
+        return f"a near-valid command ({how}) was answered {got}, not error"
+    return None

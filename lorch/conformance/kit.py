@@ -84,46 +84,47 @@ def run_battery(
         from lorch.conformance.checkpointed import under_checkpoints
 
         session.agent = under_checkpoints(session.agent, session.workspace)
-    outcomes: list[CheckOutcome] = []
+    expected = expected or set()
     try:
         session.start()
         _ensure_alive(session)
-        for check in CHECKS:
-            if only and check.id not in only:
-                continue
-            try:
-                verdict = check.run(session)
-            except AgentError:
-                raise
-            except Exception as e:
-                verdict = Verdict("fail", f"check could not complete: {type(e).__name__}: {e}")
-            if (
-                session.agent.proc is not None
-                and session.agent.proc.poll() is not None
-                and check.id not in ("LIFE-001", "LIFE-002")
-            ):
-                session.start()
-            outcomes.append(
-                CheckOutcome(check, verdict, expected_failure=check.id in (expected or set()))
-            )
+        outcomes = _run_checks(session, only, expected)
         if fuzz_examples and (not only or FUZZ.id in only):
             from lorch.conformance.fuzz import fuzz
 
             if session.agent.proc is None or session.agent.proc.poll() is not None:
                 session.start()
             verdict = fuzz(session, seed=seed, examples=fuzz_examples)
-            outcomes.append(
-                CheckOutcome(FUZZ, verdict, expected_failure=FUZZ.id in (expected or set()))
-            )
+            outcomes.append(CheckOutcome(FUZZ, verdict, expected_failure=FUZZ.id in expected))
         transcript = session.agent.t.dump(session.agent.redactor)
     finally:
         session.close()
     unexpected = [
-        o.check.id
-        for o in outcomes
-        if o.check.id in (expected or set()) and o.verdict.status == "pass"
+        o.check.id for o in outcomes if o.check.id in expected and o.verdict.status == "pass"
     ]
     return Report(outcomes, transcript, time.monotonic() - started, unexpected)
+
+
+def _run_checks(session: Session, only: list[str] | None, expected: set[str]) -> list[CheckOutcome]:
+    """Every selected check in order; an agent that died in one is restarted for the next."""
+    outcomes: list[CheckOutcome] = []
+    for check in CHECKS:
+        if only and check.id not in only:
+            continue
+        try:
+            verdict = check.run(session)
+        except AgentError:
+            raise
+        except Exception as e:
+            verdict = Verdict("fail", f"check could not complete: {type(e).__name__}: {e}")
+        if (
+            session.agent.proc is not None
+            and session.agent.proc.poll() is not None
+            and check.id not in ("LIFE-001", "LIFE-002")
+        ):
+            session.start()
+        outcomes.append(CheckOutcome(check, verdict, expected_failure=check.id in expected))
+    return outcomes
 
 
 def _ensure_alive(session: Session) -> None:
