@@ -28,7 +28,7 @@ from lorch.paths import artifact_problems, missing_outputs
 from lorch.protocol import Record
 from lorch.recorder import Recorder, Sink
 from lorch.redact import Redactor
-from lorch.timing import Backoff, Watchdog
+from lorch.timing import START_GRACE_S, Backoff, Watchdog
 from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext
 from lorch.workflow import ROLE_OF, Check, Finish, Pending, Send, after_failure, next_step
 
@@ -97,7 +97,9 @@ class Engine(Recorder):
         )
         self.ports[role] = port
         interval = self.policy.heartbeat_interval(role) if port.sends_heartbeats else float("inf")
-        self.watchdogs[role] = Watchdog(self.clock, interval, self.policy.heartbeat_misses)
+        self.watchdogs[role] = Watchdog(
+            self.clock, interval, self.policy.heartbeat_misses, start_grace=START_GRACE_S
+        )
         failpoint.agent_groups[role] = port.pgid
         started: Record = {
             "role": role,
@@ -259,7 +261,7 @@ class Engine(Recorder):
         role = port.role
         timeout = self.policy.timeout(role, cmd["action"])
         watchdog = self.watchdogs[role]
-        watchdog.beat()
+        watchdog.reset()
         watchdog.arm(timeout)
         release_at = self.clock() + RECEIPT_DELAY_S if self.derived.held else None
         try:
@@ -290,7 +292,11 @@ class Engine(Recorder):
             return True
         if watchdog.unhealthy():
             misses = self.policy.heartbeat_misses
-            reason = f"no heartbeat from {role} for {misses} intervals of {watchdog.interval:g} s"
+            reason = (
+                f"no heartbeat from {role} for {misses} intervals of {watchdog.interval:g} s"
+                if watchdog.started
+                else f"no first heartbeat from {role} within {watchdog.allowance:g} s of its start"
+            )
             self.fail_attempt(cmd, reason, "heartbeat_timeout")
             self.restart(role, reason)
             return True

@@ -8,180 +8,40 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 import threading
 import time
+
+from mockagent import faults
+from mockagent import files as workspace_files
+from mockagent.schemacheck import schema_problem
+from mockagent.wire import (
+    ACTIONS,
+    ID_RE,
+    MAX_LINE,
+    SNAP_RE,
+    TASK_RE,
+    TERMINAL,
+    AgentOptions,
+    Output,
+    canonical,
+    compact,
+    echo,
+    new_id,
+    now,
+    sha256_hex,
+)
 
 # Only what the first heartbeat needs is imported up front; the rest (hashlib,
 # fcntl, random, the fixture code, jsonschema) on first use.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import random
-    from typing import IO, Any
+    from collections.abc import Callable
+    from typing import Any
 
     from mockagent.journal import Journal
-
-MAX_LINE = 262_144
-ACTIONS = ("implement", "implement_changes", "review", "update_spec", "intake", "task_discovery")
-TERMINAL = {
-    "builder.completed",
-    "review.completed",
-    "spec.updated",
-    "spec.no_changes_needed",
-    "spec.changes_requested",
-    "orchestration.proposed_tasks",
-    "orchestration.needs_clarification",
-    "orchestration.plan_conflict",
-    "error",
-}
-
-
-TASK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-ID_RE = re.compile(r".{1,256}", re.S)
-SNAP_RE = re.compile(r"snap-[0-9a-f]{12}")
-
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _echo(value: Any, pattern: re.Pattern[str]) -> str:
-    """Echo an id from a command, or "unknown" when it is not a valid one."""
-    return value if isinstance(value, str) and pattern.fullmatch(value) else "unknown"
-
-
-_second: tuple[int, str] = (-1, "")
-
-
-def now() -> str:
-    """UTC, microseconds: 2030-01-01T00:00:00.000000Z (the date part formatted once a second)."""
-    global _second
-    t = time.time()
-    sec = int(t)
-    cached = _second
-    if cached[0] != sec:
-        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    return f"{cached[1]}.{int((t - sec) * 1_000_000):06d}Z"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{os.urandom(6).hex()}"
-
-
-def sha256_hex(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-def canonical(value: Any) -> str:
-    return _canonical(value)
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data``: the content and the name are durable on return."""
-    import contextlib
-
-    from mockagent.journal import fsync_dir, makedirs
-
-    path = os.fspath(path)
-    parent = os.path.dirname(path) or "."
-    makedirs(parent)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            getattr(os, "fdatasync", os.fsync)(fd)  # the data and the size
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(parent)
-
-
-class Fatal(Exception):
-    """The agent must stop (an injected fault asked for it)."""
-
-
-class AgentOptions:
-    """What the command line decided (paths are absolute or relative strings)."""
-
-    def __init__(
-        self,
-        *,
-        role: str,
-        agent_id: str,
-        workspace: str,
-        state_dir: str,
-        fixture: dict[str, Any],
-        fixture_dir: str,
-        heartbeat_interval: float,
-        heartbeats: bool,
-        seed: int,
-        review_changes: int,
-        spec_changes: int,
-        expect_snapshot: str | None,
-        no_files: bool = False,
-    ) -> None:
-        self.role = role
-        self.agent_id = agent_id
-        self.workspace = workspace
-        self.state_dir = state_dir
-        self.fixture = fixture
-        self.fixture_dir = fixture_dir
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeats = heartbeats
-        self.seed = seed
-        self.review_changes = review_changes
-        self.spec_changes = spec_changes
-        self.expect_snapshot = expect_snapshot
-        self.no_files = no_files
-
-
-class Output:
-    """All stdout writes go through here: whole lines, under one lock, flushed."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self.stream = stream
-        self.lock = threading.Lock()
-        self.closed = False
-
-    def line(self, message: dict[str, Any]) -> None:
-        self.raw(_compact(message).encode() + b"\n")
-
-    def chunked(self, data: bytes, size: int, gap: float) -> None:
-        """One line written in pieces; the lock keeps heartbeats out of its middle."""
-        with self.lock:
-            for i in range(0, len(data), size):
-                if self.closed:
-                    return
-                try:
-                    self.stream.write(data[i : i + size])
-                    self.stream.flush()
-                except (BrokenPipeError, ValueError):
-                    self.closed = True
-                    return
-                if gap > 0:
-                    time.sleep(gap)
-
-    def raw(self, data: bytes) -> None:
-        with self.lock:
-            if self.closed:
-                return
-            try:
-                self.stream.write(data)
-                self.stream.flush()
-            except (BrokenPipeError, ValueError):
-                # The reader is gone (lorch died): finish the work at hand so it
-                # is cached and journaled, then stop at EOF on stdin.
-                self.closed = True
 
 
 class Agent:
@@ -288,8 +148,8 @@ class Agent:
         ev: dict[str, Any] = {
             "kind": "event",
             "message_id": new_id("evt"),
-            "correlation_id": _echo(corr, ID_RE),
-            "task_id": _echo(cmd.get("task_id"), TASK_RE),
+            "correlation_id": echo(corr, ID_RE),
+            "task_id": echo(cmd.get("task_id"), TASK_RE),
             "from": {"agent_type": self.o.role, "agent_id": self.o.agent_id},
             "event": kind,
             "payload": payload or {},
@@ -315,7 +175,7 @@ class Agent:
             self.out.line(ev)
             return
         # One line in small chunks with gaps: readers must reassemble lines.
-        data = _compact(ev).encode() + b"\n"
+        data = compact(ev).encode() + b"\n"
         gap = float(self.dribble.get("gap_ms", 0)) / 1000.0
         self.out.chunked(data, int(self.dribble["chunk"]), gap)
 
@@ -341,7 +201,7 @@ class Agent:
         if action not in ACTIONS:
             self.emit(self.error_event(cmd, "unknown_action", f"unknown action {action!r}"))
             return
-        problem = _schema_problem(cmd)
+        problem = schema_problem(cmd)
         if problem is not None:
             self.emit(self.error_event(cmd, "schema_violation", problem))
             return
@@ -363,103 +223,96 @@ class Agent:
 
     def execute(self, cmd: dict[str, Any]) -> None:
         ik = cmd["idempotency_key"]
-        action = cmd["action"]
-        task_id = cmd["task_id"]
         attempt = int((cmd.get("retry") or {}).get("attempt", 0))
         digest = sha256_hex(
-            canonical([action, task_id, cmd.get("inputs"), cmd.get("version")]).encode()
+            canonical(
+                [cmd["action"], cmd["task_id"], cmd.get("inputs"), cmd.get("version")]
+            ).encode()
         )
-        journal = self.journal
         self.lock_key(ik, True)
         try:
             # Another mockagent sharing the state dir may have answered it meanwhile.
-            journal.refresh()
-            cache_by = self._misbehave("cache_by") or "key"
-            if self.redo:
-                cached = None
-            elif cache_by == "key":
-                cached = journal.answer(ik)
-            else:
-                # A cache keyed by the wrong thing (and so blind to the inputs).
-                want = cmd["correlation_id"] if cache_by == "correlation" else action
-                cached = next(
-                    (
-                        a
-                        for a in reversed(list(journal.answers.values()))
-                        if a.get(cache_by) == want
-                    ),
-                    None,
-                )
-                if cached is not None:
-                    cached = {**cached, "digest": digest}
-            if cached is None and self._misbehave("refuse_new"):
-                self.new_keys[action] = self.new_keys.get(action, 0) + 1
-                if self.new_keys[action] % 2 == 0:
-                    self.emit(
-                        self.error_event(
-                            cmd, "idempotency_conflict", f"key {ik} was used before (it was not)"
-                        )
-                    )
-                    return
+            self.journal.refresh()
+            cached = self._cached(cmd, digest)
             if cached is not None:
-                if cached["digest"] != digest:
-                    self.emit(
-                        self.error_event(
-                            cmd,
-                            "idempotency_conflict",
-                            f"key {ik} was used before with different inputs",
-                        )
-                    )
-                    return
-                journal.append(ik, action, task_id, attempt, "cached")
-                self.dribble = None
-                # A replay answers this delivery: its correlation id, new ids, now.
-                corr = _echo(cmd.get("correlation_id"), ID_RE)
-                for ev in cached["events"]:
-                    self.emit(
-                        {
-                            **ev,
-                            "message_id": new_id("evt"),
-                            "correlation_id": corr,
-                            "occurred_at": now(),
-                        }
-                    )
-                if self._misbehave("second_terminal"):
-                    last = cached["events"][-1]
-                    self.emit({**last, "message_id": new_id("evt"), "correlation_id": corr})
-                return
-            self.heartbeat("busy", task_id)
-            # Bookkeeping only: the fsync of the "completed" line makes it durable too.
-            journal.append(ik, action, task_id, attempt, "started")
-            try:
-                events, shown = self.perform(cmd, attempt)
-            finally:
-                self.heartbeat("ready")
-            ok = bool(events) and events[-1]["event"] != "error"
-            # The answer is cached in the "completed" line, written once the files
-            # are durable; the terminal answer goes out only once that line is
-            # durable too: an accepted answer is never followed by a redo.
-            journal.append(
-                ik,
-                action,
-                task_id,
-                attempt,
-                "completed",
-                sync=True,
-                answer={
-                    "digest": digest,
-                    "events": events,
-                    "correlation": cmd["correlation_id"],
-                    "action": action,
-                }
-                if ok
-                else None,
-            )
-            for ev in events[shown:]:
-                self.emit(ev)
+                self._replay(cmd, cached, digest, attempt)
+            elif not self._refuses_new(cmd):
+                self._work(cmd, digest, attempt)
         finally:
             self.prev_correlation = cmd["correlation_id"]
             self.lock_key(ik, False)
+
+    def _cached(self, cmd: dict[str, Any], digest: str) -> dict[str, Any] | None:
+        """The journaled answer for ``cmd``'s key (or, misbehaving, for the wrong thing)."""
+        if self.redo:
+            return None
+        cache_by = self._misbehave("cache_by") or "key"
+        if cache_by == "key":
+            return self.journal.answer(cmd["idempotency_key"])
+        # A cache keyed by the wrong thing (and so blind to the inputs).
+        want = cmd["correlation_id"] if cache_by == "correlation" else cmd["action"]
+        answers = reversed(list(self.journal.answers.values()))
+        found = next((a for a in answers if a.get(cache_by) == want), None)
+        return {**found, "digest": digest} if found is not None else None
+
+    def _refuses_new(self, cmd: dict[str, Any]) -> bool:
+        """misbehave.refuse_new: every second new key of an action is refused."""
+        if not self._misbehave("refuse_new"):
+            return False
+        action = cmd["action"]
+        self.new_keys[action] = self.new_keys.get(action, 0) + 1
+        if self.new_keys[action] % 2:
+            return False
+        ik = cmd["idempotency_key"]
+        self.emit(
+            self.error_event(cmd, "idempotency_conflict", f"key {ik} was used before (it was not)")
+        )
+        return True
+
+    def _replay(
+        self, cmd: dict[str, Any], cached: dict[str, Any], digest: str, attempt: int
+    ) -> None:
+        ik = cmd["idempotency_key"]
+        if cached["digest"] != digest:
+            why = f"key {ik} was used before with different inputs"
+            self.emit(self.error_event(cmd, "idempotency_conflict", why))
+            return
+        self.journal.append(ik, cmd["action"], cmd["task_id"], attempt, "cached")
+        self.dribble = None
+        # A replay answers this delivery: its correlation id, new ids, now.
+        corr = echo(cmd.get("correlation_id"), ID_RE)
+        for ev in cached["events"]:
+            self.emit(
+                {**ev, "message_id": new_id("evt"), "correlation_id": corr, "occurred_at": now()}
+            )
+        if self._misbehave("second_terminal"):
+            last = cached["events"][-1]
+            self.emit({**last, "message_id": new_id("evt"), "correlation_id": corr})
+
+    def _work(self, cmd: dict[str, Any], digest: str, attempt: int) -> None:
+        ik, action, task_id = cmd["idempotency_key"], cmd["action"], cmd["task_id"]
+        self.heartbeat("busy", task_id)
+        # Bookkeeping only: the fsync of the "completed" line makes it durable too.
+        self.journal.append(ik, action, task_id, attempt, "started")
+        try:
+            events, shown = self.perform(cmd, attempt)
+        finally:
+            self.heartbeat("ready")
+        ok = bool(events) and events[-1]["event"] != "error"
+        # The answer is cached in the "completed" line, written once the files
+        # are durable; the terminal answer goes out only once that line is
+        # durable too: an accepted answer is never followed by a redo.
+        answer = {
+            "digest": digest,
+            "events": events,
+            "correlation": cmd["correlation_id"],
+            "action": action,
+        }
+        self.journal.append(
+            ik, action, task_id, attempt, "completed", sync=True, answer=answer if ok else None
+        )
+        for ev in events[shown:]:
+            self.emit(ev)
 
     def lock_key(self, ik: str, lock: bool) -> None:
         """Exclusive per key, across processes: a byte-range lock in one shared file.
@@ -497,6 +350,41 @@ class Agent:
         Non-terminal events stream out as they happen (with their delays); the
         terminal one is left for the caller to send once the work is durable.
         """
+        resp = self._rendered_response(cmd, attempt)
+        self.dribble = resp.get("dribble")
+        fault = resp.get("fault")
+        if fault and not faults.fires(self, fault, attempt, self.calls.get(cmd["action"], 1)):
+            fault = None
+        faults.delay(self, resp.get("delay_ms", 0))
+        if fault and fault.get("at", "before_files") == "before_files":
+            faults.fire(self, fault, cmd)
+        stream = _Stream(self.emit)
+        files: list[dict[str, Any]] = []  # the artifacts of the response's own files
+        written: dict[str, dict[str, Any]] = {}  # those and the placeholders, by path
+        for f in [] if self.o.no_files else resp.get("files", []):
+            art = workspace_files.write_file(self, f)
+            files.append(art)
+            written[art["path"]] = art
+            stream.add(
+                self.event(cmd, "artifact.produced", payload={"path": art["path"]}, artifacts=[art])
+            )
+        if fault and fault.get("at") == "after_files":
+            faults.fire(self, fault, cmd)
+        if resp.get("error"):
+            err = resp["error"]
+            code, msg = (
+                (err, err)
+                if isinstance(err, str)
+                else (err.get("code", "error"), err.get("message", ""))
+            )
+            stream.events.append(self.error_event(cmd, code, msg))
+            return stream.events, stream.shown
+        for spec in resp.get("events", []):
+            faults.delay(self, spec.get("delay_ms", 0))
+            stream.add(self._fixture_event(cmd, spec, files, written))
+        return stream.events, stream.shown
+
+    def _rendered_response(self, cmd: dict[str, Any], attempt: int) -> dict[str, Any]:
         from mockagent.fixture import render
 
         resp = self.response_for(cmd)
@@ -510,185 +398,42 @@ class Agent:
             "attempt": str(attempt),
             "counter": str(sum(len(keys) for keys in self.keys_by_action.values())),
         }
-        resp = render(resp, ctx)
-        self.dribble = resp.get("dribble")
-        fault = resp.get("fault")
-        if fault and not self._fault_fires(fault, attempt, self.calls.get(cmd["action"], 1)):
-            fault = None
-        self._delay(resp.get("delay_ms", 0))
-        if fault and fault.get("at", "before_files") == "before_files":
-            self.fire(fault, cmd)
-        artifacts = []
-        out: list[dict[str, Any]] = []
-        shown = 0
+        rendered: dict[str, Any] = render(resp, ctx)
+        return rendered
 
-        def stream(ev: dict[str, Any]) -> None:
-            nonlocal shown
-            out.append(ev)
-            if ev["event"] not in TERMINAL and shown == len(out) - 1:
-                self.emit(ev)
-                shown += 1
-
-        written: dict[str, dict[str, Any]] = {}
-        for f in [] if self.o.no_files else resp.get("files", []):
-            art = self.write_file(f)
-            artifacts.append(art)
-            written[art["path"]] = art
-            stream(
-                self.event(cmd, "artifact.produced", payload={"path": art["path"]}, artifacts=[art])
-            )
-        if fault and fault.get("at") == "after_files":
-            self.fire(fault, cmd)
-        if resp.get("error"):
-            err = resp["error"]
-            code, msg = (
-                (err, err)
-                if isinstance(err, str)
-                else (err.get("code", "error"), err.get("message", ""))
-            )
-            out.append(self.error_event(cmd, code, msg))
-            return out, shown
-        for spec in resp.get("events", []):
-            self._delay(spec.get("delay_ms", 0))
-            kind = spec["type"]
-            arts = spec.get("artifacts")
-            if arts is None and kind in TERMINAL and artifacts:
-                arts = artifacts
-            elif arts is not None:
-                arts = [self.fixture_artifact(a, written) for a in arts]
-            stream(
-                self.event(
-                    cmd,
-                    kind,
-                    status=spec.get("status"),
-                    payload=spec.get("payload") or {},
-                    artifacts=arts,
-                )
-            )
-        return out, shown
-
-    def _fault_fires(self, fault: dict[str, Any], attempt: int, call: int) -> bool:
-        if "attempt" in fault and fault["attempt"] != attempt:
-            return False
-        if "call" in fault and fault["call"] != call:
-            return False
-        p = fault.get("probability")
-        return not (p is not None and (p <= 0 or self.rng.random() >= p))
-
-    def _delay(self, spec: Any) -> None:
-        """Wait a fixed or random (seeded) time; heartbeats go on meanwhile."""
-        if isinstance(spec, dict) and "uniform" in spec:
-            lo, hi = spec["uniform"]
-            ms = self.rng.uniform(lo, hi)
-        elif isinstance(spec, dict) and "lognormal" in spec:
-            p = spec["lognormal"]
-            ms = min(p["cap_ms"], self.rng.lognormvariate(p["mu"], p["sigma"]))
-        else:
-            ms = float(spec or 0)
-        if ms > 0:
-            if isinstance(spec, dict):
-                self.log(f"random delay {ms:.3f} ms")
-            self.stop.wait(ms / 1000.0)
-
-    def write_file(self, spec: dict[str, Any], data: bytes | None = None) -> dict[str, Any]:
-        from pathlib import Path
-
-        from mockagent.fixture import safe_target
-
-        target = safe_target(Path(self.o.workspace), spec["path"])
-        if data is None and "content_file" in spec:
-            data = (Path(self.o.fixture_dir) / spec["content_file"]).read_bytes()
-        elif data is None:
-            data = str(spec.get("content", "")).encode()
-        atomic_write(target, data)
-        # misbehave.lie_sha256: claim the hash of other bytes than those written.
-        claimed = data + b"\0lie" if self._misbehave("lie_sha256") else data
-        return {"path": spec["path"], "sha256": "sha256:" + sha256_hex(claimed), "size": len(data)}
-
-    def fixture_artifact(
-        self, spec: dict[str, Any], written: dict[str, dict[str, Any]]
+    def _fixture_event(
+        self,
+        cmd: dict[str, Any],
+        spec: dict[str, Any],
+        files: list[dict[str, Any]],
+        written: dict[str, dict[str, Any]],
     ) -> dict[str, Any]:
-        """An artifact an event of the fixture lists: made real unless ``write`` is false.
-
-        The original fixtures name files they never wrote, with placeholder
-        checksums; such a file is written here (``size`` deterministic bytes) and
-        reported with its true sha256, so the claim holds. A file this response
-        wrote is reported as written; ``"write": false`` sends the claim as is.
-        """
-        from mockagent.fixture import FixtureError
-
-        claim: dict[str, Any] = {k: spec[k] for k in ("path", "sha256", "size") if k in spec}
-        if spec.get("write") is False or self.o.no_files:
-            return claim
-        path = str(spec["path"])
-        if path in written:
-            return written[path]
-        size = int(spec["size"])
-        pattern = f"mockagent placeholder for {path}\n".encode()
-        data = (pattern * (size // len(pattern) + 1))[:size]
-        try:
-            art = self.write_file({"path": path}, data)
-        except FixtureError as e:
-            self.log(f"fixture artifact not written, sent as claimed: {e}")
-            return claim
-        self.log(
-            f"fixture artifact {path} has no content: wrote {size} placeholder bytes, "
-            f"reported with its true {art['sha256']} (the fixture said {spec.get('sha256')})"
+        """An event the fixture lists; a terminal one without artifacts names the files written."""
+        kind = spec["type"]
+        arts = spec.get("artifacts")
+        if arts is None and kind in TERMINAL and files:
+            arts = files
+        elif arts is not None:
+            arts = [workspace_files.fixture_artifact(self, a, written) for a in arts]
+        return self.event(
+            cmd, kind, status=spec.get("status"), payload=spec.get("payload") or {}, artifacts=arts
         )
-        written[path] = art
-        return art
-
-    def fire(self, fault: dict[str, Any], cmd: dict[str, Any]) -> None:
-        kind = fault["kind"]
-        self.log(f"injecting fault {kind}")
-        if kind == "exit":
-            os._exit(int(fault.get("code", 1)))
-        elif kind == "hang":
-            self.heartbeats_on = False
-            self.stop.wait()
-            raise Fatal("hang ended by stop")
-        elif kind == "stop_heartbeats":
-            self.heartbeats_on = False
-        elif kind == "garbage":
-            self.out.raw(b"this is not json {{{\n")
-        elif kind == "oversized":
-            self.out.raw(b'{"kind":"log","pad":"' + b"x" * (MAX_LINE + 10) + b'"}\n')
-        elif kind == "half_line":
-            self.out.raw(b'{"kind":"event","message_id":"evt-')
-            os._exit(int(fault.get("code", 1)))
-        elif kind == "stderr_burst":
-            n = int(fault.get("lines", 10_000))
-            for i in range(n):
-                sys.stderr.write(f"mockagent stderr line {i}\n")
-            sys.stderr.flush()
-        elif kind == "wrong_task":
-            self.emit({**self.event(cmd, "builder.progress"), "task_id": "T-9999"})
-        elif kind == "wrong_correlation":
-            self.emit({**self.event(cmd, "builder.progress"), "correlation_id": "corr-wrong"})
 
 
-_validator: Any = None
+class _Stream:
+    """The events of one command: non-terminal ones go out as soon as they are made,
+    as long as nothing before them was held back."""
 
+    def __init__(self, emit: Callable[[dict[str, Any]], None]) -> None:
+        self.emit = emit
+        self.events: list[dict[str, Any]] = []
+        self.shown = 0
 
-def _schema_problem(cmd: dict[str, Any]) -> str | None:
-    """The first way ``cmd`` breaks the command schema (compiled on first use)."""
-    from mockagent.schemacheck import is_valid
-
-    if is_valid("command", cmd):
-        return None
-    global _validator
-    if _validator is None:
-        from jsonschema import Draft202012Validator
-
-        from mockagent.fixture import schema_file
-
-        _validator = Draft202012Validator(json.loads(schema_file("command").read_text()))
-    for err in _validator.iter_errors(cmd):
-        where = "$" + "".join(
-            f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path
-        )
-        return f"{where}: {err.message[:200]}"
-    return None
+    def add(self, ev: dict[str, Any]) -> None:
+        self.events.append(ev)
+        if ev["event"] not in TERMINAL and self.shown == len(self.events) - 1:
+            self.emit(ev)
+            self.shown += 1
 
 
 def serve(opts: AgentOptions) -> int:
@@ -723,7 +468,7 @@ def serve(opts: AgentOptions) -> int:
             continue
         try:
             agent.handle_line(line)
-        except Fatal:
+        except faults.Fatal:
             break
     agent.heartbeat("stopping")
     agent.stop.set()

@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     interval = args.heartbeat_interval or float(os.environ.get("LORCH_HEARTBEAT_INTERVAL") or 10)
     expect = fixture.get("expect_snapshot") or os.environ.get("LORCH_SNAPSHOT_ID") or None
 
-    from mockagent.agent import AgentOptions, serve
+    from mockagent.agent import serve
+    from mockagent.wire import AgentOptions
 
     opts = AgentOptions(
         role=role,

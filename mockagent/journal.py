@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 
-from mockagent.agent import now
+from mockagent.wire import now
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from mockagent.agent import TERMINAL
+from mockagent.wire import TERMINAL
 
 
 def _secrets() -> list[str]:

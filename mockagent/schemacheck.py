@@ -10,6 +10,7 @@ answer in microseconds. ``jsonschema`` is loaded only to explain a rejection.
 from __future__ import annotations
 
 import importlib
+import json
 from typing import Any
 
 
@@ -51,3 +52,25 @@ def is_valid(name: str, instance: Any) -> bool:
     except JsonSchemaException:
         return False
     return True
+
+
+_validator: Any = None
+
+
+def schema_problem(cmd: dict[str, Any]) -> str | None:
+    """The first way ``cmd`` breaks the command schema (compiled on first use)."""
+    if is_valid("command", cmd):
+        return None
+    global _validator
+    if _validator is None:
+        from jsonschema import Draft202012Validator
+
+        from mockagent.fixture import schema_file
+
+        _validator = Draft202012Validator(json.loads(schema_file("command").read_text()))
+    for err in _validator.iter_errors(cmd):
+        where = "$" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path
+        )
+        return f"{where}: {err.message[:200]}"
+    return None

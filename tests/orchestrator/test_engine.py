@@ -287,12 +287,35 @@ def test_a_command_that_times_out_is_resent_with_its_key_after_a_restart(tmp_pat
     assert 0 <= slept <= 1.0 and round(slept, 3) == restart["payload"]["delay_s"]
 
 
+def beat_once_then_silent() -> Script:
+    """The first builder heartbeats once when it gets its command, then says nothing."""
+    calls = {"n": 0}
+
+    def script(port: FakePort, cmd: dict[str, Any]) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            good(port, cmd)
+        else:
+            port.post("heartbeat")
+
+    return script
+
+
 def test_lost_heartbeats_make_the_agent_unhealthy(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, {"builder": silent_once()}, heartbeats=True)
+    rig = Rig(tmp_path, {"builder": beat_once_then_silent()}, heartbeats=True)
     assert rig.run().status == "completed"
     (failed,) = rig.events("system.command_failed")
     assert failed["payload"]["code"] == "heartbeat_timeout"
     assert failed["payload"]["reason"] == "no heartbeat from builder for 3 intervals of 10 s"
+
+
+def test_an_agent_that_never_beats_is_unhealthy_after_its_start_up_grace(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, {"builder": silent_once()}, heartbeats=True)
+    assert rig.run().status == "completed"
+    (failed,) = rig.events("system.command_failed")
+    assert failed["payload"]["code"] == "heartbeat_timeout"
+    # The policy's 3 × 10 s is more than the 10 s start-up grace: it is what counts.
+    assert failed["payload"]["reason"] == "no first heartbeat from builder within 30 s of its start"
 
 
 def test_heartbeats_keep_a_slow_agent_alive_until_its_timeout(tmp_path: Path) -> None:

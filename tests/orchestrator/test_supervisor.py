@@ -197,3 +197,18 @@ def test_an_item_posted_from_another_thread_ends_the_wait() -> None:
     finally:
         t.join()
         inbox.close()
+
+
+def test_a_starting_agent_has_a_start_up_grace_then_the_heartbeat_rule() -> None:
+    clock = FakeClock()
+    w = Watchdog(clock, interval=0.1, misses=3, start_grace=10)
+    clock.t += 9.9
+    w.reset()  # a command sent meanwhile does not end the start-up
+    assert not w.unhealthy() and w.next_check_in() == pytest.approx(10)
+    clock.t += 10.1
+    assert w.unhealthy()
+    w.beat()  # the first heartbeat: from now on, three missed intervals
+    clock.t += 0.29
+    assert not w.unhealthy()
+    clock.t += 0.02
+    assert w.unhealthy()
