@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from mockagent.wire import AgentOptions
+
 ROLES = ("builder", "reviewer", "spec_maintainer", "orchestration")
 
 
@@ -84,34 +88,10 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-
     if args_list[:1] == ["validate"]:
-        from pathlib import Path
-
-        from mockagent.fixture import FixtureError, load
-
-        if len(args_list) != 2:
-            return _fail("usage: mockagent validate FIXTURE")
-        try:
-            load(Path(args_list[1]))
-        except FixtureError as e:
-            return _fail(str(e))
-        print(f"{args_list[1]}: ok")
-        return 0
-
+        return _validate(args_list[1:])
     if args_list[:1] == ["record"]:
-        rest = args_list[1:]
-        if len(rest) < 4 or rest[0] != "--out" or rest[2] != "--":
-            return _fail("usage: mockagent record --out FIXTURE -- CMD ARGS...")
-        from pathlib import Path
-
-        from mockagent.record import record
-
-        try:
-            return record(Path(rest[1]), rest[3:])
-        except OSError as e:
-            return _fail(f"cannot run {rest[3]!r}: {e.strerror}")
-
+        return _record(args_list[1:])
     args = _parser().parse_args(args_list)
     role = args.role or os.environ.get("LORCH_ROLE")
     if role not in ROLES:
@@ -128,6 +108,50 @@ def main(argv: list[str] | None = None) -> int:
         except FixtureError as e:
             return _fail(str(e))
         fixture_dir = os.path.dirname(os.path.realpath(args.script))
+    from mockagent.agent import serve
+
+    try:
+        return serve(_options(args, role, fixture, fixture_dir))
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _validate(rest: list[str]) -> int:
+    from pathlib import Path
+
+    from mockagent.fixture import FixtureError, load
+
+    if len(rest) != 1:
+        return _fail("usage: mockagent validate FIXTURE")
+    try:
+        load(Path(rest[0]))
+    except FixtureError as e:
+        return _fail(str(e))
+    print(f"{rest[0]}: ok")
+    return 0
+
+
+def _record(rest: list[str]) -> int:
+    if len(rest) < 4 or rest[0] != "--out" or rest[2] != "--":
+        return _fail("usage: mockagent record --out FIXTURE -- CMD ARGS...")
+    from pathlib import Path
+
+    from mockagent.record import record
+
+    try:
+        return record(Path(rest[1]), rest[3:])
+    except OSError as e:
+        return _fail(f"cannot run {rest[3]!r}: {e.strerror}")
+
+
+def _options(
+    args: argparse.Namespace, role: str, fixture: dict[str, object], fixture_dir: str
+) -> AgentOptions:
+    """The agent's options: flags first, then lorch's environment, then defaults."""
+    from mockagent.wire import AgentOptions
+
     workspace = os.path.realpath(args.workspace or os.environ.get("LORCH_WORKSPACE") or os.getcwd())
     state_dir = (
         args.state_dir
@@ -136,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     interval = args.heartbeat_interval or float(os.environ.get("LORCH_HEARTBEAT_INTERVAL") or 10)
     expect = fixture.get("expect_snapshot") or os.environ.get("LORCH_SNAPSHOT_ID") or None
-
-    from mockagent.agent import serve
-    from mockagent.wire import AgentOptions
-
-    opts = AgentOptions(
+    return AgentOptions(
         role=role,
         agent_id=args.agent_id or os.environ.get("LORCH_AGENT_ID") or f"{role}#1",
         workspace=workspace,
@@ -155,12 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         expect_snapshot=str(expect) if expect else None,
         no_files=args.no_files,
     )
-    try:
-        return serve(opts)
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

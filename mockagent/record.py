@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mockagent.wire import TERMINAL
 
@@ -45,29 +45,8 @@ def record(out: Path, argv: list[str]) -> int:
     workspace = Path(os.environ.get("LORCH_WORKSPACE") or Path.cwd())
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None
-    actions: dict[str, str] = {}  # correlation id -> action
-    current: dict[str, list[dict[str, Any]]] = {}
-    responses: dict[str, list[dict[str, Any]]] = {}
-    lock = threading.Lock()
-
-    def pump_in() -> None:
-        assert proc.stdin is not None
-        for line in sys.stdin.buffer:
-            try:
-                cmd = json.loads(line)
-                if isinstance(cmd, dict) and cmd.get("kind") == "command":
-                    with lock:
-                        actions[str(cmd.get("correlation_id"))] = str(cmd.get("action"))
-            except ValueError:
-                pass
-            try:
-                proc.stdin.write(line)
-                proc.stdin.flush()
-            except BrokenPipeError:
-                break
-        proc.stdin.close()
-
-    threading.Thread(target=pump_in, daemon=True).start()
+    rec = _Recording(workspace)
+    threading.Thread(target=_pump_in, args=(proc.stdin, rec), daemon=True).start()
     for line in proc.stdout:
         sys.stdout.buffer.write(line)
         sys.stdout.buffer.flush()
@@ -75,34 +54,68 @@ def record(out: Path, argv: list[str]) -> int:
             msg = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(msg, dict) or msg.get("kind") != "event":
-            continue
+        if isinstance(msg, dict) and msg.get("kind") == "event":
+            rec.event(msg)
+    rc = proc.wait()
+    fixture = {"responses": {a: (rs[0] if len(rs) == 1 else rs) for a, rs in rec.responses.items()}}
+    out.write_text(json.dumps(_redact(fixture, _secrets()), indent=2) + "\n")
+    return rc
+
+
+class _Recording:
+    """The responses seen so far, per action, built from the agent's events."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self.lock = threading.Lock()
+        self.actions: dict[str, str] = {}  # correlation id -> action
+        self.current: dict[str, list[dict[str, Any]]] = {}
+        self.responses: dict[str, list[dict[str, Any]]] = {}
+
+    def command(self, cmd: dict[str, Any]) -> None:
+        with self.lock:
+            self.actions[str(cmd.get("correlation_id"))] = str(cmd.get("action"))
+
+    def event(self, msg: dict[str, Any]) -> None:
         corr = str(msg.get("correlation_id"))
-        with lock:
-            action = actions.get(corr)
+        with self.lock:
+            action = self.actions.get(corr)
         if action is None:
-            continue
+            return
         spec: dict[str, Any] = {"type": msg["event"]}
         for k in ("status", "payload"):
             if k in msg:
                 spec[k] = msg[k]
         if msg["event"] != "artifact.produced":
-            current.setdefault(corr, []).append(spec)
+            self.current.setdefault(corr, []).append(spec)
         else:
-            current.setdefault(corr + "#files", []).extend(
-                {"path": a["path"], "content": _read(workspace, a["path"])}
+            self.current.setdefault(corr + "#files", []).extend(
+                {"path": a["path"], "content": _read(self.workspace, a["path"])}
                 for a in msg.get("artifacts", [])
             )
         if msg["event"] in TERMINAL:
-            response: dict[str, Any] = {"events": current.pop(corr, [])}
-            files = current.pop(corr + "#files", [])
+            response: dict[str, Any] = {"events": self.current.pop(corr, [])}
+            files = self.current.pop(corr + "#files", [])
             if files:
                 response["files"] = files
-            responses.setdefault(action, []).append(response)
-    rc = proc.wait()
-    fixture = {"responses": {a: (rs[0] if len(rs) == 1 else rs) for a, rs in responses.items()}}
-    out.write_text(json.dumps(_redact(fixture, _secrets()), indent=2) + "\n")
-    return rc
+            self.responses.setdefault(action, []).append(response)
+
+
+def _pump_in(stdin: IO[bytes], rec: _Recording) -> None:
+    """Our stdin to the agent's, noting each command's action on the way."""
+    for line in sys.stdin.buffer:
+        try:
+            cmd = json.loads(line)
+            if isinstance(cmd, dict) and cmd.get("kind") == "command":
+                rec.command(cmd)
+        except ValueError:
+            pass
+        try:
+            stdin.write(line)
+            stdin.flush()
+        except BrokenPipeError:
+            break
+    stdin.close()
 
 
 def _read(workspace: Path, rel: str) -> str:
