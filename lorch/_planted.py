@@ -20,6 +20,7 @@ BUGS = frozenset(
         # Caught only by crash states derived from the system calls (powercut):
         "ledger_fsync_skipped",  # the ledger's fsync left out, its "synced" count kept
         "no_dir_fsync",  # atomic files: no fsync of the directory after rename or link
+        "reask_on_resume",
     }
 )
 

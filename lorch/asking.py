@@ -75,13 +75,13 @@ class ConsolePrompter:
                 self.tty = False
 
     def ask(self, q: Question, *, again: bool = False) -> tuple[str | None, str]:
+        if not again:
+            for line in q.shown:
+                self.say(line)
         given = None if again else self.flags.answer(q)
         if given is not None:
             self.say(f"lorch> {q.prompt} {given}  (from the command line)")
             return given, "flag"
-        if not again:
-            for line in q.shown:
-                self.say(line)
         self.out.write(f"lorch> {q.prompt} ")
         self.out.flush()
         line = self.stdin.readline()

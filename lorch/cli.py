@@ -11,6 +11,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -99,12 +100,52 @@ def cli(ctx: click.Context) -> None:
         ctx.invoke(run_cmd)
 
 
+def _answers(f: Callable[..., None]) -> Callable[..., None]:
+    """The flags that answer intake's prompts (docs/intake.md); run and resume share them."""
+    for option in reversed(
+        (
+            click.option("--instruction", help="Answer to 'What should I do?' (intake)."),
+            click.option("--plan", "plan", metavar="PATH", help="The plan to use (intake)."),
+            click.option("--tasks", metavar="all|ID,ID", help="The tasks to run (intake)."),
+            click.option("--yes", is_flag=True, help="Accept the proposal as it stands."),
+            click.option(
+                "--answer",
+                "answers",
+                multiple=True,
+                help="Answer to a clarification question, in order (repeatable).",
+            ),
+        )
+    ):
+        f = option(f)
+    return f
+
+
+def _prompter(flags: dict[str, Any]) -> Any:
+    from lorch.asking import ConsolePrompter, Flags
+
+    return ConsolePrompter(
+        Flags(
+            instruction=flags.get("instruction"),
+            plan=flags.get("plan"),
+            tasks=flags.get("tasks"),
+            yes=bool(flags.get("yes")),
+            answers=tuple(flags.get("answers") or ()),
+        )
+    )
+
+
 @cli.command("run")
 @WORKSPACE
-@click.option("--task", "task_id", help="Task id (default: task.id in lorch.json).")
+@click.option("--task", "task_id", help="Task id (default: task.id in lorch.json; none: intake).")
 @click.option("-v", "--verbose", is_flag=True, help="Also show the agents' stderr.")
-def run_cmd(workspace: Path = Path("."), task_id: str | None = None, verbose: bool = False) -> None:
-    """Start a run of a task."""
+@_answers
+def run_cmd(
+    workspace: Path = Path("."),
+    task_id: str | None = None,
+    verbose: bool = False,
+    **flags: Any,
+) -> None:
+    """Start a run of a task (with no task anywhere: ask what to do)."""
     from lorch.firstrun import prepare
     from lorch.runner import run
 
@@ -112,7 +153,7 @@ def run_cmd(workspace: Path = Path("."), task_id: str | None = None, verbose: bo
     console = _console(verbose)
     if said is not None:
         console.say(said)
-    outcome = run(workspace, task_id, console=console)
+    outcome = run(workspace, task_id, console=console, prompter=_prompter(flags))
     _finish(outcome.status, outcome.reason)
 
 
@@ -125,8 +166,13 @@ def run_cmd(workspace: Path = Path("."), task_id: str | None = None, verbose: bo
     is_flag=True,
     help="Apply a change to lorch.json's task or limits made since the run started.",
 )
+@_answers
 def resume_cmd(
-    workspace: Path, run_id: str | None, verbose: bool, accept_config_change: bool
+    workspace: Path,
+    run_id: str | None,
+    verbose: bool,
+    accept_config_change: bool,
+    **flags: Any,
 ) -> None:
     """Finish a crashed or interrupted run."""
     from lorch.runner import resume
@@ -136,6 +182,7 @@ def resume_cmd(
         run_id,
         console=_console(verbose),
         accept_config_change=accept_config_change,
+        prompter=_prompter(flags),
     )
     _finish(outcome.status, outcome.reason)
 
@@ -150,12 +197,16 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
+# What `lorch status --run` shows of intake: the decisions and where each task began.
+INTAKE_RECORDS = ("system.discovery", "system.user_decision", "system.task_started")
+
+
 @cli.command("status")
 @EXISTING_WORKSPACE
 @click.option("--run", "run_id", help="Show this run's command timeline.")
 def status_cmd(workspace: Path, run_id: str | None) -> None:
     """List the runs in the workspace, or one run's timeline."""
-    from lorch import ledger, store
+    from lorch import ledger, store, transcript
     from lorch.errors import UsageError
     from lorch.workflow import State
 
@@ -191,8 +242,20 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
             )
         elif record.get("event") in ("review.completed", "builder.completed") or str(
             record.get("event", "")
-        ).startswith(("spec.", "error")):
+        ).startswith(("spec.", "error", "orchestration.")):
             click.echo(f"{'':<16} → {record['event']} {record.get('status', '')}".rstrip())
+        elif record.get("event") in INTAKE_RECORDS:
+            shown = transcript.line(record)
+            if shown is not None:
+                click.echo(shown[1])
+    for i, task in enumerate(state.queue or []):
+        if i < state.tasks_done:
+            progress = "done"
+        elif i == state.task_index:
+            progress = state.status if state.finished else "running"
+        else:
+            progress = "not started"
+        click.echo(f"task {task.get('id')}: {progress}")
     click.echo(f"status: {state.status}" + (f" ({state.failure})" if state.failure else ""))
 
 

@@ -39,6 +39,8 @@ def stage(state: State) -> str:
         return "done"
     p = state.pending
     action = p.command["action"] if p else state.last_action
+    if state.intake.active and state.queue is None:
+        return "intake"
     return STAGES.get(str(action), "starting")
 
 
@@ -117,10 +119,11 @@ def _step_of(path: Path) -> int:
 class ReceiptWriter:
     """Writes one receipt per accepted command, never twice for the same key."""
 
-    def __init__(self, workspace: Path, run_id: str, task_id: str) -> None:
+    def __init__(self, workspace: Path, run_id: str, task_id: str | None = None) -> None:
         self.workspace = workspace
         self.run_id = run_id
-        existing = store.iter_receipts(workspace, task_id)
+        # Every task's: a run after intake has several (receipts/<task>/ each).
+        existing = store.iter_receipts(workspace)
         # Only the receipts found on disk at start: a live run accepts each key
         # once, so this need not grow (memory stays flat over long runs).
         self.steps: dict[str, int] = {
@@ -128,9 +131,16 @@ class ReceiptWriter:
             for path, data in existing
             if data.get("run_id") == run_id
         }
-        self.taken = {_step_of(path) for path, _ in existing}
-        self.next = store.next_receipt_number(workspace, task_id)
-        self.last = 0  # step of the last accepted command, in ledger order
+        # Per task (receipts/<task>/ each): numbers taken below the next free
+        # one, the next free one (found on first use), and the step of the
+        # task's last accepted command in ledger order.
+        self.taken: dict[str, set[int]] = {}
+        for path, _ in existing:
+            self.taken.setdefault(path.parent.name, set()).add(_step_of(path))
+        self.next: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        if task_id is not None:
+            self.next[task_id] = store.next_receipt_number(workspace, task_id)
 
     @property
     def done(self) -> set[str]:
@@ -146,32 +156,38 @@ class ReceiptWriter:
         is rebuilt under its own step number, the one after its predecessor's,
         when that number is free: the receipts keep the ledger's order.
         """
-        receipts: list[Record] = []
+        receipts: dict[str, list[Record]] = {}
         for p, snap in batch:
+            task = str(p.command["task_id"])
             if p.ik in self.steps:
-                self.last = self.steps[p.ik]
+                self.last[task] = self.steps[p.ik]
                 continue
             r = receipt(self.run_id, p, snap)
             if r is None:
                 continue
-            gap = self.last + 1
-            if gap < self.next and gap not in self.taken:
-                self._flush(receipts)
-                receipts = []
-                self._flush([r], start=gap)
+            gap = self.last.get(task, 0) + 1
+            if gap < self._next(task) and gap not in self.taken.get(task, set()):
+                self._flush(task, receipts.pop(task, []))
+                self._flush(task, [r], start=gap)
             else:
-                receipts.append(r)
-        self._flush(receipts)
+                receipts.setdefault(task, []).append(r)
+        for task, rs in receipts.items():
+            self._flush(task, rs)
 
-    def _flush(self, receipts: list[Record], start: int | None = None) -> None:
+    def _next(self, task: str) -> int:
+        if task not in self.next:
+            self.next[task] = store.next_receipt_number(self.workspace, task)
+        return self.next[task]
+
+    def _flush(self, task: str, receipts: list[Record], start: int | None = None) -> None:
         if not receipts:
             return
-        written = store.write_receipts(self.workspace, receipts, start=start or self.next)
+        written = store.write_receipts(self.workspace, receipts, start=start or self._next(task))
         if start is not None:  # a gap filled (rare): the only numbers below next to note
-            self.taken.update(step for _, step in written)
+            self.taken.setdefault(task, set()).update(step for _, step in written)
         if written:
-            self.last = max(step for _, step in written)
-            self.next = max(self.next, self.last + 1)
+            self.last[task] = max(step for _, step in written)
+            self.next[task] = max(self._next(task), self.last[task] + 1)
 
 
 class DerivedWriter:

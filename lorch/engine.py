@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from lorch import _planted, failpoint, protocol, provenance
+from lorch import _planted, failpoint, intake_steps, protocol, provenance
+from lorch.asking import ConsolePrompter, Prompter
 from lorch.checkpoint import TurnCheckpoints
 from lorch.derived import RECEIPT_DELAY_S
 from lorch.errors import AgentError, AuthRequired, LorchError
@@ -65,8 +66,11 @@ class Engine(Recorder):
         rng: random.Random | None = None,
         inbox: Inbox | None = None,
         turns: TurnCheckpoints | None = None,
+        prompter: Prompter | None = None,
     ) -> None:
         super().__init__(workspace, console, clock)
+        # Who answers intake's questions (docs/intake.md): flags, then stdin.
+        self.prompter: Prompter = prompter or ConsolePrompter()
         self.agents = agents
         self.redactor = redactor
         self.ports: dict[str, AgentPort] = {}
@@ -173,10 +177,13 @@ class Engine(Recorder):
                 # verdict would accept it unchecked (docs/decisions.md D26).
                 self.check(step.pending)
                 continue
-            if not started:
-                self.start_agents()
-                started = True
-            self.send(step)
+            if isinstance(step, Send):
+                if not started:
+                    self.start_agents()
+                    started = True
+                self.send(step)
+                continue
+            intake_steps.perform(self, step, self.prompter)
 
     def finish(self, step: Finish) -> Outcome:
         # Every receipt is on disk before the run's end is recorded.
@@ -184,6 +191,8 @@ class Engine(Recorder):
         if not self.state.finished:
             if step.status == "completed":
                 self.system("system.run_completed", {"reason": ""})
+            elif step.status == "aborted":
+                self.system("system.run_aborted", {"reason": step.reason})
             else:
                 self.system("system.run_failed", {"reason": step.reason})
         self.stop_agents()

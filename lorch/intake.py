@@ -305,7 +305,7 @@ def questions(s: Intake) -> list[Question]:
             id=plan_q,
             step="plan",
             prompt="Which plan should I use? [1, number, m, n to decline]",
-            shown=(*plan_lines, *task_lines),
+            shown=tuple(plan_lines),
             choices=tuple(c["path"] for c in cands),
             default="1",
         ),

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from lorch import ledger, protocol, snapshot
 from lorch.derived import Derived
+from lorch.intake import INTAKE_TASK
 from lorch.policy import RunPolicy
 from lorch.protocol import Record
 from lorch.workflow import State
@@ -105,16 +106,22 @@ class Recorder:
             sync=sync,
         )
 
-    def start_run(self, run_id: str, task: Record, policy: RunPolicy, config: Record) -> None:
+    def start_run(
+        self, run_id: str, task: Record | None, policy: RunPolicy, config: Record
+    ) -> None:
         """Record 1 of every ledger: the run, its task and the policy it runs under.
 
         ``config``: what identifies the configuration it started from
-        (``config_digest`` and ``config_parts``, see ``lorch/drift.py``).
+        (``config_digest`` and ``config_parts``, see ``lorch/drift.py``). With no
+        task the run starts with intake (docs/intake.md).
         """
-        self.state.task = task
+        started: Record = {"task": task} if task is not None else {"task": {"id": INTAKE_TASK}}
+        if task is None:
+            started["intake"] = True
+        self.state.task = started["task"]
         self.system(
             "system.run_started",
-            {"run_id": run_id, "task": task, "policy": policy.as_record(), **config},
+            {"run_id": run_id, **started, "policy": policy.as_record(), **config},
             run_id,
         )
 

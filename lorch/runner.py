@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lorch import _planted, drift, failpoint, ledger, transcript
+from lorch.asking import ConsolePrompter, Prompter
 from lorch.atomic import ensure_dir, remove_stale_temps
 from lorch.checkpoint import TurnCheckpoints
 from lorch.config import Config, ensure, load
@@ -95,13 +96,25 @@ def workspace_lock(workspace: Path) -> Iterator[None]:
 # -- entry points ---------------------------------------------------------------
 
 
-def _task(config: Config, task_id: str | None) -> dict[str, Any]:
+def _task(config: Config, task_id: str | None) -> dict[str, Any] | None:
+    """The task to run, or None: no task anywhere, so the run starts with intake.
+
+    ``--task ID`` picks a task of ``task`` / ``tasks`` (its goal and fields go to
+    the builder in ``inputs.task``); an id lorch.json does not list runs bare.
+    """
     if task_id is None:
         if config.task is None:
-            raise ConfigError(f"{config.path}: no task: pass --task ID or set $.task.id")
+            if not config.orchestration_enabled:
+                raise ConfigError(
+                    f"{config.path}: no task, and intake needs an orchestration agent: pass "
+                    "--task ID, set $.task or $.tasks, or configure $.agents.orchestration "
+                    "(enabled)"
+                )
+            return None
         return dict(config.task)
-    if config.task is not None and config.task.get("id") == task_id:
-        return dict(config.task)
+    found = config.find_task(task_id)
+    if found is not None:
+        return found
     from lorch import schemas
 
     schemas.validate("config", {**config.raw, "task": {"id": task_id}}, source="--task")
@@ -112,6 +125,7 @@ def new_engine(
     workspace: Path,
     config: Config,
     console: Console,
+    prompter: Prompter | None = None,
 ) -> Engine:
     """An engine for ``workspace`` whose agents and limits come from ``config``."""
     redactor = Redactor(secret_values(dict(os.environ), *(a.env for a in config.agents.values())))
@@ -119,7 +133,14 @@ def new_engine(
         workspace, config, redactor, on_stderr=console.say if console.verbose else None
     )
     turns = TurnCheckpoints(workspace, durable=config.policy.fsync)
-    return Engine(workspace, agents, console, redactor, turns=turns)
+    return Engine(
+        workspace,
+        agents,
+        console,
+        redactor,
+        turns=turns,
+        prompter=prompter or ConsolePrompter(out=console.out),
+    )
 
 
 def _ignore_sigint() -> None:
@@ -168,7 +189,13 @@ def _guard(runner: Engine, body: Callable[[], Outcome]) -> Outcome:
         runner.close()
 
 
-def run(workspace: Path, task_id: str | None = None, *, console: Console | None = None) -> Outcome:
+def run(
+    workspace: Path,
+    task_id: str | None = None,
+    *,
+    console: Console | None = None,
+    prompter: Prompter | None = None,
+) -> Outcome:
     console = console or Console()
     workspace = workspace.resolve()
     ensure_dir(workspace)
@@ -182,7 +209,7 @@ def run(workspace: Path, task_id: str | None = None, *, console: Console | None 
         task = _task(config, task_id)
         for role, cfg in config.agents.items():
             resolve_argv(role, cfg.cmd, (workspace / cfg.cwd) if cfg.cwd else workspace)
-        runner = new_engine(workspace, config, console)
+        runner = new_engine(workspace, config, console, prompter)
         run_id = new_run_id()
 
         def body() -> Outcome:
@@ -226,6 +253,7 @@ def resume(
     *,
     console: Console | None = None,
     accept_config_change: bool = False,
+    prompter: Prompter | None = None,
 ) -> Outcome:
     console = console or Console()
     workspace = workspace.resolve()
@@ -237,7 +265,7 @@ def resume(
         path = workspace / "events" / f"{run_id}.ndjson"
         if not path.exists():
             raise UsageError(f"{workspace}: no run {run_id} (no {path.relative_to(workspace)})")
-        runner = new_engine(workspace, config, console)
+        runner = new_engine(workspace, config, console, prompter)
         resumed = _Resume(runner, config, path, run_id, console, accept_config_change)
         return _guard(runner, resumed.body)
 
@@ -255,6 +283,10 @@ class _Resume:
         runner, state = self.runner, self.runner.state
         torn = self.open_ledger()
         runner.replay(self.path)
+        if _planted.enabled("reask_on_resume") and state.queue is None:
+            # A resume that does not trust the recorded instruction asks it again.
+            state.intake.answered.pop("instruction", None)
+            state.intake.instruction = None
         if not state.run_id:
             # The crash came before record 1 was durable: start the run afresh.
             state.run_id = self.run_id

@@ -44,6 +44,9 @@ def line(record: dict[str, Any]) -> tuple[str, str] | None:
         inputs = _obj(record.get("inputs"))
         attempt = _obj(record.get("retry")).get("attempt")
         extra = f", attempt {_num(attempt) + 1:g}" if attempt else ""
+        if record.get("action") in ("intake", "task_discovery"):
+            again = f" (attempt {_num(attempt) + 1:g})" if attempt else ""
+            return ("send", f"[lorch→orchestration] {record.get('action')}{again}")
         return (
             "send",
             f"[lorch→{_obj(record.get('to')).get('agent_type')}] {record.get('action')} "
@@ -53,6 +56,8 @@ def line(record: dict[str, Any]) -> tuple[str, str] | None:
     payload = _obj(record.get("payload"))
     who = _obj(record.get("from")).get("agent_type", "?")
     if who == "system":
+        if name == "system.user_decision":
+            return ("lorch", _decision(payload, str(record.get("status", ""))))
         return _system(name, payload)
     status = record.get("status")
     if name == "artifact.produced":
@@ -78,6 +83,18 @@ def line(record: dict[str, Any]) -> tuple[str, str] | None:
     if name.startswith("spec."):
         where = f" ({payload['notes_path']})" if payload.get("notes_path") else ""
         return ("ok", f"[{who}] {name}{where}")
+    if name == "orchestration.proposed_tasks":
+        derived = payload.get("derived_tasks")
+        tasks = (
+            [str(t.get("id")) for t in derived if isinstance(t, dict)]
+            if isinstance(derived, list)
+            else []
+        )
+        return ("agent", f"[{who}] {name}: tasks {', '.join(tasks) or '(none)'}")
+    if name == "orchestration.needs_clarification":
+        questions = payload.get("questions")
+        n = len(questions) if isinstance(questions, list) else 0
+        return ("agent", f"[{who}] {name}: {n} question(s)")
     if name == "error":
         from lorch.workflow import error_cause
 
@@ -133,11 +150,42 @@ def _system(name: str, p: dict[str, Any]) -> tuple[str, str] | None:
             f"[lorch] rolled back {p.get('restored_count', 0)} path(s) to checkpoint "
             f"{str(p.get('tree', ''))[:12]} before sending {p.get('role')}'s command again",
         )
+    if name == "system.discovery":
+        cands = _obj(p.get("metadata")).get("candidates")
+        found = [_obj(c).get("path") for c in cands] if isinstance(cands, list) else []
+        listed = ", ".join(map(str, found[:5])) + (", …" if len(found) > 5 else "")
+        return ("lorch", f"[lorch] discovery: {len(found)} plan/spec candidates ({listed})")
+    if name == "system.task_started":
+        task = _obj(p.get("task"))
+        title = f": {task['title']}" if task.get("title") else ""
+        return (
+            "lorch",
+            f"[lorch] task {_num(p.get('index')) + 1:g} of {p.get('of')}: {task.get('id')}{title}",
+        )
     if name == "system.run_completed":
         return ("ok", "[lorch] DONE")
+    if name == "system.run_aborted":
+        return ("bad", f"[lorch] ABORTED: {p.get('reason')}")
     if name in ("system.run_failed", "system.run_aborted"):
         return ("bad", f"[lorch] FAILED: {p.get('reason')}")
     return ("lorch", f"[lorch] {name}")
+
+
+def _decision(p: dict[str, Any], status: str) -> str:
+    step = p.get("step")
+    if p.get("answer") is None:
+        what = "no answer (end of input)"
+    elif p.get("more_options"):
+        what = "more options"
+    elif step == "tasks":
+        tasks = p.get("approved_tasks")
+        named = ", ".join(map(str, tasks)) if isinstance(tasks, list) else ""
+        what = f"plan {p.get('approved_plan')}, tasks {named}"
+    elif step in ("plan", "conflict") and p.get("approved_plan"):
+        what = f"plan {p.get('approved_plan')}"
+    else:
+        what = repr(p.get("answer"))
+    return f"[lorch] {step} {status}: {what} ({p.get('source')})"
 
 
 def render(record: dict[str, Any], *, color: bool) -> str | None:

@@ -49,32 +49,43 @@ def _check_ledger(path: Path, rules: Rules) -> tuple[State, dict[str, int]]:
     state = State()
     open_keys: dict[str, str] = {}
     answered: set[str] = set()
-    last_review: Record | None = None
-    spec_done = False
+    # Per task (a run after intake has several): its last review, and whether
+    # spec maintenance ended it.
+    last_review: dict[str, dict[str, Any] | None] = {}
+    spec_done: dict[str, bool] = {}
     sent_at: dict[str, int] = {}
     try:
         for n, record in enumerate(ledger.read(path, allow_torn=False), start=1):
             state.fold(record)
             if record["kind"] == "command":
                 open_keys[record["correlation_id"]] = record["idempotency_key"]
+                if record["action"] not in ("intake", "task_discovery"):
+                    last_review.setdefault(record["task_id"], None)
+                    spec_done.setdefault(record["task_id"], False)
                 sent_at[record["idempotency_key"]] = n
                 continue
             name = record.get("event")
             if name in TERMINAL_EVENTS and record.get("from", {}).get("agent_type") != "system":
                 answered.add(record["correlation_id"])
                 if name == "review.completed":
-                    last_review = record
+                    last_review[record["task_id"]] = record
                 if name in ("spec.updated", "spec.no_changes_needed"):
-                    spec_done = True
+                    spec_done[record["task_id"]] = True
     except LedgerError as e:
         rules["ledger_replays"].append(str(e))
     for corr in sorted(set(open_keys) - answered):
         rules["terminal_event_for_every_command"].append(f"command {corr} has no terminal event")
-    if last_review is None or last_review.get("status") != "approved":
-        status = None if last_review is None else last_review.get("status")
-        rules["final_review_approved"].append(f"last review.completed status is {status!r}")
-    if not spec_done:
-        rules["spec_terminal_event"].append("no spec.updated or spec.no_changes_needed event")
+    for task, review in sorted(last_review.items()) or [("", None)]:
+        of = f"task {task}: " if len(last_review) > 1 else ""
+        if review is None or review.get("status") != "approved":
+            status = None if review is None else review.get("status")
+            rules["final_review_approved"].append(f"{of}last review.completed status is {status!r}")
+    for task, done in sorted(spec_done.items()) or [("", False)]:
+        of = f"task {task}: " if len(spec_done) > 1 else ""
+        if not done:
+            rules["spec_terminal_event"].append(
+                f"{of}no spec.updated or spec.no_changes_needed event"
+            )
     return state, sent_at
 
 

@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorch import intake as intake_stage
 from lorch.canonical import canonical_json, digest, idempotency_key
+from lorch.intake import Ask, Discover, Intake
 from lorch.policy import RunPolicy, from_record
 from lorch.protocol import (
     TERMINAL_EVENTS,
@@ -47,6 +49,7 @@ class Pending:
     event_ids: list[str] = field(default_factory=list)
     failed: str | None = None  # reason of the failure of the current attempt
     failed_code: str | None = None
+    retriable: bool = True  # an error event may say that trying again is pointless
     # Workspace checkpoints (git tree ids) of a role lorch makes exactly-once:
     # before the command's first attempt, and after its accepted answer.
     pre: str | None = None
@@ -82,8 +85,17 @@ class Check:
 
 @dataclass(frozen=True)
 class Finish:
-    status: str  # completed | failed
+    status: str  # completed | failed | aborted
     reason: str
+
+
+@dataclass(frozen=True)
+class StartTask:
+    """Record ``system.task_started``: the build loop begins for ``task``."""
+
+    task: dict[str, Any]
+    index: int
+    of: int
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,7 @@ class Restart:
     n: int
 
 
-Step = Send | Check | Finish
+Step = Send | Check | Finish | StartTask | Ask | Discover
 # Records that turn down the answer in flight; anything else after it accepts it.
 REJECTIONS = ("system.artifact_rejected", "system.command_failed")
 
@@ -119,6 +131,10 @@ class State:
     agents: dict[str, dict[str, int]] = field(default_factory=dict)
     # The last pre-command checkpoint recorded, and the key it was taken for.
     checkpoint: tuple[str, str] | None = None
+    intake: Intake = field(default_factory=Intake)
+    queue: list[dict[str, Any]] | None = None  # the tasks of a multi-task run, in order
+    task_index: int = -1  # which of them is running (system.task_started)
+    tasks_done: int = 0
 
     @property
     def task_id(self) -> str:
@@ -165,6 +181,7 @@ class State:
             payload = _object(record.get("payload"))
             p.failed = error_cause(payload)
             p.failed_code = _text(payload.get("code") or "error")
+            p.retriable = payload.get("retriable") is not False
             p.terminal = None
         elif name in TERMINAL_EVENTS and p.failed is None:
             p.terminal = record
@@ -189,6 +206,27 @@ class State:
             self.task = dict(task) if isinstance(task.get("id"), str) else {}
             self.policy = from_record(_object(payload.get("policy")), RunPolicy())
             self.started_at = _text(record.get("occurred_at"))
+            self.intake.active = payload.get("intake") is True
+        elif name == "system.discovery":
+            self.intake.fold_discovery(payload)
+        elif name == "system.user_decision":
+            self._settle()  # a question is asked only about an accepted answer
+            self.intake.fold_decision(_text(record.get("status")), payload)
+            if self.intake.tasks is not None and self.queue is None:
+                self.queue = list(self.intake.tasks)
+        elif name == "system.task_started":
+            task = _object(payload.get("task"))
+            index = payload.get("index")
+            if not isinstance(task.get("id"), str) or not isinstance(index, int):
+                return
+            self._settle()
+            if self.task_index >= 0:
+                self.tasks_done += 1
+            # The build loop starts afresh for each task; counters stay per task.
+            self.task = dict(task)
+            self.task_index = index
+            self.rounds = {}
+            self.last_accepted = None
         elif name == "system.resumed":
             # A resume that accepted a changed lorch.json records what now applies.
             if isinstance(payload.get("policy"), dict):
@@ -234,6 +272,8 @@ class State:
                 p.failed_code = _text(payload.get("code", "failed"))
                 p.terminal = None
         elif name == "system.run_completed":
+            if self.task_index >= 0:
+                self.tasks_done = self.task_index + 1
             self.status = "completed"
         elif name == "system.run_failed":
             self.status = "failed"
@@ -255,6 +295,9 @@ class State:
         self.accepted += 1
         self.last_accepted = p
         self.pending = None
+        action = str(p.command["action"])
+        if action in intake_stage.ORCHESTRATION_ACTIONS:
+            self.intake.fold_answer(action, p.ik, p.terminal)
 
     def pre_checkpoint(self, ik: str) -> str | None:
         """The checkpoint recorded before command ``ik`` was first sent, if any.
@@ -357,6 +400,7 @@ def build_command(
     *,
     fresh: Fresh,
     expected: list[dict[str, Any]] | None = None,
+    correlation_id: str | None = None,
 ) -> Record:
     message_id, deadline = fresh(action)
     expected_outputs = expected or []
@@ -365,7 +409,7 @@ def build_command(
     return {
         "kind": "command",
         "message_id": message_id,
-        "correlation_id": f"corr-{state.task_id}-{state.commands + 1}",
+        "correlation_id": correlation_id or f"corr-{state.task_id}-{state.commands + 1}",
         "task_id": state.task_id,
         "idempotency_key": ik,
         "to": {"agent_type": ROLE_OF[action]},
@@ -420,6 +464,12 @@ def next_step(state: State, *, fresh: Fresh) -> Step:
     p = state.pending
     if p is not None:
         if p.failed is not None:
+            if not p.retriable:
+                return Finish(
+                    "failed",
+                    f"agent {p.role} failed {p.command['action']} for task {state.task_id} "
+                    f"(not retriable): {p.failed_code}: {p.failed}",
+                )
             max_attempts = state.policy.max_attempts
             if p.attempt + 1 >= max_attempts:
                 return Finish(
@@ -446,6 +496,48 @@ def _resend(command: Record, fresh: Fresh, attempt: int) -> Record:
 
 
 def _next_new(state: State, fresh: Fresh) -> Step:
+    if state.intake.active and state.queue is None:
+        return _next_intake(state, fresh)
+    if state.queue is not None and state.task_index < 0:
+        return _start(state, 0)
+    step = _next_build(state, fresh)
+    if (
+        isinstance(step, Finish)
+        and step.status == "completed"
+        and state.queue is not None
+        and state.task_index + 1 < len(state.queue)
+    ):
+        return _start(state, state.task_index + 1)
+    return step
+
+
+def _start(state: State, index: int) -> Step:
+    queue = state.queue or []
+    if not queue:
+        return Finish("completed", "")
+    return StartTask(queue[index], index, len(queue))
+
+
+def _next_intake(state: State, fresh: Fresh) -> Step:
+    step = intake_stage.next_intake(state.intake)
+    if isinstance(step, intake_stage.Orchestrate):
+        return Send(
+            build_command(
+                state,
+                step.action,
+                step.inputs,
+                fresh=fresh,
+                correlation_id=intake_stage.CORRELATION,
+            )
+        )
+    if isinstance(step, intake_stage.Ended):
+        return Finish(step.status, step.reason)
+    if isinstance(step, intake_stage.Approved):
+        return _start(state, 0)  # not reached: the decision sets the queue
+    return step
+
+
+def _next_build(state: State, fresh: Fresh) -> Step:
     max_rounds = state.policy.max_rounds
     answer = state.last_answer
     task = state.task_id

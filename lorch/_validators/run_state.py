@@ -41,8 +41,8 @@ def validate_https___lorch_dev_schemas_v1_run_state_v1_json(data, custom_formats
         if 'stage' in data_keys:
             data_keys.remove('stage')
             data__stage = data['stage']
-            if not (isinstance(data__stage, str) and data__stage == 'starting' or (isinstance(data__stage, str) and data__stage == 'implement') or (isinstance(data__stage, str) and data__stage == 'review') or (isinstance(data__stage, str) and data__stage == 'spec') or (isinstance(data__stage, str) and data__stage == 'done')):
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".stage must be one of ['starting', 'implement', 'review', 'spec', 'done']", value=data__stage, name='' + (name_prefix or 'data') + '.stage', rule='enum')
+            if not (isinstance(data__stage, str) and data__stage == 'starting' or (isinstance(data__stage, str) and data__stage == 'intake') or (isinstance(data__stage, str) and data__stage == 'implement') or (isinstance(data__stage, str) and data__stage == 'review') or (isinstance(data__stage, str) and data__stage == 'spec') or (isinstance(data__stage, str) and data__stage == 'done')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".stage must be one of ['starting', 'intake', 'implement', 'review', 'spec', 'done']", value=data__stage, name='' + (name_prefix or 'data') + '.stage', rule='enum')
         if 'review_round' in data_keys:
             data_keys.remove('review_round')
             data__reviewround = data['review_round']

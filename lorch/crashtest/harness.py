@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lorch import ledger, procs, scenarios, snapshot, store
+from lorch.canonical import canonical_json
 from lorch.checksum import sha256_file
 from lorch.crashtest import invariants
 from lorch.crashtest.effects import effects_problem
@@ -57,6 +58,7 @@ INVARIANTS = (
     "ledger_replays",
     "one_key_per_command",
     "effects_once",
+    "decisions_once",
     "verify",
     "files_equal",
     "receipts_match",
@@ -259,9 +261,18 @@ def journals(ws: Path) -> list[dict[str, Any]]:
     return out
 
 
+def scenario_args(scenario: Path) -> list[str]:
+    """Extra arguments a scenario gives ``lorch run`` and ``lorch resume`` (scripted answers)."""
+    args = scenarios.load(scenario).get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise UsageError(f"{scenario / scenarios.META}: $.args: expected a list of strings")
+    return args
+
+
 def run_clean(scenario: Path, ws: Path, extra_env: dict[str, str]) -> int:
     scenarios.materialize(scenario, ws)
-    return PROCS.run([*lorch_argv(), "run", "--workspace", str(ws)], _env(extra_env, None))
+    args = [*lorch_argv(), "run", "--workspace", str(ws), *scenario_args(scenario)]
+    return PROCS.run(args, _env(extra_env, None))
 
 
 def record_baseline(scenario_ref: str | Path, extra_env: dict[str, str] | None = None) -> Baseline:
@@ -422,8 +433,9 @@ def explore(point: Point, baseline: Baseline, opts: Options, workdir: Path) -> R
 def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
     if point.mode != "powercut":  # a crash state brings its own files
         scenarios.materialize(baseline.scenario, ws)
-    run_args = [*lorch_argv(), "run", "--workspace", str(ws)]
-    resume_args = [*lorch_argv(), "resume", "--workspace", str(ws)]
+    answers = scenario_args(baseline.scenario)
+    run_args = [*lorch_argv(), "run", "--workspace", str(ws), *answers]
+    resume_args = [*lorch_argv(), "resume", "--workspace", str(ws), *answers]
     if point.mode == "external":
         _external_crash(point, baseline, opts, ws, run_args)
     elif point.mode == "corrupt":
@@ -514,6 +526,19 @@ def check_receipts_before_end(ws: Path) -> None:
         )
 
 
+def check_decisions_once(recs: list[dict[str, Any]]) -> None:
+    """No question was answered twice: resume never asks what the ledger answers."""
+    seen: set[str] = set()
+    for r in recs:
+        if r.get("event") == "system.user_decision":
+            question = str((r.get("payload") or {}).get("question"))
+            if question in seen:
+                raise Broken(
+                    "decisions_once", f"the user was asked {question[:40]!r} a second time"
+                )
+            seen.add(question)
+
+
 def check_orphans(recs: list[dict[str, Any]], ws: Path) -> None:
     """No agent of a crashed run may still work once a resume has begun.
 
@@ -579,17 +604,21 @@ def check_invariants(ws: Path, baseline: Baseline) -> None:
     status = _final_status(recs)
     if status != baseline.status:
         raise Broken("completed", f"run ended {status}, baseline ended {baseline.status}")
-    corr_keys: dict[str, set[str]] = collections.defaultdict(set)
+    # A command resent keeps its key. Intake's commands share one correlation id
+    # and differ by their inputs (each answer of the user makes a new key).
+    corr_keys: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
     for r in recs:
         if r["kind"] == "command":
-            corr_keys[r["correlation_id"]].add(r["idempotency_key"])
-    for corr, keys in corr_keys.items():
+            sent = (r["correlation_id"], canonical_json([r["action"], r["inputs"]]))
+            corr_keys[sent].add(r["idempotency_key"])
+    for (corr, _), keys in corr_keys.items():
         if len(keys) > 1:
             raise Broken("one_key_per_command", f"{corr} was sent with {len(keys)} different keys")
     effects_log = scenarios.load(baseline.scenario).get("effects_log")
     problem = effects_problem(ws, recs, effects_log) if effects_log else None
     if problem:
         raise Broken("effects_once", problem)
+    check_decisions_once(recs)
     path = the_ledger(ws)
     assert path is not None
     if status == "completed":
