@@ -17,6 +17,7 @@ import pytest
 
 from lorch import intake
 from lorch.intake import Ask, Discover, interpret
+from lorch.intake_steps import system_record
 from lorch.workflow import Check, Finish, Send, StartTask, State, next_step
 
 Record = dict[str, Any]
@@ -51,19 +52,7 @@ def event(cmd: Record, name: str, payload: Record, status: str | None = None) ->
 
 
 def system(name: str, payload: Record, status: str | None = None) -> Record:
-    rec: Record = {
-        "kind": "event",
-        "message_id": f"evt-{next(_ids)}",
-        "correlation_id": intake.CORRELATION,
-        "task_id": "intake",
-        "from": {"agent_type": "system"},
-        "event": name,
-        "payload": payload,
-        "occurred_at": "2030-01-01T00:00:00Z",
-    }
-    if status is not None:
-        rec["status"] = status
-    return rec
+    return system_record(name, payload, "intake", status)
 
 
 PROPOSAL = {
