@@ -33,7 +33,9 @@ ACP_AGENTS = (
     ("gemini", ["gemini", "--experimental-acp"]),
 )
 ROLES = ("builder", "reviewer", "spec_maintainer")
-PLACEHOLDER_TASK = {"id": "T-0001", "goal": "Describe the change you want here"}
+# Intake's planner (docs/intake.md): mockagent proposes the plan files lorch
+# discovers, one task for the first, and writes nothing.
+ORCHESTRATION = {"cmd": ["mockagent", "--type", "orchestration", "--no-files"]}
 
 
 class ConfigCreated(ConfigError):
@@ -74,6 +76,7 @@ def default_config(path: str | None = None) -> tuple[dict[str, Any], str]:
             agents[role] = {"transport": "acp", "cmd": acp}
         else:
             agents[role] = {"cmd": ["mockagent", "--type", role, "--no-files"]}
+    agents["orchestration"] = dict(ORCHESTRATION)
     which = (
         f"the ACP agent `{acp[0]}` found on PATH"
         if acp is not None
@@ -84,7 +87,6 @@ def default_config(path: str | None = None) -> tuple[dict[str, Any], str]:
         "workspace_root": ".",
         "agents": agents,
         "policy": {"max_attempts": 3, "max_rounds": 10},
-        "tasks": [dict(PLACEHOLDER_TASK)],
     }
     return config, which
 
@@ -116,8 +118,10 @@ def create(workspace: Path) -> bool:
     raise ConfigCreated(
         f"no lorch.json in {workspace}: wrote {target} and changed nothing else.\n"
         f"  Its agents are {which}.\n"
-        f"  Edit $.tasks[0] (the task: id and goal) and $.agents (the agent of each role),\n"
-        f"  then run `lorch run --workspace {workspace}` again."
+        f"  Check $.agents (the agent of each role), then run `lorch run --workspace "
+        f"{workspace}` again:\n"
+        f"  it asks what to do and proposes tasks from the plan files it finds "
+        f"(or add $.tasks: id and goal)."
     )
 
 

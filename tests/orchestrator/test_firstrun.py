@@ -64,11 +64,13 @@ def test_a_populated_project_gets_only_lorch_json(tmp_path: Path, lorch: Runner)
         [".git", "README.md", "fixtures", "lorch.json", "specs", "src"]
     )
     assert "wrote" in r.stderr and "changed nothing else" in r.stderr
-    assert "$.tasks[0]" in r.stderr and f"lorch run --workspace {project}` again" in r.stderr
+    assert "$.tasks" in r.stderr and f"lorch run --workspace {project}` again" in r.stderr
+    assert "asks what to do" in r.stderr
     created = config.load(project)
     assert {a.cmd[0] for a in created.agents.values()} == {"mockagent"}
     assert all("--no-files" in a.cmd for a in created.agents.values())
-    assert created.task is not None
+    # No task: the next run starts intake, planned by an orchestrator that writes nothing.
+    assert created.task is None and created.orchestration_enabled
 
 
 def test_the_second_run_of_the_created_config_writes_no_project_file(
@@ -78,8 +80,17 @@ def test_the_second_run_of_the_created_config_writes_no_project_file(
     populate(project)
     assert lorch("run", "--workspace", str(project), env=no_acp_path()).returncode == 2
     before = snapshot(project)
-    r = lorch("run", "--workspace", str(project), env=no_acp_path())
+    r = lorch(
+        "run",
+        "--workspace",
+        str(project),
+        "--instruction",
+        "Implement specs/SPEC.md",
+        "--yes",
+        env=no_acp_path(),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "[lorch] tasks approved: plan specs/SPEC.md, tasks T-0001" in r.stdout
     after = snapshot(project)
     new = {k for k in set(after) - set(before) if k.split("/")[0] not in LORCH_DIRS}
     assert new == set()
