@@ -124,21 +124,23 @@ def check_receipts_complete(ws: Path, folded: Folded) -> None:
     if count:
         ik = next(iter(count))
         raise Broken("receipts_complete", f"a receipt names {_short(ik)}, never accepted")
-    steps = []
+    # Steps are numbered per task (receipts/<task>/): a run after intake has several.
+    by_task: dict[str, list[int]] = collections.defaultdict(list)
     for path, data in mine:
         m = re.fullmatch(r"step-(\d+)\.json", path.name)
         assert m is not None
         if data.get("step") != int(m.group(1)):
             raise Broken("receipts_complete", f"{path.name} says step {data.get('step')} inside")
-        steps.append(int(m.group(1)))
-    steps.sort()
-    if steps and steps != list(range(steps[0], steps[0] + len(steps))):
-        gap = next(s for a, s in itertools.pairwise(steps) if s != a + 1)
-        raise Broken(
-            "receipts_complete",
-            f"step numbers of run {folded.run_id} are not dense: {len(steps)} receipts, "
-            f"a gap before step {gap}",
-        )
+        by_task[path.parent.name].append(int(m.group(1)))
+    for task, steps in sorted(by_task.items()):
+        steps.sort()
+        if steps != list(range(steps[0], steps[0] + len(steps))):
+            gap = next(s for a, s in itertools.pairwise(steps) if s != a + 1)
+            raise Broken(
+                "receipts_complete",
+                f"step numbers of run {folded.run_id} for task {task} are not dense: "
+                f"{len(steps)} receipts, a gap before step {gap}",
+            )
 
 
 def check_no_stale_temp_files(ws: Path) -> None:
