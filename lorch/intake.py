@@ -119,11 +119,12 @@ class Intake:
     # -- folding ---------------------------------------------------------------
 
     def fold_discovery(self, payload: Record) -> None:
-        self.discovery = dict(payload.get("metadata") or {})
+        metadata = payload.get("metadata")
+        self.discovery = dict(metadata) if isinstance(metadata, dict) else {}
 
     def fold_decision(self, status: str, payload: Record) -> None:
-        qid = str(payload.get("question", ""))
-        if qid in self.answered:
+        qid = payload.get("question")
+        if not isinstance(qid, str) or qid in self.answered:
             return  # answered once already: the first answer stands
         decision = Decision(status, payload)
         self.answered[qid] = decision
@@ -133,21 +134,27 @@ class Intake:
             self.ended = ("aborted", f"intake {what} by the user at the {step} prompt")
             return
         if step == "instruction":
-            self.instruction = str(payload.get("answer") or "")
+            self.instruction = _text(payload.get("answer"))
         elif step == "clarification":
             self.clarifications.append(
-                {"question": payload.get("prompt", ""), "answer": payload.get("answer", "")}
+                {"question": _text(payload.get("prompt")), "answer": _text(payload.get("answer"))}
             )
         elif step == "conflict" and not payload.get("more_options"):
-            self.conflict_plan = payload.get("approved_plan")
+            plan = payload.get("approved_plan")
+            self.conflict_plan = plan if isinstance(plan, str) else None
         elif step == "tasks" and self.answer is not None:
-            self.approved_plan = payload.get("approved_plan")
-            wanted = list(payload.get("approved_tasks") or [])
+            plan = payload.get("approved_plan")
+            self.approved_plan = plan if isinstance(plan, str) else None
+            wanted = payload.get("approved_tasks")
+            answer = self.answer.get("payload")
+            derived = answer.get("derived_tasks") if isinstance(answer, dict) else None
             proposed = {
-                str(t.get("id")): t
-                for t in (self.answer.get("payload") or {}).get("derived_tasks", [])
+                t["id"]: t
+                for t in (derived if isinstance(derived, list) else [])
+                if isinstance(t, dict) and isinstance(t.get("id"), str)
             }
-            self.tasks = [task_of(proposed[i], self) for i in wanted if i in proposed]
+            chosen = wanted if isinstance(wanted, list) else []
+            self.tasks = [task_of(proposed[i], self) for i in chosen if i in proposed]
 
     def fold_answer(self, action: str, key: str, event: Record) -> None:
         """An orchestration command's terminal answer was accepted."""
@@ -157,14 +164,19 @@ class Intake:
         self.answer_key = key
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def task_of(proposed: Record, intake: Intake) -> Record:
     """The task the builder receives (``inputs.task``) for an approved derived task."""
     title = str(proposed.get("title", ""))
+    files = proposed.get("files")
     task: Record = {
         "id": str(proposed["id"]),
         "title": title,
         "goal": str(proposed.get("goal") or proposed.get("description") or title),
-        "files": [str(f) for f in proposed.get("files") or []],
+        "files": [str(f) for f in files] if isinstance(files, list) else [],
         "plan": intake.approved_plan,
         "instruction": intake.instruction,
     }

@@ -51,7 +51,7 @@ def _check_ledger(path: Path, rules: Rules) -> tuple[State, dict[str, int]]:
     answered: set[str] = set()
     # Per task (a run after intake has several): its last review, and whether
     # spec maintenance ended it.
-    last_review: dict[str, dict[str, Any] | None] = {}
+    last_review: dict[str, Record | None] = {}
     spec_done: dict[str, bool] = {}
     sent_at: dict[str, int] = {}
     try:

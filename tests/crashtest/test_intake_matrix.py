@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from lorch.crashtest import Options, crashtest
-from lorch.crashtest.harness import Broken, check_decisions_once, scenario_args
+from lorch.crashtest.harness import (
+    DEFAULT_MODES,
+    Broken,
+    check_decisions_once,
+    scenario_args,
+)
 from lorch.scenarios import resolve
 
 
@@ -29,7 +34,7 @@ def test_the_intake_scenario_scripts_its_answers() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_full_matrix_with_intake() -> None:
-    modes = ["kill", "torn", "agent", "powerloss", "double"]
+    modes = list(DEFAULT_MODES)
     baseline, results = crashtest("intake", modes, None, Options(jobs=2))
     assert len(results) == len(modes) * baseline.n
     events = [r.get("event") for r in baseline.records]
