@@ -146,13 +146,20 @@ class State:
 
     @property
     def last_answer(self) -> Record | None:
-        """The last accepted terminal event."""
-        return self.last_accepted.terminal if self.last_accepted else None
+        """The last accepted terminal event of the current task."""
+        p = self.last_accepted
+        return p.terminal if p is not None and self._current(p) else None
 
     @property
     def last_action(self) -> str | None:
-        """The action the last accepted answer answered."""
-        return str(self.last_accepted.command["action"]) if self.last_accepted else None
+        """The action the last accepted answer of the current task answered."""
+        p = self.last_accepted
+        return str(p.command["action"]) if p is not None and self._current(p) else None
+
+    def _current(self, p: Pending | None) -> bool:
+        # Each task of a multi-task run starts its build loop afresh: an answer
+        # for the task before (or for intake) is not this task's.
+        return p is not None and p.command.get("task_id") == self.task_id
 
     # -- folding ---------------------------------------------------------------
 
@@ -226,7 +233,6 @@ class State:
             self.task = dict(task)
             self.task_index = index
             self.rounds = {}
-            self.last_accepted = None
         elif name == "system.resumed":
             # A resume that accepted a changed lorch.json records what now applies.
             if isinstance(payload.get("policy"), dict):
