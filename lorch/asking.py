@@ -12,11 +12,17 @@ Where an answer comes from, in order:
 2. otherwise one line read from stdin: on a terminal after showing the prompt
    ``lorch> …``, off a terminal the same way (so ``printf '…\\n' | lorch run``
    scripts a session). End of input is a decline.
+
+While a prompt waits, the engine keeps reading its agents' output (``idle``:
+it returns once stdin is readable), so an agent that talks while the user
+thinks never blocks on a full pipe.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
@@ -50,8 +56,16 @@ class Flags:
         return None
 
 
+# Waits until a file descriptor is readable, doing other work meanwhile.
+Idle = Callable[[int], None]
+# An answer line longer than this is cut there (a file with no newline is not a hang).
+MAX_LINE = 1 << 20
+
+
 class Prompter(Protocol):
-    def ask(self, q: Question, *, again: bool = False) -> tuple[str | None, str]:
+    def ask(
+        self, q: Question, *, again: bool = False, idle: Idle | None = None
+    ) -> tuple[str | None, str]:
         """An answer to ``q`` (None at end of input) and where it came from."""
         ...
 
@@ -66,6 +80,7 @@ class ConsolePrompter:
     stdin: TextIO = field(default_factory=lambda: sys.stdin)
     out: TextIO = field(default_factory=lambda: sys.stdout)
     tty: bool | None = None
+    _buffer: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self.tty is None:
@@ -74,7 +89,9 @@ class ConsolePrompter:
             except (AttributeError, ValueError):
                 self.tty = False
 
-    def ask(self, q: Question, *, again: bool = False) -> tuple[str | None, str]:
+    def ask(
+        self, q: Question, *, again: bool = False, idle: Idle | None = None
+    ) -> tuple[str | None, str]:
         if not again:
             for line in q.shown:
                 self.say(line)
@@ -84,7 +101,7 @@ class ConsolePrompter:
             return given, "flag"
         self.out.write(f"lorch> {q.prompt} ")
         self.out.flush()
-        line = self.stdin.readline()
+        line = self._readline(idle)
         if not line:
             self.out.write("\n")
             self.out.flush()
@@ -97,6 +114,30 @@ class ConsolePrompter:
             self.out.flush()
         return text, self._source
 
+    def _readline(self, idle: Idle | None) -> str:
+        """One line of stdin ("" at its end); with ``idle``, waiting through it.
+
+        With ``idle`` the bytes are read from the file descriptor (split only on
+        ``\\n``, kept across prompts): a buffered text reader could hold the next
+        line where waiting on the descriptor would not see it.
+        """
+        fd = _fileno(self.stdin) if idle is not None else None
+        if idle is None or fd is None:
+            return self.stdin.readline()
+        while b"\n" not in self._buffer and len(self._buffer) < MAX_LINE:
+            idle(fd)
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            self._buffer += chunk
+        cut = self._buffer.find(b"\n")
+        end = cut + 1 if cut >= 0 else min(len(self._buffer), MAX_LINE)
+        line, self._buffer = self._buffer[:end], self._buffer[end:]
+        return line.decode("utf-8", errors="replace")
+
     @property
     def _source(self) -> str:
         return "tty" if self.tty else "stdin"
@@ -106,12 +147,19 @@ class ConsolePrompter:
         self.out.flush()
 
 
-def decide(prompter: Prompter, q: Question) -> Decision:
+def _fileno(stream: TextIO) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None  # not a file (a test's StringIO), or closed
+
+
+def decide(prompter: Prompter, q: Question, *, idle: Idle | None = None) -> Decision:
     """Ask until the answer is valid (end of input is always valid: a decline)."""
-    text, source = prompter.ask(q)
+    text, source = prompter.ask(q, idle=idle)
     while True:
         d = interpret(q, text, source)
         if isinstance(d, Decision):
             return d
         prompter.say(f"lorch: {d}")
-        text, source = prompter.ask(q, again=True)
+        text, source = prompter.ask(q, again=True, idle=idle)

@@ -160,6 +160,10 @@ class Engine(Recorder):
         port = self._forget(role)
         return port.kill() if port is not None else None
 
+    def wait_readable(self, fd: int) -> None:
+        """While a prompt waits for the user: agents' output is still read."""
+        self.inbox.wait_readable(fd)
+
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             self.inbox.wait(seconds, self.stop_event)  # agents' output is still read

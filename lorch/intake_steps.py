@@ -33,6 +33,10 @@ class Host(Protocol):
 
     def sync(self) -> None: ...
 
+    def wait_readable(self, fd: int) -> None:
+        """Return once ``fd`` is readable; the agents' output is read meanwhile."""
+        ...
+
 
 def system_record(name: str, payload: Record, task_id: str, status: str | None = None) -> Record:
     record: Record = {
@@ -58,7 +62,7 @@ def perform(host: Host, step: IntakeStep, prompter: Prompter) -> None:
     elif isinstance(step, Ask):
         # Everything before the question is on disk and on screen before lorch waits.
         host.sync()
-        decision = decide(prompter, step.question)
+        decision = decide(prompter, step.question, idle=host.wait_readable)
         host.append(
             system_record(
                 "system.user_decision", decision.payload, INTAKE_TASK, status=decision.status

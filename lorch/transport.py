@@ -242,6 +242,33 @@ class Inbox:
         while (left := end - time.monotonic()) > 0 and not (stop and stop.is_set()):
             self._read(min(left, 0.5))
 
+    def wait_readable(self, fd: int) -> None:
+        """Read agents' output until ``fd`` is readable (a person typing an answer).
+
+        A prompt may wait for hours: the agents started so far must not block
+        on a full pipe meanwhile. Their heartbeats are dropped (no command is
+        in flight, so no watchdog is armed), which keeps memory flat however
+        long the wait; everything else stays in the inbox for the engine.
+        """
+        ready = threading.Event()
+
+        def readable(_put: Callable[[Incoming], None]) -> bool:
+            ready.set()
+            return False
+
+        try:
+            self._selector.register(fd, selectors.EVENT_READ, readable)
+        except (OSError, ValueError, KeyError):
+            return  # a regular file or /dev/null (always readable), or a closed fd
+        try:
+            while not ready.is_set():
+                kept = len(self._items)
+                self._read(0.5)
+                fresh = [self._items.pop() for _ in range(len(self._items) - kept)]
+                self._items.extend(i for i in reversed(fresh) if i.kind != "heartbeat")
+        finally:
+            self.remove(fd)
+
     def _read(self, timeout: float) -> None:
         for key, _ in self._selector.select(max(timeout, 0.0)):
             reader: Reader | None = key.data
