@@ -289,7 +289,8 @@ class _Resume:
             state.intake.instruction = None
         if not state.run_id:
             # The crash came before record 1 was durable: start the run afresh.
-            state.run_id = self.run_id
+            # Its record 1 is folded like any other (the run id, the policy, and
+            # whether it starts with intake all come from it).
             self.start_afresh()
         if torn is not None:
             self.console.say(

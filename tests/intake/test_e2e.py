@@ -184,6 +184,25 @@ def test_resume_after_a_crash_mid_intake_asks_only_what_is_unanswered(
     assert task_commands(ws) == BOTH
 
 
+def test_resume_after_a_torn_first_record_starts_with_intake(
+    intake_ws: Callable[..., Path], lorch_in: Run
+) -> None:
+    ws = intake_ws()
+    r = lorch_in(ws, "run", stdin="Manage PLAN.md\n", env={"LORCH_CRASH_AT": "torn:1"})
+    assert r.returncode != 0
+    assert the_ledger(ws) == []  # record 1 never became whole
+    r = lorch_in(ws, "resume", "--instruction", "Manage PLAN.md", "--answer", "Hello", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert the_ledger(ws)[0]["payload"]["intake"] is True
+    assert [d["payload"]["step"] for d in decisions(ws)] == [
+        "instruction",
+        "clarification",
+        "plan",
+        "tasks",
+    ]
+    assert task_commands(ws) == BOTH
+
+
 def test_no_task_and_no_orchestration_agent_is_a_configuration_error(
     tmp_path: Path, lorch_in: Run
 ) -> None:
