@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,34 @@ def test_resume_after_a_torn_first_record_starts_with_intake(
         "plan",
         "tasks",
     ]
+    assert task_commands(ws) == BOTH
+
+
+def test_status_shows_the_decisions_and_where_each_task_stands(
+    intake_ws: Callable[..., Path], lorch_in: Run
+) -> None:
+    flags = ("--instruction", "Manage PLAN.md", "--answer", "Hello", "--yes")
+    clean = intake_ws()
+    assert lorch_in(clean, "run", *flags).returncode == 0
+    # Crash once T-2 has started (T-1 done, nothing of T-2 sent yet), in a fresh copy.
+    k = 1 + next(
+        i
+        for i, r in enumerate(the_ledger(clean))
+        if r.get("event") == "system.task_started" and r["task_id"] == "T-2"
+    )
+    shutil.rmtree(clean)
+    ws = intake_ws()
+    r = lorch_in(ws, "run", *flags, env={"LORCH_CRASH_AT": f"after:{k}"})
+    assert r.returncode != 0
+    run_id = the_ledger(ws)[0]["payload"]["run_id"]
+    status = lorch_in(ws, "status", "--run", run_id).stdout
+    assert "[lorch] instruction approved: 'Manage PLAN.md' (flag)" in status
+    assert "[lorch] clarification approved: 'Hello' (flag)" in status
+    assert "[lorch] tasks approved: plan PLAN.md, tasks T-1, T-2 (flag)" in status
+    assert "task T-1: done\ntask T-2: running\nstatus: running" in status
+    assert lorch_in(ws, "resume").returncode == 0  # every question is answered
+    status = lorch_in(ws, "status", "--run", run_id).stdout
+    assert "task T-1: done\ntask T-2: done\nstatus: completed" in status
     assert task_commands(ws) == BOTH
 
 
