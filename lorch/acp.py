@@ -57,9 +57,9 @@ from lorch.acp_turn import (
     verdict_event,
 )
 from lorch.errors import AgentError, PathEscape
+from lorch.protocol import Record
 from lorch.transport import Inbox, Incoming, Launch, SendContext
 
-Record = dict[str, Any]
 T = TypeVar("T")
 
 AUTH_REQUIRED = -32000

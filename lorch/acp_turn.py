@@ -23,9 +23,8 @@ from lorch.checksum import sha256_file
 from lorch.errors import LorchError, PathEscape, SchemaError
 from lorch.paths import safe_relpath
 from lorch.prompts import verdict_path
+from lorch.protocol import Record
 from lorch.snapshot import EXCLUDED_NAMES
-
-Record = dict[str, Any]
 
 SPEC_EVENTS = {
     "updated": "spec.updated",

@@ -11,15 +11,15 @@ built, so a crash between the two never asks the question again.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from lorch import protocol
 from lorch.asking import Prompter, decide
 from lorch.discovery import discover
 from lorch.intake import CORRELATION, INTAKE_TASK, Ask, Discover
+from lorch.protocol import Record
 from lorch.workflow import StartTask, State
 
-Record = dict[str, Any]
 IntakeStep = Discover | Ask | StartTask
 
 
