@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,30 @@ def test_scripted_session_on_stdin_runs_both_tasks(
     assert "task T-1: done\ntask T-2: done\nstatus: completed" in status.stdout
     verify = lorch_in(ws, "verify", "--run", run_id)
     assert verify.returncode == 0, verify.stdout
+
+
+def test_lorch_alone_starts_intake_too(
+    intake_ws: Callable[..., Path], lorch_bin: str, clean_env: dict[str, str]
+) -> None:
+    ws = intake_ws()
+    r = subprocess.run(
+        [lorch_bin],
+        cwd=ws,
+        input="Manage PLAN.md\nHello\n1\nall\n",
+        capture_output=True,
+        text=True,
+        env=clean_env,
+        timeout=90,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "lorch> What should I do?" in r.stdout
+    assert [d["payload"]["step"] for d in decisions(ws)] == [
+        "instruction",
+        "clarification",
+        "plan",
+        "tasks",
+    ]
+    assert task_commands(ws) == BOTH
 
 
 def test_flags_answer_everything_and_pick_tasks(
@@ -116,6 +141,22 @@ def test_more_options_then_a_plan_from_the_new_proposal(
     assert actions[:2] == ["intake", "task_discovery"]
     final = decisions(ws)[-1]["payload"]
     assert (final["approved_plan"], final["approved_tasks"]) == ("docs/other.md", ["T-5"])
+
+
+def test_the_original_projects_orchestration_fixture_drives_intake(
+    intake_ws: Callable[..., Path], lorch_in: Run
+) -> None:
+    original = Path(__file__).parent.parent / "mockagent" / "original" / "intake-proposal.json"
+    ws = intake_ws(json.loads(original.read_text()))
+    r = lorch_in(ws, "run", "--instruction", "Follow the roadmap", stdin="m\n1\n\n")
+    assert r.returncode == 0, r.stderr
+    assert "  2. docs/ideas.md (confidence 0.40)" in r.stdout
+    assert "  notes: found on a wider search" in r.stdout
+    assert "  1. T-201: Second step (src/second.py)" in r.stdout
+    actions = [x["action"] for x in the_ledger(ws) if x["kind"] == "command"]
+    assert actions[:2] == ["intake", "task_discovery"]
+    assert decisions(ws)[-1]["payload"]["approved_plan"] == "ROADMAP.md"
+    assert task_commands(ws) == [("T-201", a) for a in ("implement", "review", "update_spec")]
 
 
 def test_a_bad_answer_at_a_prompt_is_asked_again(
@@ -216,10 +257,18 @@ def test_status_shows_the_decisions_and_where_each_task_stands(
         for i, r in enumerate(the_ledger(clean))
         if r.get("event") == "system.task_started" and r["task_id"] == "T-2"
     )
+    first_intake = next(x for x in the_ledger(clean) if x.get("action") == "intake")
     shutil.rmtree(clean)
     ws = intake_ws()
     r = lorch_in(ws, "run", *flags, env={"LORCH_CRASH_AT": f"after:{k}"})
     assert r.returncode != 0
+    # The same tree and answers give the same discovery metadata, so the same key.
+    again = next(x for x in the_ledger(ws) if x.get("action") == "intake")
+    assert again["idempotency_key"] == first_intake["idempotency_key"]
+    metadata = again["inputs"]["discovery_metadata"]
+    assert metadata["strategy"] == "lorch-heuristic/1"
+    assert metadata["search_paths"] == [".", "docs", "specs", "plans"]
+    assert metadata["candidates"][0]["path"] == "PLAN.md"
     run_id = the_ledger(ws)[0]["payload"]["run_id"]
     status = lorch_in(ws, "status", "--run", run_id).stdout
     assert "[lorch] instruction approved: 'Manage PLAN.md' (flag)" in status

@@ -291,6 +291,20 @@ def test_plan_conflict_abort() -> None:
     assert len(commands(ledger)) == 1
 
 
+def test_plan_conflict_more_options_sends_task_discovery() -> None:
+    ledger, end, asked = drive(start(), {**ANSWERS, "conflict": "m"}, conflicting)
+    assert end.status == "completed"
+    actions = [c["action"] for c in commands(ledger)]
+    assert actions[:2] == ["intake", "task_discovery"]
+    disc = commands(ledger)[1]
+    assert disc["inputs"]["context"]["previous_candidates"] == ["PLAN-v2.md", "PLAN.md"]
+    assert disc["idempotency_key"] != commands(ledger)[0]["idempotency_key"]
+    conflict = next(d for d in decisions(ledger) if d["payload"]["step"] == "conflict")
+    assert conflict["payload"]["more_options"] is True
+    assert decisions(ledger)[-1]["payload"]["approved_tasks"] == ["T-9"]
+    assert len(asked) == len(set(asked))
+
+
 def test_malformed_proposal_fails_naming_agent_and_field() -> None:
     def bad(cmd: Record) -> Record:
         return event(
