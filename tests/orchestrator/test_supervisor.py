@@ -212,3 +212,41 @@ def test_a_starting_agent_has_a_start_up_grace_then_the_heartbeat_rule() -> None
     assert not w.unhealthy()
     clock.t += 0.02
     assert w.unhealthy()
+
+
+def test_waiting_for_a_readable_fd_keeps_the_inbox_draining(tmp_path: Path) -> None:
+    # A prompt waits on stdin through the inbox: items posted meanwhile are
+    # taken in (heartbeats dropped, the rest kept), and the wait ends once the
+    # descriptor is readable.
+    import threading
+
+    from lorch.transport import Incoming
+
+    inbox = Inbox()
+    r, w = os.pipe()
+    beat, exited = Incoming("builder", 1, "heartbeat"), Incoming("builder", 1, "exit")
+    posted = threading.Event()
+
+    def agent_then_user() -> None:
+        for _ in range(1000):
+            inbox.post(beat)
+        inbox.post(exited)
+        posted.set()
+        os.write(w, b"1\n")  # the user answers only after the agent said all that
+
+    t = threading.Thread(target=agent_then_user)
+    t.start()
+    try:
+        inbox.wait_readable(r)
+        assert posted.is_set() and os.read(r, 10) == b"1\n"
+        assert inbox.get(timeout=0) is exited
+        assert inbox.get(timeout=0) is None
+        # A descriptor epoll cannot wait on (a regular file) is readable at once.
+        (tmp_path / "answers").write_text("2\n")
+        with open(tmp_path / "answers", "rb") as f:
+            inbox.wait_readable(f.fileno())
+    finally:
+        t.join()
+        os.close(r)
+        os.close(w)
+        inbox.close()
