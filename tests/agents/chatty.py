@@ -2,7 +2,8 @@
 """An agent that talks while nobody asked it anything: plain Python, no lorch imports.
 
 Usage: chatty.py ROLE GO DONE. Once the file GO exists it writes 512 KiB of valid
-heartbeats to stdout (far more than a pipe holds), then creates DONE. If lorch
+heartbeats to stdout and as much text to stderr (far more than a pipe holds),
+then creates DONE. If lorch
 stops reading its stdout, the writes block and DONE never appears. Then it
 reads stdin until EOF and answers nothing.
 """
@@ -35,7 +36,9 @@ while not os.path.exists(GO):
 line = (beat(0) + "\n").encode()
 for seq in range((512 << 10) // len(line) + 1):
     sys.stdout.buffer.write((beat(seq) + "\n").encode())
+    sys.stderr.write(f"still here ({seq})\n" + "." * len(line) + "\n")
 sys.stdout.flush()
+sys.stderr.flush()
 with open(DONE, "w") as f:
     f.write("all written\n")
 for _ in sys.stdin:
