@@ -147,9 +147,16 @@ class Engine(Recorder):
         super().system(name, self.redactor.value(payload), correlation_id, sync=sync)
 
     def start_agents(self) -> None:
-        """Start every configured role up front, so their start-up overlaps."""
+        """Start every configured role the run still needs up front, so their start-up overlaps.
+
+        The orchestration agent is needed only until intake has decided (a run
+        with a task, or one resumed after the decision, never asks it again).
+        """
         configured = self.agents.roles()
+        intake = self.state.intake.active and self.state.queue is None
         for role in ROLES:
+            if role == "orchestration" and not intake:
+                continue
             if role in configured and role not in self.ports:
                 try:
                     self.agent(role)

@@ -276,6 +276,13 @@ def test_status_shows_the_decisions_and_where_each_task_stands(
     assert "[lorch] tasks approved: plan PLAN.md, tasks T-1, T-2 (flag)" in status
     assert "task T-1: done\ntask T-2: running\nstatus: running" in status
     assert lorch_in(ws, "resume").returncode == 0  # every question is answered
+    # Intake has decided: the resume does not start the orchestration agent.
+    records = the_ledger(ws)
+    resumed = next(i for i, x in enumerate(records) if x.get("event") == "system.resumed")
+    started = [
+        x["payload"]["role"] for x in records[resumed:] if x.get("event") == "system.agent_started"
+    ]
+    assert sorted(started) == ["builder", "reviewer", "spec_maintainer"]
     status = lorch_in(ws, "status", "--run", run_id).stdout
     assert "task T-1: done\ntask T-2: done\nstatus: completed" in status
     assert task_commands(ws) == BOTH
@@ -317,7 +324,11 @@ def test_task_from_the_tasks_list_reaches_the_builder(
     (ws / "lorch.json").write_text(json.dumps(cfg))
     r = lorch_in(ws, "run", "--task", "T-2")
     assert r.returncode == 0, r.stderr
-    assert not decisions(ws)  # a task is named: no intake
+    assert not decisions(ws)  # a task is named: no intake, and no orchestration agent
+    started = [
+        x["payload"]["role"] for x in the_ledger(ws) if x.get("event") == "system.agent_started"
+    ]
+    assert "orchestration" not in started
     implement = next(x for x in the_ledger(ws) if x.get("action") == "implement")
     assert implement["inputs"]["task"] == {
         "id": "T-2",
