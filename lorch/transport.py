@@ -246,9 +246,10 @@ class Inbox:
         """Read agents' output until ``fd`` is readable (a person typing an answer).
 
         A prompt may wait for hours: the agents started so far must not block
-        on a full pipe meanwhile. Their heartbeats are dropped (no command is
-        in flight, so no watchdog is armed), which keeps memory flat however
-        long the wait; everything else stays in the inbox for the engine.
+        on a full pipe meanwhile. Of their heartbeats one per agent is kept
+        (it says the agent has started; no command is in flight, so no
+        watchdog counts the others), which keeps memory flat however long the
+        wait; everything else stays in the inbox for the engine.
         """
         ready = threading.Event()
 
@@ -260,12 +261,18 @@ class Inbox:
             self._selector.register(fd, selectors.EVENT_READ, readable)
         except (OSError, ValueError, KeyError):
             return  # a regular file or /dev/null (always readable), or a closed fd
+        beating = {(i.role, i.generation) for i in self._items if i.kind == "heartbeat"}
         try:
             while not ready.is_set():
                 kept = len(self._items)
                 self._read(0.5)
                 fresh = [self._items.pop() for _ in range(len(self._items) - kept)]
-                self._items.extend(i for i in reversed(fresh) if i.kind != "heartbeat")
+                for item in reversed(fresh):
+                    if item.kind == "heartbeat":
+                        if (item.role, item.generation) in beating:
+                            continue
+                        beating.add((item.role, item.generation))
+                    self._items.append(item)
         finally:
             self.remove(fd)
 

@@ -216,8 +216,8 @@ def test_a_starting_agent_has_a_start_up_grace_then_the_heartbeat_rule() -> None
 
 def test_waiting_for_a_readable_fd_keeps_the_inbox_draining(tmp_path: Path) -> None:
     # A prompt waits on stdin through the inbox: items posted meanwhile are
-    # taken in (heartbeats dropped, the rest kept), and the wait ends once the
-    # descriptor is readable.
+    # taken in (one heartbeat per agent, the rest all), and the wait ends once
+    # the descriptor is readable.
     import threading
 
     from lorch.transport import Incoming
@@ -225,11 +225,13 @@ def test_waiting_for_a_readable_fd_keeps_the_inbox_draining(tmp_path: Path) -> N
     inbox = Inbox()
     r, w = os.pipe()
     beat, exited = Incoming("builder", 1, "heartbeat"), Incoming("builder", 1, "exit")
+    other = Incoming("reviewer", 1, "heartbeat")
     posted = threading.Event()
 
     def agent_then_user() -> None:
         for _ in range(1000):
             inbox.post(beat)
+            inbox.post(other)
         inbox.post(exited)
         posted.set()
         os.write(w, b"1\n")  # the user answers only after the agent said all that
@@ -239,8 +241,7 @@ def test_waiting_for_a_readable_fd_keeps_the_inbox_draining(tmp_path: Path) -> N
     try:
         inbox.wait_readable(r)
         assert posted.is_set() and os.read(r, 10) == b"1\n"
-        assert inbox.get(timeout=0) is exited
-        assert inbox.get(timeout=0) is None
+        assert [inbox.get(timeout=0) for _ in range(4)] == [beat, other, exited, None]
         # A descriptor epoll cannot wait on (a regular file) is readable at once.
         (tmp_path / "answers").write_text("2\n")
         with open(tmp_path / "answers", "rb") as f:
