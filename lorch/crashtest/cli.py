@@ -112,13 +112,6 @@ class Progress:
     show_default=True,
     help="Folder that relative SCENARIO and report paths are taken from.",
 )
-@click.option(
-    "--skip-invariant",
-    "skip",
-    multiple=True,
-    type=click.Choice(["no_stale_temp_files"]),
-    help="Do not count this invariant (a known gap being fixed elsewhere).",
-)
 def crashtest(
     scenario: str,
     modes: str,
@@ -131,7 +124,6 @@ def crashtest(
     torn_bytes: str,
     cuts: str,
     fail_fast: bool,
-    skip: tuple[str, ...],
     workspace: Path = Path("."),
 ) -> None:
     """Crash SCENARIO at every ledger offset in every mode, resume, check invariants.
@@ -154,7 +146,6 @@ def crashtest(
         torn_bytes=torn_bytes,
         cuts=cuts,
         fail_fast=fail_fast,
-        skip_invariants=frozenset(skip),
     )
     if jobs is not None:
         opts.jobs = jobs

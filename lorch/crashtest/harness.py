@@ -69,6 +69,8 @@ INVARIANTS = (
     "no_command_after_answer",
     "commands_match_baseline",
     "receipts_complete",
+    "receipts_write_once",
+    "snapshot_once",
     "no_stale_temp_files",
     "stops_on_corruption",
     "receipts_before_end",
@@ -138,10 +140,6 @@ class Options:
     torn_bytes: str = "edges"  # powercut: torn appends at edges|all byte offsets
     cuts: str = "all"  # powercut: all states, or only those losing every unsynced op
     fail_fast: bool = False  # stop starting points after the first failure
-    # Invariants whose failure is not counted. Only for a known, tracked gap (the
-    # mutation bench skips no_stale_temp_files until resume sweeps temp files, #14);
-    # it must be the last invariant checked, since the ones after it are not.
-    skip_invariants: frozenset[str] = frozenset()
     offline: Any = None  # powercut: the recorded trace and its states (syscalls.Offline)
 
 
@@ -418,8 +416,7 @@ def explore(point: Point, baseline: Baseline, opts: Options, workdir: Path) -> R
     try:
         _explore(point, baseline, opts, ws)
     except Broken as b:
-        if b.invariant not in opts.skip_invariants:
-            result.verdict, result.invariant, result.detail = "fail", b.invariant, b.detail
+        result.verdict, result.invariant, result.detail = "fail", b.invariant, b.detail
     result.seconds = time.monotonic() - started
     if result.verdict == "fail" and opts.keep_failed is not None:
         dest = opts.keep_failed / ws.name
@@ -444,11 +441,17 @@ def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
     elif point.mode == "powercut":
         from lorch.crashtest import syscalls
 
-        syscalls.materialize_state(opts.offline, point.offset, ws)
+        cut = syscalls.materialize_state(opts.offline, point.offset, ws)
+        for at, what in opts.offline.rewrites:
+            if at < cut.prefix:
+                raise Broken(
+                    "receipts_write_once", f"operation {at + 1} of the recorded trace: {what}"
+                )
         check_receipts_before_end(ws)
     else:
         PROCS.run(run_args, _env(opts.extra_env, f"{FAILPOINT[point.mode]}:{point.offset}"))
     check_write_ahead(ws)
+    receipts = invariants.receipt_files(ws)
     if point.mode == "double" and _final_status(read_records(ws)) == "running":
         path = the_ledger(ws)
         n = ledger.scan(path).records if path is not None else 0
@@ -461,7 +464,7 @@ def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
         rc = PROCS.run(args, _env(opts.extra_env, None))
         if rc != -signal.SIGKILL:
             break
-    check_invariants(ws, baseline)
+    check_invariants(ws, baseline, receipts)
 
 
 def _corrupt_middle_line(
@@ -596,7 +599,11 @@ def _acp_roles(ws: Path) -> set[str]:
     return {role for role, spec in agents.items() if spec.get("transport") == "acp"}
 
 
-def check_invariants(ws: Path, baseline: Baseline) -> None:
+def check_invariants(
+    ws: Path, baseline: Baseline, receipts_before: dict[str, bytes] | None = None
+) -> None:
+    """Every invariant of a resumed run. ``receipts_before``: the receipt files
+    the crash left (read before the first resume), which must survive unchanged."""
     try:
         recs = read_records(ws, strict=True)
     except LedgerError as e:
@@ -666,6 +673,8 @@ def check_invariants(ws: Path, baseline: Baseline) -> None:
     folded = invariants.fold(recs)
     invariants.check_commands_match_baseline(recs, baseline.records)
     invariants.check_receipts_complete(ws, folded)
+    invariants.check_receipts_write_once(ws, receipts_before or {})
+    invariants.check_snapshot_once(recs, baseline.records)
     invariants.check_no_stale_temp_files(ws)
 
 

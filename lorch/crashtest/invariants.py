@@ -9,6 +9,7 @@ workspace's file names) and fold the ledger with the workflow's own reducer, so
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -153,3 +154,58 @@ def check_no_stale_temp_files(ws: Path) -> None:
         for p in sorted(base.rglob(".*")):
             if TEMP_NAME.match(p.name):
                 raise Broken("no_stale_temp_files", f"{p.relative_to(ws)} left behind")
+
+
+def check_snapshot_once(recs: list[Record], baseline: list[Record]) -> None:
+    """The run's snapshot is recorded once, and it is the baseline's.
+
+    Keys are derived from the snapshot taken at the start of the run; a resume
+    must reuse the recorded one. A second ``system.snapshot`` (even one the
+    reducer ignores) claims the run started from another workspace.
+    """
+
+    def snaps(rs: list[Record]) -> list[str]:
+        return [
+            str((r.get("payload") or {}).get("snapshot_id"))
+            for r in rs
+            if r.get("event") == "system.snapshot"
+        ]
+
+    got, want = snaps(recs), snaps(baseline)
+    if len(got) != 1:
+        raise Broken(
+            "snapshot_once",
+            f"the ledger records {len(got)} snapshots ({', '.join(got) or 'none'}); "
+            "a run has one, and resume reuses it",
+        )
+    if got != want:
+        raise Broken(
+            "snapshot_once",
+            f"the run's snapshot is {got[0]}, the baseline's {', '.join(want) or 'none'}",
+        )
+
+
+def receipt_files(ws: Path) -> dict[str, bytes]:
+    """Every receipt file on disk (relative path → bytes), read before a resume."""
+    out: dict[str, bytes] = {}
+    base = ws / "receipts"
+    if base.is_dir():
+        for p in sorted(base.glob("*/step-*.json")):
+            with contextlib.suppress(OSError):
+                out[str(p.relative_to(ws))] = p.read_bytes()
+    return out
+
+
+def check_receipts_write_once(ws: Path, before: dict[str, bytes]) -> None:
+    """A receipt on disk before a resume is there, byte for byte, after it.
+
+    Receipts are write-once: a step number, once taken, is never rewritten,
+    replaced or removed (a rebuilt receipt goes to a free number).
+    """
+    after = receipt_files(ws)
+    for rel, data in before.items():
+        now = after.get(rel)
+        if now is None:
+            raise Broken("receipts_write_once", f"{rel} was there before resume, gone after")
+        if now != data:
+            raise Broken("receipts_write_once", f"{rel} was rewritten by resume")

@@ -524,6 +524,55 @@ def distinct_states(trace: Trace, torn_bytes: str = "edges") -> tuple[int, list[
     return n, out
 
 
+_RECEIPT = re.compile(r"^receipts/[^/]+/step-\d+\.json$")
+
+
+def receipt_rewrites(trace: Trace) -> list[tuple[int, str]]:
+    """Operations of the trace that could destroy a receipt: (op index, what).
+
+    A receipt is write-once, so its name must be created exclusively (a link
+    of a finished temp file, which fails on a taken name). A rename onto a
+    receipt name replaces whatever the name held, a write to a receipt already
+    in place changes it, an unlink removes it: each is reported, whether or not
+    the name happened to be free in the recorded run (single-writer outcomes
+    cannot tell a replacing create from an exclusive one; the call can).
+    """
+    paths: dict[int, str] = {trace.root: ""}
+    stack = [trace.root]
+    while stack:
+        ino = stack.pop()
+        for name, child in trace.initial[ino].entries.items():
+            node = trace.initial.get(child)
+            if node is not None and node.is_dir:
+                paths[child] = f"{paths[ino]}{name}/"
+                stack.append(child)
+    dirs = {op.obj for op in trace.ops if op.kind in ("entry", "dirsync")}
+    placed: dict[int, str] = {}
+    out: list[tuple[int, str]] = []
+    for i, op in enumerate(trace.ops):
+        if op.kind in ("write", "trunc") and op.obj in placed:
+            out.append((i, f"{placed[op.obj]} was written after it was in place"))
+            continue
+        if op.kind != "entry" or op.entry is None:
+            continue
+        action, name, ino, _, _ = op.entry
+        base = paths.get(op.obj)
+        if base is None:
+            continue
+        rel = base + name
+        if ino in dirs and action != "unlink":
+            paths[ino] = rel + "/"
+        if not _RECEIPT.match(rel):
+            continue
+        if action == "rename":
+            out.append((i, f"{rel} was put in place by a rename, which replaces a taken name"))
+        elif action == "unlink":
+            out.append((i, f"{rel} was removed"))
+        else:
+            placed[ino] = rel
+    return out
+
+
 # -- exploring them ------------------------------------------------------------------
 
 _PID = re.compile(rb'("(?:pid|pgid)":\s*)(\d+)')
@@ -574,6 +623,8 @@ class Offline:
     states: list[Cut]
     seconds_enumerating: float
     chosen: list[int]  # numbers (1-based) of the states to explore; numbering is of all
+    # Operations that could destroy a receipt (receipt_rewrites), found once per trace.
+    rewrites: list[tuple[int, str]] = field(default_factory=list)
 
 
 CUTS = ("all", "lost")
@@ -598,7 +649,7 @@ def prepare(
     n, distinct = distinct_states(trace, torn_bytes)
     states = order(trace, distinct)
     chosen = [i for i, c in enumerate(states, start=1) if which == "all" or c.keep == ((-1, 0),)]
-    return Offline(trace, n, states, time.monotonic() - started, chosen)
+    return Offline(trace, n, states, time.monotonic() - started, chosen, receipt_rewrites(trace))
 
 
 def materialize_state(off: Offline, k: int, ws: Path) -> Cut:

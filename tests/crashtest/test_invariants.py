@@ -162,17 +162,70 @@ def test_resume_removes_stale_temp_files(tmp_path: Path) -> None:
     invariants.check_no_stale_temp_files(ws)
 
 
-def test_a_skipped_invariant_is_not_counted(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    from lorch.crashtest import harness
+def test_snapshot_recorded_twice_or_another_one(ws: Path) -> None:
+    recs = read_records(ws)
+    invariants.check_snapshot_once(recs, recs)
+    snap = next(r for r in recs if r.get("event") == "system.snapshot")
+    # A resume that took a snapshot of its own: the reducer ignores it, the ledger does not.
+    again = copy.deepcopy(snap)
+    again["payload"]["snapshot_id"] = "snap-000000000000"
+    resumed = [*recs[:-1], again, recs[-1]]
+    with pytest.raises(Broken) as e:
+        invariants.check_snapshot_once(resumed, recs)
+    assert e.value.invariant == "snapshot_once"
+    assert "records 2 snapshots" in e.value.detail
+    # The same snapshot recorded again is a second snapshot all the same.
+    with pytest.raises(Broken, match="records 2 snapshots"):
+        invariants.check_snapshot_once([*recs, copy.deepcopy(snap)], recs)
+    other = [again if r is snap else r for r in recs]
+    with pytest.raises(Broken, match="snapshot is snap-000000000000, the baseline's snap-"):
+        invariants.check_snapshot_once(other, recs)
 
-    def broken(*_: Any) -> None:
-        raise Broken("no_stale_temp_files", "state/.x.tmp-1-00000000 left behind")
 
-    monkeypatch.setattr(harness, "_explore", broken)
-    base = harness.Baseline(tmp_path, [{"kind": "command", "action": "implement"}], {}, "completed")
-    point = harness.Point(1, "kill")
-    assert harness.explore(point, base, harness.Options(), tmp_path).verdict == "fail"
-    skip = harness.Options(skip_invariants=frozenset({"no_stale_temp_files"}))
-    assert harness.explore(point, base, skip, tmp_path).verdict == "pass"
+def test_receipt_rewritten_or_removed_by_resume(ws: Path) -> None:
+    before = invariants.receipt_files(ws)
+    assert len(before) == 3
+    invariants.check_receipts_write_once(ws, before)
+    first = ws / sorted(before)[0]
+    body = json.loads(first.read_text())
+    body["completed_at"] = "2030-01-01T00:00:00Z"
+    first.write_text(json.dumps(body))
+    with pytest.raises(Broken) as e:
+        invariants.check_receipts_write_once(ws, before)
+    assert e.value.invariant == "receipts_write_once"
+    assert e.value.detail == f"{sorted(before)[0]} was rewritten by resume"
+    first.unlink()
+    with pytest.raises(Broken, match="was there before resume, gone after"):
+        invariants.check_receipts_write_once(ws, before)
+
+
+def test_a_receipt_put_in_place_by_rename_is_reported() -> None:
+    from lorch.crashtest import syscalls as S
+
+    # root(1) holds receipts(2) holding T(3); a receipt temp file (4) is written,
+    # synced, and linked into place (write-once), then another (5) renamed into place.
+    root = S.Inode(1, True, entries={"receipts": 2})
+    initial = {1: root, 2: S.Inode(2, True, entries={"T": 3}), 3: S.Inode(3, True)}
+    linked = [
+        S.Op("entry", 3, entry=("link", ".step-1.json.tmp-1-ab", 4, 0, "")),
+        S.Op("write", 4, data=b"{}"),
+        S.Op("fsync", 4),
+        S.Op("entry", 3, entry=("link", "step-1.json", 4, 0, "")),
+        S.Op("entry", 3, entry=("unlink", ".step-1.json.tmp-1-ab", 0, 0, "")),
+        S.Op("dirsync", 3),
+    ]
+    assert S.receipt_rewrites(S.Trace(1, initial, linked, Path("/nowhere"))) == []
+    renamed = [
+        *linked,
+        S.Op("entry", 3, entry=("link", ".step-2.json.tmp-1-cd", 5, 0, "")),
+        S.Op("write", 5, data=b"{}"),
+        S.Op("entry", 3, entry=("rename", "step-2.json", 5, 3, ".step-2.json.tmp-1-cd")),
+        S.Op("write", 4, offset=2, data=b"\n"),
+        S.Op("entry", 3, entry=("unlink", "step-1.json", 0, 0, "")),
+    ]
+    got = S.receipt_rewrites(S.Trace(1, initial, renamed, Path("/nowhere")))
+    assert got == [
+        (8, "receipts/T/step-2.json was put in place by a rename, which replaces a taken name"),
+        (9, "receipts/T/step-1.json was written after it was in place"),
+        (10, "receipts/T/step-1.json was removed"),
+    ]

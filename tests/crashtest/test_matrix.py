@@ -11,18 +11,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 MODES = ["kill", "torn", "agent", "powerloss", "double", "corrupt"]
-# Coupled to #14 (resume removes stale temp files): until it lands, a crash
-# during an atomic write of a derived file leaves a temp file behind, which this
-# invariant rightly reports. Such points make the test xfail, naming them; any
-# other failure fails it. When #14 is on main, this set can go.
-AWAITING_14 = {"no_stale_temp_files"}
 
 
 def assert_no_failures(results: list[Result]) -> None:
     failed = [f"{r.point.name}: {r.invariant}: {r.detail}" for r in results if r.verdict == "fail"]
-    assert [f for f in failed if f.split(": ")[1] not in AWAITING_14] == []
-    if failed:
-        pytest.xfail(f"awaiting #14: {'; '.join(failed)}")
+    assert failed == []
 
 
 @pytest.mark.timeout(900)

@@ -99,21 +99,15 @@ def test_recording_replays_to_the_workspace_the_run_left(tmp_path: Path) -> None
         for name in filenames:
             real[str((Path(dirpath) / name).relative_to(ws))] = (Path(dirpath) / name).read_bytes()
     assert final == real
-
-
-# Coupled to #14 (see test_matrix.py): until resume removes stale temp files,
-# that invariant fails at some points whatever the bug; it is left out here.
-AWAITING_14 = {"no_stale_temp_files"}
+    # Receipts are linked into place, never renamed: nothing could destroy one.
+    assert S.receipt_rewrites(trace) == []
+    assert any(op.entry is not None and op.entry[1] == "step-1.json" for op in trace.ops)
 
 
 def _failures(bug: str, modes: list[str], opts: Options) -> dict[str, str]:
     opts.extra_env = {"LORCH_PLANT_BUG": bug} if bug else {}
     _, results = crashtest("happy-path", modes, None, opts)
-    return {
-        r.point.name: r.invariant
-        for r in results
-        if r.verdict == "fail" and r.invariant not in AWAITING_14
-    }
+    return {r.point.name: r.invariant for r in results if r.verdict == "fail"}
 
 
 @needs_strace
