@@ -107,6 +107,47 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def _shared_baseline(scenario: str, env: dict[str, str], record: Callable[..., Any]) -> Any:
+    """The scenario's baseline, recorded once per test run: pytest-xdist's
+    workers of one run (same ``PYTEST_XDIST_TESTRUNUID``) share it through a
+    file, the first to get the lock records it. Alone, a session records its own.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run or not run.isalnum():
+        return record(scenario, env)
+    import fcntl
+    import hashlib
+    import json
+    import tempfile
+
+    from lorch.crashtest.harness import Baseline
+
+    name = hashlib.sha256(json.dumps([scenario, sorted(env.items())]).encode()).hexdigest()[:16]
+    base = Path(tempfile.gettempdir()) / f"lorch-baselines-{run}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    path = base / f"{name}.json"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return Baseline(Path(data["scenario"]), data["records"], data["files"], data["status"])
+        b = record(scenario, env)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "scenario": str(b.scenario),
+                    "records": b.records,
+                    "files": b.files,
+                    "status": b.status,
+                }
+            ),
+            encoding="utf-8",
+        )
+        os.replace(tmp, path)
+        return b
+
+
 class CrashPoint:
     """One crash point of a scenario: ``explore()`` crashes, resumes, checks."""
 
@@ -116,9 +157,15 @@ class CrashPoint:
         self.env = env
 
     def explore(self, workdir: Path) -> Any:
+        """Crash, resume, check. The point runs in the harness's scratch folder
+        (RAM when there is one); a failed point's workspace is kept in ``workdir``."""
+        import tempfile
+
         from lorch.crashtest.harness import Options, explore
 
-        return explore(self.point, self.baseline, Options(jobs=1, extra_env=self.env), workdir)
+        opts = Options(jobs=1, extra_env=self.env, keep_failed=workdir)
+        with tempfile.TemporaryDirectory(prefix="lorch-point-", dir=opts.scratch) as tmp:
+            return explore(self.point, self.baseline, opts, Path(tmp))
 
     def __repr__(self) -> str:
         return f"CrashPoint({self.point.name})"
@@ -135,7 +182,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     env = dict(marker.kwargs.get("env") or {})
     key = (scenario, tuple(sorted(env.items())))
     if key not in _baselines:
-        _baselines[key] = record_baseline(scenario, env)
+        _baselines[key] = _shared_baseline(scenario, env, record_baseline)
     baseline = _baselines[key]
     chosen = points(baseline, modes, marker.kwargs.get("offsets"))
     metafunc.parametrize(

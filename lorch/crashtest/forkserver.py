@@ -28,7 +28,16 @@ from typing import Any
 from lorch.errors import LorchError
 
 # lorch.acp: the ACP SDK is slow to import, and a scenario with ACP roles needs it in every run.
-PRELOAD = ("lorch.cli", "lorch.runner", "lorch.verify", "lorch.transcript", "lorch.acp")
+# The tools' CLIs: lorch.cli.main registers them at every start.
+PRELOAD = (
+    "lorch.cli",
+    "lorch.runner",
+    "lorch.verify",
+    "lorch.transcript",
+    "lorch.acp",
+    "lorch.crashtest.cli",
+    "lorch.conformance.cli",
+)
 
 
 def _child(args: list[str], env: dict[str, str], close: tuple[int, ...]) -> None:

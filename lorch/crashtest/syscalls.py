@@ -512,16 +512,31 @@ def write_state(files: dict[str, bytes | None], ws: Path) -> None:
 
 def distinct_states(trace: Trace, torn_bytes: str = "edges") -> tuple[int, list[Cut]]:
     """(cuts enumerated, one cut per distinct state, in order)."""
-    seen: set[str] = set()
+    n, out, _ = counted_states(trace, torn_bytes)
+    return n, out
+
+
+def counted_states(
+    trace: Trace, torn_bytes: str = "edges"
+) -> tuple[int, list[Cut], dict[Cut, int]]:
+    """:func:`distinct_states`, with how many enumerated cuts each one stands for.
+
+    Cuts that leave byte-identical files (names, contents, directories) give
+    resume the same input, so one exploration answers for all of them.
+    """
+    seen: dict[str, Cut] = {}
+    covers: dict[Cut, int] = {}
     out: list[Cut] = []
     n = 0
     for cut in cuts(trace, torn_bytes):
         n += 1
         d = digest(materialize(trace, cut))
-        if d not in seen:
-            seen.add(d)
+        first = seen.get(d)
+        if first is None:
+            seen[d] = first = cut
             out.append(cut)
-    return n, out
+        covers[first] = covers.get(first, 0) + 1
+    return n, out, covers
 
 
 _RECEIPT = re.compile(r"^receipts/[^/]+/step-\d+\.json$")
@@ -625,6 +640,12 @@ class Offline:
     chosen: list[int]  # numbers (1-based) of the states to explore; numbering is of all
     # Operations that could destroy a receipt (receipt_rewrites), found once per trace.
     rewrites: list[tuple[int, str]] = field(default_factory=list)
+    # For each distinct state, how many enumerated cuts leave exactly its files.
+    covers: dict[Cut, int] = field(default_factory=dict)
+
+    def covered(self, numbers: list[int]) -> int:
+        """Enumerated states answered by exploring the given distinct states."""
+        return sum(self.covers.get(self.states[k - 1], 1) for k in numbers)
 
 
 CUTS = ("all", "lost")
@@ -646,10 +667,12 @@ def prepare(
 
     trace = record(scenario_ref, env, workdir)
     started = time.monotonic()
-    n, distinct = distinct_states(trace, torn_bytes)
+    n, distinct, covers = counted_states(trace, torn_bytes)
     states = order(trace, distinct)
     chosen = [i for i, c in enumerate(states, start=1) if which == "all" or c.keep == ((-1, 0),)]
-    return Offline(trace, n, states, time.monotonic() - started, chosen, receipt_rewrites(trace))
+    return Offline(
+        trace, n, states, time.monotonic() - started, chosen, receipt_rewrites(trace), covers
+    )
 
 
 def materialize_state(off: Offline, k: int, ws: Path) -> Cut:

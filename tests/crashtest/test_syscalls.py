@@ -66,6 +66,12 @@ def test_cuts_cover_prefixes_losses_and_torn_bytes() -> None:
     assert n == len(cuts) and len(distinct) < n
     digests = {S.digest(S.materialize(t, c)) for c in distinct}
     assert len(digests) == len(distinct)
+    # Each enumerated cut is answered by exactly one distinct state: the one with its files.
+    _, same, covers = S.counted_states(t, "all")
+    assert same == distinct and sum(covers.values()) == n
+    for c in distinct:
+        d = S.digest(S.materialize(t, c))
+        assert covers[c] == sum(S.digest(S.materialize(t, x)) == d for x in cuts)
 
 
 def test_recorded_pids_are_disarmed() -> None:
