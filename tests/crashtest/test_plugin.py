@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -55,16 +57,65 @@ def test_other():
 """
 
 
-def test_crash_points_run_under_xdist(pytester: pytest.Pytester) -> None:
-    # Each worker records the baseline and collects the same points (their ids
-    # depend only on the scenario), so xdist can hand them out.
+COUNT_BASELINES = """
+import os
+
+from lorch.crashtest import harness
+
+_record = harness.record_baseline
+
+
+def counted(*args, **kwargs):
+    with open(os.environ["BASELINES_LOG"], "a") as f:
+        f.write(os.environ.get("PYTEST_XDIST_WORKER", "main") + "\\n")
+    return _record(*args, **kwargs)
+
+
+harness.record_baseline = counted
+"""
+
+
+def test_crash_points_run_under_xdist(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every worker collects the same points (their ids depend only on the
+    # scenario), so xdist can hand them out; the baseline they need for that is
+    # recorded once per run, by whichever worker locks it first.
     pytester.makepyfile(test_points=POINTS)
+    pytester.makeconftest(COUNT_BASELINES)
+    log = pytester.path / "baselines.log"
+    monkeypatch.setenv("BASELINES_LOG", str(log))
     result = pytester.runpytest_subprocess("-p", "lorch", "-n", "2", "-v")
     result.assert_outcomes(passed=7)
     out = result.stdout.str()
     assert "[gw0]" in out and "[gw1]" in out
     for name in ("kill@6", "kill@7", "kill@10", "torn@6", "torn@7", "torn@10"):
         assert f"test_point[{name}]" in out
+    assert len(log.read_text().split()) == 1, log.read_text()
+
+
+FAILING = """
+import pytest
+
+
+@pytest.mark.lorch_crashpoints(
+    "happy-path", modes=["kill"], offsets=[7], env={"LORCH_PLANT_BUG": "new_key_on_resend"}
+)
+def test_point(lorch_crash_point, tmp_path):
+    result = lorch_crash_point.explore(tmp_path)
+    print("KEPT", result.workspace)
+    assert result.verdict == "fail"
+"""
+
+
+def test_a_failed_point_keeps_its_workspace_in_tmp_path(pytester: pytest.Pytester) -> None:
+    # The point runs in the scratch folder; only a failure is copied to the test's folder.
+    pytester.makepyfile(test_points=FAILING)
+    result = pytester.runpytest_subprocess("-p", "lorch", "-s")
+    result.assert_outcomes(passed=1)
+    kept = Path(next(ln.split()[-1] for ln in result.stdout.lines if "KEPT " in ln))
+    assert kept.is_relative_to(pytester.path), kept  # the inner test's tmp_path
+    assert list((kept / "events").glob("run-*.ndjson"))
 
 
 SHARDED = """
