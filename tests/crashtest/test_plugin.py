@@ -75,6 +75,8 @@ harness.record_baseline = counted
 """
 
 
+# A nested session with its own workers: a hang guard sized for a loaded machine.
+@pytest.mark.timeout(600)
 def test_crash_points_run_under_xdist(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
