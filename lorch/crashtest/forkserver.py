@@ -162,8 +162,11 @@ class ForkServer:
         """Fork ``lorch ARGS`` with ``env``; return its pid (also its process group)."""
         assert self._proc.stdin is not None
         with self._send_lock:
-            self._proc.stdin.write(json.dumps({"args": args, "env": env}).encode() + b"\n")
-            self._proc.stdin.flush()
+            try:
+                self._proc.stdin.write(json.dumps({"args": args, "env": env}).encode() + b"\n")
+                self._proc.stdin.flush()
+            except OSError:  # it is gone (a broken pipe): say why
+                raise self._stopped() from None
             pid = self._pids.get()
         if pid is None:
             raise self._stopped()
@@ -180,6 +183,8 @@ class ForkServer:
             return None
 
     def _stopped(self) -> LorchError:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(5)  # its last words are all written once it has exited
         self._stderr.seek(0)
         lines = self._stderr.read().decode(errors="replace").strip().splitlines()
         why = f": {lines[-1]}" if lines else ""
