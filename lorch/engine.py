@@ -23,6 +23,7 @@ from pathlib import Path
 from lorch import _planted, failpoint, intake_steps, protocol, provenance
 from lorch.asking import ConsolePrompter, Prompter
 from lorch.checkpoint import TurnCheckpoints
+from lorch.commands import ROLE_OF
 from lorch.derived import RECEIPT_DELAY_S
 from lorch.errors import AgentError, AuthRequired, LorchError
 from lorch.paths import artifact_problems, missing_outputs
@@ -31,7 +32,7 @@ from lorch.recorder import Recorder, Sink
 from lorch.redact import Redactor
 from lorch.timing import START_GRACE_S, Backoff, Watchdog
 from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext
-from lorch.workflow import ROLE_OF, Check, Finish, Pending, Send, after_failure, next_step
+from lorch.workflow import Check, Finish, Pending, Send, after_failure, next_step
 
 # How long an agent's event may wait for the next one to share its fsync
 # (group commit); a terminal event is made durable with the command that follows.

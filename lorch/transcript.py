@@ -96,7 +96,7 @@ def line(record: dict[str, Any]) -> tuple[str, str] | None:
         n = len(questions) if isinstance(questions, list) else 0
         return ("agent", f"[{who}] {name}: {n} question(s)")
     if name == "error":
-        from lorch.workflow import error_cause
+        from lorch.commands import error_cause
 
         return ("bad", f"[{who}] error {payload.get('code', 'error')}: {error_cause(payload)}")
     if name == "log" and isinstance(payload.get("message"), str):

@@ -16,28 +16,18 @@ The loop (MASTER-SPEC §4.2):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lorch import intake as intake_stage
-from lorch.canonical import canonical_json, digest, idempotency_key
+from lorch.commands import ROLE_OF, Fresh, answer_digest, build_command, error_cause, resend
 from lorch.intake import Ask, Discover, Intake
 from lorch.policy import RunPolicy, from_record
 from lorch.protocol import (
     TERMINAL_EVENTS,
     Record,
 )
-
-ROLE_OF = {
-    "implement": "builder",
-    "implement_changes": "builder",
-    "review": "reviewer",
-    "update_spec": "spec_maintainer",
-    "intake": "orchestration",
-    "task_discovery": "orchestration",
-}
-PRIORITY = 5
 
 
 @dataclass
@@ -382,24 +372,7 @@ def after_failure(state: State, role: str, reason: str) -> Restart | Finish:
     return Restart(role, n + 1)
 
 
-def answer_digest(event: Record) -> str:
-    """What a loop command answers, as a digest: a pure function of the ledger."""
-    return digest(
-        {
-            "event": event.get("event"),
-            "status": event.get("status"),
-            "payload": event.get("payload", {}),
-            "artifacts": event.get("artifacts", []),
-        }
-    )
-
-
-# A fresh message id and deadline for a command of the given action. Asked for
-# only when a command is built: deciding to check an answer costs nothing.
-Fresh = Callable[[str], tuple[str, str]]
-
-
-def build_command(
+def _command(
     state: State,
     action: str,
     inputs: dict[str, Any],
@@ -408,59 +381,17 @@ def build_command(
     expected: list[dict[str, Any]] | None = None,
     correlation_id: str | None = None,
 ) -> Record:
-    message_id, deadline = fresh(action)
-    expected_outputs = expected or []
-    snapshot_id = state.snapshot_id or ""  # next_step asks for a snapshot first
-    ik = idempotency_key(action, state.task_id, snapshot_id, inputs, expected_outputs)
-    return {
-        "kind": "command",
-        "message_id": message_id,
-        "correlation_id": correlation_id or f"corr-{state.task_id}-{state.commands + 1}",
-        "task_id": state.task_id,
-        "idempotency_key": ik,
-        "to": {"agent_type": ROLE_OF[action]},
-        "action": action,
-        "inputs": inputs,
-        "expected_outputs": expected_outputs,
-        "version": {"snapshot_id": snapshot_id},
-        "deadline": deadline,
-        "retry": {"attempt": 0, "max_attempts": state.policy.max_attempts},
-        "priority": PRIORITY,
-    }
-
-
-CAUSE_LEN = 400
-
-
-def error_cause(payload: Any) -> str:
-    """The words of an ``error`` event, for failure lines and the transcript.
-
-    ``message`` and ``error`` (agents use either), then ``details`` and where
-    (``file``, ``line``), on one line of at most :data:`CAUSE_LEN` characters.
-    Payloads are redacted before they reach the ledger, so this is too.
-    """
-    if not isinstance(payload, dict):
-        return "error event"
-    said: list[str] = []
-    for key in ("message", "error"):
-        v = payload.get(key)
-        if isinstance(v, str) and v.strip() and v.strip() not in said:
-            said.append(v.strip())
-    text = "; ".join(said)
-    details = payload.get("details")
-    if details not in (None, "", [], {}):
-        try:
-            shown = details if isinstance(details, str) else canonical_json(details)
-        except (TypeError, ValueError):  # not JSON lorch can write: its repr
-            shown = repr(details)
-        text = f"{text} ({shown})" if text else shown
-    where = payload.get("file")
-    if isinstance(where, str) and where:
-        line = payload.get("line")
-        where += f":{line}" if isinstance(line, int) and not isinstance(line, bool) else ""
-        text = f"{text} at {where}" if text else f"at {where}"
-    text = " ".join(text.split()) or "error event"
-    return text if len(text) <= CAUSE_LEN else text[: CAUSE_LEN - 1] + "…"
+    return build_command(
+        action,
+        inputs,
+        task_id=state.task_id,
+        snapshot_id=state.snapshot_id or "",  # next_step asks for a snapshot first
+        number=state.commands + 1,
+        max_attempts=state.policy.max_attempts,
+        fresh=fresh,
+        expected=expected,
+        correlation_id=correlation_id,
+    )
 
 
 def next_step(state: State, *, fresh: Fresh) -> Step:
@@ -483,22 +414,12 @@ def next_step(state: State, *, fresh: Fresh) -> Step:
                     f"agent {p.role} failed {p.command['action']} for task {state.task_id} "
                     f"after {p.attempt + 1} attempts: {p.failed_code}: {p.failed}",
                 )
-            return Send(_resend(p.command, fresh, p.attempt + 1), resend=True)
+            return Send(resend(p.command, fresh, p.attempt + 1), resend=True)
         if p.terminal is not None:
             return Check(p)
         # Sent but never answered (lorch or the agent died): send it again, same key.
-        return Send(_resend(p.command, fresh, p.attempt), resend=True)
+        return Send(resend(p.command, fresh, p.attempt), resend=True)
     return _next_new(state, fresh)
-
-
-def _resend(command: Record, fresh: Fresh, attempt: int) -> Record:
-    message_id, deadline = fresh(str(command["action"]))
-    return {
-        **command,
-        "message_id": message_id,
-        "deadline": deadline,
-        "retry": {**command["retry"], "attempt": attempt},
-    }
 
 
 def _next_new(state: State, fresh: Fresh) -> Step:
@@ -528,7 +449,7 @@ def _next_intake(state: State, fresh: Fresh) -> Step:
     step = intake_stage.next_intake(state.intake)
     if isinstance(step, intake_stage.Orchestrate):
         return Send(
-            build_command(
+            _command(
                 state,
                 step.action,
                 step.inputs,
@@ -551,7 +472,7 @@ def _next_build(state: State, fresh: Fresh) -> Step:
     def make(
         action: str, inputs: dict[str, Any], expected: list[dict[str, Any]] | None = None
     ) -> Step:
-        return Send(build_command(state, action, inputs, fresh=fresh, expected=expected))
+        return Send(_command(state, action, inputs, fresh=fresh, expected=expected))
 
     def builder_round() -> int:
         return state.rounds.get("implement", 0) + state.rounds.get("implement_changes", 0) + 1
