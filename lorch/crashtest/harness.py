@@ -38,7 +38,7 @@ from lorch.crashtest import invariants
 from lorch.crashtest.effects import effects_problem
 from lorch.crashtest.forkserver import ForkServer
 from lorch.crashtest.invariants import Broken
-from lorch.errors import LedgerError, UsageError
+from lorch.errors import LedgerError, StorageError, UsageError
 from lorch.launch import PRIVATE_VARS, with_scripts_path
 from lorch.procs import group_alive
 from lorch.workflow import replay
@@ -544,7 +544,10 @@ def check_receipts_before_end(ws: Path) -> None:
     if _final_status(recs) == "running":
         return
     folded = invariants.fold(recs)
-    have = {data.get("idempotency_key") for _, data in store.iter_receipts(ws)}
+    try:
+        have = {data.get("idempotency_key") for _, data in store.iter_receipts(ws)}
+    except StorageError as e:  # a receipt's name survived its data: a verdict, not a crash
+        raise Broken("receipts_before_end", str(e)) from None
     missing = [p for p in folded.accepted if p.ik not in have]
     if missing:
         raise Broken(

@@ -229,3 +229,13 @@ def test_a_receipt_put_in_place_by_rename_is_reported() -> None:
         (9, "receipts/T/step-1.json was written after it was in place"),
         (10, "receipts/T/step-1.json was removed"),
     ]
+
+
+def test_an_unreadable_receipt_in_a_crash_state_is_a_verdict(ws: Path) -> None:
+    from lorch.crashtest.harness import check_receipts_before_end
+
+    check_receipts_before_end(ws)
+    (ws / sorted(invariants.receipt_files(ws))[0]).write_bytes(b"")  # name kept, data lost
+    with pytest.raises(Broken) as e:
+        check_receipts_before_end(ws)
+    assert e.value.invariant == "receipts_before_end" and "unreadable receipt" in e.value.detail
