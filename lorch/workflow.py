@@ -16,9 +16,9 @@ The loop (MASTER-SPEC §4.2):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from lorch import intake as intake_stage
 from lorch.commands import ROLE_OF, Fresh, answer_digest, build_command, error_cause, resend
@@ -194,89 +194,91 @@ class State:
         self.pending = Pending(command=record, pre=self.pre_checkpoint(ik))
 
     def _fold_system(self, name: str, record: Record) -> None:
-        payload = _object(record.get("payload"))
-        if name == "system.run_started":
-            if self.run_id:
-                return  # record 1 starts the run; another one changes nothing
-            self.run_id = _text(payload.get("run_id"))
-            task = _object(payload.get("task"))
-            self.task = dict(task) if isinstance(task.get("id"), str) else {}
-            self.policy = from_record(_object(payload.get("policy")), RunPolicy())
-            self.started_at = _text(record.get("occurred_at"))
-            self.intake.active = payload.get("intake") is True
-        elif name == "system.discovery":
-            self.intake.fold_discovery(payload)
-        elif name == "system.user_decision":
-            self._settle()  # a question is asked only about an accepted answer
-            self.intake.fold_decision(_text(record.get("status")), payload)
-            if self.intake.tasks is not None and self.queue is None:
-                self.queue = list(self.intake.tasks)
-        elif name == "system.task_started":
-            task = _object(payload.get("task"))
-            index = payload.get("index")
-            if not isinstance(task.get("id"), str) or not isinstance(index, int):
-                return
-            self._settle()
-            if self.task_index >= 0:
-                self.tasks_done += 1
-            # The build loop starts afresh for each task; counters stay per task.
-            self.task = dict(task)
-            self.task_index = index
-            self.rounds = {}
-        elif name == "system.resumed":
-            # A resume that accepted a changed lorch.json records what now applies.
-            if isinstance(payload.get("policy"), dict):
-                self.policy = from_record(payload["policy"], self.policy)
-            changed = _object(payload.get("task"))
-            if isinstance(changed.get("id"), str):
-                self.task = dict(changed)
-        elif name == "system.snapshot":
-            if self.snapshot_id is not None:
-                return  # the run's snapshot is taken once
-            snap = payload.get("snapshot_id")
-            self.snapshot_id = snap if isinstance(snap, str) and snap else None
-        elif name == "system.agent_started":
-            role, pid, pgid = payload.get("role"), payload.get("pid"), payload.get("pgid")
-            if (
-                isinstance(role, str)
-                and isinstance(pid, int)
-                and isinstance(pgid, int)
-                and _positive_int(pid)
-                and _positive_int(pgid)
-            ):
-                entry = {"pid": pid, "pgid": pgid}
-                start = payload.get("start_time")
-                if isinstance(start, int) and _positive_int(start):
-                    entry["start_time"] = start  # clock ticks since boot, from /proc
-                self.agents[role] = entry
-        elif name == "system.agent_restarted":
-            role = _text(payload.get("role"))
-            self.restarts[role] = self.restarts.get(role, 0) + 1
-        elif name == "system.checkpoint":
-            ik, tree = str(payload.get("idempotency_key")), str(payload.get("tree"))
-            p = self.pending
-            if payload.get("phase") == "pre":
-                self.checkpoint = (ik, tree)
-                if p is not None and p.ik == ik:
-                    p.pre = tree
-            elif p is not None and p.ik == ik:
-                p.post = tree
-        elif name == "system.command_failed":
-            p = self.pending
-            if p is not None and payload.get("idempotency_key") == p.ik:
-                p.failed = _text(payload.get("reason", "failed"))
-                p.failed_code = _text(payload.get("code", "failed"))
-                p.terminal = None
-        elif name == "system.run_completed":
-            if self.task_index >= 0:
-                self.tasks_done = self.task_index + 1
-            self.status = "completed"
-        elif name == "system.run_failed":
-            self.status = "failed"
-            self.failure = _text(payload.get("reason", ""))
-        elif name == "system.run_aborted":
-            self.status = "aborted"
-            self.failure = _text(payload.get("reason", ""))
+        fold = _SYSTEM_FOLDS.get(name)
+        if fold is not None:
+            fold(self, _object(record.get("payload")), record)
+
+    def _run_started(self, payload: Record, record: Record) -> None:
+        if self.run_id:
+            return  # record 1 starts the run; another one changes nothing
+        self.run_id = _text(payload.get("run_id"))
+        task = _object(payload.get("task"))
+        self.task = dict(task) if isinstance(task.get("id"), str) else {}
+        self.policy = from_record(_object(payload.get("policy")), RunPolicy())
+        self.started_at = _text(record.get("occurred_at"))
+        self.intake.active = payload.get("intake") is True
+
+    def _user_decision(self, payload: Record, record: Record) -> None:
+        self._settle()  # a question is asked only about an accepted answer
+        self.intake.fold_decision(_text(record.get("status")), payload)
+        if self.intake.tasks is not None and self.queue is None:
+            self.queue = list(self.intake.tasks)
+
+    def _task_started(self, payload: Record, record: Record) -> None:
+        task = _object(payload.get("task"))
+        index = payload.get("index")
+        if not isinstance(task.get("id"), str) or not isinstance(index, int):
+            return
+        self._settle()
+        if self.task_index >= 0:
+            self.tasks_done += 1
+        # The build loop starts afresh for each task; counters stay per task.
+        self.task = dict(task)
+        self.task_index = index
+        self.rounds = {}
+
+    def _resumed(self, payload: Record, record: Record) -> None:
+        # A resume that accepted a changed lorch.json records what now applies.
+        if isinstance(payload.get("policy"), dict):
+            self.policy = from_record(payload["policy"], self.policy)
+        changed = _object(payload.get("task"))
+        if isinstance(changed.get("id"), str):
+            self.task = dict(changed)
+
+    def _snapshot(self, payload: Record, record: Record) -> None:
+        if self.snapshot_id is not None:
+            return  # the run's snapshot is taken once
+        snap = payload.get("snapshot_id")
+        self.snapshot_id = snap if isinstance(snap, str) and snap else None
+
+    def _agent_started(self, payload: Record, record: Record) -> None:
+        role, pid, pgid = payload.get("role"), payload.get("pid"), payload.get("pgid")
+        if isinstance(role, str) and _positive_int(pid) and _positive_int(pgid):
+            entry = {"pid": pid, "pgid": pgid}
+            start = payload.get("start_time")
+            if _positive_int(start):
+                entry["start_time"] = start  # clock ticks since boot, from /proc
+            self.agents[role] = entry
+
+    def _agent_restarted(self, payload: Record, record: Record) -> None:
+        role = _text(payload.get("role"))
+        self.restarts[role] = self.restarts.get(role, 0) + 1
+
+    def _checkpoint(self, payload: Record, record: Record) -> None:
+        ik, tree = str(payload.get("idempotency_key")), str(payload.get("tree"))
+        p = self.pending
+        if payload.get("phase") == "pre":
+            self.checkpoint = (ik, tree)
+            if p is not None and p.ik == ik:
+                p.pre = tree
+        elif p is not None and p.ik == ik:
+            p.post = tree
+
+    def _command_failed(self, payload: Record, record: Record) -> None:
+        p = self.pending
+        if p is not None and payload.get("idempotency_key") == p.ik:
+            p.failed = _text(payload.get("reason", "failed"))
+            p.failed_code = _text(payload.get("code", "failed"))
+            p.terminal = None
+
+    def _run_completed(self, payload: Record, record: Record) -> None:
+        if self.task_index >= 0:
+            self.tasks_done = self.task_index + 1
+        self.status = "completed"
+
+    def _run_ended(self, status: str, payload: Record) -> None:
+        self.status = status
+        self.failure = _text(payload.get("reason", ""))
 
     def _settle(self) -> None:
         """A terminal answer followed by anything but a rejection was accepted."""
@@ -305,6 +307,23 @@ class State:
         return None
 
 
+_SYSTEM_FOLDS: dict[str, Callable[[State, Record, Record], None]] = {
+    "system.run_started": State._run_started,
+    "system.discovery": lambda s, payload, _: s.intake.fold_discovery(payload),
+    "system.user_decision": State._user_decision,
+    "system.task_started": State._task_started,
+    "system.resumed": State._resumed,
+    "system.snapshot": State._snapshot,
+    "system.agent_started": State._agent_started,
+    "system.agent_restarted": State._agent_restarted,
+    "system.checkpoint": State._checkpoint,
+    "system.command_failed": State._command_failed,
+    "system.run_completed": State._run_completed,
+    "system.run_failed": lambda s, payload, _: s._run_ended("failed", payload),
+    "system.run_aborted": lambda s, payload, _: s._run_ended("aborted", payload),
+}
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else "" if value is None else str(value)
 
@@ -313,7 +332,7 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _positive_int(value: Any) -> bool:
+def _positive_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
@@ -465,73 +484,71 @@ def _next_intake(state: State, fresh: Fresh) -> Step:
 
 
 def _next_build(state: State, fresh: Fresh) -> Step:
-    max_rounds = state.policy.max_rounds
     answer = state.last_answer
-    task = state.task_id
-
-    def make(
-        action: str, inputs: dict[str, Any], expected: list[dict[str, Any]] | None = None
-    ) -> Step:
-        return Send(_command(state, action, inputs, fresh=fresh, expected=expected))
-
-    def builder_round() -> int:
-        return state.rounds.get("implement", 0) + state.rounds.get("implement_changes", 0) + 1
-
     if not state.task_id or state.snapshot_id is None:
         return Finish("failed", "the ledger records no task or no snapshot of the workspace")
     if answer is None:
         outputs = state.task.get("expected_outputs")
         paths = [p for p in outputs if isinstance(p, str)] if isinstance(outputs, list) else []
         expected = [{"path": p, "required": True} for p in paths]
-        return make("implement", {"round": 1, "task": state.task}, expected)
-
-    name = answer.get("event")
-    status = answer.get("status")
-    payload = answer.get("payload") or {}
-    if name == "builder.completed":
-        tests = payload.get("tests")
-        if not isinstance(tests, dict) or tests.get("status") not in ("pass", "fail"):
-            return Finish(
-                "failed", f"task {task}: builder.completed carries no payload.tests status"
+        return Send(
+            _command(
+                state, "implement", {"round": 1, "task": state.task}, fresh=fresh, expected=expected
             )
-        # MASTER-SPEC §14.2: tests.status == "pass" or tests.allowed_failures; the
-        # policy can also allow failures for every task.
-        allowed = tests.get("allowed_failures") is True or state.policy.allowed_failures
-        if tests["status"] == "fail" and not allowed:
-            return Finish(
-                "failed", f"task {task}: builder tests failed: {tests.get('summary', '')}"
-            )
-        review_round = state.rounds.get("review", 0) + 1
-        if review_round > max_rounds:
-            return Finish("failed", f"task {task}: review round cap of {max_rounds} reached")
-        return make("review", {"round": review_round, "answers": answer_digest(answer)})
-    if name == "review.completed":
-        if status == "approved":
-            spec_round = state.rounds.get("update_spec", 0) + 1
-            if spec_round > max_rounds:
-                return Finish("failed", f"task {task}: spec round cap of {max_rounds} reached")
-            return make("update_spec", {"round": spec_round, "answers": answer_digest(answer)})
-        if status == "changes_requested":
-            return make(
-                "implement_changes",
-                {
-                    "round": builder_round(),
-                    "reason": "review",
-                    "answers": answer_digest(answer),
-                    "notes_path": payload.get("review_path"),
-                },
-            )
-        return Finish("failed", f"task {task}: review.completed with unknown status {status!r}")
-    if name == "spec.changes_requested":
-        return make(
-            "implement_changes",
-            {
-                "round": builder_round(),
-                "reason": "spec",
-                "answers": answer_digest(answer),
-                "notes_path": payload.get("notes_path"),
-            },
         )
+    name = answer.get("event")
+    if name == "builder.completed":
+        return _after_builder(state, answer, fresh)
+    if name == "review.completed":
+        return _after_review(state, answer, fresh)
+    if name == "spec.changes_requested":
+        return _changes(state, answer, fresh, "spec", answer.get("payload") or {}, "notes_path")
     if name in ("spec.updated", "spec.no_changes_needed"):
         return Finish("completed", "")
+    task = state.task_id
     return Finish("failed", f"task {task}: unexpected answer {name!r} to {state.last_action}")
+
+
+def _after_builder(state: State, answer: Record, fresh: Fresh) -> Step:
+    task, max_rounds = state.task_id, state.policy.max_rounds
+    tests = (answer.get("payload") or {}).get("tests")
+    if not isinstance(tests, dict) or tests.get("status") not in ("pass", "fail"):
+        return Finish("failed", f"task {task}: builder.completed carries no payload.tests status")
+    # MASTER-SPEC §14.2: tests.status == "pass" or tests.allowed_failures; the
+    # policy can also allow failures for every task.
+    allowed = tests.get("allowed_failures") is True or state.policy.allowed_failures
+    if tests["status"] == "fail" and not allowed:
+        return Finish("failed", f"task {task}: builder tests failed: {tests.get('summary', '')}")
+    review_round = state.rounds.get("review", 0) + 1
+    if review_round > max_rounds:
+        return Finish("failed", f"task {task}: review round cap of {max_rounds} reached")
+    inputs = {"round": review_round, "answers": answer_digest(answer)}
+    return Send(_command(state, "review", inputs, fresh=fresh))
+
+
+def _after_review(state: State, answer: Record, fresh: Fresh) -> Step:
+    task, max_rounds = state.task_id, state.policy.max_rounds
+    status = answer.get("status")
+    if status == "approved":
+        spec_round = state.rounds.get("update_spec", 0) + 1
+        if spec_round > max_rounds:
+            return Finish("failed", f"task {task}: spec round cap of {max_rounds} reached")
+        inputs = {"round": spec_round, "answers": answer_digest(answer)}
+        return Send(_command(state, "update_spec", inputs, fresh=fresh))
+    if status == "changes_requested":
+        return _changes(state, answer, fresh, "review", answer.get("payload") or {}, "review_path")
+    return Finish("failed", f"task {task}: review.completed with unknown status {status!r}")
+
+
+def _changes(
+    state: State, answer: Record, fresh: Fresh, reason: str, payload: Record, notes: str
+) -> Step:
+    """implement_changes, answering the review or spec notes at ``payload[notes]``."""
+    builder_round = state.rounds.get("implement", 0) + state.rounds.get("implement_changes", 0) + 1
+    inputs = {
+        "round": builder_round,
+        "reason": reason,
+        "answers": answer_digest(answer),
+        "notes_path": payload.get(notes),
+    }
+    return Send(_command(state, "implement_changes", inputs, fresh=fresh))
