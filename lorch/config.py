@@ -39,6 +39,10 @@ DEFAULT_TIMEOUTS = {
 REQUIRED_ROLES = ("builder", "reviewer", "spec_maintainer")
 # The protocol's line limit (DESIGN §3): a smaller one may be configured, never a larger.
 MESSAGE_MAX_BYTES = 262_144
+# The smallest limit lorch accepts: room for any heartbeat and for every command
+# lorch builds (a few KiB) but an implement command carrying a long task, which
+# the engine refuses to send with a line naming the setting (docs/decisions.md D35).
+MESSAGE_MIN_BYTES = 16_384
 ARTIFACT_MAX_BYTES = 1 << 30
 JITTERS = ("full",)
 
@@ -191,13 +195,18 @@ def _unsupported(raw: Any, config_dir: Path | None) -> list[tuple[str, str]]:
                 )
             )
     mmb = pol.get("message_max_bytes")
-    if isinstance(mmb, int) and mmb != MESSAGE_MAX_BYTES:
+    if isinstance(mmb, int) and not MESSAGE_MIN_BYTES <= mmb <= MESSAGE_MAX_BYTES:
+        why = (
+            f"lines are limited to the protocol's {MESSAGE_MAX_BYTES} bytes "
+            "(larger content travels as files)"
+            if mmb > MESSAGE_MAX_BYTES
+            else f"below {MESSAGE_MIN_BYTES} bytes lorch's own commands may not fit"
+        )
         out.append(
             (
                 "$.policy.message_max_bytes",
-                f"{mmb} is not supported: lines are limited to the protocol's "
-                f"{MESSAGE_MAX_BYTES} bytes (larger content travels as files; set "
-                f"{MESSAGE_MAX_BYTES} or remove it)",
+                f"{mmb} is not supported: {why}; set a value from {MESSAGE_MIN_BYTES} "
+                f"to {MESSAGE_MAX_BYTES}, or remove it",
             )
         )
     jitter = _get(pol, "retry", "backoff", "jitter")

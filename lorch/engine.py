@@ -25,7 +25,7 @@ from lorch.asking import ConsolePrompter, Prompter
 from lorch.checkpoint import TurnCheckpoints
 from lorch.commands import ROLE_OF
 from lorch.derived import RECEIPT_DELAY_S
-from lorch.errors import AgentError, AuthRequired, LorchError
+from lorch.errors import AgentError, AuthRequired, ConfigError, LineTooLong, LorchError
 from lorch.paths import artifact_problems, missing_outputs
 from lorch.protocol import Record
 from lorch.recorder import Recorder, Sink
@@ -238,6 +238,7 @@ class Engine(Recorder):
             {
                 "idempotency_key": pending.ik,
                 "attempt": pending.attempt,
+                "max_attempts": self.policy.max_attempts,
                 "reason": f"artifact {problems[0][0]!r} rejected: {problems[0][1]}",
                 "code": code,
             },
@@ -262,7 +263,7 @@ class Engine(Recorder):
             records, tree = self.turns.before_send(self.state, cmd)
             for name, payload in records:
                 self.system(name, payload, cmd["correlation_id"], sync=False)
-        line = protocol.encode(cmd)  # the same bytes go to the ledger and to the agent
+        line = self.encode_command(cmd)  # the same bytes go to the ledger and to the agent
         self.append(cmd, sync=not _planted.enabled("skip_command_fsync"), show=False, line=line)
         failpoint.busy_role[:] = [role]
         try:
@@ -277,6 +278,17 @@ class Engine(Recorder):
             self.wait_for_answer(cmd, port)
         finally:
             failpoint.busy_role[:] = []
+
+    def encode_command(self, cmd: Record) -> bytes:
+        limit = self.policy.message_max_bytes
+        try:
+            return protocol.encode(cmd, limit)
+        except LineTooLong as e:
+            raise ConfigError(
+                f"lorch.json: $.policy.message_max_bytes: the {cmd['action']} command for task "
+                f"{cmd['task_id']} is {e.size} bytes, over the run's limit of {limit}: "
+                "raise the limit or shorten the task"
+            ) from None
 
     def wait_for_answer(self, cmd: Record, port: AgentPort) -> None:
         role = port.role
@@ -417,6 +429,7 @@ class Engine(Recorder):
             {
                 "idempotency_key": cmd["idempotency_key"],
                 "attempt": cmd["retry"]["attempt"],
+                "max_attempts": self.policy.max_attempts,
                 "reason": reason,
                 "code": code,
             },
@@ -440,7 +453,13 @@ class Engine(Recorder):
         delay = self.backoff(decision.n - 1)
         self.system(
             "system.agent_restarted",
-            {"role": role, "restarts": decision.n, "delay_s": round(delay, 3), "reason": reason},
+            {
+                "role": role,
+                "restarts": decision.n,
+                "max_restarts": self.policy.max_restarts,
+                "delay_s": round(delay, 3),
+                "reason": reason,
+            },
         )
         self.sleep(delay)
 

@@ -206,6 +206,7 @@ class ConfiguredAgents:
             generation=generation,
             redactor=self.redactor,
             on_stderr=self.on_stderr,
+            line_limit=self.config.policy.message_max_bytes,
         )
 
     def start(

@@ -164,12 +164,12 @@ def window_of(data: bytes) -> bytes:
     return data[:PREFIX_WINDOW]
 
 
-def encode(message: Record) -> bytes:
-    """One message as one line, newline included; refuses lines over the limit."""
+def encode(message: Record, limit: int = MAX_LINE) -> bytes:
+    """One message as one line, newline included; refuses lines over ``limit``."""
     line = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-    if len(line) > MAX_LINE:
+    if len(line) > limit:
         raise LineTooLong(
-            f"message of {len(line)} bytes exceeds the {MAX_LINE}-byte line limit; "
+            f"message of {len(line)} bytes exceeds the {limit}-byte line limit; "
             "send large content as a file referenced by path and sha256",
             size=len(line),
             prefix=prefix_of(line),

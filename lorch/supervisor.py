@@ -69,7 +69,7 @@ class AgentProcess:
         assert self.proc.stdout is not None
         self.stdout_fd = self.proc.stdout.fileno()
         self.stdout_eof = False
-        self._splitter = protocol.LineSplitter()
+        self._splitter = protocol.LineSplitter(launch.line_limit)
         inbox.add(self.stdout_fd, self._on_readable)
         self._threads = [
             threading.Thread(target=self._read_stderr, daemon=True, name=f"{role}-stderr"),

@@ -30,6 +30,11 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _of(limit: Any) -> str:
+    """ " of N" for a counter whose limit the record carries (older records do not)."""
+    return f" of {_num(limit):g}" if _num(limit) > 0 else ""
+
+
 def _num(value: Any) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     return float(value) if ok else 0.0
@@ -42,10 +47,12 @@ def line(record: dict[str, Any]) -> tuple[str, str] | None:
     """
     if record.get("kind") == "command":
         inputs = _obj(record.get("inputs"))
-        attempt = _obj(record.get("retry")).get("attempt")
-        extra = f", attempt {_num(attempt) + 1:g}" if attempt else ""
+        retry = _obj(record.get("retry"))
+        attempt = retry.get("attempt")
+        of = _of(retry.get("max_attempts"))
+        extra = f", attempt {_num(attempt) + 1:g}{of}" if attempt else ""
         if record.get("action") in ("intake", "task_discovery"):
-            again = f" (attempt {_num(attempt) + 1:g})" if attempt else ""
+            again = f" (attempt {_num(attempt) + 1:g}{of})" if attempt else ""
             return ("send", f"[lorch→orchestration] {record.get('action')}{again}")
         return (
             "send",
@@ -121,12 +128,13 @@ def _system(name: str, p: dict[str, Any]) -> tuple[str, str] | None:
         return (
             "bad",
             f"[lorch] restarting {p.get('role')} in {_num(p.get('delay_s')):.2f} s "
-            f"(restart {p.get('restarts')}): {p.get('reason')}",
+            f"(restart {p.get('restarts')}{_of(p.get('max_restarts'))}): {p.get('reason')}",
         )
     if name == "system.protocol_error":
         return ("bad", f"[lorch] protocol error from {p.get('role')}: {p.get('reason')}")
     if name == "system.command_failed":
-        return ("bad", f"[lorch] attempt {_num(p.get('attempt')) + 1:g} failed: {p.get('reason')}")
+        attempt = f"{_num(p.get('attempt')) + 1:g}{_of(p.get('max_attempts'))}"
+        return ("bad", f"[lorch] attempt {attempt} failed: {p.get('reason')}")
     if name == "system.artifact_rejected":
         return ("bad", f"[lorch] artifact rejected {p.get('path')}: {p.get('reason')}")
     if name == "system.resumed":

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from lorch.errors import FramingError, SchemaError
-from lorch.protocol import Record
+from lorch.protocol import MAX_LINE, Record
 from lorch.redact import Redactor
 
 ItemKind = Literal["event", "heartbeat", "error", "exit"]
@@ -91,6 +91,9 @@ class Launch:
     generation: int
     redactor: Redactor
     on_stderr: Callable[[str], None] | None = None
+    # The longest line the agent may send (``policy.message_max_bytes``): a longer
+    # one is a protocol error (NDJSON; ACP frames its own messages).
+    line_limit: int = MAX_LINE
 
 
 class AgentPort(Protocol):

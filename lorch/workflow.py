@@ -383,12 +383,38 @@ def replay(records: Iterable[Record]) -> State:
 
 
 def after_failure(state: State, role: str, reason: str) -> Restart | Finish:
-    """An agent failed: restart it, or fail the run once its restarts are used up."""
+    """An agent failed: restart it, or fail the run once its restarts are used up.
+
+    When the command's last attempt has just failed, no agent is restarted for
+    an attempt that will not come: the run fails on its attempts.
+    """
+    exhausted = attempts_exhausted(state)
+    if exhausted is not None:
+        return exhausted
     n = state.restarts.get(role, 0)
     limit = state.policy.max_restarts
     if n >= limit:
-        return Finish("failed", f"agent {role} failed after {limit} restarts: {reason}")
+        restarts = "1 restart" if limit == 1 else f"{limit} restarts"
+        return Finish("failed", f"agent {role} failed after {restarts}: {reason}")
     return Restart(role, n + 1)
+
+
+def attempts_exhausted(state: State) -> Finish | None:
+    """The run's end when the pending command has failed its last attempt, else None."""
+    p = state.pending
+    if p is not None and p.failed is not None and not p.retriable:
+        return Finish(
+            "failed",
+            f"agent {p.role} failed {p.command['action']} for task {state.task_id} "
+            f"(not retriable): {p.failed_code}: {p.failed}",
+        )
+    if p is None or p.failed is None or p.attempt + 1 < state.policy.max_attempts:
+        return None
+    return Finish(
+        "failed",
+        f"agent {p.role} failed {p.command['action']} for task {state.task_id} "
+        f"after {p.attempt + 1} attempts: {p.failed_code}: {p.failed}",
+    )
 
 
 def _command(
@@ -420,19 +446,9 @@ def next_step(state: State, *, fresh: Fresh) -> Step:
     p = state.pending
     if p is not None:
         if p.failed is not None:
-            if not p.retriable:
-                return Finish(
-                    "failed",
-                    f"agent {p.role} failed {p.command['action']} for task {state.task_id} "
-                    f"(not retriable): {p.failed_code}: {p.failed}",
-                )
-            max_attempts = state.policy.max_attempts
-            if p.attempt + 1 >= max_attempts:
-                return Finish(
-                    "failed",
-                    f"agent {p.role} failed {p.command['action']} for task {state.task_id} "
-                    f"after {p.attempt + 1} attempts: {p.failed_code}: {p.failed}",
-                )
+            exhausted = attempts_exhausted(state)
+            if exhausted is not None:
+                return exhausted
             return Send(resend(p.command, fresh, p.attempt + 1), resend=True)
         if p.terminal is not None:
             return Check(p)

@@ -165,8 +165,8 @@ def test_one_mistake_is_one_line(tmp_path: Path) -> None:
         ("parallel_reviews", True, "one at a time"),
         ("strict_version_pinning", False, "pinned to the run's snapshot"),
         ("redact_secrets_in_logs", False, "always redacted"),
-        ("message_max_bytes", 262145, "262144"),
-        ("message_max_bytes", 65536, "262144"),
+        ("message_max_bytes", 262145, "limited to the protocol's 262144 bytes"),
+        ("message_max_bytes", 16383, "below 16384 bytes lorch's own commands may not fit"),
     ],
 )
 def test_values_lorch_cannot_honour_are_refused(

@@ -217,11 +217,11 @@ class Rig:
             inbox=self.inbox,
         )
 
-    def run(self) -> Outcome:
+    def run(self, task: dict[str, Any] = TASK) -> Outcome:
         e = self.engine
         e.ledger, _ = ledger.Ledger.open(self.ws / "events" / f"{RUN_ID}.ndjson", fsync=False)
         try:
-            e.start_run(RUN_ID, dict(TASK), self.policy, {"config_digest": "sha256:" + "0" * 64})
+            e.start_run(RUN_ID, dict(task), self.policy, {"config_digest": "sha256:" + "0" * 64})
             e.take_snapshot()
             return e.drive()
         finally:
@@ -351,7 +351,7 @@ def dies(port: FakePort, cmd: dict[str, Any]) -> None:
 
 
 def test_restarts_are_capped_and_the_run_fails_naming_the_agent(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, {"builder": dies}, policy=POLICY)
+    rig = Rig(tmp_path, {"builder": dies}, policy=dataclasses.replace(POLICY, max_attempts=9))
     outcome = rig.run()
     assert outcome.status == "failed"
     assert outcome.reason.startswith("agent builder failed after 2 restarts: exited with code")
@@ -564,3 +564,48 @@ def test_replaying_any_prefix_of_the_ledger_gives_the_live_state(
     assert len(records) == len(live)
     for k in range(1, len(records) + 1):
         assert replay(records[:k]) == live[k - 1], f"state after record {k} differs"
+
+
+def test_counters_in_messages_match_the_recorded_policy(tmp_path: Path) -> None:
+    from lorch import transcript
+
+    # Restarts run out before attempts: restart 1 of 1, then the run fails on restarts.
+    policy = dataclasses.replace(POLICY, max_restarts=1, max_attempts=3, backoff_initial_s=0.0)
+    rig = Rig(tmp_path, {"builder": dies}, policy=policy)
+    outcome = rig.run()
+    shown = [t for r in rig.records() if (t := transcript.render(r, color=False))]
+    assert [t for t in shown if "builder" in t and "started" not in t] == [
+        "[lorch→builder] implement (T-1, round 1)",
+        "[lorch] builder exited (code -9)",
+        "[lorch] attempt 1 of 3 failed: agent builder exited (code -9): boom",
+        "[lorch] restarting builder in 0.00 s (restart 1 of 1): exited with code -9",
+        "[lorch→builder] implement (T-1, round 1, attempt 2 of 3)",
+        "[lorch] builder exited (code -9)",
+        "[lorch] attempt 2 of 3 failed: agent builder exited (code -9): boom",
+        "[lorch] FAILED: agent builder failed after 1 restart: exited with code -9",
+    ]
+    assert outcome.reason == "agent builder failed after 1 restart: exited with code -9"
+
+    # Attempts run out first: no restart for an attempt that will not come.
+    policy = dataclasses.replace(POLICY, max_restarts=5, max_attempts=2, backoff_initial_s=0.0)
+    (tmp_path / "2").mkdir()
+    rig = Rig(tmp_path / "2", {"builder": dies}, policy=policy)
+    outcome = rig.run()
+    restarts = rig.events("system.agent_restarted")
+    assert [(r["payload"]["restarts"], r["payload"]["max_restarts"]) for r in restarts] == [(1, 5)]
+    failed = rig.events("system.command_failed")
+    assert [(f["payload"]["attempt"], f["payload"]["max_attempts"]) for f in failed] == [
+        (0, 2),
+        (1, 2),
+    ]
+    assert outcome.reason.startswith("agent builder failed implement for task T-1 after 2 attempts")
+
+
+def test_a_command_over_the_message_limit_is_not_sent(tmp_path: Path) -> None:
+    from lorch.errors import ConfigError
+
+    rig = Rig(tmp_path, policy=dataclasses.replace(POLICY, message_max_bytes=16_384))
+    with pytest.raises(ConfigError) as e:
+        rig.run({**TASK, "goal": "g" * 20_000})
+    assert "$.policy.message_max_bytes: the implement command for task T-1 is " in str(e.value)
+    assert rig.commands() == [] and all(not p.sent for p in rig.agents.started)
