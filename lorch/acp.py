@@ -162,8 +162,9 @@ class AcpTransport:
         self.settings = settings
 
     def start(self, launch: Launch, inbox: Inbox) -> AcpPort:
+        """Start the agent; its ``ready`` item follows once it answers ``initialize``."""
         port = AcpPort(launch, inbox, self.settings(launch.role))
-        port.start()
+        port.begin()
         return port
 
 
@@ -210,6 +211,7 @@ class AcpPort:
     """One ACP agent process, driven by the engine (see :class:`lorch.transport.AgentPort`)."""
 
     sends_heartbeats = False
+    awaits = "its answer to ACP initialize"
 
     def __init__(self, launch: Launch, inbox: Inbox, settings: AcpSettings) -> None:
         self.launch = launch
@@ -224,6 +226,11 @@ class AcpPort:
         self.start_time: int | None = None
         self.last_stderr = ""
         self.init: s.InitializeResponse | None = None
+        # The start-up check is the answer to initialize (its own timer fires first).
+        self.ready_within: float | None = settings.init_timeout_s + 5.0
+        self._init_task: asyncio.Task[str] | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # referenced: the loop keeps only weak ones
+        self._unready = ""  # why initialize failed
         self.policy = Policy(settings.workspace, settings.permissions)
         self._loop = _Loop.get()
         self._proc: asyncio.subprocess.Process | None = None
@@ -246,26 +253,38 @@ class AcpPort:
 
     # -- start ---------------------------------------------------------------------
 
-    def start(self) -> None:
+    def begin(self) -> None:
+        """Start the agent and ask ``initialize``, without waiting for the answer.
+
+        A ``ready`` item follows once it answers, or an ``exit`` item whose
+        ``reason`` says why not (the agent is killed): the engine starts every
+        role this way at once and waits for them together (``await_ready``).
+        Raises :class:`AgentError` only when the process cannot be started.
+        """
         _install_sdk_log()
+        try:
+            self._loop.run(self._spawn(self.settings.init_timeout_s), 30.0)
+        except AgentError:
+            self.kill()  # releases its log
+            raise
+
+    def start(self) -> None:
+        """Start the agent and wait for its ``initialize`` answer; AgentError if none."""
+        self.begin()
         timeout = self.settings.init_timeout_s
         try:
-            self._loop.run(self._start(timeout), timeout + 5.0)
-        except AgentError:
-            self.kill()
-            raise
+            reason = self._loop.run(self._init_outcome(), timeout + 5.0)
         except (concurrent.futures.TimeoutError, TimeoutError):
+            reason = f"no answer to ACP initialize in {timeout:g} s" + self._stderr_hint()
+        if reason:
             self.kill()
-            raise AgentError(
-                f"agent {self.role} ({self.argv[0]}): no answer to ACP initialize in {timeout:g} s"
-                + self._stderr_hint()
-            ) from None
+            raise AgentError(f"agent {self.role} ({self.argv[0]}): {reason}")
 
     def _stderr_hint(self) -> str:
         return f"; its stderr said: {self.last_stderr}" if self.last_stderr else ""
 
-    async def _start(self, timeout: float) -> None:
-        token = _PORT.set(self)
+    async def _spawn(self, timeout: float) -> None:
+        token = _PORT.set(self)  # the connection's tasks inherit it
         try:
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -283,49 +302,59 @@ class AcpPort:
             self._proc = proc
             self.pid = self.pgid = proc.pid
             self.start_time = _start_time(proc.pid)
-            asyncio.get_running_loop().create_task(self._drain_stderr(proc))
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._drain_stderr(proc))]
             client = cast(sdk.Client, _Client(self))  # elicitation: not offered
             conn = sdk.connect_to_agent(client, proc.stdin, proc.stdout, observers=[self._observe])
             _lenient_session_updates(conn, self)
             self._conn = conn
-            asyncio.get_running_loop().create_task(self._watch_exit(proc))
-            try:
-                self.init = await asyncio.wait_for(
-                    conn.initialize(
-                        protocol_version=sdk.PROTOCOL_VERSION,
-                        client_capabilities=s.ClientCapabilities(
-                            fs=s.FileSystemCapabilities(read_text_file=True, write_text_file=True),
-                            terminal=True,
-                        ),
-                        client_info=s.Implementation(name="lorch", version=__version__),
-                    ),
-                    timeout,
-                )
-            except TimeoutError:
-                raise AgentError(
-                    f"agent {self.role} ({self.argv[0]}): no answer to ACP initialize in "
-                    f"{timeout:g} s" + self._stderr_hint()
-                ) from None
-            except sdk.RequestError as e:
-                raise AgentError(
-                    f"agent {self.role} ({self.argv[0]}): ACP initialize failed: {e} "
-                    f"(code {e.code})"
-                ) from None
-            except (ConnectionError, ValidationError) as e:
-                await asyncio.sleep(0)  # let the stderr reader catch up
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), 1.0)
-                what = (
-                    f"exited (code {proc.returncode})"
-                    if proc.returncode is not None
-                    else f"answered initialize with a bad message: {_one_line(e)}"
-                )
-                raise AgentError(
-                    f"agent {self.role} ({self.argv[0]}): {what} before ACP initialize completed"
-                    + self._stderr_hint()
-                ) from None
+            self._init_task = loop.create_task(self._initialize(proc, conn, timeout))
+            self._tasks.append(loop.create_task(self._watch_exit(proc)))
         finally:
             _PORT.reset(token)
+
+    async def _init_outcome(self) -> str:
+        """Why ``initialize`` failed ("" once answered), when it is over."""
+        assert self._init_task is not None
+        return await asyncio.shield(self._init_task)
+
+    async def _initialize(self, proc: asyncio.subprocess.Process, conn: Any, timeout: float) -> str:
+        """Ask ``initialize``; post ``ready``, or kill the agent and return why not."""
+        reason = ""
+        try:
+            self.init = await asyncio.wait_for(
+                conn.initialize(
+                    protocol_version=sdk.PROTOCOL_VERSION,
+                    client_capabilities=s.ClientCapabilities(
+                        fs=s.FileSystemCapabilities(read_text_file=True, write_text_file=True),
+                        terminal=True,
+                    ),
+                    client_info=s.Implementation(name="lorch", version=__version__),
+                ),
+                timeout,
+            )
+        except TimeoutError:
+            reason = f"no answer to ACP initialize in {timeout:g} s" + self._stderr_hint()
+        except sdk.RequestError as e:
+            reason = f"ACP initialize failed: {e} (code {e.code})"
+        except (ConnectionError, ValidationError) as e:
+            await asyncio.sleep(0)  # let the stderr reader catch up
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 1.0)
+            what = (
+                f"exited (code {proc.returncode})"
+                if proc.returncode is not None
+                else f"answered initialize with a bad message: {_one_line(e)}"
+            )
+            reason = f"{what} before ACP initialize completed" + self._stderr_hint()
+        if reason:
+            self._unready = reason
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            self.inbox.post(Incoming(self.role, self.generation, "ready"))
+        return reason
 
     # -- the engine's side -------------------------------------------------------
 
@@ -493,13 +522,16 @@ class AcpPort:
 
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
+        if self._init_task is not None and not self._init_task.done():
+            # Exited during initialize: its exit item carries why (said at once).
+            await asyncio.wait({self._init_task}, timeout=5.0)
         self._post_held()  # what it said before it went, then the exit
         self._exited.set()
         for term in self._terminals.values():
             term.kill()
         if not self._exit_posted:
             self._exit_posted = True
-            self.inbox.post(Incoming(self.role, self.generation, "exit"))
+            self.inbox.post(Incoming(self.role, self.generation, "exit", reason=self._unready))
 
     # -- one turn -------------------------------------------------------------------
 
@@ -966,30 +998,23 @@ def describe_init(init: s.InitializeResponse) -> str:
     )
 
 
-def probe(launch: Launch, settings: AcpSettings) -> str:
-    """Start the agent, ask ``initialize`` and open a session; describe what it said.
+def describe_session(port: AcpPort) -> str:
+    """What a started agent answered to ``initialize``, once a session opens too.
 
-    Raises :class:`AgentError` with the exact failure (the agent did not start,
-    did not answer, or needs authentication).
+    Raises :class:`AgentError` with the exact failure (no session: it needs
+    authentication, or ``session/new`` failed or got no answer).
     """
-    inbox = Inbox()
-    port = AcpPort(launch, inbox, settings)
+    assert port.init is not None and port._conn is not None
+    text = describe_init(port.init)
     try:
-        port.start()
-        assert port.init is not None
-        text = describe_init(port.init)
-        try:
-            port._loop.run(
-                port._conn.new_session(cwd=str(settings.workspace), mcp_servers=[]),
-                settings.init_timeout_s,
-            )
-        except sdk.RequestError as e:
-            if e.code == AUTH_REQUIRED:
-                raise AgentError(f"{text}; but {port.auth_message('a session')}") from None
-            raise AgentError(f"{text}; but session/new failed: {e} (code {e.code})") from None
-        except (concurrent.futures.TimeoutError, TimeoutError):
-            raise AgentError(f"{text}; but no answer to session/new") from None
-        return text
-    finally:
-        port.stop(grace=1.0)
-        inbox.close()
+        port._loop.run(
+            port._conn.new_session(cwd=str(port.settings.workspace), mcp_servers=[]),
+            port.settings.init_timeout_s,
+        )
+    except sdk.RequestError as e:
+        if e.code == AUTH_REQUIRED:
+            raise AgentError(f"{text}; but {port.auth_message('a session')}") from None
+        raise AgentError(f"{text}; but session/new failed: {e} (code {e.code})") from None
+    except (concurrent.futures.TimeoutError, TimeoutError):
+        raise AgentError(f"{text}; but no answer to session/new") from None
+    return text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import os
 import sys
 import tempfile
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lorch.config import Config
 from lorch.errors import LorchError
+from lorch.transport import AgentPort
 
 
 def checks(workspace: Path) -> list[tuple[str, bool, str]]:
@@ -35,7 +36,6 @@ def checks(workspace: Path) -> list[tuple[str, bool, str]]:
         out.append(("lorch.json", True, "none yet; `lorch run` creates one wired to mockagent"))
         return out
     from lorch.config import load
-    from lorch.launch import resolve_argv
 
     try:
         config = load(ws)
@@ -43,65 +43,73 @@ def checks(workspace: Path) -> list[tuple[str, bool, str]]:
         out.append(("lorch.json", False, str(e)))
         return out
     out.append(("lorch.json", True, "valid"))
-    probes: dict[str, concurrent.futures.Future[tuple[str, bool, str]]] = {}
-    with concurrent.futures.ThreadPoolExecutor() as pool:
-        for role, cfg in sorted(config.agents.items()):
-            try:
-                resolve_argv(role, cfg.cmd, ws / cfg.cwd if cfg.cwd else ws)
-            except LorchError:
-                continue
-            if cfg.transport == "acp":  # started at once: agents take seconds to start
-                probes[role] = pool.submit(_acp_probe, ws, config, role)
-        for role, cfg in sorted(config.agents.items()):
-            cwd = ws / cfg.cwd if cfg.cwd else ws
-            try:
-                argv = resolve_argv(role, cfg.cmd, cwd)
-                out.append((f"agent {role}", True, argv[0]))
-            except LorchError as e:
-                out.append((f"agent {role}", False, str(e)))
-                continue
-            if role in probes:
-                out.append(probes[role].result())
-            script = mockagent_script(cfg.cmd)
-            if script is not None:
-                from mockagent.fixture import FixtureError
-                from mockagent.fixture import load as load_fixture
-
-                try:
-                    load_fixture(cwd / script)
-                    out.append((f"fixture {role}", True, script))
-                except FixtureError as e:
-                    out.append((f"fixture {role}", False, str(e)))
+    out += agent_checks(ws, config)
     return out
 
 
-def mockagent_script(cmd: list[str]) -> str | None:
-    """The fixture a mockagent command line names (`--script F`, `-script F`, `-script=F`)."""
-    if not cmd or os.path.basename(cmd[0]) != "mockagent":
-        return None
-    for i, arg in enumerate(cmd[1:], 1):
-        for flag in ("--script", "-script"):
-            if arg == flag and i + 1 < len(cmd):
-                return cmd[i + 1]
-            if arg.startswith(flag + "="):
-                return arg[len(flag) + 1 :]
-    return None
+def agent_checks(ws: Path, config: Config) -> list[tuple[str, bool, str]]:
+    """Each role's command and fixture, then the same start-up check as a run's.
 
-
-def _acp_probe(ws: Path, config: Config, role: str) -> tuple[str, bool, str]:
-    """Start an ACP role and report its ``initialize`` answer, or the exact failure."""
-    import dataclasses
-
-    from lorch import acp
+    The roles that pass the first two are started together and checked with
+    the engine's own :func:`lorch.transport.await_ready` (NDJSON: the first
+    heartbeat; ACP: the ``initialize`` answer, then a session opened), so a
+    role that doctor passes is one a run can start.
+    """
     from lorch.launch import ConfiguredAgents
     from lorch.redact import Redactor, secret_values
+    from lorch.transport import Inbox, await_ready
 
-    redactor = Redactor(secret_values(dict(os.environ), config.agents[role].env))
-    launch = ConfiguredAgents(ws, config, redactor).launch(role, 1, "doctor", None)
-    with tempfile.TemporaryDirectory(prefix="lorch-doctor-") as tmp:
-        launch = dataclasses.replace(launch, log_path=Path(tmp) / f"{role}.ndjson")
+    out: dict[str, list[tuple[str, bool, str]]] = {}
+    redactor = Redactor(secret_values(dict(os.environ), *(a.env for a in config.agents.values())))
+    with tempfile.TemporaryDirectory(prefix="lorch-doctor-") as logs:
+        agents = ConfiguredAgents(ws, config, redactor, log_dir=Path(logs))
+        startable = []
+        for role in sorted(config.agents):
+            lines = out.setdefault(role, [])
+            try:
+                lines.append((f"agent {role}", True, agents.argv(role)[0]))
+                script = agents.fixture(role)
+                if script is not None:
+                    lines.append((f"fixture {role}", True, script))
+                startable.append(role)
+            except LorchError as e:
+                what = "fixture" if lines else "agent"  # the command resolved: its fixture
+                lines.append((f"{what} {role}", False, str(e)))
+        inbox = Inbox()
+        ports: list[AgentPort] = []
         try:
-            text = acp.probe(launch, acp.AcpSettings(workspace=ws, init_timeout_s=30.0))
+            for role in startable:
+                try:
+                    ports.append(agents.start(role, 1, "doctor", None, inbox))
+                except LorchError as e:
+                    out[role].append((f"start {role}", False, str(e)))
+            unready = {u.role: u.reason for u in await_ready(inbox, ports)[0]}
+            for port in ports:
+                acp = config.agents[port.role].transport == "acp"
+                out[port.role].append(_started(port, unready.get(port.role), acp))
+        finally:
+            for port in ports:
+                port.close_input()
+            for port in ports:
+                with contextlib.suppress(LorchError, OSError):
+                    port.stop(grace=1.0)
+            inbox.close()
+    return [line for role in sorted(out) for line in out[role]]
+
+
+def _started(port: AgentPort, failure: str | None, is_acp: bool) -> tuple[str, bool, str]:
+    name = f"{'acp' if is_acp else 'start'} {port.role}"
+    if failure is not None:
+        return (name, False, failure)
+    if is_acp:
+        # initialize answered: say what it answered, and whether a session opens.
+        from lorch import acp
+
+        assert isinstance(port, acp.AcpPort)
+        try:
+            return (name, True, acp.describe_session(port))
         except LorchError as e:
-            return (f"acp {role}", False, str(e))
-    return (f"acp {role}", True, text)
+            return (name, False, str(e))
+    if port.ready_within is None:
+        return (f"start {port.role}", True, "started (it sends no heartbeats: nothing to wait for)")
+    return (f"start {port.role}", True, f"ready ({port.awaits} came)")

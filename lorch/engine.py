@@ -25,13 +25,20 @@ from lorch.asking import ConsolePrompter, Prompter
 from lorch.checkpoint import TurnCheckpoints
 from lorch.commands import ROLE_OF
 from lorch.derived import RECEIPT_DELAY_S
-from lorch.errors import AgentError, AuthRequired, ConfigError, LineTooLong, LorchError
+from lorch.errors import (
+    AgentError,
+    AgentNotReady,
+    AuthRequired,
+    ConfigError,
+    LineTooLong,
+    LorchError,
+)
 from lorch.paths import artifact_problems, missing_outputs
 from lorch.protocol import Record
 from lorch.recorder import Recorder, Sink
 from lorch.redact import Redactor
 from lorch.timing import START_GRACE_S, Backoff, Watchdog
-from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext
+from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext, Unready, await_ready
 from lorch.workflow import Check, Finish, Pending, Send, after_failure, next_step
 
 # How long an agent's event may wait for the next one to share its fsync
@@ -91,11 +98,22 @@ class Engine(Recorder):
     # -- agents ---------------------------------------------------------------
 
     def agent(self, role: str) -> AgentPort:
+        """``role``'s agent, started (and its start-up check passed) if need be.
+
+        AgentError when it cannot start or fails the check (recorded as its exit).
+        """
         port = self.ports.get(role)
         if port is not None and port.alive():
             return port
         if port is not None:
             self.kill_agent(role)
+        port = self._start(role)
+        unready = self._await_ready([port])
+        if unready:
+            raise AgentError(f"agent {role} did not start: {unready[0].reason}")
+        return port
+
+    def _start(self, role: str) -> AgentPort:
         self.generation += 1
         port = self.agents.start(
             role, self.generation, self.state.run_id, self.state.snapshot_id, self.inbox
@@ -147,22 +165,52 @@ class Engine(Recorder):
         """A record of lorch's own; what it quotes of an agent (reasons, stderr) is redacted."""
         super().system(name, self.redactor.value(payload), correlation_id, sync=sync)
 
-    def start_agents(self) -> None:
-        """Start every configured role the run still needs up front, so their start-up overlaps.
+    def preflight(self) -> None:
+        """Start every configured role and check each before any gets a command.
 
-        The orchestration agent is needed only until intake has decided (a run
-        with a task, or one resumed after the decision, never asks it again).
+        All start at once and are waited for together (the slowest sets the
+        pace): each must pass its transport's start-up check (``await_ready``:
+        NDJSON its first heartbeat, ACP its ``initialize`` answer). A role that
+        cannot start stops the run here, before any agent works, with one line
+        naming it; the run stays resumable (docs/decisions.md D35).
         """
         configured = self.agents.roles()
+        # The orchestration agent is needed only until intake has decided (a run
+        # with a task, or one resumed after the decision, never asks it again).
         intake = self.state.intake.active and self.state.queue is None
-        for role in ROLES:
-            if role == "orchestration" and not intake:
+        roles = [r for r in ROLES if r in configured and (r != "orchestration" or intake)]
+        for role in roles:
+            self.agents.check(role)  # a ConfigError naming the role and field
+        ports: list[AgentPort] = []
+        failed: list[str] = []
+        for role in roles:
+            port = self.ports.get(role)
+            if port is not None and port.alive():
                 continue
-            if role in configured and role not in self.ports:
-                try:
-                    self.agent(role)
-                except LorchError:
-                    return  # the first command to that role will report it
+            try:
+                ports.append(self._start(role))
+            except AgentError as e:
+                failed.append(str(e))
+        failed += [f"agent {u.role} did not start: {u.reason}" for u in self._await_ready(ports)]
+        if failed:
+            raise AgentNotReady("; ".join(failed))
+
+    def _await_ready(self, ports: list[AgentPort]) -> list[Unready]:
+        """Wait until ``ports`` pass their start-up check; the failures, recorded as exits."""
+        unready, kept = await_ready(self.inbox, ports, self.clock)
+        self.inbox.requeue(kept)  # heartbeats, a ready agent's words: the engine's to act on
+        for u in unready:
+            port = self._forget(u.role)
+            self.system(
+                "system.agent_exited",
+                {
+                    "role": u.role,
+                    "pid": port.pid if port is not None else -1,
+                    "returncode": u.returncode if u.returncode is not None else -1,
+                    "reason": u.reason,
+                },
+            )
+        return unready
 
     def kill_agent(self, role: str) -> int | None:
         port = self._forget(role)
@@ -191,7 +239,7 @@ class Engine(Recorder):
                 continue
             if isinstance(step, Send):
                 if not started:
-                    self.start_agents()
+                    self.preflight()
                     started = True
                 self.send(step)
                 continue
@@ -343,6 +391,8 @@ class Engine(Recorder):
         if item.kind == "heartbeat":
             self.watchdogs[item.role].beat()
             return False
+        if item.kind == "ready":
+            return False  # its start-up check, already passed (await_ready)
         working = item.role == port.role
         if item.message is None or not working:
             self.sync()  # what follows kills or records: the past must be durable first

@@ -15,6 +15,7 @@ CLI turns it into one line on stderr (``cli.main`` is the only place that does).
     ├── StorageError                disk full, unwritable directory, fsync failure
     ├── AgentError                  an agent could not be started or failed for good
     │   ├── AgentStartError         exit 2: the agent under test cannot run at all
+    │   ├── AgentNotReady           exit 2: a role failed its start-up check (resumable once fixed)
     │   └── AuthRequired            exit 2: the agent needs credentials (resumable once set)
     └── Interrupted                 exit 130: Ctrl-C; agents stopped, the run resumable
 """
@@ -90,6 +91,13 @@ class AgentError(LorchError):
 
 
 class AgentStartError(AgentError):
+    exit_code = 2
+
+
+class AgentNotReady(AgentError):
+    """A configured role could not start or failed its start-up check: no agent
+    got a command, and the run resumes once the agent is fixed."""
+
     exit_code = 2
 
 

@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from lorch import _planted, failpoint
-from lorch.config import Config
+from lorch.config import AgentConfig, Config
 from lorch.errors import ConfigError
 from lorch.redact import Redactor
 from lorch.supervisor import NdjsonTransport
+from lorch.timing import START_GRACE_S
 from lorch.transport import AgentPort, Inbox, Launch, Transport
 
 # Set only for lorch itself: an agent must never inherit a crash or a planted bug.
@@ -57,6 +58,37 @@ def resolve_argv(role: str, cmd: list[str], cwd: Path) -> list[str]:
             raise ConfigError(f"lorch.json: $.agents.{role}.cmd: {exe!r} is not an executable file")
         raise ConfigError(f"lorch.json: $.agents.{role}.cmd: command {exe!r} not found on PATH")
     return [found, *cmd[1:]]
+
+
+def mockagent_script(cmd: list[str]) -> str | None:
+    """The fixture a mockagent command line names (`--script F`, `-script F`, `-script=F`)."""
+    return _mockagent_option(cmd, "script")
+
+
+def mockagent_heartbeats(cmd: list[str]) -> bool:
+    """False when the command line starts mockagent without heartbeats (`-no-heartbeat`)."""
+    return _mockagent_option(cmd, "no-heartbeat") is None
+
+
+def _mockagent_option(cmd: list[str], name: str) -> str | None:
+    """A mockagent option's value ("" for a flag), or None when absent or not mockagent."""
+    if not cmd or os.path.basename(cmd[0]) != "mockagent":
+        return None
+    for i, arg in enumerate(cmd[1:], 1):
+        for flag in (f"--{name}", f"-{name}"):
+            if arg == flag:
+                if name != "script":
+                    return ""
+                return cmd[i + 1] if i + 1 < len(cmd) else None
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1 :]
+    return None
+
+
+# How long an ACP agent may take to answer `initialize`, unless
+# `$.agents.ROLE.timeouts_s.start` says (an NDJSON agent: the watchdog's
+# start-up grace, see start_timeout).
+ACP_START_S = 60.0
 
 
 # What an ACP agent inherits from lorch's environment besides its ``pass_env``
@@ -115,10 +147,21 @@ class AcpTransport:
                     test_cmd=task.get("test_cmd"),
                     take=ck.take,
                     changed=ck.changed,
+                    init_timeout_s=start_timeout(cfg, self.config.policy.heartbeat_misses),
                 )
 
             self._transport = acp.AcpTransport(settings)
         return self._transport.start(launch, inbox)
+
+
+def start_timeout(cfg: AgentConfig, heartbeat_misses: int) -> float:
+    """How long ``cfg``'s agent may take to pass its start-up check."""
+    if "start" in cfg.timeouts_s:
+        return cfg.timeouts_s["start"]
+    if cfg.transport == "acp":
+        return ACP_START_S
+    # The watchdog's allowance for a starting agent (docs/decisions.md D31).
+    return max(cfg.heartbeat_interval_s * heartbeat_misses, START_GRACE_S)
 
 
 def agent_env(
@@ -164,11 +207,13 @@ class ConfiguredAgents:
         *,
         on_stderr: Callable[[str], None] | None = None,
         transports: Mapping[str, Transport] | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.workspace = workspace
         self.config = config
         self.redactor = redactor
         self.on_stderr = on_stderr
+        self.log_dir = log_dir or workspace / "logs"
         # By ``$.agents.ROLE.transport``; a new transport is one more entry here.
         self.transports: Mapping[str, Transport] = transports or {
             "ndjson": NdjsonTransport(),
@@ -182,11 +227,42 @@ class ConfiguredAgents:
         cfg = self.config.agents.get(role)
         return cfg is not None and cfg.needs_checkpoints
 
-    def launch(self, role: str, generation: int, run_id: str, snapshot_id: str | None) -> Launch:
+    def _cfg(self, role: str) -> AgentConfig:
         cfg = self.config.agents.get(role)
         if cfg is None:
             raise ConfigError(f"lorch.json: $.agents.{role}: no agent configured for role {role}")
-        cwd = (self.workspace / cfg.cwd) if cfg.cwd else self.workspace
+        return cfg
+
+    def _cwd(self, cfg: AgentConfig) -> Path:
+        return (self.workspace / cfg.cwd) if cfg.cwd else self.workspace
+
+    def argv(self, role: str) -> list[str]:
+        """``role``'s command line with its program resolved; ConfigError naming the field."""
+        cfg = self._cfg(role)
+        return resolve_argv(role, cfg.cmd, self._cwd(cfg))
+
+    def fixture(self, role: str) -> str | None:
+        """The fixture of a mockagent role, once it loads; ConfigError naming it if not."""
+        cfg = self._cfg(role)
+        script = mockagent_script(cfg.cmd)
+        if script is None:
+            return None
+        from mockagent.fixture import FixtureError
+        from mockagent.fixture import load as load_fixture
+
+        try:
+            load_fixture(self._cwd(cfg) / script)
+        except FixtureError as e:
+            raise ConfigError(f"lorch.json: $.agents.{role}.cmd: fixture {e}") from None
+        return script
+
+    def check(self, role: str) -> None:
+        self.argv(role)
+        self.fixture(role)
+
+    def launch(self, role: str, generation: int, run_id: str, snapshot_id: str | None) -> Launch:
+        cfg = self._cfg(role)
+        cwd = self._cwd(cfg)
         env = agent_env(
             base=acp_base_env(cfg.pass_env) if cfg.transport == "acp" else os.environ,
             extra=cfg.env,
@@ -202,11 +278,13 @@ class ConfiguredAgents:
             argv=resolve_argv(role, cfg.cmd, cwd),
             cwd=cwd,
             env=env,
-            log_path=self.workspace / "logs" / role / f"{run_id}.ndjson",
+            log_path=self.log_dir / role / f"{run_id}.ndjson",
             generation=generation,
             redactor=self.redactor,
             on_stderr=self.on_stderr,
             line_limit=self.config.policy.message_max_bytes,
+            ready_within=start_timeout(cfg, self.config.policy.heartbeat_misses),
+            heartbeats=cfg.transport != "ndjson" or mockagent_heartbeats(cfg.cmd),
         )
 
     def start(

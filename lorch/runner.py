@@ -27,8 +27,15 @@ from lorch.atomic import ensure_dir, remove_stale_temps
 from lorch.checkpoint import TurnCheckpoints
 from lorch.config import Config, ensure, load
 from lorch.engine import Engine, Outcome
-from lorch.errors import ConfigError, Interrupted, LorchError, StorageError, UsageError
-from lorch.launch import ConfiguredAgents, resolve_argv
+from lorch.errors import (
+    AgentNotReady,
+    ConfigError,
+    Interrupted,
+    LorchError,
+    StorageError,
+    UsageError,
+)
+from lorch.launch import ConfiguredAgents
 from lorch.policy import from_config
 from lorch.procs import kill_orphan
 from lorch.protocol import Record
@@ -170,6 +177,13 @@ def _guard(runner: Engine, body: Callable[[], Outcome]) -> Outcome:
             f"interrupted; agents stopped. Resume with: lorch resume --workspace "
             f"{runner.workspace} --run {runner.state.run_id}"
         ) from None
+    except AgentNotReady as e:
+        # Before any agent got a command: nothing to undo, the run goes on once fixed.
+        runner.stop_agents()
+        raise AgentNotReady(
+            f"{e}. No agent got a command; once fixed: lorch resume --workspace "
+            f"{runner.workspace} --run {runner.state.run_id}"
+        ) from None
     except StorageError as e:
         # A full or failing disk mid-run: the ledger holds everything up to the
         # failed write (a torn line at most, which resume cuts).
@@ -207,9 +221,14 @@ def run(
                 "mock agents (scenario happy-path)"
             )
         task = _task(config, task_id)
-        for role, cfg in config.agents.items():
-            resolve_argv(role, cfg.cmd, (workspace / cfg.cwd) if cfg.cwd else workspace)
         runner = new_engine(workspace, config, console, prompter)
+        try:
+            for role in config.agents:
+                # Before the run exists: a command not found, a broken fixture (exit 2).
+                runner.agents.check(role)
+        except BaseException:
+            runner.close()
+            raise
         run_id = new_run_id()
 
         def body() -> Outcome:

@@ -36,13 +36,21 @@ class NdjsonTransport:
 
 
 class AgentProcess:
-    """One running agent. ``generation`` tells its messages from a predecessor's."""
+    """One running agent. ``generation`` tells its messages from a predecessor's.
 
-    sends_heartbeats = True
+    Its start-up check is its first heartbeat (docs/protocol.md: an agent sends
+    one as soon as it starts); an agent started without heartbeats
+    (``mockagent --no-heartbeat``) has none, and only command timeouts apply.
+    """
+
+    awaits = "its first heartbeat"
 
     def __init__(self, launch: Launch, inbox: Inbox) -> None:
         role, argv, log_path = launch.role, launch.argv, launch.log_path
         self.role = role
+        self.sends_heartbeats = launch.heartbeats
+        self.ready_within: float | None = launch.ready_within if launch.heartbeats else None
+        self._ready = not launch.heartbeats
         self._on_stderr = launch.on_stderr
         self.argv = argv
         self.generation = launch.generation
@@ -133,6 +141,9 @@ class AgentProcess:
             return
         kind = message["kind"]
         if kind == "heartbeat":
+            if not self._ready:
+                self._ready = True
+                put(self._item("ready"))
             put(self._item("heartbeat"))
             return
         if kind == "log":

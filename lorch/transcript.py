@@ -123,7 +123,8 @@ def _system(name: str, p: dict[str, Any]) -> tuple[str, str] | None:
     if name == "system.agent_started":
         return ("lorch", f"[lorch] started {p.get('role')} (pid {p.get('pid')})")
     if name == "system.agent_exited":
-        return ("bad", f"[lorch] {p.get('role')} exited (code {p.get('returncode')})")
+        why = f": {p['reason']}" if isinstance(p.get("reason"), str) and p["reason"] else ""
+        return ("bad", f"[lorch] {p.get('role')} exited (code {p.get('returncode')}){why}")
     if name == "system.agent_restarted":
         return (
             "bad",

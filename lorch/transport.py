@@ -32,7 +32,7 @@ from lorch.errors import FramingError, SchemaError
 from lorch.protocol import MAX_LINE, Record
 from lorch.redact import Redactor
 
-ItemKind = Literal["event", "heartbeat", "error", "exit"]
+ItemKind = Literal["event", "heartbeat", "ready", "error", "exit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +44,14 @@ class Incoming:
     - ``"event"``: a schema-valid message other than a heartbeat or log
       (``message`` holds it, already redacted; ``raw_size`` its size in bytes);
     - ``"heartbeat"``: the agent is alive (the engine's watchdog is fed with it);
+    - ``"ready"``: the agent passed its transport's start-up check and can take
+      commands (NDJSON: its first heartbeat, which follows as a ``heartbeat``;
+      ACP: its answer to ``initialize``); at most one per generation;
     - ``"error"``: bytes that are not a valid message (``error`` says why and
       carries the offending prefix; ``raw_size`` how many bytes there were);
     - ``"exit"``: the agent's output ended (it exited or closed its stdout).
-      Nothing more comes from this generation.
+      Nothing more comes from this generation. ``reason``, when set, is why the
+      transport gave up on it (an ACP ``initialize`` that failed).
 
     ``role`` is the role the channel belongs to — never what a message claims —
     and ``generation`` the port's, so the engine can drop a predecessor's last
@@ -60,6 +64,7 @@ class Incoming:
     message: Record | None = None
     error: FramingError | SchemaError | None = None
     raw_size: int = 0
+    reason: str = ""
 
     @property
     def eof(self) -> bool:
@@ -94,6 +99,10 @@ class Launch:
     # The longest line the agent may send (``policy.message_max_bytes``): a longer
     # one is a protocol error (NDJSON; ACP frames its own messages).
     line_limit: int = MAX_LINE
+    # How long the agent may take, once started, to pass its start-up check
+    # (``AgentPort.ready_within``), and whether it sends heartbeats at all.
+    ready_within: float = 10.0
+    heartbeats: bool = True
 
 
 class AgentPort(Protocol):
@@ -108,9 +117,19 @@ class AgentPort(Protocol):
       it starts new agents (DESIGN.md §5.6). ``start_time`` (clock ticks since
       boot, None if unknown) tells the recorded process from a recycled pid.
     - ``argv``: the command line it was started with (recorded redacted).
-    - ``sends_heartbeats``: False when the protocol has none (ACP): the
-      engine then watches only the command's timeout.
+    - ``sends_heartbeats``: False when the protocol has none (ACP), or the
+      agent was started without them: the engine then watches only the
+      command's timeout.
     - ``last_stderr``: the last stderr line, for the failure message at exit.
+
+    Start-up check (the preflight, :func:`await_ready`):
+
+    - ``ready_within``: seconds the agent may take, once started, to post its
+      ``ready`` item; None when there is nothing to wait for (it can take
+      commands once started). The engine sends nothing to an agent before it
+      is ready, and a run sends nothing to any agent before all are ready.
+    - ``awaits``: what the check waits for, in words ("its first heartbeat"),
+      for the line that says it did not come.
 
     Behaviour:
 
@@ -149,6 +168,8 @@ class AgentPort(Protocol):
     argv: list[str]
     sends_heartbeats: bool
     last_stderr: str
+    ready_within: float | None
+    awaits: str
 
     def send(self, command: Record, line: bytes, context: SendContext) -> bool: ...
 
@@ -176,6 +197,11 @@ class Agents(Protocol):
 
     def roles(self) -> list[str]: ...
 
+    def check(self, role: str) -> None:
+        """What can be checked of ``role``'s agent without starting it (its
+        command resolves; a mockagent's fixture loads); ConfigError naming it."""
+        ...
+
     def checkpointed(self, role: str) -> bool:
         """True when lorch, not the agent, makes ``role``'s effects exactly-once:
         the engine checkpoints the workspace around each of its commands."""
@@ -189,6 +215,66 @@ class Agents(Protocol):
 
 
 Reader = Callable[[Callable[[Incoming], None]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Unready:
+    """An agent that failed its start-up check, already stopped and reaped."""
+
+    role: str
+    reason: str  # one line: what went wrong, with its exit code and last stderr line
+    returncode: int | None
+
+
+def await_ready(
+    inbox: Inbox, ports: list[AgentPort], clock: Callable[[], float] = time.monotonic
+) -> tuple[list[Unready], list[Incoming]]:
+    """Wait for every port's ``ready`` item at once, each within its ``ready_within``.
+
+    The ports started together, so their start-ups overlap: the wait is as
+    long as the slowest, not the sum. A port fails its check when its agent
+    exits, or prints a line that is not a protocol message, before it is
+    ready, or when its time is up; a failed port is killed and reaped here.
+    Returns the failures (in the order of ``ports``) and every other item read
+    meanwhile, in order, for the caller to act on (:meth:`Inbox.requeue`).
+    """
+    t0 = clock()
+    waiting = {p.role: p for p in ports if p.ready_within is not None}
+    due = {role: t0 + (p.ready_within or 0.0) for role, p in waiting.items()}
+    why: dict[str, str | None] = {}
+    kept: list[Incoming] = []
+    while waiting:
+        now = clock()
+        for role in [r for r in waiting if due[r] <= now]:
+            p = waiting.pop(role)
+            why[role] = f"{p.awaits} did not come within {p.ready_within:g} s"
+        if not waiting:
+            break
+        item = inbox.get(max(min(due[r] for r in waiting) - now, 0.0))
+        if item is None:
+            continue
+        port = waiting.get(item.role)
+        if port is None or port.generation != item.generation:
+            kept.append(item)
+        elif item.kind == "ready":
+            del waiting[item.role]
+        elif item.kind == "exit":
+            del waiting[item.role]
+            why[item.role] = item.reason or None  # said once its exit code is known
+        elif item.kind == "error":
+            del waiting[item.role]
+            why[item.role] = f"printed a line that is not a protocol message: {item.error}"
+        else:
+            kept.append(item)
+    failed = []
+    for port in ports:
+        if port.role in why:
+            rc = port.kill()
+            reason = why[port.role] or f"exited (code {rc}) before {port.awaits}"
+            if port.last_stderr and port.last_stderr not in reason:
+                reason += f"; its stderr said: {port.last_stderr}"
+            failed.append(Unready(port.role, reason, rc))
+    return failed, kept
 
 
 class Inbox:
@@ -219,6 +305,10 @@ class Inbox:
     def remove(self, fd: int) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(fd)
+
+    def requeue(self, items: list[Incoming]) -> None:
+        """Put items back, first, in order (read by :func:`await_ready` for the engine)."""
+        self._items.extendleft(reversed(items))
 
     def post(self, item: Incoming) -> None:
         """Add an item from any thread; a waiting ``get`` returns it at once."""

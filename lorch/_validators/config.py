@@ -164,6 +164,14 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json(data, custom_formats={}
                     data__policy__timeoutss_is_dict = isinstance(data__policy__timeoutss, dict)
                     if data__policy__timeoutss_is_dict:
                         data__policy__timeoutss_keys = set(data__policy__timeoutss.keys())
+                        if 'start' in data__policy__timeoutss_keys:
+                            data__policy__timeoutss_keys.remove('start')
+                            data__policy__timeoutss__start = data__policy__timeoutss['start']
+                            if not isinstance(data__policy__timeoutss__start, (int, float, Decimal)) or isinstance(data__policy__timeoutss__start, bool):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.timeouts_s.start must be number', value=data__policy__timeoutss__start, name='' + (name_prefix or 'data') + '.policy.timeouts_s.start', rule='type')
+                            if isinstance(data__policy__timeoutss__start, (int, float, Decimal)) and (not isinstance(data__policy__timeoutss__start, bool)):
+                                if data__policy__timeoutss__start <= 0:
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.policy.timeouts_s.start must be bigger than 0', value=data__policy__timeoutss__start, name='' + (name_prefix or 'data') + '.policy.timeouts_s.start', rule='exclusiveMinimum')
                         if 'implement' in data__policy__timeoutss_keys:
                             data__policy__timeoutss_keys.remove('implement')
                             data__policy__timeoutss__implement = data__policy__timeoutss['implement']
@@ -396,6 +404,14 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data, custo
             data__timeoutss_is_dict = isinstance(data__timeoutss, dict)
             if data__timeoutss_is_dict:
                 data__timeoutss_keys = set(data__timeoutss.keys())
+                if 'start' in data__timeoutss_keys:
+                    data__timeoutss_keys.remove('start')
+                    data__timeoutss__start = data__timeoutss['start']
+                    if not isinstance(data__timeoutss__start, (int, float, Decimal)) or isinstance(data__timeoutss__start, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.start must be number', value=data__timeoutss__start, name='' + (name_prefix or 'data') + '.timeouts_s.start', rule='type')
+                    if isinstance(data__timeoutss__start, (int, float, Decimal)) and (not isinstance(data__timeoutss__start, bool)):
+                        if data__timeoutss__start <= 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.timeouts_s.start must be bigger than 0', value=data__timeoutss__start, name='' + (name_prefix or 'data') + '.timeouts_s.start', rule='exclusiveMinimum')
                 if 'implement' in data__timeoutss_keys:
                     data__timeoutss_keys.remove('implement')
                     data__timeoutss__implement = data__timeoutss['implement']

@@ -6,6 +6,7 @@ other agent. ``acp_agent.py SCRIPT.json`` (or ``$ACP_AGENT_SCRIPT``); the script
 
     {"agent": {"name": "scripted", "version": "1.0"},     # initialize's agentInfo
      "load_session": false,
+     "initialize": "never",                               # never answer initialize
      "auth": {"required": true, "unless_env": "SCRIPTED_KEY",
               "methods": [{"id": "key", "name": "API key", "description": "set SCRIPTED_KEY"}]},
      "turns": [{"match": "Review round", "calls": [[STEP, ...], [STEP, ...]]}, ...]}
@@ -85,6 +86,8 @@ class Scripted:
     # -- agent methods ----------------------------------------------------------
 
     async def initialize(self, protocol_version: int, **kwargs: Any) -> s.InitializeResponse:
+        if self.script.get("initialize") == "never":
+            await asyncio.Event().wait()
         info = self.script.get("agent", {"name": "scripted-acp-agent", "version": "1.0"})
         methods = []
         for m in self.script.get("auth", {}).get("methods", []):

@@ -53,6 +53,9 @@ class FakeInbox(Inbox):
     def post(self, item: Incoming) -> None:
         self.queue.append(item)
 
+    def requeue(self, items: list[Incoming]) -> None:
+        self.queue.extendleft(reversed(items))
+
     def get(self, timeout: float) -> Incoming | None:
         if self.queue:
             return self.queue.popleft()
@@ -78,6 +81,8 @@ class FakePort:
         self.start_time = None
         self.argv = [f"fake-{role}"]
         self.sends_heartbeats = heartbeats
+        self.ready_within: float | None = None  # ready once started, unless a test says
+        self.awaits = "its first heartbeat"
         self.last_stderr = ""
         self.inbox = inbox
         self.script = script
@@ -149,10 +154,21 @@ class FakeAgents:
         self.heartbeats = heartbeats
         self.started: list[FakePort] = []
         self.fail_start: set[str] = set()
+        self.fail_restart: set[str] = set()  # roles whose second start fails
         self.exactly_once: set[str] = set()  # roles lorch checkpoints
+        # What a role's agent does as it starts (post its ready item, exit, ...);
+        # a role with one here has a start-up check to pass (ready_within).
+        self.startup: dict[str, Callable[[FakePort], None]] = {}
+        self.bad_config: dict[str, str] = {}  # role -> what check() says
 
     def roles(self) -> list[str]:
         return ["builder", "reviewer", "spec_maintainer"]
+
+    def check(self, role: str) -> None:
+        from lorch.errors import ConfigError
+
+        if role in self.bad_config:
+            raise ConfigError(self.bad_config[role])
 
     def checkpointed(self, role: str) -> bool:
         return role in self.exactly_once
@@ -160,10 +176,13 @@ class FakeAgents:
     def start(
         self, role: str, generation: int, run_id: str, snapshot_id: str | None, inbox: Inbox
     ) -> FakePort:
-        if role in self.fail_start:
+        if role in self.fail_start or (role in self.fail_restart and self.ports(role)):
             raise AgentError(f"agent {role}: cannot start 'fake-{role}'")
         port = FakePort(role, generation, inbox, self.scripts.get(role, good), self.heartbeats)
         self.started.append(port)
+        if role in self.startup:
+            port.ready_within = 5.0
+            self.startup[role](port)
         return port
 
     def ports(self, role: str) -> list[FakePort]:
@@ -448,14 +467,14 @@ def test_a_predecessor_s_last_words_are_ignored(tmp_path: Path) -> None:
     assert len(builder_events) == 1  # only the live agent's answer was recorded
 
 
-def test_an_agent_that_cannot_start_counts_as_a_restart(tmp_path: Path) -> None:
-    rig = Rig(tmp_path)
-    rig.agents.fail_start.add("reviewer")
+def test_an_agent_that_cannot_restart_counts_as_a_restart(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, {"reviewer": dies}, policy=dataclasses.replace(POLICY, max_attempts=9))
+    rig.agents.fail_restart.add("reviewer")
     outcome = rig.run()
     assert outcome.status == "failed"
     assert "agent reviewer failed after 2 restarts" in outcome.reason
     failed = rig.events("system.command_failed")
-    assert {f["payload"]["code"] for f in failed} == {"agent_start_failed"}
+    assert [f["payload"]["code"] for f in failed] == ["agent_exited"] + ["agent_start_failed"] * 2
 
 
 def test_an_agent_that_closed_its_input_is_restarted(tmp_path: Path) -> None:
@@ -609,3 +628,90 @@ def test_a_command_over_the_message_limit_is_not_sent(tmp_path: Path) -> None:
         rig.run({**TASK, "goal": "g" * 20_000})
     assert "$.policy.message_max_bytes: the implement command for task T-1 is " in str(e.value)
     assert rig.commands() == [] and all(not p.sent for p in rig.agents.started)
+
+
+def _ready(port: FakePort) -> None:
+    port.post("ready")
+
+
+def _builder_got_nothing(rig: Rig) -> None:
+    assert rig.commands() == []
+    assert all(not p.sent for p in rig.agents.started)
+
+
+def test_preflight_waits_for_every_role_before_the_first_command(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    order: list[str] = []
+
+    def late_ready(port: FakePort) -> None:
+        order.append(f"{port.role} started")
+        port.post("heartbeat")  # read meanwhile, handed back to the engine
+        port.post("ready")
+
+    for role in ("builder", "reviewer", "spec_maintainer"):
+        rig.agents.startup[role] = late_ready
+    assert rig.run().status == "completed"
+    assert order == ["builder started", "reviewer started", "spec_maintainer started"]
+    recs = rig.records()
+    first_cmd = next(i for i, r in enumerate(recs) if r["kind"] == "command")
+    started = [
+        r["payload"]["role"] for r in recs[:first_cmd] if r.get("event") == "system.agent_started"
+    ]
+    assert started == ["builder", "reviewer", "spec_maintainer"]
+
+
+@pytest.mark.parametrize(
+    ("startup", "says"),
+    [
+        (
+            lambda p: p.post("exit"),
+            "agent reviewer did not start: exited (code -9) before its first heartbeat",
+        ),
+        (
+            lambda p: None,
+            "agent reviewer did not start: its first heartbeat did not come within 5 s",
+        ),
+        (
+            lambda p: p.post("error", error=FramingError("not JSON", size=3, prefix=b"hi!")),
+            "agent reviewer did not start: printed a line that is not a protocol message: not JSON",
+        ),
+        (
+            lambda p: p.post("exit", reason="ACP initialize failed: nope (code -32603)"),
+            "agent reviewer did not start: ACP initialize failed: nope (code -32603)",
+        ),
+    ],
+)
+def test_a_role_that_fails_its_start_up_check_stops_the_run_first(
+    tmp_path: Path, startup: Callable[[FakePort], None], says: str
+) -> None:
+    from lorch.errors import AgentNotReady
+
+    rig = Rig(tmp_path)
+    rig.agents.startup = {"builder": _ready, "reviewer": startup, "spec_maintainer": _ready}
+    with pytest.raises(AgentNotReady) as e:
+        rig.run()
+    assert str(e.value) == says
+    _builder_got_nothing(rig)
+    (exited,) = rig.events("system.agent_exited")
+    assert exited["payload"]["role"] == "reviewer" and exited["payload"]["reason"] in says
+    assert not replay(rig.records()).finished  # resumable
+
+
+def test_preflight_checks_every_role_before_starting_any(tmp_path: Path) -> None:
+    from lorch.errors import ConfigError
+
+    rig = Rig(tmp_path)
+    rig.agents.bad_config["spec_maintainer"] = "lorch.json: $.agents.spec_maintainer.cmd: fixture x"
+    with pytest.raises(ConfigError, match="spec_maintainer"):
+        rig.run()
+    assert rig.agents.started == [] and rig.commands() == []
+
+
+def test_an_agent_that_cannot_start_at_all_stops_the_run_first(tmp_path: Path) -> None:
+    from lorch.errors import AgentNotReady
+
+    rig = Rig(tmp_path)
+    rig.agents.fail_start.add("reviewer")
+    with pytest.raises(AgentNotReady, match=r"^agent reviewer: cannot start 'fake-reviewer'$"):
+        rig.run()
+    _builder_got_nothing(rig)

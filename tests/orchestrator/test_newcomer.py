@@ -153,8 +153,19 @@ def test_a_second_ctrl_c_still_stops_every_agent(scenario, lorch_bin: str, clean
 
     ws = scenario("happy-path")
     # A reviewer that ignores EOF and SIGTERM: stopping it takes lorch's whole grace.
+    # (Its one heartbeat passes the preflight.)
+    beat = {
+        "kind": "heartbeat",
+        "agent": {"agent_type": "reviewer", "agent_id": "reviewer#1"},
+        "seq": 0,
+        "status": "ready",
+        "pid": 1,
+        "uptime_s": 0,
+        "last_activity_at": "2026-12-01T12:00:00Z",
+    }
     (ws / "stubborn.py").write_text(
-        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)\n"
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"print({json.dumps(json.dumps(beat))}, flush=True)\ntime.sleep(300)\n"
     )
     cfg = json.loads((ws / "lorch.json").read_text())
     cfg["agents"]["reviewer"]["cmd"] = [sys.executable, "stubborn.py"]

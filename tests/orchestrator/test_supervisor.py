@@ -128,12 +128,14 @@ def test_get_reads_past_partial_lines_until_an_item(tmp_path: Path) -> None:
     inbox = Inbox()
     proc = _agent(tmp_path, inbox, code)
     try:
-        beat = inbox.get(timeout=30)
-        assert beat is not None and (beat.kind, beat.role, beat.generation) == (
-            "heartbeat",
-            "builder",
-            1,
-        )
+        # The first heartbeat is also the agent's start-up check: ready, then the beat.
+        for kind in ("ready", "heartbeat"):
+            beat = inbox.get(timeout=30)
+            assert beat is not None and (beat.kind, beat.role, beat.generation) == (
+                kind,
+                "builder",
+                1,
+            )
         item = inbox.get(timeout=30)
         assert item is not None and item.kind == "event" and item.message == EVENT
     finally:
