@@ -347,6 +347,8 @@ class AcpPort:
                 else f"answered initialize with a bad message: {_one_line(e)}"
             )
             reason = f"{what} before ACP initialize completed" + self._stderr_hint()
+        except Exception as e:  # an SDK fault must not leave the start-up hanging
+            reason = f"ACP initialize failed: {_one_line(e)}"
         if reason:
             self._unready = reason
             if proc.returncode is None:
