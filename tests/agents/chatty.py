@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """An agent that talks while nobody asked it anything: plain Python, no lorch imports.
 
-Usage: chatty.py ROLE GO DONE. Once the file GO exists it writes 512 KiB of valid
+Usage: chatty.py ROLE GO DONE. It sends one heartbeat as it starts; once the file
+GO exists it writes 512 KiB of valid
 heartbeats to stdout and as much text to stderr (far more than a pipe holds),
 then creates DONE. If lorch
 stops reading its stdout, the writes block and DONE never appears. Then it
@@ -30,6 +31,9 @@ def beat(seq):
     )
 
 
+# Its first heartbeat at once, as the protocol asks (lorch's preflight waits for it).
+sys.stdout.write(beat(0) + "\n")
+sys.stdout.flush()
 # Polling a file the test creates: this agent has nothing else to wait on.
 while not os.path.exists(GO):
     time.sleep(0.01)
