@@ -172,7 +172,7 @@ class Engine(Recorder):
         pace): each must pass its transport's start-up check (``await_ready``:
         NDJSON its first heartbeat, ACP its ``initialize`` answer). A role that
         cannot start stops the run here, before any agent works, with one line
-        naming it; the run stays resumable (docs/decisions.md D35).
+        naming it; the run stays resumable (docs/decisions.md D36).
         """
         configured = self.agents.roles()
         # The orchestration agent is needed only until intake has decided (a run
