@@ -225,10 +225,9 @@ MUTANTS = [
         "workflow",
         (
             (
-                '    return {**command, "message_id": message_id, "deadline": deadline, '
-                '"retry": retry}',
-                '    return {**command, "message_id": message_id, "deadline": deadline, '
-                '"retry": retry, "correlation_id": str(command["correlation_id"]) + "-r"}',
+                '        "retry": {**command["retry"], "attempt": attempt},\n    }',
+                '        "retry": {**command["retry"], "attempt": attempt},\n'
+                '        "correlation_id": str(command["correlation_id"]) + "-r",\n    }',
             ),
         ),
     ),
