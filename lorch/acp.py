@@ -58,7 +58,7 @@ from lorch.acp_turn import (
 )
 from lorch.errors import AgentError, PathEscape
 from lorch.protocol import Record
-from lorch.transport import Inbox, Incoming, Launch, SendContext
+from lorch.transport import Inbox, Incoming, Launch, SendContext, TurnCheckpoint
 
 T = TypeVar("T")
 
@@ -246,6 +246,7 @@ class AcpPort:
         self._exit_posted = False
         self._flush_due = False
         self._held: list[Incoming] = []
+        self._turn_end: TurnCheckpoint | None = None
         self._post_due = False
         launch.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._log: IO[str] = open(launch.log_path, "a", encoding="utf-8")  # noqa: SIM115
@@ -429,7 +430,9 @@ class AcpPort:
 
     # -- items for the engine ------------------------------------------------------
 
-    def _post(self, message: Record, *, now: bool = False) -> None:
+    def _post(
+        self, message: Record, *, now: bool = False, checkpoint: TurnCheckpoint | None = None
+    ) -> None:
         """Hand an event to the engine; lines of a turn go in bursts, its end at once.
 
         Waking the engine's thread costs more than the line itself, so what a
@@ -437,15 +440,20 @@ class AcpPort:
         terminal event, which flushes what is held first).
         """
         message = self._clean(message)
-        self._held.append(
+        self._hold(
             Incoming(
                 self.role,
                 self.generation,
                 "event",
                 message=message,
                 raw_size=len(protocol.encode(message)),
-            )
+                checkpoint=checkpoint,
+            ),
+            now,
         )
+
+    def _hold(self, item: Incoming, now: bool = False) -> None:
+        self._held.append(item)
         if now:
             self._post_held()
         elif not self._post_due:
@@ -455,8 +463,8 @@ class AcpPort:
     def _post_held(self) -> None:
         self._post_due = False
         held, self._held = self._held, []
-        for item in held:
-            self.inbox.post(item)
+        if held:
+            self.inbox.post_many(held)
 
     def _beat(self) -> None:
         now = time.monotonic()
@@ -552,13 +560,15 @@ class AcpPort:
         self._flush_text()
         self._flush_log()
         if self.alive() or message.get("event") != "error":
-            self._post(message, now=True)
+            end = self._turn_end if message.get("event") != "error" else None
+            self._post(message, now=True, checkpoint=end)
 
     async def _turn_body(self, command: Record, context: SendContext) -> Record:
         st = self.settings
         action = str(command["action"])
         self._text.clear()
         self._tools.clear()
+        self._turn_end = None
         pre = context.checkpoint
         if pre is None and st.take is not None:
             pre = await asyncio.to_thread(st.take)
@@ -601,6 +611,9 @@ class AcpPort:
         changed = (
             st.changed(pre, post) if (pre is not None and post is not None and st.changed) else []
         )
+        if post is not None and context.checkpoint is not None:
+            # The engine records it as the post checkpoint: taken once, not twice.
+            self._turn_end = TurnCheckpoint(post, tuple(changed))
         arts, deleted = artifacts(st.workspace, changed)
         extra: Record = {"stop_reason": stop}
         if verdict_rel is None:
@@ -722,19 +735,30 @@ class AcpPort:
             shown = "; ".join(f"[{e.status}] {e.content}" for e in entries)
             self.say(f"plan: {shown}", acp="plan", entries=len(entries))
 
-    def decided(self, what: str, decision: Any) -> None:
-        verdict = "allowed" if decision.allowed else "refused"
-        shown = [self._shown_path(p) for p in decision.paths]
-        where = f" ({', '.join(shown)})" if shown else ""
-        self.say(
-            f"permission {what}{where}: {verdict} ({decision.rule}: {decision.reason})",
-            acp="permission",
-            allowed=decision.allowed,
-            kind=decision.kind,
-            rule=decision.rule,
-            paths=shown,
-            option=decision.option_id,
-        )
+    def in_turn(self, session_id: str, request: str) -> bool:
+        """Is ``session_id`` the session of the turn in flight? A request outside
+        it has no command to be recorded for: it is refused, and logged."""
+        if self._command is not None and session_id == self._session:
+            return True
+        self.log({"stream": "acp", "refused": f"{request} outside the turn in flight"})
+        return False
+
+    def decided(self, request: str, title: str, decision: Any) -> None:
+        """A permission decision: a ``system.permission`` record (the engine writes it),
+        in order with the turn's lines, so the transcript shows it where it was made."""
+        self._flush_text()
+        payload = {
+            "request": request,
+            "kind": decision.kind,
+            "title": title,
+            "paths": [self._shown_path(p) for p in decision.paths],
+            "allowed": decision.allowed,
+            "option": decision.option_id,
+            "rule": decision.rule,
+            "reason": decision.reason,
+        }
+        record = {"event": "system.permission", "payload": self._clean(payload)}
+        self._hold(Incoming(self.role, self.generation, "permission", message=record))
 
     def _shown_path(self, path: str) -> str:
         """A path as the transcript shows it: relative when inside the workspace."""
@@ -856,9 +880,11 @@ class _Client:
     async def request_permission(
         self, session_id: str, tool_call: Any, options: list[Any], **kwargs: Any
     ) -> s.RequestPermissionResponse:
+        if not self.port.in_turn(session_id, "session/request_permission"):
+            return s.RequestPermissionResponse(outcome=s.DeniedOutcome(outcome="cancelled"))
         decision = self.port.policy.decide(tool_call, options)
         title = getattr(tool_call, "title", None) or decision.kind
-        self.port.decided(f"{decision.kind} {title!r}", decision)
+        self.port.decided("session/request_permission", str(title), decision)
         if decision.option_id is None:
             return s.RequestPermissionResponse(outcome=s.DeniedOutcome(outcome="cancelled"))
         return s.RequestPermissionResponse(
@@ -914,9 +940,11 @@ class _Client:
         output_byte_limit: int | None = None,
         **kwargs: Any,
     ) -> s.CreateTerminalResponse:
+        if not self.port.in_turn(session_id, "terminal/create"):
+            raise sdk.RequestError.invalid_params({"details": "no turn in flight"})
         decision = self.port.policy.may_execute(command)
         shown = " ".join([command, *(args or [])])
-        self.port.decided(f"execute {shown!r}", decision)
+        self.port.decided("terminal/create", shown, decision)
         if not decision.allowed:
             raise sdk.RequestError.invalid_params({"details": "execute is not allowed by lorch"})
         variables = {v.name: v.value for v in env or []}

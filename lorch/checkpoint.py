@@ -42,6 +42,7 @@ from typing import Any
 
 from lorch.atomic import atomic_write_bytes, ensure_dir
 from lorch.errors import StorageError
+from lorch.transport import TurnCheckpoint
 from lorch.workflow import Pending, State
 
 # lorch's own directories at the top of the workspace (DESIGN.md §4) and the
@@ -289,6 +290,8 @@ class TurnCheckpoints:
         self.workspace = workspace
         self.durable = durable
         self._ck: Checkpoints | None = None
+        # The last post checkpoint this process recorded (see before_send).
+        self._post: str | None = None
 
     @property
     def checkpoints(self) -> Checkpoints:
@@ -307,7 +310,13 @@ class TurnCheckpoints:
         role = str(command["to"]["agent_type"])
         pre = state.pre_checkpoint(ik)
         if pre is None:
-            tree = self.checkpoints.take()
+            # The workspace is the last post checkpoint's when that is the last
+            # record and this process took it: no agent's turn, start, exit,
+            # rejection or resume came between (docs/decisions.md D37).
+            # Otherwise it is checkpointed again.
+            tree = self._post if self._post is not None and state.tree_now == self._post else None
+            if tree is None:
+                tree = self.checkpoints.take()
             payload: Payload = {"role": role, "idempotency_key": ik, "phase": "pre", "tree": tree}
             return [("system.checkpoint", payload)], tree
         restored = self.checkpoints.rollback(pre)
@@ -320,12 +329,22 @@ class TurnCheckpoints:
         }
         return [("system.rollback", payload)], pre
 
-    def after_turn(self, pending: Pending) -> list[tuple[str, Payload]]:
-        """The post-command checkpoint of an answered command (none if already recorded)."""
+    def after_turn(
+        self, pending: Pending, taken: TurnCheckpoint | None = None
+    ) -> list[tuple[str, Payload]]:
+        """The post-command checkpoint of an answered command (none if already recorded).
+
+        ``taken``: the checkpoint the transport took when the turn ended (ACP,
+        whose artifacts are the files changed up to it); recorded as it is.
+        """
         if pending.pre is None or pending.post is not None:
             return []
-        post = self.checkpoints.take()
-        changed = self.checkpoints.changed(pending.pre, post)
+        if taken is not None:
+            post, changed = taken.tree, list(taken.changed)
+        else:
+            post = self.checkpoints.take()
+            changed = self.checkpoints.changed(pending.pre, post)
+        self._post = post
         payload: Payload = {
             "role": pending.role,
             "idempotency_key": pending.ik,

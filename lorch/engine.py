@@ -38,7 +38,16 @@ from lorch.protocol import Record
 from lorch.recorder import Recorder, Sink
 from lorch.redact import Redactor
 from lorch.timing import START_GRACE_S, Backoff, Watchdog
-from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext, Unready, await_ready
+from lorch.transport import (
+    AgentPort,
+    Agents,
+    Inbox,
+    Incoming,
+    SendContext,
+    TurnCheckpoint,
+    Unready,
+    await_ready,
+)
 from lorch.workflow import Check, Finish, Pending, Send, after_failure, next_step
 
 # How long an agent's event may wait for the next one to share its fsync
@@ -89,6 +98,8 @@ class Engine(Recorder):
         self.rng = rng or random.Random()
         # Checkpoints around the commands of roles lorch makes exactly-once.
         self.turns = turns or TurnCheckpoints(workspace)
+        # The checkpoint the transport took as the attempt in flight ended, if it did.
+        self._turn_end: TurnCheckpoint | None = None
 
     def backoff(self, n: int) -> float:
         """The delay before retry ``n`` (0-based), under the run's recorded policy."""
@@ -172,7 +183,7 @@ class Engine(Recorder):
         pace): each must pass its transport's start-up check (``await_ready``:
         NDJSON its first heartbeat, ACP its ``initialize`` answer). A role that
         cannot start stops the run here, before any agent works, with one line
-        naming it; the run stays resumable (docs/decisions.md D36).
+        naming it; the run stays resumable (docs/decisions.md D38).
         """
         configured = self.agents.roles()
         # The orchestration agent is needed only until intake has decided (a run
@@ -266,7 +277,8 @@ class Engine(Recorder):
 
     def check(self, pending: Pending) -> None:
         if self.agents.checkpointed(pending.role):
-            for name, payload in self.turns.after_turn(pending):
+            taken, self._turn_end = self._turn_end, None
+            for name, payload in self.turns.after_turn(pending, taken):
                 self.system(name, payload, pending.command["correlation_id"])
         problems = artifact_problems(
             self.workspace, pending.terminal or {}, self.policy.artifact_max_bytes
@@ -312,6 +324,7 @@ class Engine(Recorder):
             for name, payload in records:
                 self.system(name, payload, cmd["correlation_id"], sync=False)
         line = self.encode_command(cmd)  # the same bytes go to the ledger and to the agent
+        self._turn_end = None
         self.append(cmd, sync=not _planted.enabled("skip_command_fsync"), show=False, line=line)
         failpoint.busy_role[:] = [role]
         try:
@@ -394,6 +407,10 @@ class Engine(Recorder):
         if item.kind == "ready":
             return False  # its start-up check, already passed (await_ready)
         working = item.role == port.role
+        if item.kind == "permission":
+            if working and item.message is not None:
+                self._permission(item.message.get("payload") or {}, cmd)
+            return False
         if item.message is None or not working:
             self.sync()  # what follows kills or records: the past must be durable first
         if item.kind == "exit":
@@ -410,7 +427,27 @@ class Engine(Recorder):
             line = protocol.encode(msg)
             error = protocol.ProtocolError(refused, item.raw_size, protocol.window_of(line))
             return self._protocol_error(item, cmd, working, error, "protocol error")
+        if working and msg.get("event") in protocol.TERMINAL_EVENTS:
+            self._turn_end = item.checkpoint
         return self._on_event(msg)
+
+    def _permission(self, decision: Record, cmd: Record) -> None:
+        """A permission decision of the transport's, for the command in flight.
+
+        Appended like the agent's events (group commit, not fsynced before the
+        agent has its answer): it is a function of the recorded policy and the
+        request, and it is durable before the turn's terminal event is, so a
+        resume never keeps the effects of a decision the ledger lacks
+        (docs/decisions.md D38).
+        """
+        payload = {
+            **decision,
+            "role": cmd["to"]["agent_type"],
+            "idempotency_key": cmd["idempotency_key"],
+            "attempt": cmd["retry"]["attempt"],
+        }
+        self.system("system.permission", payload, cmd["correlation_id"], sync=False)
+        self._events_waiting = True
 
     def _on_exit(self, item: Incoming, cmd: Record, port: AgentPort, working: bool) -> bool:
         rc = self.kill_agent(item.role)

@@ -171,6 +171,15 @@ def _system(name: str, p: dict[str, Any]) -> tuple[str, str] | None:
             "lorch",
             f"[lorch] task {_num(p.get('index')) + 1:g} of {p.get('of')}: {task.get('id')}{title}",
         )
+    if name == "system.permission":
+        paths = p.get("paths") if isinstance(p.get("paths"), list) else []
+        where = f" ({', '.join(map(str, paths))})" if paths else ""
+        allowed = p.get("allowed") is True
+        return (
+            "lorch" if allowed else "bad",
+            f"[lorch] {p.get('role')}: permission {p.get('kind')} {str(p.get('title'))!r}{where}: "
+            f"{'allowed' if allowed else 'refused'} ({p.get('rule')}: {p.get('reason')})",
+        )
     if name == "system.run_completed":
         return ("ok", "[lorch] DONE")
     if name == "system.run_aborted":

@@ -23,7 +23,7 @@ import os
 import selectors
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -32,7 +32,20 @@ from lorch.errors import FramingError, SchemaError
 from lorch.protocol import MAX_LINE, Record
 from lorch.redact import Redactor
 
-ItemKind = Literal["event", "heartbeat", "ready", "error", "exit"]
+ItemKind = Literal["event", "heartbeat", "ready", "error", "exit", "permission"]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCheckpoint:
+    """The workspace checkpoint a transport took when a turn ended (ACP).
+
+    ``tree`` is the git tree id, ``changed`` every path changed since the
+    command's pre-command checkpoint, sorted. The engine records it as the
+    command's post checkpoint instead of taking the same one again.
+    """
+
+    tree: str
+    changed: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +65,15 @@ class Incoming:
     - ``"exit"``: the agent's output ended (it exited or closed its stdout).
       Nothing more comes from this generation. ``reason``, when set, is why the
       transport gave up on it (an ACP ``initialize`` that failed).
+    - ``"permission"``: a decision lorch's transport made for the agent's
+      command in flight (ACP: a ``session/request_permission`` or a
+      ``terminal/create`` answered by the role's policy). ``message`` is
+      ``{"event": "system.permission", "payload": ...}``, the record the engine
+      writes: built by lorch from what the agent asked, never bytes the agent
+      sent as a message.
+
+    ``checkpoint``: on the terminal event of a transport that checkpoints the
+    workspace itself when a turn ends (ACP), that checkpoint.
 
     ``role`` is the role the channel belongs to — never what a message claims —
     and ``generation`` the port's, so the engine can drop a predecessor's last
@@ -65,6 +87,7 @@ class Incoming:
     error: FramingError | SchemaError | None = None
     raw_size: int = 0
     reason: str = ""
+    checkpoint: TurnCheckpoint | None = None
 
     @property
     def eof(self) -> bool:
@@ -312,8 +335,13 @@ class Inbox:
 
     def post(self, item: Incoming) -> None:
         """Add an item from any thread; a waiting ``get`` returns it at once."""
+        self.post_many((item,))
+
+    def post_many(self, items: Iterable[Incoming]) -> None:
+        """Add items in order, waking the waiting thread once (each wake-up is a
+        thread switch, which costs more than the item)."""
         with self._lock:
-            self._posted.append(item)
+            self._posted.extend(items)
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
 

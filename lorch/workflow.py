@@ -125,6 +125,9 @@ class State:
     queue: list[dict[str, Any]] | None = None  # the tasks of a multi-task run, in order
     task_index: int = -1  # which of them is running (system.task_started)
     tasks_done: int = 0
+    # The tree of the checkpoint that is the last record folded (None once any
+    # record follows it): nothing lorch knows of has changed the workspace since.
+    tree_now: str | None = None
 
     @property
     def task_id(self) -> str:
@@ -157,6 +160,7 @@ class State:
         """Fold one ledger record. Total: a malformed record changes nothing it
         cannot type-check (a forged or damaged ``system.*`` payload included)."""
         self.records += 1
+        self.tree_now = None
         if not _awaits_verdict(record, self.pending):
             self._settle()
         if record.get("kind") == "command":
@@ -257,6 +261,7 @@ class State:
     def _checkpoint(self, payload: Record, record: Record) -> None:
         ik, tree = str(payload.get("idempotency_key")), str(payload.get("tree"))
         p = self.pending
+        self.tree_now = tree
         if payload.get("phase") == "pre":
             self.checkpoint = (ik, tree)
             if p is not None and p.ik == ik:

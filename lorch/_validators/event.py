@@ -210,6 +210,129 @@ def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={},
                                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.restored_count must be bigger than or equal to 0', value=data__payload__restoredcount, name='' + (name_prefix or 'data') + '.payload.restored_count', rule='minimum')
                     if data__payload_keys:
                         raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must not contain ' + str(data__payload_keys) + ' properties', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='additionalProperties')
+    try:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['event']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'event' in data_keys:
+                data_keys.remove('event')
+                data__event = data['event']
+                if not (isinstance(data__event, str) and data__event == 'system.permission'):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.event must be same as const definition: system.permission', value=data__event, name='' + (name_prefix or 'data') + '.event', rule='const')
+    except (JsonSchemaValueException, JsonSchemaValuesException):
+        pass
+    else:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['payload']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'payload' in data_keys:
+                data_keys.remove('payload')
+                data__payload = data['payload']
+                if not isinstance(data__payload, dict):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must be object', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='type')
+                data__payload_is_dict = isinstance(data__payload, dict)
+                if data__payload_is_dict:
+                    data__payload__missing_keys = set(['role', 'idempotency_key', 'attempt', 'request', 'kind', 'title', 'paths', 'allowed', 'option', 'rule', 'reason']) - data__payload.keys()
+                    if data__payload__missing_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must contain ' + (str(sorted(data__payload__missing_keys)) + ' properties'), value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='required')
+                    data__payload_keys = set(data__payload.keys())
+                    if 'role' in data__payload_keys:
+                        data__payload_keys.remove('role')
+                        data__payload__role = data__payload['role']
+                        if not (isinstance(data__payload__role, str) and data__payload__role == 'builder' or (isinstance(data__payload__role, str) and data__payload__role == 'reviewer') or (isinstance(data__payload__role, str) and data__payload__role == 'spec_maintainer') or (isinstance(data__payload__role, str) and data__payload__role == 'orchestration')):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + ".payload.role must be one of ['builder', 'reviewer', 'spec_maintainer', 'orchestration']", value=data__payload__role, name='' + (name_prefix or 'data') + '.payload.role', rule='enum')
+                    if 'idempotency_key' in data__payload_keys:
+                        data__payload_keys.remove('idempotency_key')
+                        data__payload__idempotencykey = data__payload['idempotency_key']
+                        if not isinstance(data__payload__idempotencykey, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.idempotency_key must be string', value=data__payload__idempotencykey, name='' + (name_prefix or 'data') + '.payload.idempotency_key', rule='type')
+                        if isinstance(data__payload__idempotencykey, str):
+                            if not REGEX_PATTERNS['^ik:[0-9a-f]{64}$'].search(data__payload__idempotencykey):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.idempotency_key must match pattern ^ik:[0-9a-f]{64}$', value=data__payload__idempotencykey, name='' + (name_prefix or 'data') + '.payload.idempotency_key', rule='pattern')
+                    if 'attempt' in data__payload_keys:
+                        data__payload_keys.remove('attempt')
+                        data__payload__attempt = data__payload['attempt']
+                        if not isinstance(data__payload__attempt, int) and (not (isinstance(data__payload__attempt, float) and data__payload__attempt.is_integer())) or isinstance(data__payload__attempt, bool):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.attempt must be integer', value=data__payload__attempt, name='' + (name_prefix or 'data') + '.payload.attempt', rule='type')
+                        if isinstance(data__payload__attempt, (int, float, Decimal)) and (not isinstance(data__payload__attempt, bool)):
+                            if data__payload__attempt < 0:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.attempt must be bigger than or equal to 0', value=data__payload__attempt, name='' + (name_prefix or 'data') + '.payload.attempt', rule='minimum')
+                    if 'request' in data__payload_keys:
+                        data__payload_keys.remove('request')
+                        data__payload__request = data__payload['request']
+                        if not (isinstance(data__payload__request, str) and data__payload__request == 'session/request_permission' or (isinstance(data__payload__request, str) and data__payload__request == 'terminal/create')):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + ".payload.request must be one of ['session/request_permission', 'terminal/create']", value=data__payload__request, name='' + (name_prefix or 'data') + '.payload.request', rule='enum')
+                    if 'kind' in data__payload_keys:
+                        data__payload_keys.remove('kind')
+                        data__payload__kind = data__payload['kind']
+                        if not (isinstance(data__payload__kind, str) and data__payload__kind == 'read' or (isinstance(data__payload__kind, str) and data__payload__kind == 'edit') or (isinstance(data__payload__kind, str) and data__payload__kind == 'delete') or (isinstance(data__payload__kind, str) and data__payload__kind == 'move') or (isinstance(data__payload__kind, str) and data__payload__kind == 'search') or (isinstance(data__payload__kind, str) and data__payload__kind == 'execute') or (isinstance(data__payload__kind, str) and data__payload__kind == 'think') or (isinstance(data__payload__kind, str) and data__payload__kind == 'fetch') or (isinstance(data__payload__kind, str) and data__payload__kind == 'switch_mode') or (isinstance(data__payload__kind, str) and data__payload__kind == 'other')):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + ".payload.kind must be one of ['read', 'edit', 'delete', 'move', 'search', 'execute', 'think', 'fetch', 'switch_mode', 'other']", value=data__payload__kind, name='' + (name_prefix or 'data') + '.payload.kind', rule='enum')
+                    if 'title' in data__payload_keys:
+                        data__payload_keys.remove('title')
+                        data__payload__title = data__payload['title']
+                        if not isinstance(data__payload__title, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.title must be string', value=data__payload__title, name='' + (name_prefix or 'data') + '.payload.title', rule='type')
+                        if isinstance(data__payload__title, str):
+                            data__payload__title_len = len(data__payload__title)
+                            if data__payload__title_len > 4001:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.title must be shorter than or equal to 4001 characters', value=data__payload__title, name='' + (name_prefix or 'data') + '.payload.title', rule='maxLength')
+                    if 'paths' in data__payload_keys:
+                        data__payload_keys.remove('paths')
+                        data__payload__paths = data__payload['paths']
+                        if not isinstance(data__payload__paths, (list, tuple)):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.paths must be array', value=data__payload__paths, name='' + (name_prefix or 'data') + '.payload.paths', rule='type')
+                        data__payload__paths_is_list = isinstance(data__payload__paths, (list, tuple))
+                        if data__payload__paths_is_list:
+                            data__payload__paths_len = len(data__payload__paths)
+                            if data__payload__paths_len > 100:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.paths must contain less than or equal to 100 items', value=data__payload__paths, name='' + (name_prefix or 'data') + '.payload.paths', rule='maxItems')
+                            for data__payload__paths_x, data__payload__paths_item in enumerate(data__payload__paths):
+                                if not isinstance(data__payload__paths_item, str):
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.paths[{data__payload__paths_x}]'.format(**locals()) + ' must be string', value=data__payload__paths_item, name='' + (name_prefix or 'data') + '.payload.paths[{data__payload__paths_x}]'.format(**locals()) + '', rule='type')
+                                if isinstance(data__payload__paths_item, str):
+                                    data__payload__paths_item_len = len(data__payload__paths_item)
+                                    if data__payload__paths_item_len > 4001:
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.paths[{data__payload__paths_x}]'.format(**locals()) + ' must be shorter than or equal to 4001 characters', value=data__payload__paths_item, name='' + (name_prefix or 'data') + '.payload.paths[{data__payload__paths_x}]'.format(**locals()) + '', rule='maxLength')
+                    if 'allowed' in data__payload_keys:
+                        data__payload_keys.remove('allowed')
+                        data__payload__allowed = data__payload['allowed']
+                        if not isinstance(data__payload__allowed, bool):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.allowed must be boolean', value=data__payload__allowed, name='' + (name_prefix or 'data') + '.payload.allowed', rule='type')
+                    if 'option' in data__payload_keys:
+                        data__payload_keys.remove('option')
+                        data__payload__option = data__payload['option']
+                        if not isinstance(data__payload__option, (str, NoneType)):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.option must be string or null', value=data__payload__option, name='' + (name_prefix or 'data') + '.payload.option', rule='type')
+                        if isinstance(data__payload__option, str):
+                            data__payload__option_len = len(data__payload__option)
+                            if data__payload__option_len > 4001:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.option must be shorter than or equal to 4001 characters', value=data__payload__option, name='' + (name_prefix or 'data') + '.payload.option', rule='maxLength')
+                    if 'rule' in data__payload_keys:
+                        data__payload_keys.remove('rule')
+                        data__payload__rule = data__payload['rule']
+                        if not isinstance(data__payload__rule, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.rule must be string', value=data__payload__rule, name='' + (name_prefix or 'data') + '.payload.rule', rule='type')
+                        if isinstance(data__payload__rule, str):
+                            data__payload__rule_len = len(data__payload__rule)
+                            if data__payload__rule_len > 4001:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.rule must be shorter than or equal to 4001 characters', value=data__payload__rule, name='' + (name_prefix or 'data') + '.payload.rule', rule='maxLength')
+                    if 'reason' in data__payload_keys:
+                        data__payload_keys.remove('reason')
+                        data__payload__reason = data__payload['reason']
+                        if not isinstance(data__payload__reason, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.reason must be string', value=data__payload__reason, name='' + (name_prefix or 'data') + '.payload.reason', rule='type')
+                        if isinstance(data__payload__reason, str):
+                            data__payload__reason_len = len(data__payload__reason)
+                            if data__payload__reason_len > 4001:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.reason must be shorter than or equal to 4001 characters', value=data__payload__reason, name='' + (name_prefix or 'data') + '.payload.reason', rule='maxLength')
+                    if data__payload_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must not contain ' + str(data__payload_keys) + ' properties', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='additionalProperties')
     data_is_dict = isinstance(data, dict)
     if data_is_dict:
         data__missing_keys = set(['kind', 'message_id', 'correlation_id', 'task_id', 'from', 'event', 'occurred_at']) - data.keys()
@@ -283,8 +406,8 @@ def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={},
         if 'event' in data_keys:
             data_keys.remove('event')
             data__event = data['event']
-            if not (isinstance(data__event, str) and data__event == 'builder.progress' or (isinstance(data__event, str) and data__event == 'builder.completed') or (isinstance(data__event, str) and data__event == 'review.completed') or (isinstance(data__event, str) and data__event == 'spec.updated') or (isinstance(data__event, str) and data__event == 'spec.no_changes_needed') or (isinstance(data__event, str) and data__event == 'spec.changes_requested') or (isinstance(data__event, str) and data__event == 'orchestration.proposed_tasks') or (isinstance(data__event, str) and data__event == 'orchestration.needs_clarification') or (isinstance(data__event, str) and data__event == 'orchestration.plan_conflict') or (isinstance(data__event, str) and data__event == 'artifact.produced') or (isinstance(data__event, str) and data__event == 'error') or (isinstance(data__event, str) and data__event == 'log') or (isinstance(data__event, str) and data__event == 'system.run_started') or (isinstance(data__event, str) and data__event == 'system.snapshot') or (isinstance(data__event, str) and data__event == 'system.agent_started') or (isinstance(data__event, str) and data__event == 'system.agent_exited') or (isinstance(data__event, str) and data__event == 'system.agent_restarted') or (isinstance(data__event, str) and data__event == 'system.protocol_error') or (isinstance(data__event, str) and data__event == 'system.command_failed') or (isinstance(data__event, str) and data__event == 'system.artifact_rejected') or (isinstance(data__event, str) and data__event == 'system.resumed') or (isinstance(data__event, str) and data__event == 'system.discovery') or (isinstance(data__event, str) and data__event == 'system.task_started') or (isinstance(data__event, str) and data__event == 'system.run_completed') or (isinstance(data__event, str) and data__event == 'system.run_failed') or (isinstance(data__event, str) and data__event == 'system.run_aborted') or (isinstance(data__event, str) and data__event == 'system.user_decision') or (isinstance(data__event, str) and data__event == 'system.checkpoint') or (isinstance(data__event, str) and data__event == 'system.rollback')):
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".event must be one of ['builder.progress', 'builder.completed', 'review.completed', 'spec.updated', 'spec.no_changes_needed', 'spec.changes_requested', 'orchestration.proposed_tasks', 'orchestration.needs_clarification', 'orchestration.plan_conflict', 'artifact.produced', 'error', 'log', 'system.run_started', 'system.snapshot', 'system.agent_started', 'system.agent_exited', 'system.agent_restarted', 'system.protocol_error', 'system.command_failed', 'system.artifact_rejected', 'system.resumed', 'system.discovery', 'system.task_started', 'system.run_completed', 'system.run_failed', 'system.run_aborted', 'system.user_decision', 'system.checkpoint', 'system.rollback']", value=data__event, name='' + (name_prefix or 'data') + '.event', rule='enum')
+            if not (isinstance(data__event, str) and data__event == 'builder.progress' or (isinstance(data__event, str) and data__event == 'builder.completed') or (isinstance(data__event, str) and data__event == 'review.completed') or (isinstance(data__event, str) and data__event == 'spec.updated') or (isinstance(data__event, str) and data__event == 'spec.no_changes_needed') or (isinstance(data__event, str) and data__event == 'spec.changes_requested') or (isinstance(data__event, str) and data__event == 'orchestration.proposed_tasks') or (isinstance(data__event, str) and data__event == 'orchestration.needs_clarification') or (isinstance(data__event, str) and data__event == 'orchestration.plan_conflict') or (isinstance(data__event, str) and data__event == 'artifact.produced') or (isinstance(data__event, str) and data__event == 'error') or (isinstance(data__event, str) and data__event == 'log') or (isinstance(data__event, str) and data__event == 'system.run_started') or (isinstance(data__event, str) and data__event == 'system.snapshot') or (isinstance(data__event, str) and data__event == 'system.agent_started') or (isinstance(data__event, str) and data__event == 'system.agent_exited') or (isinstance(data__event, str) and data__event == 'system.agent_restarted') or (isinstance(data__event, str) and data__event == 'system.protocol_error') or (isinstance(data__event, str) and data__event == 'system.command_failed') or (isinstance(data__event, str) and data__event == 'system.artifact_rejected') or (isinstance(data__event, str) and data__event == 'system.resumed') or (isinstance(data__event, str) and data__event == 'system.discovery') or (isinstance(data__event, str) and data__event == 'system.task_started') or (isinstance(data__event, str) and data__event == 'system.run_completed') or (isinstance(data__event, str) and data__event == 'system.run_failed') or (isinstance(data__event, str) and data__event == 'system.run_aborted') or (isinstance(data__event, str) and data__event == 'system.user_decision') or (isinstance(data__event, str) and data__event == 'system.checkpoint') or (isinstance(data__event, str) and data__event == 'system.rollback') or (isinstance(data__event, str) and data__event == 'system.permission')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".event must be one of ['builder.progress', 'builder.completed', 'review.completed', 'spec.updated', 'spec.no_changes_needed', 'spec.changes_requested', 'orchestration.proposed_tasks', 'orchestration.needs_clarification', 'orchestration.plan_conflict', 'artifact.produced', 'error', 'log', 'system.run_started', 'system.snapshot', 'system.agent_started', 'system.agent_exited', 'system.agent_restarted', 'system.protocol_error', 'system.command_failed', 'system.artifact_rejected', 'system.resumed', 'system.discovery', 'system.task_started', 'system.run_completed', 'system.run_failed', 'system.run_aborted', 'system.user_decision', 'system.checkpoint', 'system.rollback', 'system.permission']", value=data__event, name='' + (name_prefix or 'data') + '.event', rule='enum')
         if 'status' in data_keys:
             data_keys.remove('status')
             data__status = data['status']

@@ -133,6 +133,25 @@ def lines(items: list[Incoming]) -> list[str]:
     ]
 
 
+def decisions(items: list[Incoming]) -> list[dict[str, Any]]:
+    """The permission decisions of a turn (the payloads of its ``system.permission`` records)."""
+    return [
+        dict(i.message["payload"])
+        for i in items
+        if i.kind == "permission" and i.message is not None
+    ]
+
+
+def shown(decision: dict[str, Any]) -> str:
+    """A decision in one line, as the transcript shows it."""
+    where = f" ({', '.join(decision['paths'])})" if decision["paths"] else ""
+    verdict = "allowed" if decision["allowed"] else "refused"
+    return (
+        f"permission {decision['kind']} {decision['title']!r}{where}: {verdict} "
+        f"({decision['rule']}: {decision['reason']})"
+    )
+
+
 @pytest.fixture
 def acp(tmp_path: Path) -> Iterator[Harness]:
     ws = tmp_path / "ws"

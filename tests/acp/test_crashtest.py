@@ -18,5 +18,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 def test_acp_scenario_survives_a_crash_at_every_offset_in_every_mode() -> None:
     baseline, results = crashtest("acp-crash", DEFAULT_MODES, opts=Options(jobs=2))
     assert len(results) == baseline.n * len(DEFAULT_MODES)
+    # Its builder's permission decisions are records: a crash point each, too.
+    decided = [r["payload"] for r in baseline.records if r.get("event") == "system.permission"]
+    assert [(d["kind"], d["allowed"]) for d in decided] == [("edit", True), ("fetch", False)]
     failed = [(r.point.name, r.invariant, r.detail) for r in results if r.verdict != "pass"]
     assert failed == []

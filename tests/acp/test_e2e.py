@@ -75,8 +75,8 @@ def test_acp_run_completes_with_lorch_built_events(ws: Path, lorch) -> None:  # 
     assert "[builder] Writing the greeting module." in out
     assert "[builder] tool edit: Write src/greeting.py [completed]" in out
     assert (
-        "[builder] permission edit 'Write tests/test_greeting.py' (tests/test_greeting.py): allowed"
-        in out
+        "[lorch] builder: permission edit 'Write tests/test_greeting.py' "
+        "(tests/test_greeting.py): allowed" in out
     )
     assert "[builder] plan: [pending] write the module; [pending] write its test" in out
     assert "[builder] tests pass:" in out
@@ -86,6 +86,82 @@ def test_acp_run_completes_with_lorch_built_events(ws: Path, lorch) -> None:  # 
     for role in ("builder", "reviewer", "spec_maintainer"):
         log = (ws / "logs" / role / f"{run_id}.ndjson").read_text()
         assert '"method": "session/prompt"' in log and '"method": "session/update"' in log
+    v = lorch("verify", "--workspace", str(ws), "--run", run_id)
+    assert v.returncode == 0, v.stdout
+
+
+def test_every_permission_decision_is_a_ledger_record(ws: Path, tmp_path: Path, lorch) -> None:  # type: ignore[no-untyped-def]
+    outside = tmp_path / "outside.txt"
+
+    def ask_twice(script: dict[str, Any]) -> None:
+        steps = script["turns"][0]["calls"][0]
+        at = next(i for i, s in enumerate(steps) if "permission" in s) + 1
+        steps.insert(
+            at,
+            {
+                "permission": {"kind": "edit", "title": "Write outside", "paths": [str(outside)]},
+                "then": [{"write": str(outside), "content": "escaped"}],
+                "else": [{"text": "not allowed out there"}],
+            },
+        )
+
+    _script(ws, "builder", ask_twice)
+    r = lorch("run", "--workspace", str(ws), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not outside.exists()
+    recs = _records(ws)
+    (implement,) = [x for x in recs if x.get("kind") == "command" and x["action"] == "implement"]
+    mine = [
+        x
+        for x in recs
+        if x.get("event") == "system.permission"
+        and x["correlation_id"] == implement["correlation_id"]
+    ]
+    assert [x["payload"] for x in mine] == [
+        {
+            "role": "builder",
+            "idempotency_key": implement["idempotency_key"],
+            "attempt": 0,
+            "request": "session/request_permission",
+            "kind": "edit",
+            "title": "Write tests/test_greeting.py",
+            "paths": ["tests/test_greeting.py"],
+            "allowed": True,
+            "option": "allow",
+            "rule": "edit: workspace",
+            "reason": "edit inside the workspace is allowed",
+        },
+        {
+            "role": "builder",
+            "idempotency_key": implement["idempotency_key"],
+            "attempt": 0,
+            "request": "session/request_permission",
+            "kind": "edit",
+            "title": "Write outside",
+            "paths": [str(outside)],
+            "allowed": False,
+            "option": "reject",
+            "rule": "edit: workspace",
+            "reason": f"{outside} is outside the workspace",
+        },
+    ]
+    assert all(x["from"] == {"agent_type": "system"} for x in mine)
+    # Recorded before the turn's answer, in the order they were made.
+    (done,) = [
+        i
+        for i, x in enumerate(recs)
+        if x.get("event") == "builder.completed"
+        and x["correlation_id"] == implement["correlation_id"]
+    ]
+    assert all(recs.index(x) < done for x in mine)
+    # The terminal command of round 2 is a decision too.
+    runs = [x["payload"] for x in recs if x.get("event") == "system.permission"][2:]
+    assert [(d["request"], d["kind"], d["allowed"]) for d in runs] == [
+        ("terminal/create", "execute", True)
+    ]
+    assert f"[lorch] builder: permission edit 'Write outside' ({outside}): refused" in r.stdout
+    run_id = sorted((ws / "events").glob("run-*.ndjson"))[0].stem
+    assert "permission edit 'Write outside'" in (ws / "transcripts" / f"{run_id}.txt").read_text()
     v = lorch("verify", "--workspace", str(ws), "--run", run_id)
     assert v.returncode == 0, v.stdout
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from lorch import protocol, schemas
 from lorch.transport import SendContext
 
-from .conftest import Harness, command, lines
+from .conftest import Harness, command, decisions, lines, shown
 
 
 def _valid(msg: dict) -> None:  # type: ignore[type-arg]
@@ -212,7 +212,7 @@ def test_permissions_follow_the_policy_and_each_decision_is_recorded(acp: Harnes
     )
     port = acp.port(script)
     items, _ = acp.turn(port, command())
-    said = [x for x in lines(items) if x.startswith("permission")]
+    said = [shown(d) for d in decisions(items)]
     assert said == [
         "permission edit 'Edit inside' (a.txt): allowed "
         "(edit: workspace: edit inside the workspace is allowed)",
@@ -222,13 +222,17 @@ def test_permissions_follow_the_policy_and_each_decision_is_recorded(acp: Harnes
         "permission fetch 'Fetch url': refused (fetch: deny: fetch is not allowed)",
         "permission fetch 'Fetch again': refused (fetch: deny: fetch is not allowed)",
     ]
+    first = decisions(items)[0]
+    assert first["request"] == "session/request_permission"
+    assert first["paths"] == ["a.txt"] and first["option"] == "allow"
+    assert [d["option"] for d in decisions(items)[1:]] == ["reject", "allow"] + ["reject"] * 2
     assert (acp.workspace / "a.txt").read_text() == "in"
     assert not outside.exists()
     assert "ran" in lines(items) and "fetched" not in lines(items) and "no" in lines(items)
     # Configurable per tool kind.
     port2 = acp.port(script, permissions={"fetch": "allow", "execute": "deny"})
     items, _ = acp.turn(port2, command())
-    said = [x for x in lines(items) if x.startswith("permission")]
+    said = [shown(d) for d in decisions(items)]
     assert "permission execute 'Run ls': refused (execute: deny: execute is not allowed)" in said
     assert "permission fetch 'Fetch url': allowed (fetch: allow: fetch is allowed)" in said
 
@@ -276,7 +280,9 @@ def test_terminal_commands_run_in_the_workspace(acp: Harness) -> None:
     assert f"exit 0: {acp.workspace}\n" in said or any(
         x.startswith("exit 0:") and str(acp.workspace) in x for x in said
     )
-    assert any(x.startswith("permission execute 'sh -c") for x in said)
+    (run,) = decisions(items)
+    assert run["request"] == "terminal/create" and run["allowed"] is True
+    assert run["title"].startswith("sh -c pwd") and run["option"] is None
     assert end.message is not None
     assert [a["path"] for a in end.message["artifacts"]] == ["t.txt"]
 
@@ -418,7 +424,7 @@ def test_what_the_agent_says_is_redacted_and_cannot_drive_the_terminal(acp: Harn
     items, end = acp.turn(port, command())
     said = lines(items)
     assert "key *** then ?[2Jcleared" in said
-    assert any(x.startswith("permission edit 'Edit \\x1b]0;pwned\\x07 ***'") for x in said)
     assert not any("\x1b" in x or "\x07" in x for x in said)
+    assert decisions(items)[0]["title"] == "Edit ?]0;pwned? ***"
     for i in [*items, end]:
         assert i.message is None or "sk-live-123456" not in json.dumps(i.message)

@@ -20,7 +20,11 @@ NOT_IDEMPOTENT = {
                 [
                     {"write": "src/a.py", "content": "a = 1\n"},
                     {"append": "log.txt", "content": "one turn\n"},
-                    {"write": "src/b.py", "content": "b = 2\n"},
+                    # Real agents ask before they edit: the battery copes with the answers.
+                    {
+                        "permission": {"kind": "edit", "title": "Write b", "paths": ["src/b.py"]},
+                        "then": [{"write": "src/b.py", "content": "b = 2\n"}],
+                    },
                 ]
             ]
         }

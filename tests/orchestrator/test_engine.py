@@ -715,3 +715,117 @@ def test_an_agent_that_cannot_start_at_all_stops_the_run_first(tmp_path: Path) -
     with pytest.raises(AgentNotReady, match=r"^agent reviewer: cannot start 'fake-reviewer'$"):
         rig.run()
     _builder_got_nothing(rig)
+
+
+# -- checkpoints around the commands of roles lorch makes exactly-once ----------
+
+
+def counting_takes(rig: Rig) -> list[str]:
+    """Every tree the engine's own checkpoints take, in order."""
+    ck = rig.engine.turns.checkpoints
+    taken: list[str] = []
+    take = ck.take
+
+    def counted() -> str:
+        taken.append(take())
+        return taken[-1]
+
+    ck.take = counted  # type: ignore[method-assign]
+    return taken
+
+
+def test_a_turn_end_checkpoint_is_recorded_once_and_reused_while_nothing_came_between(
+    tmp_path: Path,
+) -> None:
+    from lorch.checkpoint import Checkpoints
+    from lorch.transport import TurnCheckpoint
+
+    def builder(port: FakePort, cmd: dict[str, Any]) -> None:
+        # Like the ACP transport: it checkpoints the turn's end itself.
+        (rig.ws / "src").mkdir(exist_ok=True)
+        (rig.ws / "src" / "a.py").write_text(f"# {cmd['action']}\n")
+        own = Checkpoints(rig.ws, rig.ws / "state" / "checkpoints.git", durable=False)
+        pre = port.sent[-1][2].checkpoint
+        assert pre is not None
+        tree = own.take()
+        ended = TurnCheckpoint(tree, tuple(own.changed(pre, tree)))
+        msg = message("builder", "builder.completed", cmd)
+        msg["payload"] = {"tests": {"status": "pass", "summary": ""}}
+        port.post("event", message=msg, checkpoint=ended)
+
+    def reviewer(port: FakePort, cmd: dict[str, Any]) -> None:
+        (rig.ws / "reviews").mkdir(exist_ok=True)
+        (rig.ws / "reviews" / "T-1.json").write_text(cmd["message_id"])
+        good(port, cmd)
+
+    rig = Rig(tmp_path, {"builder": builder, "reviewer": reviewer})
+    rig.agents.exactly_once = {"builder", "reviewer"}
+    taken = counting_takes(rig)
+    assert rig.run().status == "completed"
+    recs = rig.records()
+    ck = [r["payload"] for r in recs if r.get("event") == "system.checkpoint"]
+    assert [(c["phase"], c["role"]) for c in ck] == [
+        ("pre", "builder"),
+        ("post", "builder"),
+        ("pre", "reviewer"),
+        ("post", "reviewer"),
+    ]
+    # The builder's post is the transport's, with its changed paths: not taken again.
+    assert ck[1]["changed"] == ["src/a.py"]
+    # Nothing came between the builder's post and the reviewer's command: same tree.
+    i = next(i for i, r in enumerate(recs) if r.get("payload") is ck[1])
+    assert recs[i + 1].get("payload") is ck[2]
+    assert ck[2]["tree"] == ck[1]["tree"]
+    # So the engine took two checkpoints (the first pre, the reviewer's post), not four.
+    assert taken == [ck[0]["tree"], ck[3]["tree"]]
+    assert ck[3]["changed"] == ["reviews/T-1.json"]
+
+
+def test_a_command_of_another_role_between_two_checkpoints_means_a_new_one(
+    tmp_path: Path,
+) -> None:
+    def builder(port: FakePort, cmd: dict[str, Any]) -> None:
+        (rig.ws / "out.txt").write_text(cmd["action"])
+        good(port, cmd)
+
+    def reviewer(port: FakePort, cmd: dict[str, Any]) -> None:
+        # Not checkpointed, and it changes the workspace.
+        (rig.ws / "reviews").mkdir(exist_ok=True)
+        (rig.ws / "reviews" / "T-1.json").write_text(cmd["message_id"])
+        port.emit("review.completed", cmd, status=verdicts.pop(0))
+
+    verdicts = ["changes_requested", "approved"]
+    rig = Rig(tmp_path, {"builder": builder, "reviewer": reviewer})
+    rig.agents.exactly_once = {"builder"}
+    taken = counting_takes(rig)
+    assert rig.run().status == "completed"
+    ck = [r["payload"] for r in rig.records() if r.get("event") == "system.checkpoint"]
+    assert [c["phase"] for c in ck] == ["pre", "post", "pre", "post"]
+    # The reviewer's turn came between: implement_changes starts from a tree of its own,
+    # with the review file in it.
+    assert ck[2]["tree"] != ck[1]["tree"]
+    assert len(taken) == 4
+    store = rig.engine.turns.checkpoints
+    assert store.changed(ck[1]["tree"], ck[2]["tree"]) == ["reviews/T-1.json"]
+
+
+def test_a_checkpoint_another_process_recorded_is_taken_again(tmp_path: Path) -> None:
+    from lorch.checkpoint import TurnCheckpoints
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.txt").write_text("1")
+    cmd = {"idempotency_key": "ik:" + "1" * 64, "to": {"agent_type": "builder"}}
+    first = TurnCheckpoints(ws, durable=False)
+    _, tree = first.before_send(State(), cmd)
+    state = State()
+    post = {"role": "builder", "idempotency_key": cmd["idempotency_key"], "phase": "post"}
+    system = {"kind": "event", "from": {"agent_type": "system"}, "event": "system.checkpoint"}
+    state.fold({**system, "payload": {**post, "tree": tree}})
+    assert state.tree_now == tree
+    (ws / "a.txt").write_text("changed while lorch was not running")
+    # A new process (a resume) cannot know what happened since: it checkpoints again.
+    later = TurnCheckpoints(ws, durable=False)
+    nxt = {**cmd, "idempotency_key": "ik:" + "2" * 64}
+    _, again = later.before_send(state, nxt)
+    assert again != tree

@@ -201,6 +201,23 @@ def test_an_item_posted_from_another_thread_ends_the_wait() -> None:
         inbox.close()
 
 
+def test_items_posted_together_arrive_in_order_with_one_wake_up() -> None:
+    import os
+
+    from lorch.transport import Incoming
+
+    inbox = Inbox()
+    items = [Incoming("builder", 1, "heartbeat", raw_size=n) for n in range(5)]
+    try:
+        inbox.post_many(items)
+        assert os.read(inbox._wake_r, 100) == b"\0"  # one byte: one thread switch
+        os.write(inbox._wake_w, b"\0")
+        assert [inbox.get(timeout=5) for _ in items] == items
+        assert inbox.get(timeout=0) is None
+    finally:
+        inbox.close()
+
+
 def test_a_starting_agent_has_a_start_up_grace_then_the_heartbeat_rule() -> None:
     clock = FakeClock()
     w = Watchdog(clock, interval=0.1, misses=3, start_grace=10)
