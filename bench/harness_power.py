@@ -244,7 +244,7 @@ MUTANTS = [
     Mutant(
         "workflow: the review round cap is off by one",
         "workflow",
-        (("        if review_round > max_rounds:", "        if review_round >= 3:"),),
+        (("    if review_round > max_rounds:", "    if review_round >= 3:"),),
         "loop",
     ),
     Mutant(
@@ -252,8 +252,8 @@ MUTANTS = [
         "workflow",
         (
             (
-                '                    "reason": "review",\n',
-                '                    "reason": "spec",\n',
+                '_changes(state, answer, fresh, "review",',
+                '_changes(state, answer, fresh, "spec",',
             ),
         ),
         "loop",
