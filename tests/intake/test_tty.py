@@ -8,11 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 
 from tests.intake.conftest import decisions, proposal, task_commands
-
-pexpect = pytest.importorskip("pexpect")
 
 pytestmark = pytest.mark.e2e
 
