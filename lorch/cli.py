@@ -345,62 +345,68 @@ def validate_cmd(workspace: Path, files: tuple[Path, ...], more: tuple[Path, ...
     Relative paths are relative to --workspace; with no file, every file of the
     workspace that has a schema is checked.
     """
-    from lorch import protocol, schemas
-
-    bad = 0
     paths = [workspace / p for p in (*files, *more)] or workspace_files(workspace)
     if not paths:
         raise click.exceptions.Exit(_fail(f"{workspace}: no file to validate", 2))
+    bad = 0
     for path in paths:
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            click.echo(f"{path}: cannot read: {e.strerror}")
-            bad += 1
-            continue
-        if path.suffix == ".ndjson":
-            lines = raw.split(b"\n")
-            if lines and lines[-1] == b"":
-                lines.pop()
-            for n, line in enumerate(lines, 1):
-                try:
-                    protocol.decode(line)
-                except LorchError as e:
-                    click.echo(f"{path}:{n}: {e}")
-                    bad += 1
-            continue
-        try:
-            data = json.loads(raw)
-        except ValueError as e:
-            click.echo(f"{path}: invalid JSON: {e}")
-            bad += 1
-            continue
-        name = _schema_for(path, data)
-        if name is None:
-            click.echo(f"{path}: cannot tell which schema applies (not a known lorch file)")
-            bad += 1
-            continue
-        if name == "config":
-            from lorch.config import problems
-
-            found = problems(data, path.parent.absolute())
-        elif name == "fixture":
-            from mockagent.fixture import FixtureError
-            from mockagent.fixture import validate as check_fixture
-
-            try:
-                check_fixture(data, path)
-                found = []
-            except FixtureError as e:
-                found = [("", str(e).removeprefix(f"{path}: "))]
-        else:
-            found = schemas.errors(name, data)
-        for where, what in found:
-            click.echo(f"{path}: {where + ': ' if where else ''}{what} (schema {name})")
+        for problem in _file_problems(path):
+            click.echo(problem)
             bad += 1
     if bad:
         raise click.exceptions.Exit(_fail(f"{bad} problem(s) found"))
     click.echo(f"all valid ({len(paths)} file{'s' if len(paths) != 1 else ''})")
+
+
+def _file_problems(path: Path) -> list[str]:
+    """What ``lorch validate`` says about one file: one line per problem."""
+    from lorch import protocol
+
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        return [f"{path}: cannot read: {e.strerror}"]
+    if path.suffix == ".ndjson":
+        lines = raw.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        out = []
+        for n, line in enumerate(lines, 1):
+            try:
+                protocol.decode(line)
+            except LorchError as e:
+                out.append(f"{path}:{n}: {e}")
+        return out
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        return [f"{path}: invalid JSON: {e}"]
+    name = _schema_for(path, data)
+    if name is None:
+        return [f"{path}: cannot tell which schema applies (not a known lorch file)"]
+    return [
+        f"{path}: {where + ': ' if where else ''}{what} (schema {name})"
+        for where, what in _document_problems(path, name, data)
+    ]
+
+
+def _document_problems(path: Path, name: str, data: Any) -> list[tuple[str, str]]:
+    from lorch import schemas
+
+    if name == "config":
+        from lorch.config import problems
+
+        return problems(data, path.parent.absolute())
+    if name == "fixture":
+        from mockagent.fixture import FixtureError
+        from mockagent.fixture import validate as check_fixture
+
+        try:
+            check_fixture(data, path)
+        except FixtureError as e:
+            return [("", str(e).removeprefix(f"{path}: "))]
+        return []
+    return schemas.errors(name, data)
 
 
 @cli.command("doctor")

@@ -159,41 +159,53 @@ def _deref(schema: dict[str, Any], node: Any) -> Any:
     return node
 
 
-def _unsupported(raw: Any, config_dir: Path | None) -> list[tuple[str, str]]:
+Found = list[tuple[str, str]]
+
+
+def _unsupported(raw: Any, config_dir: Path | None) -> Found:
     """Values the schema allows in the spec's format but lorch cannot honour, and clashes."""
-    out: list[tuple[str, str]] = []
-    root = _get(raw, "workspace_root")
-    if (
-        isinstance(root, str)
-        and config_dir is not None
-        and (config_dir / root).resolve() != config_dir.resolve()
-    ):
-        out.append(
-            (
-                "$.workspace_root",
-                f"{root!r} is not supported: lorch works in the folder that holds lorch.json "
-                '(set "." or remove it; pass --workspace DIR to work elsewhere)',
-            )
-        )
     pol = _get(raw, "policy")
     if not isinstance(pol, dict):
         pol = {}
-    rules: list[tuple[str, Any, str]] = [
-        ("concurrency", 1, "lorch runs one agent at a time"),
-        ("parallel_reviews", False, "reviews run one at a time"),
-        ("strict_version_pinning", True, "every command is pinned to the run's snapshot"),
-        ("redact_secrets_in_logs", True, "secrets are always redacted"),
-    ]
-    for key, only, why in rules:
+    return (
+        _unsupported_root(raw, config_dir)
+        + _unsupported_policy(pol)
+        + _unsupported_retry(pol)
+        + _unsupported_agents_and_tasks(raw)
+    )
+
+
+def _unsupported_root(raw: Any, config_dir: Path | None) -> Found:
+    root = _get(raw, "workspace_root")
+    if (
+        not isinstance(root, str)
+        or config_dir is None
+        or (config_dir / root).resolve() == config_dir.resolve()
+    ):
+        return []
+    why = (
+        f"{root!r} is not supported: lorch works in the folder that holds lorch.json "
+        '(set "." or remove it; pass --workspace DIR to work elsewhere)'
+    )
+    return [("$.workspace_root", why)]
+
+
+_FIXED_POLICY: list[tuple[str, Any, str]] = [
+    ("concurrency", 1, "lorch runs one agent at a time"),
+    ("parallel_reviews", False, "reviews run one at a time"),
+    ("strict_version_pinning", True, "every command is pinned to the run's snapshot"),
+    ("redact_secrets_in_logs", True, "secrets are always redacted"),
+]
+
+
+def _unsupported_policy(pol: dict[str, Any]) -> Found:
+    out: Found = []
+    for key, only, why in _FIXED_POLICY:
         value = pol.get(key)
         if key in pol and type(value) is type(only) and value != only:
             shown = json.dumps(value)
-            out.append(
-                (
-                    f"$.policy.{key}",
-                    f"{shown} is not supported: {why} (set {json.dumps(only)} or remove it)",
-                )
-            )
+            what = f"{shown} is not supported: {why} (set {json.dumps(only)} or remove it)"
+            out.append((f"$.policy.{key}", what))
     mmb = pol.get("message_max_bytes")
     if isinstance(mmb, int) and not MESSAGE_MIN_BYTES <= mmb <= MESSAGE_MAX_BYTES:
         why = (
@@ -202,49 +214,46 @@ def _unsupported(raw: Any, config_dir: Path | None) -> list[tuple[str, str]]:
             if mmb > MESSAGE_MAX_BYTES
             else f"below {MESSAGE_MIN_BYTES} bytes lorch's own commands may not fit"
         )
-        out.append(
-            (
-                "$.policy.message_max_bytes",
-                f"{mmb} is not supported: {why}; set a value from {MESSAGE_MIN_BYTES} "
-                f"to {MESSAGE_MAX_BYTES}, or remove it",
-            )
+        what = (
+            f"{mmb} is not supported: {why}; set a value from {MESSAGE_MIN_BYTES} "
+            f"to {MESSAGE_MAX_BYTES}, or remove it"
         )
+        out.append(("$.policy.message_max_bytes", what))
+    return out
+
+
+def _unsupported_retry(pol: dict[str, Any]) -> Found:
+    out: Found = []
     jitter = _get(pol, "retry", "backoff", "jitter")
     if isinstance(jitter, str) and jitter not in JITTERS:
-        out.append(
-            (
-                "$.policy.retry.backoff.jitter",
-                f'{jitter!r} is not supported: lorch\'s backoff has full jitter (set "full")',
-            )
-        )
+        what = f'{jitter!r} is not supported: lorch\'s backoff has full jitter (set "full")'
+        out.append(("$.policy.retry.backoff.jitter", what))
     retry = _get(pol, "retry")
-    if isinstance(retry, dict):
-        if "max_attempts" in retry and "max_attempts" in pol:
-            out.append(
-                (
-                    "$.policy.retry.max_attempts",
-                    "given twice: set policy.max_attempts or policy.retry.max_attempts, not both",
-                )
-            )
-        if "backoff" in retry and "backoff" in pol:
-            out.append(
-                (
-                    "$.policy.retry.backoff",
-                    "given twice: set policy.backoff (seconds) or policy.retry.backoff "
-                    "(milliseconds), not both",
-                )
-            )
+    if not isinstance(retry, dict):
+        return out
+    if "max_attempts" in retry and "max_attempts" in pol:
+        what = "given twice: set policy.max_attempts or policy.retry.max_attempts, not both"
+        out.append(("$.policy.retry.max_attempts", what))
+    if "backoff" in retry and "backoff" in pol:
+        what = (
+            "given twice: set policy.backoff (seconds) or policy.retry.backoff "
+            "(milliseconds), not both"
+        )
+        out.append(("$.policy.retry.backoff", what))
+    return out
+
+
+def _unsupported_agents_and_tasks(raw: Any) -> Found:
+    out: Found = []
     agents = _get(raw, "agents")
     if isinstance(agents, dict):
         for role in REQUIRED_ROLES:
             if _get(agents, role, "enabled") is False:
-                out.append(
-                    (
-                        f"$.agents.{role}.enabled",
-                        f"false is not supported: every run needs a {role} "
-                        "(only orchestration can be disabled)",
-                    )
+                what = (
+                    f"false is not supported: every run needs a {role} "
+                    "(only orchestration can be disabled)"
                 )
+                out.append((f"$.agents.{role}.enabled", what))
     seen: set[str] = set()
     listed = [("$.task", _get(raw, "task"))]
     tasks = _get(raw, "tasks")
@@ -279,18 +288,11 @@ def _raise(path: Path, found: list[tuple[str, str]]) -> None:
     raise ConfigError(f"{path}: {len(found)} problems:\n{lines}")
 
 
-def parse(raw: Any, path: Path) -> Config:
-    """Validate a lorch.json document and build the typed configuration."""
-    if not schemas.fast("config")(raw) or _unsupported(raw, path.parent):
-        found = problems(raw, path.parent)
-        if found:
-            _raise(path, found)
-    pol = raw.get("policy", {})
+def _policy(pol: dict[str, Any]) -> Policy:
     retry = pol.get("retry", {})
-    hb = float(pol.get("heartbeat_interval_s", 10.0))
     backoff = pol.get("backoff", {})
     ms = retry.get("backoff", {})
-    policy = Policy(
+    return Policy(
         max_rounds=pol.get("max_rounds", 10),
         max_attempts=pol.get("max_attempts", retry.get("max_attempts", 3)),
         max_restarts=pol.get("max_restarts", 5),
@@ -304,32 +306,47 @@ def parse(raw: Any, path: Path) -> Config:
         message_max_bytes=int(pol.get("message_max_bytes", MESSAGE_MAX_BYTES)),
         artifact_max_bytes=int(pol.get("artifact_max_bytes", ARTIFACT_MAX_BYTES)),
     )
+
+
+def _agent(
+    role: str, spec: dict[str, Any], hb: float, policy_timeouts: dict[str, float]
+) -> AgentConfig:
+    return AgentConfig(
+        role=role,
+        cmd=list(spec["cmd"]),
+        env=dict(spec.get("env", {})),
+        cwd=spec.get("cwd"),
+        heartbeat_interval_s=float(spec.get("heartbeat_interval_s", hb)),
+        timeouts_s={
+            **policy_timeouts,
+            **{k: float(v) for k, v in spec.get("timeouts_s", {}).items()},
+        },
+        transport=spec.get("transport", "ndjson"),
+        idempotency=spec.get("idempotency", "lorch" if spec.get("transport") == "acp" else "agent"),
+        pass_env=tuple(spec.get("pass_env", ())),
+        permissions=dict(spec.get("permissions", {})),
+        prompts=dict(spec.get("prompts", {})),
+    )
+
+
+def parse(raw: Any, path: Path) -> Config:
+    """Validate a lorch.json document and build the typed configuration."""
+    if not schemas.fast("config")(raw) or _unsupported(raw, path.parent):
+        found = problems(raw, path.parent)
+        if found:
+            _raise(path, found)
+    pol = raw.get("policy", {})
+    policy = _policy(pol)
     policy_timeouts = {
         **DEFAULT_TIMEOUTS,
         **{k: float(v) for k, v in pol.get("timeouts_s", {}).items()},
     }
+    hb = float(pol.get("heartbeat_interval_s", 10.0))
     agents = {}
     for role, spec in raw["agents"].items():
         if spec.get("enabled", True) is False:
             continue
-        agents[role] = AgentConfig(
-            role=role,
-            cmd=list(spec["cmd"]),
-            env=dict(spec.get("env", {})),
-            cwd=spec.get("cwd"),
-            heartbeat_interval_s=float(spec.get("heartbeat_interval_s", hb)),
-            timeouts_s={
-                **policy_timeouts,
-                **{k: float(v) for k, v in spec.get("timeouts_s", {}).items()},
-            },
-            transport=spec.get("transport", "ndjson"),
-            idempotency=spec.get(
-                "idempotency", "lorch" if spec.get("transport") == "acp" else "agent"
-            ),
-            pass_env=tuple(spec.get("pass_env", ())),
-            permissions=dict(spec.get("permissions", {})),
-            prompts=dict(spec.get("prompts", {})),
-        )
+        agents[role] = _agent(role, spec, hb, policy_timeouts)
         for action, template in spec.get("prompts", {}).items():
             prompts.check(template, f"{path}: $.agents.{role}.prompts.{action}")
     tasks = tuple(

@@ -276,25 +276,31 @@ def questions(s: Intake) -> list[Question]:
             for i, q in enumerate(qs)
         ]
     if name == "orchestration.plan_conflict":
-        shown: list[str] = ["The orchestration agent found conflicting plans:"]
-        paths: list[str] = []
-        for c in payload["conflicts"]:
-            shown.append(f"  {' vs '.join(c['paths'])}: {c['reason']}")
-            paths.extend(p for p in c["paths"] if p not in paths)
-        if payload.get("suggested_resolution"):
-            shown.append(f"  suggested: {payload['suggested_resolution']}")
-        shown.extend(f"  {i}. {p}" for i, p in enumerate(paths, 1))
-        shown.append("  m. ask for more options")
-        shown.append("  a. abort (lorch never edits plan files: resolve it yourself)")
-        return [
-            Question(
-                id=f"{key}#conflict",
-                step="conflict",
-                prompt="Which plan should I use? [number, m, a]",
-                shown=tuple(shown),
-                choices=tuple(paths),
-            )
-        ]
+        return [_conflict_question(key, payload)]
+    return _proposal_questions(s, key, payload)
+
+
+def _conflict_question(key: str, payload: dict[str, Any]) -> Question:
+    shown: list[str] = ["The orchestration agent found conflicting plans:"]
+    paths: list[str] = []
+    for c in payload["conflicts"]:
+        shown.append(f"  {' vs '.join(c['paths'])}: {c['reason']}")
+        paths.extend(p for p in c["paths"] if p not in paths)
+    if payload.get("suggested_resolution"):
+        shown.append(f"  suggested: {payload['suggested_resolution']}")
+    shown.extend(f"  {i}. {p}" for i, p in enumerate(paths, 1))
+    shown.append("  m. ask for more options")
+    shown.append("  a. abort (lorch never edits plan files: resolve it yourself)")
+    return Question(
+        id=f"{key}#conflict",
+        step="conflict",
+        prompt="Which plan should I use? [number, m, a]",
+        shown=tuple(shown),
+        choices=tuple(paths),
+    )
+
+
+def _proposal_questions(s: Intake, key: str, payload: dict[str, Any]) -> list[Question]:
     cands = sorted(payload["plan_candidates"], key=lambda c: (-c["confidence"], c["path"]))
     tasks = payload["derived_tasks"]
     plan_lines = ["Plan candidates:"]
