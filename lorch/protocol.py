@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any
 
 from lorch import schemas
 from lorch.errors import BadEncoding, BadJSON, FramingError, LineTooLong, SchemaError
@@ -55,93 +55,9 @@ PREFIX_LEN = 80  # characters of a bad line kept in its protocol-error record
 PREFIX_WINDOW = 4096
 REASON_LEN = 300  # characters of a protocol error's reason (it may quote the line)
 
-AgentType = Literal["builder", "reviewer", "spec_maintainer", "orchestration"]
-
-
-class AgentRef(TypedDict):
-    agent_type: str
-    agent_id: NotRequired[str]
-
-
-class Version(TypedDict):
-    snapshot_id: str
-    specs_hash: NotRequired[str]
-    code_hash: NotRequired[str]
-
-
-class Retry(TypedDict):
-    attempt: int
-    max_attempts: int
-
-
-class ExpectedOutput(TypedDict):
-    path: str
-    description: NotRequired[str]
-    required: NotRequired[bool]
-
-
-class Artifact(TypedDict):
-    path: str
-    sha256: str
-    size: int
-
-
-class Command(TypedDict):
-    kind: Literal["command"]
-    message_id: str
-    correlation_id: str
-    task_id: str
-    idempotency_key: str
-    to: AgentRef
-    action: str
-    inputs: dict[str, Any]
-    expected_outputs: NotRequired[list[ExpectedOutput]]
-    version: Version
-    deadline: str
-    retry: Retry
-    priority: int
-
-
-# "from" is a Python keyword, so Event uses the functional TypedDict form.
-Event = TypedDict(
-    "Event",
-    {
-        "kind": Literal["event"],
-        "message_id": str,
-        "correlation_id": str,
-        "task_id": str,
-        "from": AgentRef,
-        "event": str,
-        "occurred_at": str,
-        "status": NotRequired[str],
-        "payload": NotRequired[dict[str, Any]],
-        "artifacts": NotRequired[list[Artifact]],
-        "observed_version": NotRequired[dict[str, str]],
-    },
-)
-
-
-class Heartbeat(TypedDict):
-    kind: Literal["heartbeat"]
-    agent: AgentRef
-    seq: int
-    status: str
-    pid: int
-    uptime_s: float
-    last_activity_at: str
-    ppid: NotRequired[int]
-    stats: NotRequired[dict[str, Any]]
-    task_id: NotRequired[str]
-
-
-class Log(TypedDict):
-    kind: Literal["log"]
-    level: str
-    message: str
-    timestamp: str
-    fields: NotRequired[dict[str, Any]]
-
-
+# The shapes of messages and records are the JSON schemas in schemas/v1/, checked
+# where they enter (decode, the ledger's read); past that point they are plain
+# JSON objects (docs/decisions.md D39).
 # Any record of the ledger, or message on the wire, once parsed (a JSON object).
 Record = dict[str, Any]
 
