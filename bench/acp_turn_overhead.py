@@ -34,7 +34,7 @@ import acp as sdk
 from acp import schema as s
 
 from lorch import protocol
-from lorch.acp import AcpPort, AcpSettings
+from lorch.acp.port import AcpPort, AcpSettings
 from lorch.checkpoint import Checkpoints
 from lorch.launch import acp_base_env
 from lorch.redact import Redactor

@@ -103,11 +103,11 @@ def _started(port: AgentPort, failure: str | None, is_acp: bool) -> tuple[str, b
         return (name, False, failure)
     if is_acp:
         # initialize answered: say what it answered, and whether a session opens.
-        from lorch import acp
+        from lorch.acp.port import AcpPort, describe_session
 
-        assert isinstance(port, acp.AcpPort)
+        assert isinstance(port, AcpPort)
         try:
-            return (name, True, acp.describe_session(port))
+            return (name, True, describe_session(port))
         except LorchError as e:
             return (name, False, str(e))
     if port.ready_within is None:

@@ -126,7 +126,7 @@ class AcpTransport:
 
     def start(self, launch: Launch, inbox: Inbox) -> AgentPort:
         if self._transport is None:
-            from lorch import acp
+            from lorch.acp.port import AcpSettings, AcpTransport
             from lorch.checkpoint import Checkpoints
 
             # The engine's own checkpoint store (its flock makes sharing it safe).
@@ -137,9 +137,9 @@ class AcpTransport:
             )
             task = dict(self.config.task or {})
 
-            def settings(role: str) -> acp.AcpSettings:
+            def settings(role: str) -> AcpSettings:
                 cfg = self.config.agents[role]
-                return acp.AcpSettings(
+                return AcpSettings(
                     workspace=self.workspace,
                     task=task,
                     permissions=cfg.permissions,
@@ -150,7 +150,7 @@ class AcpTransport:
                     init_timeout_s=start_timeout(cfg, self.config.policy.heartbeat_misses),
                 )
 
-            self._transport = acp.AcpTransport(settings)
+            self._transport = AcpTransport(settings)
         return self._transport.start(launch, inbox)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lorch import protocol
-from lorch.acp import AcpPort, AcpSettings
+from lorch.acp.port import AcpPort, AcpSettings
 from lorch.checkpoint import EXCLUDED, Checkpoints
 from lorch.conformance.kit import Report
 from lorch.conformance.session import CheckOutcome, ConformanceCheck, Verdict

@@ -27,14 +27,14 @@ from typing import Any
 
 from lorch.errors import LorchError
 
-# lorch.acp: the ACP SDK is slow to import, and a scenario with ACP roles needs it in every run.
+# lorch.acp.port: the ACP SDK is slow to import; a scenario with ACP roles needs it in every run.
 # The tools' CLIs: lorch.cli.main registers them at every start.
 PRELOAD = (
     "lorch.cli",
     "lorch.runner",
     "lorch.verify",
     "lorch.transcript",
-    "lorch.acp",
+    "lorch.acp.port",
     "lorch.crashtest.cli",
     "lorch.conformance.cli",
 )

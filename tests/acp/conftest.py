@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lorch import protocol
-from lorch.acp import AcpPort, AcpSettings
+from lorch.acp.port import AcpPort, AcpSettings
 from lorch.checkpoint import Checkpoints
 from lorch.launch import acp_base_env
 from lorch.redact import Redactor

@@ -145,3 +145,9 @@ def error_event(command: Record, agent_id: str, code: str, message: str) -> Reco
 def log_event(command: Record, agent_id: str, message: str, **payload: Any) -> Record:
     """A line of the agent's turn, for the ledger and the live transcript."""
     return event(command, agent_id, "log", payload={"message": message, **payload})
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one short line, for an error event or a log entry."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]

@@ -1,0 +1,411 @@
+"""The ACP agent process behind an :class:`~lorch.transport.AgentPort`.
+
+:class:`AcpTransport` starts one :class:`AcpPort` per agent: the process in its
+own group, the SDK's connection over its stdio, ``initialize`` (its answer is the
+``ready`` item), and stop / kill (a turn in flight is asked ``session/cancel``
+first). Every message goes whole into the agent's log; a command becomes a
+:class:`~lorch.acp.turn.Turn`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+import acp as sdk
+from acp import schema as s
+from acp.connection import StreamDirection, StreamEvent
+from pydantic import ValidationError
+
+from lorch import __version__, protocol
+from lorch.acp.client import Client, lenient_session_updates
+from lorch.acp.events import one_line
+from lorch.acp.loop import PORT, Loop, install_sdk_log
+from lorch.acp.outbox import Outbox
+from lorch.acp.policy import Policy
+from lorch.acp.terminals import Terminals
+from lorch.acp.turn import AUTH_REQUIRED, Turn
+from lorch.errors import AgentError
+from lorch.protocol import Record
+from lorch.transport import Inbox, Incoming, Launch, SendContext
+
+INIT_TIMEOUT_S = 60.0
+# A JSON-RPC message may be large (a file's content); lines beyond this are an error.
+LINE_LIMIT = 64 * 1024 * 1024
+LOG_FLUSH_S = 0.05
+# How long kill() lets an agent answer session/cancel before the group is killed.
+CANCEL_GRACE_S = 0.5
+
+
+@dataclass(frozen=True)
+class AcpSettings:
+    """What the ACP transport needs beyond a :class:`Launch`."""
+
+    workspace: Path
+    task: Mapping[str, Any] = field(default_factory=dict)
+    permissions: Mapping[str, str] = field(default_factory=dict)
+    prompts: Mapping[str, str] = field(default_factory=dict)
+    test_cmd: str | list[str] | None = None
+    # Makes a checkpoint of the workspace and lists what changed between two.
+    take: Callable[[], str] | None = None
+    changed: Callable[[str, str], list[str]] | None = None
+    init_timeout_s: float = INIT_TIMEOUT_S
+
+
+class AcpTransport:
+    """Starts ACP agents; ``settings`` maps a role to its :class:`AcpSettings`."""
+
+    def __init__(self, settings: Callable[[str], AcpSettings]) -> None:
+        self.settings = settings
+
+    def start(self, launch: Launch, inbox: Inbox) -> AcpPort:
+        """Start the agent; its ``ready`` item follows once it answers ``initialize``."""
+        port = AcpPort(launch, inbox, self.settings(launch.role))
+        port.begin()
+        return port
+
+
+class AcpPort:
+    """One ACP agent process, driven by the engine (see :class:`lorch.transport.AgentPort`)."""
+
+    sends_heartbeats = False
+    awaits = "its answer to ACP initialize"
+
+    def __init__(self, launch: Launch, inbox: Inbox, settings: AcpSettings) -> None:
+        self.launch = launch
+        self.inbox = inbox
+        self.settings = settings
+        self.role = launch.role
+        self.generation = launch.generation
+        self.argv = list(launch.argv)
+        self.agent_id = f"{launch.role}#{launch.generation}"
+        self.pid = -1
+        self.pgid = -1
+        self.start_time: int | None = None
+        self.last_stderr = ""
+        self.init: s.InitializeResponse | None = None
+        # The start-up check is the answer to initialize (its own timer fires first).
+        self.ready_within: float | None = settings.init_timeout_s + 5.0
+        self._init_task: asyncio.Task[str] | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # referenced: the loop keeps only weak ones
+        self._unready = ""  # why initialize failed
+        self.policy = Policy(settings.workspace, settings.permissions)
+        self._loop = Loop.get()
+        self.out = Outbox(launch, inbox, self._loop.loop, settings.workspace)
+        self.terminals = Terminals(settings.workspace, launch.env)
+        self._proc: asyncio.subprocess.Process | None = None
+        self.conn: Any = None
+        self._turn: concurrent.futures.Future[None] | None = None
+        self.session: str | None = None  # the session of the turn in flight
+        self._exited = threading.Event()
+        self._exit_posted = False
+        self._flush_due = False
+        launch.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._log: IO[str] = open(launch.log_path, "a", encoding="utf-8")  # noqa: SIM115
+        os.chmod(launch.log_path, 0o600)
+
+    # -- start ---------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Start the agent and ask ``initialize``, without waiting for the answer.
+
+        A ``ready`` item follows once it answers, or an ``exit`` item whose
+        ``reason`` says why not (the agent is killed): the engine starts every
+        role this way at once and waits for them together (``await_ready``).
+        Raises :class:`AgentError` only when the process cannot be started.
+        """
+        install_sdk_log()
+        try:
+            self._loop.run(self._spawn(self.settings.init_timeout_s), 30.0)
+        except AgentError:
+            self.kill()  # releases its log
+            raise
+
+    def start(self) -> None:
+        """Start the agent and wait for its ``initialize`` answer; AgentError if none."""
+        self.begin()
+        timeout = self.settings.init_timeout_s
+        try:
+            reason = self._loop.run(self._init_outcome(), timeout + 5.0)
+        except (concurrent.futures.TimeoutError, TimeoutError):
+            reason = f"no answer to ACP initialize in {timeout:g} s" + self._stderr_hint()
+        if reason:
+            self.kill()
+            raise AgentError(f"agent {self.role} ({self.argv[0]}): {reason}")
+
+    def _stderr_hint(self) -> str:
+        return f"; its stderr said: {self.last_stderr}" if self.last_stderr else ""
+
+    async def _spawn(self, timeout: float) -> None:
+        token = PORT.set(self)  # the connection's tasks inherit it
+        try:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self.argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    cwd=str(self.launch.cwd),
+                    env=dict(self.launch.env),
+                    start_new_session=True,  # its own process group: killed as one
+                    limit=LINE_LIMIT,
+                )
+            except OSError as e:
+                raise AgentError(f"agent {self.role}: cannot start {self.argv[0]}: {e}") from None
+            self._proc = proc
+            self.pid = self.pgid = proc.pid
+            self.start_time = _start_time(proc.pid)
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._drain_stderr(proc))]
+            client = cast(sdk.Client, Client(self))  # elicitation: not offered
+            conn = sdk.connect_to_agent(client, proc.stdin, proc.stdout, observers=[self._observe])
+            lenient_session_updates(conn, self)
+            self.conn = conn
+            self._init_task = loop.create_task(self._initialize(proc, conn, timeout))
+            self._tasks.append(loop.create_task(self._watch_exit(proc)))
+        finally:
+            PORT.reset(token)
+
+    async def _init_outcome(self) -> str:
+        """Why ``initialize`` failed ("" once answered), when it is over."""
+        assert self._init_task is not None
+        return await asyncio.shield(self._init_task)
+
+    async def _initialize(self, proc: asyncio.subprocess.Process, conn: Any, timeout: float) -> str:
+        """Ask ``initialize``; post ``ready``, or kill the agent and return why not."""
+        reason = ""
+        try:
+            self.init = await asyncio.wait_for(
+                conn.initialize(
+                    protocol_version=sdk.PROTOCOL_VERSION,
+                    client_capabilities=s.ClientCapabilities(
+                        fs=s.FileSystemCapabilities(read_text_file=True, write_text_file=True),
+                        terminal=True,
+                    ),
+                    client_info=s.Implementation(name="lorch", version=__version__),
+                ),
+                timeout,
+            )
+        except TimeoutError:
+            reason = f"no answer to ACP initialize in {timeout:g} s" + self._stderr_hint()
+        except sdk.RequestError as e:
+            reason = f"ACP initialize failed: {e} (code {e.code})"
+        except (ConnectionError, ValidationError) as e:
+            await asyncio.sleep(0)  # let the stderr reader catch up
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 1.0)
+            what = (
+                f"exited (code {proc.returncode})"
+                if proc.returncode is not None
+                else f"answered initialize with a bad message: {one_line(e)}"
+            )
+            reason = f"{what} before ACP initialize completed" + self._stderr_hint()
+        except Exception as e:  # an SDK fault must not leave the start-up hanging
+            reason = f"ACP initialize failed: {one_line(e)}"
+        if reason:
+            self._unready = reason
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            self.inbox.post(Incoming(self.role, self.generation, "ready"))
+        return reason
+
+    # -- the engine's side -------------------------------------------------------
+
+    def send(self, command: dict[str, Any], line: bytes, context: SendContext) -> bool:
+        if not self.alive():
+            return False
+        self.out.command = command
+        self._turn = self._loop.spawn(Turn(self, command, context).run())
+        return True
+
+    def cancel(self) -> None:
+        if self.alive() and self.session is not None and self.conn is not None:
+            with contextlib.suppress(Exception):
+                self._loop.run(self.conn.cancel(session_id=self.session), CANCEL_GRACE_S)
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    def close_input(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.stdin is not None:
+            self._loop.loop.call_soon_threadsafe(_close_quietly, proc.stdin)
+
+    def stop(self, grace: float = 2.0) -> int | None:
+        self.close_input()
+        rc = self._wait(grace)
+        if rc is None:
+            self._signal(signal.SIGTERM)
+            rc = self._wait(grace)
+        if rc is None:
+            return self.kill()
+        self._release()
+        return rc
+
+    def kill(self) -> int | None:
+        # A turn in flight is asked to stop first (session/cancel), then the group goes.
+        if self.alive() and self._turn is not None and not self._turn.done():
+            self.cancel()
+            with contextlib.suppress(Exception):
+                self._turn.result(CANCEL_GRACE_S)
+        self._signal(signal.SIGKILL)
+        rc = self._wait(5.0)
+        self._release()
+        return rc
+
+    def _signal(self, sig: int) -> None:
+        if self.pgid > 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pgid, sig)
+
+    def _wait(self, timeout: float) -> int | None:
+        if self._proc is None:
+            return None
+        self._exited.wait(timeout)
+        return self._proc.returncode
+
+    def _release(self) -> None:
+        self.terminals.close()
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            with contextlib.suppress(Exception):
+                self._loop.run(conn.close(), 2.0)
+        with contextlib.suppress(Exception):
+            self._loop.run(self._close_log(), 2.0)
+
+    async def _close_log(self) -> None:
+        self._log.close()
+
+    # -- the agent's log -------------------------------------------------------------
+
+    def log(self, entry: Record) -> None:
+        if self._log.closed:
+            return
+        line = json.dumps({"at": protocol.now_rfc3339(), **entry}, ensure_ascii=False)
+        self._log.write(self.launch.redactor.text(line) + "\n")
+        # Flushed soon rather than per line: one write for a burst of messages.
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.loop.call_later(LOG_FLUSH_S, self.flush_log)
+
+    def flush_log(self) -> None:
+        self._flush_due = False
+        if not self._log.closed:
+            self._log.flush()
+
+    def _observe(self, event: StreamEvent) -> None:
+        direction = "in" if event.direction == StreamDirection.INCOMING else "out"
+        self.log({"stream": "acp", "dir": direction, "message": event.message})
+        if direction == "in" and event.message.get("method") == "session/update":
+            self.out.beat()
+
+    async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while True:
+            try:
+                raw = await proc.stderr.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                raw = await proc.stderr.read(65536)
+            if not raw:
+                return
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            self.last_stderr = self.launch.redactor.text(text)[-500:]
+            self.log({"stream": "stderr", "line": text})
+            if self.launch.on_stderr is not None:
+                self.launch.on_stderr(f"[{self.role} stderr] {self.last_stderr}")
+
+    async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        if self._init_task is not None and not self._init_task.done():
+            # Exited during initialize: its exit item carries why (said at once).
+            await asyncio.wait({self._init_task}, timeout=5.0)
+        self.out.post_held()  # what it said before it went, then the exit
+        self._exited.set()
+        self.terminals.kill_all()
+        if not self._exit_posted:
+            self._exit_posted = True
+            self.inbox.post(Incoming(self.role, self.generation, "exit", reason=self._unready))
+
+    # -- what a turn asks of the port --------------------------------------------------
+
+    def auth_message(self, what: str) -> str:
+        methods = []
+        for m in (self.init.auth_methods if self.init else None) or []:
+            text = m.name + (f" ({m.description})" if getattr(m, "description", None) else "")
+            names = [v.name for v in getattr(m, "vars", None) or []]
+            if names:
+                text += f": set {', '.join(names)}"
+            methods.append(text)
+        advertised = "; ".join(methods) if methods else "none advertised"
+        return (
+            f"agent {self.role} ({self.argv[0]}) needs authentication for {what}; "
+            f"auth methods: {advertised} "
+            f"(a variable it needs must be listed in $.agents.{self.role}.pass_env or env)"
+        )
+
+    def in_turn(self, session_id: str, request: str) -> bool:
+        """Is ``session_id`` the session of the turn in flight? A request outside
+        it has no command to be recorded for: it is refused, and logged."""
+        if self.out.command is not None and session_id == self.session:
+            return True
+        self.log({"stream": "acp", "refused": f"{request} outside the turn in flight"})
+        return False
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _close_quietly(stream: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        stream.close()
+
+
+def describe_init(init: s.InitializeResponse) -> str:
+    """The ``initialize`` answer in one line: agent, version, loadSession, auth methods."""
+    info = init.agent_info
+    who = f"{info.name} {info.version}" if info is not None else "agent (no agentInfo)"
+    caps = init.agent_capabilities
+    load = "yes" if caps is not None and caps.load_session else "no"
+    methods = [m.id + (f" ({m.name})" if m.name != m.id else "") for m in init.auth_methods or []]
+    return f"{who}, ACP protocol {init.protocol_version}, loadSession: {load}, auth methods: " + (
+        ", ".join(methods) if methods else "none"
+    )
+
+
+def describe_session(port: AcpPort) -> str:
+    """What a started agent answered to ``initialize``, once a session opens too.
+
+    Raises :class:`AgentError` with the exact failure (no session: it needs
+    authentication, or ``session/new`` failed or got no answer).
+    """
+    assert port.init is not None and port.conn is not None
+    text = describe_init(port.init)
+    try:
+        port._loop.run(
+            port.conn.new_session(cwd=str(port.settings.workspace), mcp_servers=[]),
+            port.settings.init_timeout_s,
+        )
+    except sdk.RequestError as e:
+        if e.code == AUTH_REQUIRED:
+            raise AgentError(f"{text}; but {port.auth_message('a session')}") from None
+        raise AgentError(f"{text}; but session/new failed: {e} (code {e.code})") from None
+    except (concurrent.futures.TimeoutError, TimeoutError):
+        raise AgentError(f"{text}; but no answer to session/new") from None
+    return text

@@ -1,0 +1,180 @@
+"""One command attempt on an ACP agent: a session, the prompt, the terminal event.
+
+lorch opens a session (``cwd`` = the workspace), sends the prompt
+(:mod:`lorch.prompts`) and, when the turn ends, builds the terminal event
+itself (:mod:`lorch.acp.events`): the builder's artifacts are the files the
+turn changed between two workspace checkpoints, its tests are
+``task.test_cmd`` run by lorch; a reviewer's or spec maintainer's verdict is the
+file the prompt asked for, which only this turn may have written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import TYPE_CHECKING, Any
+
+import acp as sdk
+
+from lorch import prompts
+from lorch.acp.events import (
+    NO_TESTS,
+    VerdictError,
+    artifacts,
+    builder_completed,
+    error_event,
+    one_line,
+    read_verdict,
+    verdict_event,
+)
+from lorch.acp.loop import PORT
+from lorch.acp.outbox import TEXT_LIMIT
+from lorch.acp.policy import agent_path
+from lorch.errors import PathEscape
+from lorch.protocol import Record
+from lorch.transport import SendContext, TurnCheckpoint
+
+if TYPE_CHECKING:
+    from lorch.acp.port import AcpPort
+
+AUTH_REQUIRED = -32000
+FINISHED = ("end_turn", "max_tokens", "max_turn_requests")
+
+
+class Turn:
+    """``command`` on ``port``'s agent, once (:meth:`run`, on the port's loop)."""
+
+    def __init__(self, port: AcpPort, command: Record, context: SendContext) -> None:
+        self.port = port
+        self.command = command
+        self.context = context
+        # The checkpoint taken at the turn's end, when the engine asked for it.
+        self.end: TurnCheckpoint | None = None
+
+    async def run(self) -> None:
+        """Run the turn and post its terminal event (unless the agent is gone)."""
+        port, command = self.port, self.command
+        token = PORT.set(port)
+        try:
+            message = await self._body()
+        except (ConnectionError, asyncio.CancelledError):
+            return  # the agent is gone: its exit item tells the engine
+        except Exception as e:  # an SDK or agent fault must not end lorch
+            if not port.alive():
+                return
+            message = error_event(command, port.agent_id, "acp_error", one_line(e))
+        finally:
+            PORT.reset(token)
+        port.out.flush_text()
+        port.flush_log()
+        if port.alive() or message.get("event") != "error":
+            end = self.end if message.get("event") != "error" else None
+            port.out.post(message, now=True, checkpoint=end)
+
+    async def _body(self) -> Record:
+        port, command, st = self.port, self.command, self.port.settings
+        action = str(command["action"])
+        port.out.start_turn()
+        pre = self.context.checkpoint
+        if pre is None and st.take is not None:
+            pre = await asyncio.to_thread(st.take)
+        verdict_rel = prompts.verdict_path(action, str(command["task_id"]))
+        if verdict_rel is not None:
+            # A verdict counts only if this turn wrote it: the last round's goes
+            # (the pre-turn checkpoint holds it, so a rollback brings it back).
+            with contextlib.suppress(OSError, PathEscape):
+                agent_path(st.workspace, verdict_rel).unlink(missing_ok=True)
+        conn = port.conn
+        try:
+            session = await conn.new_session(cwd=str(st.workspace), mcp_servers=[])
+            port.session = session.session_id
+            text = prompts.render(command, st.task, st.workspace, st.prompts)
+            response = await conn.prompt(
+                session_id=session.session_id, prompt=[sdk.text_block(text)]
+            )
+        except sdk.RequestError as e:
+            if e.code == AUTH_REQUIRED:
+                what = f"{command['action']} of task {command['task_id']}"
+                return error_event(command, port.agent_id, "auth_required", port.auth_message(what))
+            return error_event(
+                command,
+                port.agent_id,
+                "acp_error",
+                f"agent {port.role}: {e} (code {e.code})" + _data(e.data),
+            )
+        finally:
+            port.session = None
+        port.out.flush_text()
+        stop = str(response.stop_reason)
+        if stop not in FINISHED:
+            return error_event(
+                command,
+                port.agent_id,
+                f"stop_{stop}",
+                f"agent {port.role} ended its turn with stopReason {stop!r}",
+            )
+        return await self._finished(pre, verdict_rel, {"stop_reason": stop})
+
+    async def _finished(self, pre: str | None, verdict_rel: str | None, extra: Record) -> Record:
+        """The terminal event of a turn that ended: what it changed, with its tests or verdict."""
+        port, command, st = self.port, self.command, self.port.settings
+        post = await asyncio.to_thread(st.take) if st.take is not None else None
+        changed = (
+            st.changed(pre, post) if (pre is not None and post is not None and st.changed) else []
+        )
+        if post is not None and self.context.checkpoint is not None:
+            # The engine records it as the post checkpoint: taken once, not twice.
+            self.end = TurnCheckpoint(post, tuple(changed))
+        arts, deleted = artifacts(st.workspace, changed)
+        if verdict_rel is None:
+            tests = await self._tests()
+            return builder_completed(command, port.agent_id, arts, deleted, tests, extra)
+        try:
+            rel, verdict = read_verdict(
+                st.workspace, str(command["action"]), str(command["task_id"])
+            )
+        except VerdictError as e:
+            return error_event(command, port.agent_id, "invalid_verdict", str(e))
+        if rel not in {a["path"] for a in arts}:
+            arts = [*arts, *artifacts(st.workspace, [rel])[0]]
+        return verdict_event(command, port.agent_id, rel, verdict, arts, extra)
+
+    async def _tests(self) -> Record:
+        port = self.port
+        cmd = port.settings.test_cmd
+        if not cmd:
+            port.out.say(f"tests: {NO_TESTS}", acp="tests")
+            return {"status": "pass", "summary": NO_TESTS}
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        shown = cmd if isinstance(cmd, str) else " ".join(cmd)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=str(port.settings.workspace),
+                env=dict(port.launch.env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as e:
+            summary = f"{shown}: cannot run: {e.strerror}"
+            port.out.say(f"tests: {summary}", acp="tests")
+            return {"status": "fail", "summary": summary}
+        out, _ = await proc.communicate()
+        port.log({"stream": "tests", "line": out.decode("utf-8", "replace")[-TEXT_LIMIT:]})
+        last = next(
+            (ln for ln in reversed(out.decode("utf-8", "replace").splitlines()) if ln.strip()),
+            "",
+        )
+        status = "pass" if proc.returncode == 0 else "fail"
+        summary = f"{shown}: exit {proc.returncode}" + (f": {last.strip()[:300]}" if last else "")
+        port.out.say(f"tests {status}: {summary}", acp="tests")
+        return {"status": status, "summary": summary}
+
+
+def _data(data: Any) -> str:
+    if not data:
+        return ""
+    return ": " + json.dumps(data, ensure_ascii=False)[:300]
