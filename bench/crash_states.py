@@ -33,7 +33,9 @@ from pathlib import Path
 
 from lorch.crashtest import Options, crashtest
 from lorch.crashtest import syscalls as S
-from lorch.crashtest.harness import _env, default_scratch, record_baseline
+from lorch.crashtest.baseline import record_baseline
+from lorch.crashtest.harness import default_scratch
+from lorch.crashtest.launcher import lorch_env
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bytecode import compile_packages
@@ -51,7 +53,7 @@ def main() -> None:
         t0 = time.perf_counter()
         baseline = record_baseline("happy-path", None, scratch)
         t1 = time.perf_counter()
-        off = S.prepare("happy-path", _env({}, None), Path(tmp))
+        off = S.prepare("happy-path", lorch_env({}, None), Path(tmp))
         t2 = time.perf_counter()
         print(
             f"trace: {len(off.trace.ops)} operations; {off.enumerated} states enumerated, "

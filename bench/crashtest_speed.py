@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from lorch.crashtest import DEFAULT_MODES, Options, crashtest
-from lorch.crashtest.harness import record_baseline
+from lorch.crashtest.baseline import record_baseline
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bytecode import compile_packages

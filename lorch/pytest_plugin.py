@@ -120,7 +120,7 @@ def _shared_baseline(scenario: str, env: dict[str, str], record: Callable[..., A
     import json
     import tempfile
 
-    from lorch.crashtest.harness import Baseline
+    from lorch.crashtest.baseline import Baseline
 
     name = hashlib.sha256(json.dumps([scenario, sorted(env.items())]).encode()).hexdigest()[:16]
     base = Path(tempfile.gettempdir()) / f"lorch-baselines-{run}"
@@ -175,14 +175,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker(MARKER)
     if marker is None or "lorch_crash_point" not in metafunc.fixturenames:
         return
-    from lorch.crashtest.harness import DEFAULT_MODES, points, record_baseline
+    from lorch.crashtest import baseline as recorded
+    from lorch.crashtest.harness import DEFAULT_MODES, points
 
     scenario = str(marker.args[0] if marker.args else marker.kwargs["scenario"])
     modes = marker.kwargs.get("modes") or DEFAULT_MODES
     env = dict(marker.kwargs.get("env") or {})
     key = (scenario, tuple(sorted(env.items())))
     if key not in _baselines:
-        _baselines[key] = _shared_baseline(scenario, env, record_baseline)
+        _baselines[key] = _shared_baseline(scenario, env, recorded.record_baseline)
     baseline = _baselines[key]
     chosen = points(baseline, modes, marker.kwargs.get("offsets"))
     metafunc.parametrize(

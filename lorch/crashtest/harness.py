@@ -4,26 +4,22 @@ A clean baseline of the scenario is recorded twice (and the two compared), so
 "record k" names the same point in every run. Then, for every offset k and
 every mode, the scenario runs in a fresh workspace, is crashed at k, resumed
 (again if the mode crashes the resume too), and the invariants are checked.
-lorch and the agents only ever run as separate processes: a crash kills nothing
-else. lorch itself is forked from a server process that has imported it once
-(``forkserver.py``), which saves its start-up for each of the thousands of runs
-a matrix makes; it is the same code and the same command line.
+The parts: ``baseline.py`` records and compares the clean runs,
+``launcher.py`` starts lorch (forked from a warm server) and tracks every
+process group, ``verdict.py`` and ``invariants.py`` check a resumed run, and
+``syscalls.py`` (with ``trace.py`` and ``states.py``) derives the ``powercut``
+mode's crash states from a recorded trace.
 """
 
 from __future__ import annotations
 
-import atexit
-import collections
 import contextlib
-import json
 import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -31,17 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorch import ledger, procs, scenarios, snapshot, store
-from lorch.canonical import canonical_json
-from lorch.checksum import sha256_file
+from lorch import ledger, procs, scenarios
 from lorch.crashtest import invariants
-from lorch.crashtest.effects import effects_problem
-from lorch.crashtest.forkserver import ForkServer
-from lorch.crashtest.invariants import Broken
-from lorch.errors import LedgerError, StorageError, UsageError
-from lorch.launch import PRIVATE_VARS, with_scripts_path
-from lorch.procs import group_alive
-from lorch.workflow import replay
+from lorch.crashtest.baseline import Baseline, record_baseline, scenario_args
+from lorch.crashtest.invariants import Broken, check_receipts_before_end
+from lorch.crashtest.launcher import PROCS, RUN_TIMEOUT, lorch_argv, lorch_env
+from lorch.crashtest.verdict import check_invariants, check_write_ahead
+from lorch.crashtest.workspace import final_status, read_records, the_ledger
+from lorch.errors import UsageError
 
 MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt", "powercut", "external")
 DEFAULT_MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt")
@@ -52,43 +45,6 @@ FAILPOINT = {
     "powerloss": "powerloss",
     "double": "after",
 }
-INVARIANTS = (
-    "write_ahead",
-    "completed",
-    "ledger_replays",
-    "one_key_per_command",
-    "effects_once",
-    "decisions_once",
-    "verify",
-    "files_equal",
-    "receipts_match",
-    "no_duplicate_work",
-    "keys_completed_once",
-    "orphans_ended",
-    "no_stray_processes",
-    "no_command_after_answer",
-    "commands_match_baseline",
-    "receipts_complete",
-    "receipts_write_once",
-    "snapshot_once",
-    "no_stale_temp_files",
-    "stops_on_corruption",
-    "receipts_before_end",
-)
-# Fields that differ between two clean runs without meaning anything.
-VOLATILE = {
-    "message_id",
-    "occurred_at",
-    "deadline",
-    "run_id",
-    "pid",
-    "pgid",
-    "start_time",
-    "argv",
-    "delay_s",
-    "config_digest",
-}
-RUN_TIMEOUT = 120.0
 SCRATCH_VAR = "LORCH_CRASHTEST_SCRATCH"
 
 
@@ -133,24 +89,6 @@ class Result:
 
 
 @dataclass
-class Baseline:
-    scenario: Path
-    records: list[dict[str, Any]]
-    files: dict[str, str]
-    status: str
-
-    @property
-    def n(self) -> int:
-        return len(self.records)
-
-    def describe(self, k: int) -> str:
-        r = self.records[k - 1]
-        if r["kind"] == "command":
-            return f"command {r['action']}"
-        return f"event {r['event']}"
-
-
-@dataclass
 class Options:
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     seed: int = 0
@@ -162,215 +100,6 @@ class Options:
     fail_fast: bool = False  # stop starting points after the first failure
     offline: Any = None  # powercut: the recorded trace and its states (syscalls.Offline)
     scratch: Path | None = field(default_factory=default_scratch)  # None: the temp folder
-
-
-def lorch_argv() -> list[str]:
-    return [sys.executable, "-m", "lorch"]
-
-
-def _env(extra: dict[str, str], failpoint: str | None) -> dict[str, str]:
-    env = with_scripts_path({k: v for k, v in os.environ.items() if k not in PRIVATE_VARS})
-    env.update(extra)
-    if failpoint:
-        env["LORCH_CRASH_AT"] = failpoint
-    return env
-
-
-_server_lock = threading.Lock()
-_server: ForkServer | None = None
-
-
-def forkserver() -> ForkServer:
-    """The fork server of this process, started on first use, stopped at exit."""
-    global _server
-    with _server_lock:
-        if _server is None:
-            _server = ForkServer()
-            atexit.register(_server.close)
-        return _server
-
-
-class Procs:
-    """Every process group the harness started, so Ctrl-C can end them all."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.groups: set[int] = set()
-        self.stopping = threading.Event()
-
-    def run(self, args: list[str], env: dict[str, str], timeout: float = RUN_TIMEOUT) -> int:
-        if self.stopping.is_set():
-            raise KeyboardInterrupt
-        if args[: len(lorch_argv())] == lorch_argv():
-            return self._run_forked(args[len(lorch_argv()) :], env, timeout)
-        proc = procs.spawn(
-            args, env=env, stdin=procs.DEVNULL, stdout=procs.DEVNULL, stderr=procs.DEVNULL
-        )
-        with self.lock:
-            self.groups.add(proc.pid)
-        try:
-            rc = procs.wait(proc, timeout)
-            if rc is None:
-                procs.kill_and_reap(proc)
-                return -999
-            return rc
-        finally:
-            with self.lock:
-                self.groups.discard(proc.pid)
-
-    def _run_forked(self, args: list[str], env: dict[str, str], timeout: float) -> int:
-        server = forkserver()
-        pid = server.spawn(args, env)
-        with self.lock:
-            self.groups.add(pid)
-        try:
-            rc = server.wait(pid, timeout)
-            if rc is None:
-                procs.signal_group(pid, signal.SIGKILL)
-                server.wait(pid, None)
-                return -999
-            return rc
-        finally:
-            with self.lock:
-                self.groups.discard(pid)
-
-    def kill_all(self) -> None:
-        self.stopping.set()
-        with self.lock:
-            groups = list(self.groups)
-        for g in groups:
-            procs.signal_group(g, signal.SIGKILL)
-
-
-PROCS = Procs()
-
-
-def normalise(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: ("*" if k in VOLATILE else normalise(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [normalise(v) for v in value]
-    if isinstance(value, str) and value.startswith("run-"):
-        return "run-*"
-    return value
-
-
-def workspace_files(ws: Path) -> dict[str, str]:
-    return {rel: sha256_file(ws / rel)[0] for rel in snapshot.iter_files(ws)}
-
-
-def the_ledger(ws: Path) -> Path | None:
-    found = sorted((ws / "events").glob("run-*.ndjson")) if (ws / "events").is_dir() else []
-    return found[0] if found else None
-
-
-def read_records(ws: Path, *, strict: bool = False) -> list[dict[str, Any]]:
-    path = the_ledger(ws)
-    if path is None:
-        return []
-    return list(ledger.read(path, validate=strict, allow_torn=not strict))
-
-
-def journals(ws: Path) -> list[dict[str, Any]]:
-    out = []
-    for j in sorted(ws.glob(".mockagent/*/journal.ndjson")):
-        for line in j.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-    return out
-
-
-def scenario_args(scenario: Path) -> list[str]:
-    """Extra arguments a scenario gives ``lorch run`` and ``lorch resume`` (scripted answers)."""
-    args = scenarios.load(scenario).get("args", [])
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise UsageError(f"{scenario / scenarios.META}: $.args: expected a list of strings")
-    return args
-
-
-def run_clean(scenario: Path, ws: Path, extra_env: dict[str, str]) -> int:
-    scenarios.materialize(scenario, ws)
-    args = [*lorch_argv(), "run", "--workspace", str(ws), *scenario_args(scenario)]
-    return PROCS.run(args, _env(extra_env, None))
-
-
-def record_baseline(
-    scenario_ref: str | Path,
-    extra_env: dict[str, str] | None = None,
-    scratch: Path | None = None,
-) -> Baseline:
-    scenario = scenarios.resolve(scenario_ref)
-    meta = scenarios.load(scenario)
-    expected = meta.get("expected", {}).get("status", "completed")
-    reason = str(meta.get("expected", {}).get("reason", ""))
-    terminals = meta.get("expected", {}).get("terminal_events")
-    runs = []
-    for i in range(2):
-        with tempfile.TemporaryDirectory(prefix="lorch-baseline-", dir=scratch) as tmp:
-            ws = Path(tmp) / "ws"
-            rc = run_clean(scenario, ws, extra_env or {})
-            recs = read_records(ws)
-            status = _final_status(recs)
-            if status != expected:
-                raise UsageError(
-                    f"scenario {scenario.name}: baseline run {i + 1} ended {status} "
-                    f"(exit {rc}), expected {expected}"
-                )
-            got = _terminal_events(recs)
-            if terminals is not None and got != terminals:
-                raise UsageError(
-                    f"scenario {scenario.name}: baseline run {i + 1} answered "
-                    f"{', '.join(got) or 'nothing'}; expected {', '.join(terminals)}"
-                )
-            why = _failure_reason(recs)
-            if reason and reason not in why:
-                raise UsageError(
-                    f"scenario {scenario.name}: baseline run {i + 1} ended {status} "
-                    f"with {why or 'no reason'!r}, expected a reason containing {reason!r}"
-                )
-            runs.append(Baseline(scenario, recs, workspace_files(ws), status))
-    a, b = runs
-    na, nb = [normalise(r) for r in a.records], [normalise(r) for r in b.records]
-    if len(na) != len(nb) or na != nb:
-        k = next(
-            (i for i, (x, y) in enumerate(zip(na, nb, strict=False)) if x != y),
-            min(len(na), len(nb)),
-        )
-        raise UsageError(
-            f"scenario {scenario.name}: two clean runs differ at record {k + 1} "
-            f"({len(na)} vs {len(nb)} records): offsets would not name the same point"
-        )
-    if a.files != b.files:
-        raise UsageError(f"scenario {scenario.name}: two clean runs left different files")
-    return a
-
-
-def _final_status(records: list[dict[str, Any]]) -> str:
-    """How the ledger says the run stands: the same fold run and resume use."""
-    return replay(records).status
-
-
-def _terminal_events(records: list[dict[str, Any]]) -> list[str]:
-    """The agents' terminal events, as scenario.json lists them (``event:status``
-    for reviews)."""
-    from lorch.protocol import TERMINAL_EVENTS
-
-    out = []
-    for r in records:
-        e = r.get("event")
-        if r.get("kind") != "event" or e not in TERMINAL_EVENTS:
-            continue
-        if (r.get("from") or {}).get("agent_type") == "system":
-            continue
-        out.append(f"{e}:{r['status']}" if e == "review.completed" else str(e))
-    return out
-
-
-def _failure_reason(records: list[dict[str, Any]]) -> str:
-    for r in reversed(records):
-        if r.get("event") in ("system.run_failed", "system.run_aborted"):
-            return str((r.get("payload") or {}).get("reason", ""))
-    return ""
 
 
 def points(
@@ -401,32 +130,6 @@ def points(
                 )
         out += [Point(k, m) for k in picked]
     return out
-
-
-def _alive_agents(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
-    out = []
-    for r in records:
-        if r.get("event") == "system.agent_started":
-            pid, pgid = int(r["payload"]["pid"]), int(r["payload"]["pgid"])
-            if group_alive(pid, pgid):
-                out.append((pid, pgid))
-    return out
-
-
-def check_write_ahead(ws: Path) -> None:
-    """No agent may have worked on a command that the ledger does not hold.
-
-    After a simulated power loss the ledger keeps only fsynced bytes. Records
-    lorch had written but not yet synced may go (agents' events wait for the
-    next fsync: group commit); what must never go is a command an agent saw.
-    """
-    keys = {r["idempotency_key"] for r in read_records(ws) if r["kind"] == "command"}
-    for j in journals(ws):
-        if j["state"] == "started" and j["ik"] not in keys:
-            raise Broken(
-                "write_ahead",
-                f"agent started work on {j['ik'][:19]}… which is not in the durable ledger",
-            )
 
 
 def explore(point: Point, baseline: Baseline, opts: Options, workdir: Path) -> Result:
@@ -474,19 +177,19 @@ def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
                 )
         check_receipts_before_end(ws)
     else:
-        PROCS.run(run_args, _env(opts.extra_env, f"{FAILPOINT[point.mode]}:{point.offset}"))
+        PROCS.run(run_args, lorch_env(opts.extra_env, f"{FAILPOINT[point.mode]}:{point.offset}"))
     check_write_ahead(ws)
     receipts = invariants.receipt_files(ws)
-    if point.mode == "double" and _final_status(read_records(ws)) == "running":
+    if point.mode == "double" and final_status(read_records(ws)) == "running":
         path = the_ledger(ws)
         n = ledger.scan(path).records if path is not None else 0
-        PROCS.run(resume_args, _env(opts.extra_env, f"after:{n + 1}"))
+        PROCS.run(resume_args, lorch_env(opts.extra_env, f"after:{n + 1}"))
         check_write_ahead(ws)
     for _ in range(5):
         # Killed before its first record was durable, a run left nothing to
         # resume (lorch says so): what its user does then is run it again.
         args = resume_args if the_ledger(ws) is not None else run_args
-        rc = PROCS.run(args, _env(opts.extra_env, None))
+        rc = PROCS.run(args, lorch_env(opts.extra_env, None))
         if rc != -signal.SIGKILL:
             break
     check_invariants(ws, baseline, receipts)
@@ -502,7 +205,7 @@ def _corrupt_middle_line(
     """
     last = min(point.offset + 1, baseline.n)
     line = min(point.offset, baseline.n - 1)
-    PROCS.run(args, _env(opts.extra_env, f"after:{last}" if last < baseline.n else None))
+    PROCS.run(args, lorch_env(opts.extra_env, f"after:{last}" if last < baseline.n else None))
     path = the_ledger(ws)
     if path is None or line < 1:
         raise Broken("stops_on_corruption", "the crashed run left no ledger to damage")
@@ -516,7 +219,7 @@ def _corrupt_middle_line(
     before = bytes(data)
     proc = subprocess.run(
         [*lorch_argv(), "resume", "--workspace", str(ws)],
-        env=_env(opts.extra_env, None),
+        env=lorch_env(opts.extra_env, None),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=RUN_TIMEOUT,
@@ -536,64 +239,6 @@ def _corrupt_middle_line(
         raise Broken("stops_on_corruption", f"resume changed the damaged ledger {path.name}")
 
 
-def check_receipts_before_end(ws: Path) -> None:
-    """A durable end of run comes after every receipt is durable (the runner
-    flushes receipts before it records the end): a crash state whose ledger says
-    the run is over holds every receipt already, before any resume."""
-    recs = read_records(ws)
-    if _final_status(recs) == "running":
-        return
-    folded = invariants.fold(recs)
-    try:
-        have = {data.get("idempotency_key") for _, data in store.iter_receipts(ws)}
-    except StorageError as e:  # a receipt's name survived its data: a verdict, not a crash
-        raise Broken("receipts_before_end", str(e)) from None
-    missing = [p for p in folded.accepted if p.ik not in have]
-    if missing:
-        raise Broken(
-            "receipts_before_end",
-            f"the durable ledger records the end of the run, but the receipt of "
-            f"{missing[0].command['action']} is not on disk",
-        )
-
-
-def check_decisions_once(recs: list[dict[str, Any]]) -> None:
-    """No question was answered twice: resume never asks what the ledger answers."""
-    seen: set[str] = set()
-    for r in recs:
-        if r.get("event") == "system.user_decision":
-            question = str((r.get("payload") or {}).get("question"))
-            if question in seen:
-                raise Broken(
-                    "decisions_once", f"the user was asked {question[:40]!r} a second time"
-                )
-            seen.add(question)
-
-
-def check_orphans(recs: list[dict[str, Any]], ws: Path) -> None:
-    """No agent of a crashed run may still work once a resume has begun.
-
-    Resume must end the crashed run's agents before it starts new ones; an
-    agent it left running shows up as journal lines written after the
-    ``system.resumed`` record by a pid that lorch started before it.
-    """
-    old: set[int] = set()
-    entries = journals(ws)
-    for r in recs:
-        if r.get("event") == "system.agent_started":
-            old.add(int(r["payload"]["pid"]))
-        elif r.get("event") == "system.resumed":
-            at = r["occurred_at"]
-            late = [j for j in entries if j["pid"] in old and j["at"] > at]
-            if late:
-                j = late[0]
-                raise Broken(
-                    "orphans_ended",
-                    f"agent pid {j['pid']} of the crashed run was still working "
-                    f"({j['state']} {j['ik'][:19]}…) after resume began",
-                )
-
-
 def _external_crash(
     point: Point, baseline: Baseline, opts: Options, ws: Path, args: list[str]
 ) -> None:
@@ -601,7 +246,7 @@ def _external_crash(
     delay = rng.uniform(0.0, 1.5)
     proc = procs.spawn(
         args,
-        env=_env(opts.extra_env, None),
+        env=lorch_env(opts.extra_env, None),
         stdin=procs.DEVNULL,
         stdout=procs.DEVNULL,
         stderr=procs.DEVNULL,
@@ -617,93 +262,6 @@ def _external_crash(
     finally:
         with PROCS.lock:
             PROCS.groups.discard(proc.pid)
-
-
-def _acp_roles(ws: Path) -> set[str]:
-    try:
-        agents = json.loads((ws / "lorch.json").read_text(encoding="utf-8")).get("agents", {})
-    except (OSError, ValueError):
-        return set()
-    return {role for role, spec in agents.items() if spec.get("transport") == "acp"}
-
-
-def check_invariants(
-    ws: Path, baseline: Baseline, receipts_before: dict[str, bytes] | None = None
-) -> None:
-    """Every invariant of a resumed run. ``receipts_before``: the receipt files
-    the crash left (read before the first resume), which must survive unchanged."""
-    try:
-        recs = read_records(ws, strict=True)
-    except LedgerError as e:
-        raise Broken("ledger_replays", str(e)) from None
-    status = _final_status(recs)
-    if status != baseline.status:
-        raise Broken("completed", f"run ended {status}, baseline ended {baseline.status}")
-    # A command resent keeps its key. Intake's commands share one correlation id
-    # and differ by their inputs (each answer of the user makes a new key).
-    corr_keys: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
-    for r in recs:
-        if r["kind"] == "command":
-            sent = (r["correlation_id"], canonical_json([r["action"], r["inputs"]]))
-            corr_keys[sent].add(r["idempotency_key"])
-    for (corr, _), keys in corr_keys.items():
-        if len(keys) > 1:
-            raise Broken("one_key_per_command", f"{corr} was sent with {len(keys)} different keys")
-    effects_log = scenarios.load(baseline.scenario).get("effects_log")
-    problem = effects_problem(ws, recs, effects_log) if effects_log else None
-    if problem:
-        raise Broken("effects_once", problem)
-    check_decisions_once(recs)
-    path = the_ledger(ws)
-    assert path is not None
-    if status == "completed":
-        from lorch.verify import verify
-
-        problems = [f"{k}: {v[0]}" for k, v in verify(ws, path.stem).items() if v]
-        if problems:
-            raise Broken("verify", problems[0])
-    files = workspace_files(ws)
-    if files != baseline.files:
-        diff = sorted(set(files.items()) ^ set(baseline.files.items()))
-        raise Broken("files_equal", f"workspace differs from baseline at {diff[0][0]}")
-    ledger_ids = {r["message_id"] for r in recs}
-    for p in sorted(ws.glob("receipts/*/step-*.json")):
-        receipt = json.loads(p.read_text())
-        missing = [e for e in receipt["event_ids"] if e not in ledger_ids]
-        if missing:
-            raise Broken(
-                "receipts_match", f"{p.name} names event {missing[0]} that is not in the ledger"
-            )
-    done = collections.Counter(j["ik"] for j in journals(ws) if j["state"] == "completed")
-    twice = [k for k, c in done.items() if c > 1]
-    if twice:
-        raise Broken(
-            "no_duplicate_work", f"work for {twice[0][:19]}… was completed {done[twice[0]]} times"
-        )
-    # ACP agents see no key (ACP has none) and keep no journal: only the roles
-    # that speak lorch's protocol can be asked to have done each key once.
-    acp_roles = _acp_roles(ws)
-    keys = {
-        r["idempotency_key"]
-        for r in recs
-        if r["kind"] == "command" and r["to"]["agent_type"] not in acp_roles
-    }
-    never = sorted(k for k in keys if done[k] == 0)
-    if never and (ws / ".mockagent").is_dir():
-        raise Broken(
-            "keys_completed_once",
-            f"{never[0][:19]}… is in the ledger but its work was never completed",
-        )
-    check_orphans(recs, ws)
-    strays = _alive_agents(recs)
-    if strays:
-        raise Broken("no_stray_processes", f"agent pid {strays[0][0]} outlived the run")
-    folded = invariants.fold(recs)
-    invariants.check_commands_match_baseline(recs, baseline.records)
-    invariants.check_receipts_complete(ws, folded)
-    invariants.check_receipts_write_once(ws, receipts_before or {})
-    invariants.check_snapshot_once(recs, baseline.records)
-    invariants.check_no_stale_temp_files(ws)
 
 
 def crashtest(
@@ -727,7 +285,7 @@ def crashtest(
             rec = Path(tmp) / "recording"
             rec.mkdir()
             opts.offline = syscalls.prepare(
-                baseline.scenario, _env(opts.extra_env, None), rec, opts.torn_bytes, opts.cuts
+                baseline.scenario, lorch_env(opts.extra_env, None), rec, opts.torn_bytes, opts.cuts
             )
         off = opts.offline
         todo = points(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorch import store
+from lorch.crashtest.workspace import final_status, read_records
 from lorch.errors import StorageError
 from lorch.protocol import Record
 from lorch.workflow import Pending, State
@@ -209,3 +210,24 @@ def check_receipts_write_once(ws: Path, before: dict[str, bytes]) -> None:
             raise Broken("receipts_write_once", f"{rel} was there before resume, gone after")
         if now != data:
             raise Broken("receipts_write_once", f"{rel} was rewritten by resume")
+
+
+def check_receipts_before_end(ws: Path) -> None:
+    """A durable end of run comes after every receipt is durable (the runner
+    flushes receipts before it records the end): a crash state whose ledger says
+    the run is over holds every receipt already, before any resume."""
+    recs = read_records(ws)
+    if final_status(recs) == "running":
+        return
+    folded = fold(recs)
+    try:
+        have = {data.get("idempotency_key") for _, data in store.iter_receipts(ws)}
+    except StorageError as e:  # a receipt's name survived its data: a verdict, not a crash
+        raise Broken("receipts_before_end", str(e)) from None
+    missing = [p for p in folded.accepted if p.ik not in have]
+    if missing:
+        raise Broken(
+            "receipts_before_end",
+            f"the durable ledger records the end of the run, but the receipt of "
+            f"{missing[0].command['action']} is not on disk",
+        )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorch import reports
-from lorch.crashtest.harness import Baseline, Result
+from lorch.crashtest.baseline import Baseline
+from lorch.crashtest.harness import Result
 
 
 def table(results: list[Result]) -> str:

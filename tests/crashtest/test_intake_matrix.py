@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 
 from lorch.crashtest import Options, crashtest
-from lorch.crashtest.harness import (
-    DEFAULT_MODES,
-    Broken,
-    check_decisions_once,
-    scenario_args,
-)
+from lorch.crashtest.baseline import scenario_args
+from lorch.crashtest.harness import DEFAULT_MODES
+from lorch.crashtest.invariants import Broken
+from lorch.crashtest.verdict import check_decisions_once
 from lorch.scenarios import resolve
 
 

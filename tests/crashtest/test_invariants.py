@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from lorch.crashtest import invariants
-from lorch.crashtest.harness import Broken, read_records
+from lorch.crashtest import INVARIANTS, invariants, verdict
+from lorch.crashtest.invariants import Broken
+from lorch.crashtest.workspace import read_records
 from lorch.scenarios import materialize
 
 pytestmark = pytest.mark.e2e
@@ -232,10 +233,16 @@ def test_a_receipt_put_in_place_by_rename_is_reported() -> None:
 
 
 def test_an_unreadable_receipt_in_a_crash_state_is_a_verdict(ws: Path) -> None:
-    from lorch.crashtest.harness import check_receipts_before_end
-
-    check_receipts_before_end(ws)
+    invariants.check_receipts_before_end(ws)
     (ws / sorted(invariants.receipt_files(ws))[0]).write_bytes(b"")  # name kept, data lost
     with pytest.raises(Broken) as e:
-        check_receipts_before_end(ws)
+        invariants.check_receipts_before_end(ws)
     assert e.value.invariant == "receipts_before_end" and "unreadable receipt" in e.value.detail
+
+
+def test_every_check_after_resume_is_a_published_invariant() -> None:
+    names = [name for name, _ in verdict.AFTER_RESUME]
+    assert len(set(names)) == len(names)
+    # The rest are checked on the crash itself, or by the corrupt mode.
+    before = {"write_ahead", "ledger_replays", "receipts_before_end", "stops_on_corruption"}
+    assert set(INVARIANTS) == set(names) | before and not before & set(names)

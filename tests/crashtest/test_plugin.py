@@ -60,9 +60,9 @@ def test_other():
 COUNT_BASELINES = """
 import os
 
-from lorch.crashtest import harness
+from lorch.crashtest import baseline
 
-_record = harness.record_baseline
+_record = baseline.record_baseline
 
 
 def counted(*args, **kwargs):
@@ -71,7 +71,7 @@ def counted(*args, **kwargs):
     return _record(*args, **kwargs)
 
 
-harness.record_baseline = counted
+baseline.record_baseline = counted
 """
 
 

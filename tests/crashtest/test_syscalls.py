@@ -16,7 +16,7 @@ import pytest
 
 from lorch.crashtest import Options, crashtest
 from lorch.crashtest import syscalls as S
-from lorch.crashtest.harness import _env
+from lorch.crashtest.launcher import lorch_env
 
 # Skipped only off CI: under CI (where .ci/run installs strace) a missing strace fails the tests.
 needs_strace = pytest.mark.skipif(
@@ -93,7 +93,7 @@ def test_recorded_pids_are_disarmed() -> None:
 @needs_strace
 @pytest.mark.e2e
 def test_recording_replays_to_the_workspace_the_run_left(tmp_path: Path) -> None:
-    trace = S.record("happy-path", _env({}, None), tmp_path)
+    trace = S.record("happy-path", lorch_env({}, None), tmp_path)
     kinds = {op.kind for op in trace.ops}
     assert kinds == {"write", "fsync", "entry", "dirsync"}
     final = S.materialize(trace, S.Cut(len(trace.ops)))

@@ -16,7 +16,7 @@ import pytest
 from lorch import scenarios
 from lorch.checkpoint import Checkpoints
 from lorch.crashtest.effects import effects_problem
-from lorch.crashtest.harness import workspace_files
+from lorch.crashtest.workspace import workspace_files
 from tests.appender_scenario import scenario
 from tests.orchestrator.conftest import Runner, records
 
