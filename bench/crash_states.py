@@ -31,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lorch.crashtest import Options, crashtest
-from lorch.crashtest import syscalls as S
+from lorch.crashtest import Options, crashtest, syscalls
 from lorch.crashtest.baseline import record_baseline
 from lorch.crashtest.harness import default_scratch
 from lorch.crashtest.launcher import lorch_env
@@ -53,7 +52,7 @@ def main() -> None:
         t0 = time.perf_counter()
         baseline = record_baseline("happy-path", None, scratch)
         t1 = time.perf_counter()
-        off = S.prepare("happy-path", lorch_env({}, None), Path(tmp))
+        off = syscalls.prepare("happy-path", lorch_env({}, None), Path(tmp))
         t2 = time.perf_counter()
         print(
             f"trace: {len(off.trace.ops)} operations; {off.enumerated} states enumerated, "

@@ -9,6 +9,7 @@ Equivalent mutants (no observable difference a crash could reveal) are named
 and excluded from the score.
 
 Run: python bench/harness_power.py [--only NAME,...] [--jobs N]
+     python bench/harness_power.py --check-patterns  (only: does every mutant still apply?)
 Goal: 100 % of the non-equivalent mutants caught.
 """
 
@@ -351,12 +352,36 @@ def run_plan(m: Mutant, tree: Path, jobs: int) -> tuple[bool, str]:
     return False, ""
 
 
+def check_patterns(picked: list[Mutant]) -> int:
+    """Print where each mutant applies; 1 when one of them no longer does."""
+    files = sources()
+    broken = 0
+    for m in picked:
+        n = f"{MUTANTS.index(m) + 1:2d}" if m in MUTANTS else " -"
+        try:
+            where = sorted({str(path.relative_to(ROOT)) for path, _, _ in locate(m, files)})
+        except ValueError as e:
+            broken += 1
+            print(f"{n}. NO MATCH: {e}")
+            continue
+        print(f"{n}. [{m.area}] {m.name}: {', '.join(where)}")
+    print(f"{len(picked) - broken}/{len(picked)} mutants apply, each edit matching exactly once")
+    return 1 if broken else 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="", help="comma-separated mutant numbers (1-based)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument(
+        "--check-patterns",
+        action="store_true",
+        help="only check that each mutant's edits match exactly once in lorch/, then exit",
+    )
     a = ap.parse_args()
     picked = [MUTANTS[int(i) - 1] for i in a.only.split(",")] if a.only else MUTANTS
+    if a.check_patterns:
+        raise SystemExit(check_patterns(picked))
     started = time.monotonic()
     caught, survived, equivalent = [], [], []
     for m in picked:

@@ -7,7 +7,7 @@ every mode, the scenario runs in a fresh workspace, is crashed at k, resumed
 The parts: ``baseline.py`` records and compares the clean runs,
 ``launcher.py`` starts lorch (forked from a warm server) and tracks every
 process group, ``verdict.py`` and ``invariants.py`` check a resumed run, and
-``syscalls.py`` (with ``trace.py`` and ``states.py``) derives the ``powercut``
+``syscalls.py`` (with ``strace.py`` and ``states.py``) derives the ``powercut``
 mode's crash states from a recorded trace.
 """
 

@@ -54,3 +54,14 @@ def test_apply_writes_a_mutated_copy(bench: ModuleType, tmp_path: Path) -> None:
     mutated = tmp_path / path.relative_to(bench.ROOT)
     assert new in mutated.read_text() and mutated.read_text() != path.read_text()
     assert (tmp_path / "scenarios" / "happy-path" / "scenario.json").is_file()
+
+
+def test_check_patterns_says_whether_every_mutant_applies(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.check_patterns(bench.MUTANTS) == 0
+    n = len(bench.MUTANTS)
+    assert f"{n}/{n} mutants apply" in capsys.readouterr().out
+    stale = bench.Mutant("stale", "ledger", (("no such line in lorch\n", ""),))
+    assert bench.check_patterns([bench.MUTANTS[0], stale]) == 1
+    assert "NO MATCH" in capsys.readouterr().out

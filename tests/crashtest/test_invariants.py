@@ -201,30 +201,30 @@ def test_receipt_rewritten_or_removed_by_resume(ws: Path) -> None:
 
 
 def test_a_receipt_put_in_place_by_rename_is_reported() -> None:
-    from lorch.crashtest import syscalls as S
+    from lorch.crashtest import strace, syscalls
 
     # root(1) holds receipts(2) holding T(3); a receipt temp file (4) is written,
     # synced, and linked into place (write-once), then another (5) renamed into place.
-    root = S.Inode(1, True, entries={"receipts": 2})
-    initial = {1: root, 2: S.Inode(2, True, entries={"T": 3}), 3: S.Inode(3, True)}
+    root = strace.Inode(1, True, entries={"receipts": 2})
+    initial = {1: root, 2: strace.Inode(2, True, entries={"T": 3}), 3: strace.Inode(3, True)}
     linked = [
-        S.Op("entry", 3, entry=("link", ".step-1.json.tmp-1-ab", 4, 0, "")),
-        S.Op("write", 4, data=b"{}"),
-        S.Op("fsync", 4),
-        S.Op("entry", 3, entry=("link", "step-1.json", 4, 0, "")),
-        S.Op("entry", 3, entry=("unlink", ".step-1.json.tmp-1-ab", 0, 0, "")),
-        S.Op("dirsync", 3),
+        strace.Op("entry", 3, entry=("link", ".step-1.json.tmp-1-ab", 4, 0, "")),
+        strace.Op("write", 4, data=b"{}"),
+        strace.Op("fsync", 4),
+        strace.Op("entry", 3, entry=("link", "step-1.json", 4, 0, "")),
+        strace.Op("entry", 3, entry=("unlink", ".step-1.json.tmp-1-ab", 0, 0, "")),
+        strace.Op("dirsync", 3),
     ]
-    assert S.receipt_rewrites(S.Trace(1, initial, linked, Path("/nowhere"))) == []
+    assert syscalls.receipt_rewrites(strace.Trace(1, initial, linked, Path("/nowhere"))) == []
     renamed = [
         *linked,
-        S.Op("entry", 3, entry=("link", ".step-2.json.tmp-1-cd", 5, 0, "")),
-        S.Op("write", 5, data=b"{}"),
-        S.Op("entry", 3, entry=("rename", "step-2.json", 5, 3, ".step-2.json.tmp-1-cd")),
-        S.Op("write", 4, offset=2, data=b"\n"),
-        S.Op("entry", 3, entry=("unlink", "step-1.json", 0, 0, "")),
+        strace.Op("entry", 3, entry=("link", ".step-2.json.tmp-1-cd", 5, 0, "")),
+        strace.Op("write", 5, data=b"{}"),
+        strace.Op("entry", 3, entry=("rename", "step-2.json", 5, 3, ".step-2.json.tmp-1-cd")),
+        strace.Op("write", 4, offset=2, data=b"\n"),
+        strace.Op("entry", 3, entry=("unlink", "step-1.json", 0, 0, "")),
     ]
-    got = S.receipt_rewrites(S.Trace(1, initial, renamed, Path("/nowhere")))
+    got = syscalls.receipt_rewrites(strace.Trace(1, initial, renamed, Path("/nowhere")))
     assert got == [
         (8, "receipts/T/step-2.json was put in place by a rename, which replaces a taken name"),
         (9, "receipts/T/step-1.json was written after it was in place"),

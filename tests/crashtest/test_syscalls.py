@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lorch.crashtest import Options, crashtest
-from lorch.crashtest import syscalls as S
+from lorch.crashtest import Options, crashtest, states, strace, syscalls
 from lorch.crashtest.launcher import lorch_env
 
 # Skipped only off CI: under CI (where .ci/run installs strace) a missing strace fails the tests.
@@ -25,53 +24,92 @@ needs_strace = pytest.mark.skipif(
 )
 
 
-def small_trace() -> S.Trace:
+def small_trace() -> strace.Trace:
     # root(1) holds dir d(2); file f(3) is created in d, written twice with an
     # fsync between, then renamed to g; d is fsynced after the create only.
-    root = S.Inode(1, True, entries={"d": 2})
-    d = S.Inode(2, True)
+    root = strace.Inode(1, True, entries={"d": 2})
+    d = strace.Inode(2, True)
     ops = [
-        S.Op("entry", 2, entry=("link", "f", 3, 0, "")),
-        S.Op("dirsync", 2),
-        S.Op("write", 3, offset=0, data=b"hello "),
-        S.Op("fsync", 3),
-        S.Op("write", 3, offset=6, data=b"world"),
-        S.Op("entry", 2, entry=("rename", "g", 3, 2, "f")),
+        strace.Op("entry", 2, entry=("link", "f", 3, 0, "")),
+        strace.Op("dirsync", 2),
+        strace.Op("write", 3, offset=0, data=b"hello "),
+        strace.Op("fsync", 3),
+        strace.Op("write", 3, offset=6, data=b"world"),
+        strace.Op("entry", 2, entry=("rename", "g", 3, 2, "f")),
     ]
-    return S.Trace(1, {1: root, 2: d}, ops, Path("/nowhere"))
+    return strace.Trace(1, {1: root, 2: d}, ops, Path("/nowhere"))
 
 
 def test_model_loses_only_what_was_not_synced() -> None:
     t = small_trace()
-    assert S.unsynced(t, 6) == {3: [4], -2: [5]}
-    assert S.materialize(t, S.Cut(6)) == {"d": None, "d/g": b"hello world"}
+    assert states.unsynced(t, 6) == {3: [4], -2: [5]}
+    assert states.materialize(t, states.Cut(6)) == {"d": None, "d/g": b"hello world"}
     # Every unsynced op lost: the second write and the rename.
-    assert S.materialize(t, S.Cut(6, ((-1, 0),))) == {"d": None, "d/f": b"hello "}
+    assert states.materialize(t, states.Cut(6, ((-1, 0),))) == {"d": None, "d/f": b"hello "}
     # The rename kept, the write lost; then the write torn after 2 bytes.
-    assert S.materialize(t, S.Cut(6, ((3, 0),))) == {"d": None, "d/g": b"hello "}
-    assert S.materialize(t, S.Cut(6, ((3, 0),), 3, 2)) == {"d": None, "d/g": b"hello wo"}
+    assert states.materialize(t, states.Cut(6, ((3, 0),))) == {"d": None, "d/g": b"hello "}
+    assert states.materialize(t, states.Cut(6, ((3, 0),), 3, 2)) == {"d": None, "d/g": b"hello wo"}
     # Before the directory fsync the create itself may be lost.
-    assert S.materialize(t, S.Cut(1, ((-1, 0),))) == {"d": None}
+    assert states.materialize(t, states.Cut(1, ((-1, 0),))) == {"d": None}
 
 
 def test_cuts_cover_prefixes_losses_and_torn_bytes() -> None:
     t = small_trace()
-    cuts = list(S.cuts(t, "all"))
+    cuts = list(states.cuts(t, "all"))
     assert {c.prefix for c in cuts} == set(range(7))
     torn = sorted(c.torn for c in cuts if c.prefix == 6 and c.torn_obj == 3)
     assert torn == [1, 2, 3, 4]  # "world" torn at every inner byte
-    edges = sorted(c.torn for c in S.cuts(t) if c.prefix == 6 and c.torn_obj == 3)
+    edges = sorted(c.torn for c in states.cuts(t) if c.prefix == 6 and c.torn_obj == 3)
     assert edges == [1, 2, 4]
-    n, distinct = S.distinct_states(t, "all")
+    n, distinct = states.distinct_states(t, "all")
     assert n == len(cuts) and len(distinct) < n
-    digests = {S.digest(S.materialize(t, c)) for c in distinct}
+    digests = {states.digest(states.materialize(t, c)) for c in distinct}
     assert len(digests) == len(distinct)
     # Each enumerated cut is answered by exactly one distinct state: the one with its files.
-    _, same, covers = S.counted_states(t, "all")
+    _, same, covers = states.counted_states(t, "all")
     assert same == distinct and sum(covers.values()) == n
     for c in distinct:
-        d = S.digest(S.materialize(t, c))
-        assert covers[c] == sum(S.digest(S.materialize(t, x)) == d for x in cuts)
+        d = states.digest(states.materialize(t, c))
+        assert covers[c] == sum(states.digest(states.materialize(t, x)) == d for x in cuts)
+
+
+def _hex(text: str | Path) -> str:
+    return "".join(f"\\x{b:02x}" for b in str(text).encode())
+
+
+def test_parser_reads_an_strace_log_into_operations(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a").write_bytes(b"old")
+    f, g, a = (_hex(ws / n) for n in ("f", "g", "a"))
+    log = [
+        f'100 openat(AT_FDCWD, "{f}", O_WRONLY|O_CREAT|O_APPEND, 0600) = 3<{f}>',
+        f'100 write(3<{f}>, "{_hex("hello")}", 5 <unfinished ...>',
+        f"101 fsync(4<{a}>) = -1 EBADF (Bad file descriptor)",  # failed: no operation
+        "100 <... write resumed>)    = 5",
+        f"100 fsync(3<{f}>) = 0",
+        f"100 close(3<{f}>) = 0",
+        f'100 rename("{f}", "{g}") = 0',
+        f'100 openat(AT_FDCWD, "{_hex(ws)}", O_RDONLY|O_DIRECTORY) = 4<{_hex(ws)}>',
+        f"100 fsync(4<{_hex(ws)}>) = 0",
+        f'101 unlink("{a}") = 0',
+        "garbage that is not a call",
+    ]
+    (tmp_path / "strace.log").write_text("\n".join(log) + "\n")
+    trace = strace.parse(tmp_path / "strace.log", strace._Namespace(ws))
+    # The root is inode 1, the existing file 2, the created one 3.
+    assert trace.ops == [
+        strace.Op("entry", 1, entry=("link", "f", 3, 0, ""), pid=100),
+        strace.Op("write", 3, offset=0, data=b"hello", pid=100),
+        strace.Op("fsync", 3, pid=100),
+        strace.Op("entry", 1, entry=("rename", "g", 3, 1, "f"), pid=100),
+        strace.Op("dirsync", 1, pid=100),
+        strace.Op("entry", 1, entry=("unlink", "a", 0, 0, ""), pid=101),
+    ]
+    assert trace.initial[2].data == b"old"
+    assert states.materialize(trace, states.Cut(len(trace.ops))) == {"g": b"hello"}
+    # Lost after the directory fsync: only the unlink; the old file is back.
+    assert states.materialize(trace, states.Cut(6, ((-1, 0),))) == {"a": b"old", "g": b"hello"}
 
 
 def test_recorded_pids_are_disarmed() -> None:
@@ -80,7 +118,7 @@ def test_recorded_pids_are_disarmed() -> None:
         "state/run.json": b'{"agents": {"builder": {"pgid": 4242, "pid": 4242}}}',
         "src/x.py": b'"pid": 4242',
     }
-    S.disarm_pids(files, {4242})
+    syscalls.disarm_pids(files, {4242})
     me = str(os.getpid()).encode()
     assert (
         files["events/run-1.ndjson"]
@@ -93,10 +131,10 @@ def test_recorded_pids_are_disarmed() -> None:
 @needs_strace
 @pytest.mark.e2e
 def test_recording_replays_to_the_workspace_the_run_left(tmp_path: Path) -> None:
-    trace = S.record("happy-path", lorch_env({}, None), tmp_path)
+    trace = strace.record("happy-path", lorch_env({}, None), tmp_path)
     kinds = {op.kind for op in trace.ops}
     assert kinds == {"write", "fsync", "entry", "dirsync"}
-    final = S.materialize(trace, S.Cut(len(trace.ops)))
+    final = states.materialize(trace, states.Cut(len(trace.ops)))
     ws = tmp_path / "ws"
     real: dict[str, bytes | None] = {}
     for dirpath, dirnames, filenames in os.walk(ws):
@@ -106,7 +144,7 @@ def test_recording_replays_to_the_workspace_the_run_left(tmp_path: Path) -> None
             real[str((Path(dirpath) / name).relative_to(ws))] = (Path(dirpath) / name).read_bytes()
     assert final == real
     # Receipts are linked into place, never renamed: nothing could destroy one.
-    assert S.receipt_rewrites(trace) == []
+    assert syscalls.receipt_rewrites(trace) == []
     assert any(op.entry is not None and op.entry[1] == "step-1.json" for op in trace.ops)
 
 
@@ -156,4 +194,4 @@ def test_strace_missing_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> Non
     if shutil.which("strace") is not None:
         pytest.skip("strace is in the interpreter's directory")
     with pytest.raises(UsageError, match="need strace"):
-        S.strace_path()
+        strace.strace_path()
