@@ -14,12 +14,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorch import scenarios
+from lorch.crashtest.launcher import lorch_argv
 from lorch.errors import UsageError
 
 SYSCALLS = (
@@ -100,7 +100,7 @@ def _abs(path: bytes, dirfd_path: bytes | None, cwd: bytes) -> bytes:
     return os.path.normpath(os.path.join(dirfd_path or cwd, path))
 
 
-class _Namespace:
+class Namespace:
     """The volatile view while reading the trace: path → inode, fd → inode."""
 
     def __init__(self, ws: Path) -> None:
@@ -190,7 +190,7 @@ def _calls(log: bytes) -> Iterator[_Call]:
 class _Reader:
     """Turns each call into operations, keeping the namespace as the run saw it."""
 
-    def __init__(self, ns: _Namespace) -> None:
+    def __init__(self, ns: Namespace) -> None:
         self.ns = ns
         self.ops: list[Op] = []
         self.appending: set[tuple[int, int]] = set()  # (pid, fd) opened O_APPEND
@@ -319,7 +319,7 @@ _HANDLERS: dict[str, Callable[[_Reader, _Call], None]] = {
 }  # close changes nothing on disk
 
 
-def parse(trace_file: Path, ns: _Namespace) -> Trace:
+def parse(trace_file: Path, ns: Namespace) -> Trace:
     """Turn an ``strace -f -y -xx`` log into operations on the workspace's inodes.
 
     ``ns`` is the workspace as it was before the traced run (taken as durable).
@@ -336,7 +336,7 @@ def record(scenario_ref: str | Path, env: dict[str, str], workdir: Path) -> Trac
     ws = workdir / "ws"
     scenarios.materialize(scenarios.resolve(scenario_ref), ws)
     log = workdir / "strace.log"
-    before = _Namespace(ws)
+    before = Namespace(ws)
     argv = [
         strace_path(),
         "-f",
@@ -351,7 +351,7 @@ def record(scenario_ref: str | Path, env: dict[str, str], workdir: Path) -> Trac
         "signal=none",
         "-o",
         str(log),
-        *_lorch(),
+        *lorch_argv(),
         "run",
         "--workspace",
         str(ws),
@@ -365,7 +365,3 @@ def record(scenario_ref: str | Path, env: dict[str, str], workdir: Path) -> Trac
             f"{proc.stderr.decode('utf-8', 'replace').strip().splitlines()[-1:]}"
         )
     return parse(log, before)
-
-
-def _lorch() -> list[str]:
-    return [sys.executable, "-m", "lorch"]

@@ -96,7 +96,7 @@ def test_parser_reads_an_strace_log_into_operations(tmp_path: Path) -> None:
         "garbage that is not a call",
     ]
     (tmp_path / "strace.log").write_text("\n".join(log) + "\n")
-    trace = strace.parse(tmp_path / "strace.log", strace._Namespace(ws))
+    trace = strace.parse(tmp_path / "strace.log", strace.Namespace(ws))
     # The root is inode 1, the existing file 2, the created one 3.
     assert trace.ops == [
         strace.Op("entry", 1, entry=("link", "f", 3, 0, ""), pid=100),
