@@ -36,7 +36,7 @@ from lorch.config import load
 from lorch.engine import Engine
 from lorch.launch import resolve_argv
 from lorch.runner import Console, run
-from lorch.workflow import Send
+from lorch.steps import Send
 
 
 def fsync_times(tmp: Path, trial: int, n: int = 200) -> list[float]:

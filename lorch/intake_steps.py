@@ -18,7 +18,8 @@ from lorch.asking import Prompter, decide
 from lorch.discovery import discover
 from lorch.intake import CORRELATION, INTAKE_TASK, Ask, Discover
 from lorch.protocol import Record
-from lorch.workflow import StartTask, State
+from lorch.steps import StartTask
+from lorch.workflow import State
 
 IntakeStep = Discover | Ask | StartTask
 

@@ -7,11 +7,10 @@ only ever send what the ledger implies. The state stays small however long the
 run: it keeps counters, the pending command and the last accepted answer, not
 the history.
 
-The loop (MASTER-SPEC §4.2):
-
-    implement → review ─ changes_requested → implement_changes → review …
-                       └ approved → update_spec ─ spec.changes_requested → implement_changes …
-                                                └ spec.updated | spec.no_changes_needed → done
+Intake comes first when the run has no task (``lorch/intake.py``); each task
+then runs the build loop, implement → review → spec (MASTER-SPEC §4.2), whose
+next command ``lorch/build_loop.py`` decides. The steps ``next_step`` answers
+are in ``lorch/steps.py``.
 """
 
 from __future__ import annotations
@@ -21,13 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from lorch import intake as intake_stage
-from lorch.commands import ROLE_OF, Fresh, answer_digest, build_command, error_cause, resend
-from lorch.intake import Ask, Discover, Intake
+from lorch.build_loop import new_command, next_build
+from lorch.commands import ROLE_OF, Fresh, error_cause, resend
+from lorch.intake import Intake
 from lorch.policy import RunPolicy, from_record
-from lorch.protocol import (
-    TERMINAL_EVENTS,
-    Record,
-)
+from lorch.protocol import TERMINAL_EVENTS, Record
+from lorch.steps import Check, Finish, Restart, Send, StartTask, Step
 
 
 @dataclass
@@ -58,45 +56,6 @@ class Pending:
         return str(self.command["to"]["agent_type"])
 
 
-@dataclass(frozen=True)
-class Send:
-    """Append ``command`` to the ledger, then send it. ``resend`` keeps its key."""
-
-    command: Record
-    resend: bool = False
-
-
-@dataclass(frozen=True)
-class Check:
-    """A terminal answer arrived: check its artifacts, then accept or reject it."""
-
-    pending: Pending
-
-
-@dataclass(frozen=True)
-class Finish:
-    status: str  # completed | failed | aborted
-    reason: str
-
-
-@dataclass(frozen=True)
-class StartTask:
-    """Record ``system.task_started``: the build loop begins for ``task``."""
-
-    task: dict[str, Any]
-    index: int
-    of: int
-
-
-@dataclass(frozen=True)
-class Restart:
-    """Start the role's agent again: its ``n``-th restart (1-based), after a backoff."""
-
-    role: str
-    n: int
-
-
-Step = Send | Check | Finish | StartTask | Ask | Discover
 # Records that turn down the answer in flight; anything else after it accepts it.
 REJECTIONS = ("system.artifact_rejected", "system.command_failed")
 
@@ -422,28 +381,6 @@ def attempts_exhausted(state: State) -> Finish | None:
     )
 
 
-def _command(
-    state: State,
-    action: str,
-    inputs: dict[str, Any],
-    *,
-    fresh: Fresh,
-    expected: list[dict[str, Any]] | None = None,
-    correlation_id: str | None = None,
-) -> Record:
-    return build_command(
-        action,
-        inputs,
-        task_id=state.task_id,
-        snapshot_id=state.snapshot_id or "",  # next_step asks for a snapshot first
-        number=state.commands + 1,
-        max_attempts=state.policy.max_attempts,
-        fresh=fresh,
-        expected=expected,
-        correlation_id=correlation_id,
-    )
-
-
 def next_step(state: State, *, fresh: Fresh) -> Step:
     """What to do next, given only the folded ledger (plus fresh ids and times)."""
     if state.finished:
@@ -467,7 +404,7 @@ def _next_new(state: State, fresh: Fresh) -> Step:
         return _next_intake(state, fresh)
     if state.queue is not None and state.task_index < 0:
         return _start(state, 0)
-    step = _next_build(state, fresh)
+    step = next_build(state, fresh)
     if (
         isinstance(step, Finish)
         and step.status == "completed"
@@ -489,7 +426,7 @@ def _next_intake(state: State, fresh: Fresh) -> Step:
     step = intake_stage.next_intake(state.intake)
     if isinstance(step, intake_stage.Orchestrate):
         return Send(
-            _command(
+            new_command(
                 state,
                 step.action,
                 step.inputs,
@@ -502,74 +439,3 @@ def _next_intake(state: State, fresh: Fresh) -> Step:
     if isinstance(step, intake_stage.Approved):
         return _start(state, 0)  # not reached: the decision sets the queue
     return step
-
-
-def _next_build(state: State, fresh: Fresh) -> Step:
-    answer = state.last_answer
-    if not state.task_id or state.snapshot_id is None:
-        return Finish("failed", "the ledger records no task or no snapshot of the workspace")
-    if answer is None:
-        outputs = state.task.get("expected_outputs")
-        paths = [p for p in outputs if isinstance(p, str)] if isinstance(outputs, list) else []
-        expected = [{"path": p, "required": True} for p in paths]
-        return Send(
-            _command(
-                state, "implement", {"round": 1, "task": state.task}, fresh=fresh, expected=expected
-            )
-        )
-    name = answer.get("event")
-    if name == "builder.completed":
-        return _after_builder(state, answer, fresh)
-    if name == "review.completed":
-        return _after_review(state, answer, fresh)
-    if name == "spec.changes_requested":
-        return _changes(state, answer, fresh, "spec", answer.get("payload") or {}, "notes_path")
-    if name in ("spec.updated", "spec.no_changes_needed"):
-        return Finish("completed", "")
-    task = state.task_id
-    return Finish("failed", f"task {task}: unexpected answer {name!r} to {state.last_action}")
-
-
-def _after_builder(state: State, answer: Record, fresh: Fresh) -> Step:
-    task, max_rounds = state.task_id, state.policy.max_rounds
-    tests = (answer.get("payload") or {}).get("tests")
-    if not isinstance(tests, dict) or tests.get("status") not in ("pass", "fail"):
-        return Finish("failed", f"task {task}: builder.completed carries no payload.tests status")
-    # MASTER-SPEC §14.2: tests.status == "pass" or tests.allowed_failures; the
-    # policy can also allow failures for every task.
-    allowed = tests.get("allowed_failures") is True or state.policy.allowed_failures
-    if tests["status"] == "fail" and not allowed:
-        return Finish("failed", f"task {task}: builder tests failed: {tests.get('summary', '')}")
-    review_round = state.rounds.get("review", 0) + 1
-    if review_round > max_rounds:
-        return Finish("failed", f"task {task}: review round cap of {max_rounds} reached")
-    inputs = {"round": review_round, "answers": answer_digest(answer)}
-    return Send(_command(state, "review", inputs, fresh=fresh))
-
-
-def _after_review(state: State, answer: Record, fresh: Fresh) -> Step:
-    task, max_rounds = state.task_id, state.policy.max_rounds
-    status = answer.get("status")
-    if status == "approved":
-        spec_round = state.rounds.get("update_spec", 0) + 1
-        if spec_round > max_rounds:
-            return Finish("failed", f"task {task}: spec round cap of {max_rounds} reached")
-        inputs = {"round": spec_round, "answers": answer_digest(answer)}
-        return Send(_command(state, "update_spec", inputs, fresh=fresh))
-    if status == "changes_requested":
-        return _changes(state, answer, fresh, "review", answer.get("payload") or {}, "review_path")
-    return Finish("failed", f"task {task}: review.completed with unknown status {status!r}")
-
-
-def _changes(
-    state: State, answer: Record, fresh: Fresh, reason: str, payload: Record, notes: str
-) -> Step:
-    """implement_changes, answering the review or spec notes at ``payload[notes]``."""
-    builder_round = state.rounds.get("implement", 0) + state.rounds.get("implement_changes", 0) + 1
-    inputs = {
-        "round": builder_round,
-        "reason": reason,
-        "answers": answer_digest(answer),
-        "notes_path": payload.get(notes),
-    }
-    return Send(_command(state, "implement_changes", inputs, fresh=fresh))

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from lorch import protocol, schemas
 from lorch.redact import Redactor
-from lorch.workflow import Check, Finish, Send, State, next_step
+from lorch.steps import Check, Finish, Send
+from lorch.workflow import State, next_step
 
 SECRET = "hunter2-supersecret-value"
 REDACTOR = Redactor([SECRET])

@@ -18,7 +18,8 @@ import pytest
 from lorch import intake
 from lorch.intake import Ask, Discover, interpret
 from lorch.intake_steps import system_record
-from lorch.workflow import Check, Finish, Send, StartTask, State, next_step
+from lorch.steps import Check, Finish, Send, StartTask
+from lorch.workflow import State, next_step
 
 Record = dict[str, Any]
 Agent = Callable[[Record], Record]

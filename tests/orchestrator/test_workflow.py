@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from lorch import protocol
-from lorch.workflow import Check, Finish, Send, State, next_step
+from lorch.steps import Check, Finish, Send
+from lorch.workflow import State, next_step
 
 TASK = {"id": "T-0042", "goal": "g"}
 SNAP = "snap-0123456789ab"
