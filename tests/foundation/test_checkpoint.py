@@ -391,10 +391,9 @@ def test_restore_after_arbitrary_edits_gives_back_the_exact_tree(
 
 
 def test_files_made_right_after_a_take_are_in_the_next_one(tmp_path: Path) -> None:
-    # The untracked cache trusts a directory's stat data: a file created in the
-    # same clock tick as the directory's last scan must still be seen (git
-    # treats such a directory as racy). Many rounds, as fast as possible, so
-    # that some land in the same tick.
+    # A file created or removed in the same clock tick as the last take must
+    # still be seen (the index's stat data must not be trusted for it). Many
+    # rounds, as fast as possible, so that some land in the same tick.
     c = ck(tmp_path)
     write(tmp_path, "src/keep.txt", b"keep")
     c.take()
