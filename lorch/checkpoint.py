@@ -16,7 +16,11 @@ directories (git tracks files). Those are neither captured nor restored.
 
 Speed: ``take`` is ``git add -A`` and ``git write-tree``; the private index's
 stat cache means only files whose stat changed are hashed again, and its split
-index that only changed entries are written.
+index that only changed entries are written. After the first take of a process,
+``git add`` is given only the directories that changed (``lorch/watch.py``:
+inotify watches, read before git scans), so it no longer stats every file; a
+full scan is made whenever the watches cannot tell, or the index is not the one
+this object last left consistent with the workspace.
 
 Durability: objects are fsynced (``core.fsync``, batched) before ``take``
 returns, so a tree id that reaches the ledger can always be restored, power
@@ -44,6 +48,7 @@ from typing import Any
 from lorch.atomic import atomic_write_bytes, ensure_dir
 from lorch.errors import StorageError
 from lorch.transport import TurnCheckpoint
+from lorch.watch import Dirty, Watch
 from lorch.workflow import Pending, State
 
 # lorch's own directories at the top of the workspace (DESIGN.md §4) and the
@@ -94,11 +99,29 @@ _CONFIG = {
 
 _LOCKS = ("index.lock", "config.lock", "shallow.lock", "packed-refs.lock")
 
+_FROM_STDIN = ("--pathspec-from-file=-", "--pathspec-file-nul")
+_IGNORED_NAMED = b"The following paths are ignored by one of your .gitignore files:"
+
+
+def _never_held(name: str, parent: str) -> bool:
+    """Directories no checkpoint holds (the same rules as ``_EXCLUDE``): not watched."""
+    return name.startswith(".") or (not parent and name in EXCLUDED)
+
+
+def _stat(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
 
 class Checkpoints:
     """Checkpoints of ``workspace`` kept in the private git directory ``store``."""
 
-    def __init__(self, workspace: Path, store: Path, *, durable: bool = True) -> None:
+    def __init__(
+        self, workspace: Path, store: Path, *, durable: bool = True, watch: bool = True
+    ) -> None:
         self.workspace = Path(workspace)
         self.store = Path(store)
         self.durable = durable
@@ -120,6 +143,13 @@ class Checkpoints:
             "GIT_COMMITTER_EMAIL": "lorch@localhost",
         }
         self._ready = False
+        self._watch: Watch | None = Watch(self.workspace, _never_held) if watch else None
+        # The index as this object last left it, equal to the workspace but for
+        # the changes the watches have queued since; None: scan everything.
+        self._index_seen: tuple[int, int, int, int] | None = None
+        # How the index was brought up to date: every path, or the changed ones.
+        self.full_scans = 0
+        self.partial_scans = 0
 
     # -- public API -----------------------------------------------------------
 
@@ -127,7 +157,9 @@ class Checkpoints:
         """Record the workspace; return its tree id (40 hex digits)."""
         with self._locked():
             self._add_all()
-            return self._git("write-tree").strip()
+            tree = self._git("write-tree").strip()
+            self._still_ours()  # write-tree rewrites the index (its cache of trees)
+            return tree
 
     def changed(self, old: str, new: str) -> list[str]:
         """Relative POSIX paths added, modified or deleted between two checkpoints."""
@@ -154,22 +186,91 @@ class Checkpoints:
             paths = sorted(p for p in out.split("\0") if p)
             if paths:
                 self._git("read-tree", "--reset", "-u", tree)
+                self._still_ours()
                 if self.durable:
                     self._sync(paths)
             return paths
 
     # -- internals -------------------------------------------------------------
 
-    def _add_all(self) -> None:
-        self._git("add", "-A", "--", ".")
+    def close(self) -> None:
+        """Stop tracking changes (the next take scans everything)."""
+        if self._watch is not None:
+            self._watch.close()
+        self._index_seen = None
 
-    def _git(self, *args: str, env: dict[str, str] | None = None) -> str:
+    def _add_all(self) -> None:
+        """Bring the index up to the workspace: what changed when that is known, else all."""
+        seen, self._index_seen = self._index_seen, None  # until this succeeds
+        dirty = None
+        if self._watch is not None and seen is not None and seen == _stat(self._index):
+            dirty = self._watch.drain()
+        if dirty is not None and self._add_some(dirty):
+            self.partial_scans += 1
+        else:
+            self._add_everything()
+            self.full_scans += 1
+        self._index_seen = _stat(self._index)
+
+    def _add_everything(self) -> None:
+        # Watches first, then the scan: a change made meanwhile is in one or the other.
+        tracking = self._watch is not None and self._watch.arm()
+        self._git("add", "-A", "--", ".", rebuild=True)
+        if tracking and self._watch is not None:
+            self._watch.ignore(*self._ignored())
+        elif self._watch is not None:
+            self._watch = None  # no inotify, or its limits reached: full scans from now on
+
+    def _ignored(self) -> tuple[list[str], list[str]]:
+        """(directories, files) git ignores by a rule, not merely holding ignored files."""
+        out = self._git(
+            "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"
+        )
+        listed = [p for p in out.split("\0") if p]
+        files = [p for p in listed if not p.endswith("/")]
+        # A directory is listed when all it holds is ignored: ask which are ignored
+        # themselves (only those can go unwatched).
+        dirs = [p.rstrip("/") for p in listed if p.endswith("/")]
+        if not dirs:
+            return [], files
+        proc = self._run(
+            ("check-ignore", "-z", "--stdin"),
+            None,
+            b"\0".join(os.fsencode(d) for d in dirs) + b"\0",
+        )
+        if proc.returncode not in (0, 1):  # then watch them all
+            return [], files
+        return [p for p in os.fsdecode(proc.stdout).split("\0") if p], files
+
+    def _add_some(self, dirty: Dirty) -> bool:
+        """``git add -A`` of the changed paths only; False if git refused (then scan all)."""
+        env = dict(self._env, GIT_LITERAL_PATHSPECS="1")
+        for args, paths in (
+            (("add", "-A", *_FROM_STDIN), dirty.scan),
+            (("rm", "--cached", "-r", "-q", "--ignore-unmatch", *_FROM_STDIN), dirty.gone),
+        ):
+            if paths:
+                listed = b"\0".join(os.fsencode(p) for p in sorted(paths)) + b"\0"
+                proc = self._run(args, env, listed)
+                # Exit 1 with this message: a path named is one git ignores; it
+                # added all the rest, as a full scan would have (git's add.c).
+                if proc.returncode != 0 and not (
+                    proc.returncode == 1 and proc.stderr.startswith(_IGNORED_NAMED)
+                ):
+                    return False
+        return True
+
+    def _still_ours(self) -> None:
+        if self._index_seen is not None:
+            self._index_seen = _stat(self._index)
+
+    def _git(self, *args: str, env: dict[str, str] | None = None, rebuild: bool = False) -> str:
         proc = self._run(args, env)
         if proc.returncode != 0 and b"index file" in proc.stderr and self._index.exists():
-            # A torn index (power loss): it is a cache, rebuilt by add, which
-            # always comes first under the lock.
+            # A torn index (power loss): it is a cache, rebuilt by a full add,
+            # which always comes first under the lock.
             self._index.unlink()
-            if args[0] == "add":
+            if rebuild:
                 proc = self._run(args, env)
         if proc.returncode != 0:
             err = os.fsdecode(proc.stderr).strip().splitlines()
@@ -178,14 +279,15 @@ class Checkpoints:
         return os.fsdecode(proc.stdout)
 
     def _run(
-        self, args: tuple[str, ...], env: dict[str, str] | None
+        self, args: tuple[str, ...], env: dict[str, str] | None, given: bytes | None = None
     ) -> subprocess.CompletedProcess[bytes]:
         try:
             return subprocess.run(
                 ["git", *args],
                 cwd=self.workspace,
                 env=self._env if env is None else env,
-                stdin=subprocess.DEVNULL,
+                input=given,
+                stdin=subprocess.DEVNULL if given is None else None,
                 capture_output=True,
                 check=False,
             )
@@ -308,6 +410,10 @@ class TurnCheckpoints:
         if self._ck is None:
             self._ck = Checkpoints(self.workspace, self.workspace / STORE, durable=self.durable)
         return self._ck
+
+    def close(self) -> None:
+        if self._ck is not None:
+            self._ck.close()
 
     def before_send(self, state: State, command: Payload) -> tuple[list[tuple[str, Payload]], str]:
         """Checkpoint before ``command`` is first sent, or roll back to that checkpoint.

@@ -79,6 +79,10 @@ class Engine(Roster):
         # The checkpoint the transport took as the attempt in flight ended, if it did.
         self._turn_end: TurnCheckpoint | None = None
 
+    def close(self) -> None:
+        self.turns.close()
+        super().close()
+
     def backoff(self, n: int) -> float:
         """The delay before retry ``n`` (0-based), under the run's recorded policy."""
         p = self.policy
