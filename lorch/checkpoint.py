@@ -108,12 +108,17 @@ def _never_held(name: str, parent: str) -> bool:
     return name.startswith(".") or (not parent and name in EXCLUDED)
 
 
-def _stat(path: Path) -> tuple[int, int, int, int] | None:
+def _stat(path: Path) -> tuple[int, int, int, int, bytes] | None:
+    """Which index file this is: its stat data and git's checksum at its end
+    (an inode number freed by one write can come back with the next)."""
     try:
-        st = os.stat(path)
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            f.seek(max(0, st.st_size - 20))
+            tail = f.read(20)
     except FileNotFoundError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, tail)
 
 
 class Checkpoints:
@@ -146,7 +151,7 @@ class Checkpoints:
         self._watch: Watch | None = Watch(self.workspace, _never_held) if watch else None
         # The index as this object last left it, equal to the workspace but for
         # the changes the watches have queued since; None: scan everything.
-        self._index_seen: tuple[int, int, int, int] | None = None
+        self._index_seen: tuple[int, int, int, int, bytes] | None = None
         # How the index was brought up to date: every path, or the changed ones.
         self.full_scans = 0
         self.partial_scans = 0

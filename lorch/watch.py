@@ -89,6 +89,7 @@ class Watch:
         self._ignored_files: set[str] = set()
         # Watches removed on purpose: their last queued events are not news.
         self._dropped: set[int] = set()
+        self._root: tuple[int, int] | None = None
 
     @property
     def armed(self) -> bool:
@@ -107,6 +108,7 @@ class Watch:
             # The descriptor is closed by close(), or when this object goes.
             self._fd = INotify(nonblocking=True, closefd=False)
             self._finalizer = weakref.finalize(self, os.close, self._fd.fileno())
+            self._root = self._root_id()
             self._watch_tree("")
         except (OSError, _Unknown):
             self.close()
@@ -124,8 +126,9 @@ class Watch:
 
     def drain(self) -> Dirty | None:
         """The changes since the last drain or :meth:`arm`; None: scan everything."""
-        if self._fd is None:
-            return None
+        if self._fd is None or self._root_id() != self._root:
+            self.close()
+            return None  # not watching, or the workspace was replaced by another directory
         dirty = Dirty()
         try:
             while True:
@@ -164,6 +167,8 @@ class Watch:
         if parent is None:
             raise _Unknown
         if mask & flags.DELETE_SELF:
+            if not parent:
+                raise _Unknown  # the workspace itself is gone: nothing is watched
             return  # a directory being removed: its parent's watch reports the removal
         if name == ".gitignore":
             raise _Unknown  # what is ignored may have changed anywhere below
@@ -207,6 +212,8 @@ class Watch:
                 if d and e.errno in (2, 20):  # gone, or no longer a directory: its parent saw it
                     continue
                 raise _Unknown from e
+            if self._dirs.get(wd, d) != d:
+                raise _Unknown  # one directory under two names (a bind mount)
             old = self._wds.get(d)
             if old is not None and old != wd:
                 self._dirs.pop(old, None)
@@ -219,6 +226,13 @@ class Watch:
                             stack.append(f"{d}/{entry.name}" if d else entry.name)
             except (FileNotFoundError, NotADirectoryError):
                 continue
+
+    def _root_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
 
     def _unwatch(self, rel: str, wd: int) -> None:
         self._wds.pop(rel, None)

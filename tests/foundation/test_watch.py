@@ -313,3 +313,17 @@ def test_names_git_would_read_as_patterns_or_quote_are_taken_literally(tmp_path:
         (tmp_path / name).unlink()
     agree(fast, full)
     assert fast.full_scans == 1
+
+
+def test_a_workspace_replaced_by_a_new_directory_is_scanned_whole(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    put(ws, "src/a.py", "a")
+    fast = Checkpoints(ws, tmp_path / "fast.git", durable=False)
+    first = fast.take()
+    aside = tmp_path / "old"
+    os.rename(ws, aside)
+    shutil.copytree(aside, ws, symlinks=True)
+    put(ws, "src/a.py", "changed in the copy")
+    full = Checkpoints(ws, tmp_path / "full.git", durable=False, watch=False)
+    assert fast.take() == full.take() != first
+    assert fast.full_scans == 2
