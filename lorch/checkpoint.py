@@ -41,6 +41,8 @@ import contextlib
 import fcntl
 import os
 import subprocess
+import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,11 @@ _CONFIG = {
 
 _LOCKS = ("index.lock", "config.lock", "shallow.lock", "packed-refs.lock")
 
+_SHARED: weakref.WeakValueDictionary[tuple[str, str, bool], Checkpoints] = (
+    weakref.WeakValueDictionary()
+)
+_SHARED_LOCK = threading.Lock()
+
 _FROM_STDIN = ("--pathspec-from-file=-", "--pathspec-file-nul")
 _IGNORED_NAMED = b"The following paths are ignored by one of your .gitignore files:"
 
@@ -123,6 +130,18 @@ def _stat(path: Path) -> tuple[int, int, int, int, bytes] | None:
 
 class Checkpoints:
     """Checkpoints of ``workspace`` kept in the private git directory ``store``."""
+
+    @classmethod
+    def shared(cls, workspace: Path, store: Path, *, durable: bool = True) -> Checkpoints:
+        """The one object of this process for ``store`` while any holder keeps it:
+        the engine and the ACP transport then share one set of watches and one
+        view of the index (two would each find the other's index and scan all)."""
+        key = (os.path.abspath(workspace), os.path.abspath(store), durable)
+        with _SHARED_LOCK:
+            ck = _SHARED.get(key)
+            if ck is None:
+                ck = _SHARED[key] = cls(workspace, store, durable=durable)
+            return ck
 
     def __init__(
         self, workspace: Path, store: Path, *, durable: bool = True, watch: bool = True
@@ -413,7 +432,9 @@ class TurnCheckpoints:
     @property
     def checkpoints(self) -> Checkpoints:
         if self._ck is None:
-            self._ck = Checkpoints(self.workspace, self.workspace / STORE, durable=self.durable)
+            self._ck = Checkpoints.shared(
+                self.workspace, self.workspace / STORE, durable=self.durable
+            )
         return self._ck
 
     def close(self) -> None:

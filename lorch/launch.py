@@ -127,13 +127,11 @@ class AcpTransport:
     def start(self, launch: Launch, inbox: Inbox) -> AgentPort:
         if self._transport is None:
             from lorch.acp.port import AcpSettings, AcpTransport
-            from lorch.checkpoint import Checkpoints
+            from lorch.checkpoint import STORE, Checkpoints
 
-            # The engine's own checkpoint store (its flock makes sharing it safe).
-            ck = Checkpoints(
-                self.workspace,
-                self.workspace / "state" / "checkpoints.git",
-                durable=self.config.policy.fsync,
+            # The engine's own checkpoint store and object (its flock makes sharing it safe).
+            ck = Checkpoints.shared(
+                self.workspace, self.workspace / STORE, durable=self.config.policy.fsync
             )
             task = dict(self.config.task or {})
 

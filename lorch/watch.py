@@ -64,9 +64,6 @@ class Dirty:
     scan: set[str] = field(default_factory=set)
     gone: set[str] = field(default_factory=set)
 
-    def __bool__(self) -> bool:
-        return bool(self.scan or self.gone)
-
 
 class _Unknown(Exception):
     """An event after which the watches cannot say what changed."""
@@ -90,10 +87,6 @@ class Watch:
         # Watches removed on purpose: their last queued events are not news.
         self._dropped: set[int] = set()
         self._root: tuple[int, int] | None = None
-
-    @property
-    def armed(self) -> bool:
-        return self._fd is not None
 
     def arm(self) -> bool:
         """Watch the whole tree afresh; call it right before a full scan.

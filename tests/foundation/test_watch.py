@@ -17,7 +17,10 @@ from hypothesis import strategies as st
 from lorch import watch
 from lorch.checkpoint import Checkpoints
 
-pytestmark = pytest.mark.skipif(not watch.enabled(), reason="inotify is Linux only")
+pytestmark = pytest.mark.skipif(
+    not watch.enabled(),
+    reason="no change tracking here: inotify is Linux only, or LORCH_CHECKPOINT_WATCH=0",
+)
 
 
 def pair(ws: Path) -> tuple[Checkpoints, Checkpoints]:
@@ -327,3 +330,10 @@ def test_a_workspace_replaced_by_a_new_directory_is_scanned_whole(tmp_path: Path
     full = Checkpoints(ws, tmp_path / "full.git", durable=False, watch=False)
     assert fast.take() == full.take() != first
     assert fast.full_scans == 2
+
+
+def test_the_engine_and_the_acp_transport_share_one_object_per_store(tmp_path: Path) -> None:
+    store = tmp_path / "state" / "checkpoints.git"
+    one = Checkpoints.shared(tmp_path, store)
+    assert Checkpoints.shared(tmp_path, store) is one
+    assert Checkpoints.shared(tmp_path, store, durable=False) is not one
