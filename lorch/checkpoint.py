@@ -32,7 +32,10 @@ which rewrites changed files and removes files the target lacks). A crash in
 the middle leaves a workspace that is some mix of the two; running ``restore``
 again records that mix and finishes the move, so it ends in the same state.
 Git's lock files that a killed process leaves behind are cleared under an
-``flock`` that only a live process can hold.
+``flock`` that only a live process can hold. Every git this module starts
+holds that flock too (it inherits the descriptor): a git still running after
+its lorch was killed keeps the store locked until it has exited, so the next
+lorch waits for it instead of clearing a lock file it still uses.
 """
 
 from __future__ import annotations
@@ -171,6 +174,8 @@ class Checkpoints:
         # The index as this object last left it, equal to the workspace but for
         # the changes the watches have queued since; None: scan everything.
         self._index_seen: tuple[int, int, int, int, bytes] | None = None
+        # The store's flock while this object holds it: every git started inherits it.
+        self._held: int | None = None
         # How the index was brought up to date: every path, or the changed ones.
         self.full_scans = 0
         self.partial_scans = 0
@@ -314,6 +319,7 @@ class Checkpoints:
                 stdin=subprocess.DEVNULL if given is None else None,
                 capture_output=True,
                 check=False,
+                pass_fds=() if self._held is None else (self._held,),
             )
         except OSError as e:
             raise StorageError(f"checkpoints: cannot run git: {e.strerror}") from e
@@ -326,6 +332,7 @@ class Checkpoints:
         fd = os.open(self.store / "lorch.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._held = fd  # one holder at a time: the flock excludes other threads too
             # Holding the flock, no live process of ours is inside git here: any
             # git lock file is the trace of a killed one.
             for name in _LOCKS:
@@ -338,6 +345,7 @@ class Checkpoints:
                 self._init()
             yield
         finally:
+            self._held = None
             os.close(fd)  # releases the flock
 
     def _init(self) -> None:

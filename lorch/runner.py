@@ -9,21 +9,20 @@ ledger, cuts a torn last line, and ends the crashed run's agents
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from lorch import _planted, drift, failpoint, ledger, transcript
+from lorch import _planted, drift, ledger, transcript
 from lorch.asking import ConsolePrompter, Prompter
-from lorch.atomic import ensure_dir, remove_stale_temps
+from lorch.atomic import ensure_dir
 from lorch.checkpoint import TurnCheckpoints
 from lorch.config import Config, ensure, load
 from lorch.engine import Engine, Outcome
@@ -41,6 +40,7 @@ from lorch.procs import kill_orphan
 from lorch.protocol import Record
 from lorch.redact import Redactor, secret_values
 from lorch.workflow import State, replay
+from lorch.wslock import workspace_lock
 
 
 @dataclass
@@ -69,35 +69,6 @@ class Console:
 
 def new_run_id() -> str:
     return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
-
-
-# Where lorch's atomic writes leave their temp files (never the agents' folders).
-LORCH_TEMP_DIRS = ("state", "receipts", "snapshots", "transcripts", "events", "logs")
-
-
-@contextlib.contextmanager
-def workspace_lock(workspace: Path) -> Iterator[None]:
-    """One lorch process per workspace at a time."""
-    ensure_dir(workspace / "state")
-    path = workspace / "state" / "lock"
-    try:
-        failpoint.io_fault(path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as e:
-        raise StorageError(f"cannot open the lock file {path}: {e.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(
-                f"{workspace}: another lorch process is running in this workspace"
-            ) from None
-        # Holding the lock, no other lorch writes here: any temp file of an
-        # atomic write is a crashed one's (docs/decisions.md D29).
-        remove_stale_temps([workspace / d for d in LORCH_TEMP_DIRS])
-        yield
-    finally:
-        os.close(fd)
 
 
 # -- entry points ---------------------------------------------------------------
@@ -213,7 +184,7 @@ def run(
     console = console or Console()
     workspace = workspace.resolve()
     ensure_dir(workspace)
-    with workspace_lock(workspace):
+    with workspace_lock(workspace, console.say):
         config, created = ensure(workspace)
         if created:
             console.say(
@@ -278,7 +249,7 @@ def resume(
     workspace = workspace.resolve()
     if not workspace.is_dir():
         raise UsageError(f"{workspace}: no such workspace")
-    with workspace_lock(workspace):
+    with workspace_lock(workspace, console.say):
         config = load(workspace)
         run_id = run_id or find_unfinished(workspace)
         path = workspace / "events" / f"{run_id}.ndjson"

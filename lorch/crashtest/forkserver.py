@@ -3,12 +3,14 @@
 A crash matrix runs lorch thousands of times; most of each start is Python
 importing lorch. The server imports it once and forks a child per run; the child
 is what ``python -m lorch ARGS`` would be (its own process group, the given
-environment, stdin/stdout/stderr on /dev/null), so lorch's code path is the same.
+environment, stdin/stdout on /dev/null, stderr appended to a given file or on
+/dev/null), so lorch's code path is the same.
 
 Protocol, one JSON object per line. Harness → server: ``{"args": [...], "env":
-{...}}``. Server → harness: ``{"pid": N}`` at once, and ``{"exit": N, "rc": R}``
-when that child ends (``R`` negative for a signal, as with ``subprocess``). The
-server is single-threaded, so forking is safe; it ends at EOF on its stdin.
+{...}, "stderr": PATH or null}``. Server → harness: ``{"pid": N}`` at once, and
+``{"exit": N, "rc": R}`` when that child ends (``R`` negative for a signal, as
+with ``subprocess``). The server is single-threaded, so forking is safe; it
+ends at EOF on its stdin.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ PRELOAD = (
 )
 
 
-def _child(args: list[str], env: dict[str, str], close: tuple[int, ...]) -> None:
+def _child(
+    args: list[str], env: dict[str, str], stderr: str | None, close: tuple[int, ...]
+) -> None:
     """In the forked child: become ``lorch ARGS`` and never return."""
     rc = 1
     try:
@@ -55,6 +59,9 @@ def _child(args: list[str], env: dict[str, str], close: tuple[int, ...]) -> None
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        if stderr is not None:
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 2)
         os.environ.clear()
         os.environ.update(env)
         from lorch.cli import main
@@ -116,7 +123,7 @@ def serve() -> None:
                 req = json.loads(line)
                 pid = os.fork()
                 if pid == 0:
-                    _child(req["args"], req["env"], (wake_r, wake_w))
+                    _child(req["args"], req["env"], req.get("stderr"), (wake_r, wake_w))
                 with contextlib.suppress(OSError):
                     os.setpgid(pid, pid)
                 say({"pid": pid})
@@ -158,12 +165,14 @@ class ForkServer:
             self._cond.notify_all()
         self._pids.put(None)
 
-    def spawn(self, args: list[str], env: dict[str, str]) -> int:
-        """Fork ``lorch ARGS`` with ``env``; return its pid (also its process group)."""
+    def spawn(self, args: list[str], env: dict[str, str], stderr: str | None = None) -> int:
+        """Fork ``lorch ARGS`` with ``env`` (its stderr appended to the file
+        ``stderr``, if given); return its pid (also its process group)."""
         assert self._proc.stdin is not None
+        req = {"args": args, "env": env, "stderr": stderr}
         with self._send_lock:
             try:
-                self._proc.stdin.write(json.dumps({"args": args, "env": env}).encode() + b"\n")
+                self._proc.stdin.write(json.dumps(req).encode() + b"\n")
                 self._proc.stdin.flush()
             except OSError:  # it is gone (a broken pipe): say why
                 raise self._stopped() from None

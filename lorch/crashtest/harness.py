@@ -31,7 +31,7 @@ from lorch import ledger, procs, scenarios
 from lorch.crashtest import invariants
 from lorch.crashtest.baseline import Baseline, record_baseline, scenario_args
 from lorch.crashtest.invariants import Broken, check_receipts_before_end
-from lorch.crashtest.launcher import PROCS, RUN_TIMEOUT, lorch_argv, lorch_env
+from lorch.crashtest.launcher import PROCS, RUN_TIMEOUT, Trail, lorch_argv, lorch_env
 from lorch.crashtest.verdict import check_invariants, check_write_ahead
 from lorch.crashtest.workspace import final_status, read_records, the_ledger
 from lorch.errors import UsageError
@@ -141,21 +141,30 @@ def explore(point: Point, baseline: Baseline, opts: Options, workdir: Path) -> R
         else baseline.describe(point.offset)
     )
     result = Result(point, what, "pass")
+    trail = Trail(workdir / f"{ws.name}.stderr")
     try:
-        _explore(point, baseline, opts, ws)
+        _explore(point, baseline, opts, ws, trail)
     except Broken as b:
-        result.verdict, result.invariant, result.detail = "fail", b.invariant, b.detail
+        result.verdict, result.invariant = "fail", b.invariant
+        result.detail = f"{b.detail} ({trail.last()})"
     result.seconds = time.monotonic() - started
     if result.verdict == "fail" and opts.keep_failed is not None:
         dest = opts.keep_failed / ws.name
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(ws, dest, symlinks=True)
+        # A process still running there (the failure may be one) can remove
+        # a file while it is copied: keep the rest.
+        with contextlib.suppress(shutil.Error):
+            shutil.copytree(ws, dest, symlinks=True)
+        with contextlib.suppress(OSError):
+            shutil.copyfile(trail.log, opts.keep_failed / trail.log.name)
         result.workspace = str(dest)
     shutil.rmtree(ws, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        trail.log.unlink()
     return result
 
 
-def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
+def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path, trail: Trail) -> None:
     if point.mode != "powercut":  # a crash state brings its own files
         scenarios.materialize(baseline.scenario, ws)
     answers = scenario_args(baseline.scenario)
@@ -164,7 +173,7 @@ def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
     if point.mode == "external":
         _external_crash(point, baseline, opts, ws, run_args)
     elif point.mode == "corrupt":
-        _corrupt_middle_line(point, baseline, opts, ws, run_args)
+        _corrupt_middle_line(point, baseline, opts, ws, run_args, trail)
         return
     elif point.mode == "powercut":
         from lorch.crashtest import syscalls
@@ -177,26 +186,27 @@ def _explore(point: Point, baseline: Baseline, opts: Options, ws: Path) -> None:
                 )
         check_receipts_before_end(ws)
     else:
-        PROCS.run(run_args, lorch_env(opts.extra_env, f"{FAILPOINT[point.mode]}:{point.offset}"))
+        env = lorch_env(opts.extra_env, f"{FAILPOINT[point.mode]}:{point.offset}")
+        PROCS.run(run_args, env, trail=trail)
     check_write_ahead(ws)
     receipts = invariants.receipt_files(ws)
     if point.mode == "double" and final_status(read_records(ws)) == "running":
         path = the_ledger(ws)
         n = ledger.scan(path).records if path is not None else 0
-        PROCS.run(resume_args, lorch_env(opts.extra_env, f"after:{n + 1}"))
+        PROCS.run(resume_args, lorch_env(opts.extra_env, f"after:{n + 1}"), trail=trail)
         check_write_ahead(ws)
     for _ in range(5):
         # Killed before its first record was durable, a run left nothing to
         # resume (lorch says so): what its user does then is run it again.
         args = resume_args if the_ledger(ws) is not None else run_args
-        rc = PROCS.run(args, lorch_env(opts.extra_env, None))
+        rc = PROCS.run(args, lorch_env(opts.extra_env, None), trail=trail)
         if rc != -signal.SIGKILL:
             break
     check_invariants(ws, baseline, receipts)
 
 
 def _corrupt_middle_line(
-    point: Point, baseline: Baseline, opts: Options, ws: Path, args: list[str]
+    point: Point, baseline: Baseline, opts: Options, ws: Path, args: list[str], trail: Trail
 ) -> None:
     """Crash after record k+1, damage line k (a middle line, never the last), resume.
 
@@ -205,7 +215,8 @@ def _corrupt_middle_line(
     """
     last = min(point.offset + 1, baseline.n)
     line = min(point.offset, baseline.n - 1)
-    PROCS.run(args, lorch_env(opts.extra_env, f"after:{last}" if last < baseline.n else None))
+    env = lorch_env(opts.extra_env, f"after:{last}" if last < baseline.n else None)
+    PROCS.run(args, env, trail=trail)
     path = the_ledger(ws)
     if path is None or line < 1:
         raise Broken("stops_on_corruption", "the crashed run left no ledger to damage")

@@ -10,10 +10,13 @@ group started is tracked, so Ctrl-C can end them all.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from lorch import procs
 from lorch.crashtest.forkserver import ForkServer
@@ -49,6 +52,33 @@ def forkserver() -> ForkServer:
         return _server
 
 
+@dataclass
+class Trail:
+    """The lorch runs of one crash point: their stderr (appended to ``log``) and
+    exit codes, so a failure can say how the last run ended."""
+
+    log: Path
+    runs: list[tuple[str, int]] = field(default_factory=list)
+
+    def last(self) -> str:
+        """How the last run ended, in one line: its verb, exit code and last stderr line."""
+        if not self.runs:
+            return "no lorch run was started"
+        verb, rc = self.runs[-1]
+        if rc == -999:
+            how = f"still running after {RUN_TIMEOUT:g} s, killed"
+        elif rc < 0:
+            how = f"killed by signal {-rc}"
+        else:
+            how = f"exit {rc}"
+        try:
+            lines = self.log.read_bytes().decode("utf-8", "replace").strip().splitlines()
+        except OSError:
+            lines = []
+        said = f": {lines[-1].strip()}" if lines else ", nothing on stderr"
+        return f"last lorch run, {verb} ({len(self.runs)} in all): {how}{said}"
+
+
 class Procs:
     """Every process group the harness started, so Ctrl-C can end them all."""
 
@@ -57,14 +87,35 @@ class Procs:
         self.groups: set[int] = set()
         self.stopping = threading.Event()
 
-    def run(self, args: list[str], env: dict[str, str], timeout: float = RUN_TIMEOUT) -> int:
+    def run(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        timeout: float = RUN_TIMEOUT,
+        trail: Trail | None = None,
+    ) -> int:
+        """Run ``args`` to its end (killed after ``timeout``: -999); its exit code.
+
+        With a ``trail``, its stderr is appended to the trail's log and its exit
+        code kept there."""
         if self.stopping.is_set():
             raise KeyboardInterrupt
-        if args[: len(lorch_argv())] == lorch_argv():
-            return self._run_forked(args[len(lorch_argv()) :], env, timeout)
-        proc = procs.spawn(
-            args, env=env, stdin=procs.DEVNULL, stdout=procs.DEVNULL, stderr=procs.DEVNULL
-        )
+        log = None if trail is None else str(trail.log)
+        lorch = args[: len(lorch_argv())] == lorch_argv()
+        if lorch:
+            rc = self._run_forked(args[len(lorch_argv()) :], env, timeout, log)
+        else:
+            rc = self._run_spawned(args, env, timeout, log)
+        if trail is not None:
+            trail.runs.append((args[len(lorch_argv())] if lorch else Path(args[0]).name, rc))
+        return rc
+
+    def _run_spawned(
+        self, args: list[str], env: dict[str, str], timeout: float, log: str | None
+    ) -> int:
+        with contextlib.ExitStack() as stack:
+            err = procs.DEVNULL if log is None else stack.enter_context(open(log, "ab"))
+            proc = procs.spawn(args, env=env, stdin=procs.DEVNULL, stdout=procs.DEVNULL, stderr=err)
         with self.lock:
             self.groups.add(proc.pid)
         try:
@@ -77,9 +128,11 @@ class Procs:
             with self.lock:
                 self.groups.discard(proc.pid)
 
-    def _run_forked(self, args: list[str], env: dict[str, str], timeout: float) -> int:
+    def _run_forked(
+        self, args: list[str], env: dict[str, str], timeout: float, log: str | None
+    ) -> int:
         server = forkserver()
-        pid = server.spawn(args, env)
+        pid = server.spawn(args, env, log)
         with self.lock:
             self.groups.add(pid)
         try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lorch.crashtest.forkserver import ForkServer
+from lorch.crashtest.launcher import PROCS, Trail, lorch_argv, lorch_env
 from lorch.errors import LorchError
 from lorch.scenarios import materialize
 
@@ -76,3 +77,22 @@ def test_a_server_that_cannot_start_says_why(
             s.spawn(["run"], _env())
     finally:
         s.close()
+
+
+def test_a_trail_keeps_each_runs_stderr_and_says_how_the_last_ended(tmp_path: Path) -> None:
+    """What a failed crash point reports: the last lorch run's verb, exit code
+    and last stderr line (forked runs write their stderr to the trail's log)."""
+    trail = Trail(tmp_path / "point.stderr")
+    assert trail.last() == "no lorch run was started"
+    ws = tmp_path / "ws"
+    materialize("happy-path", ws)
+    env = lorch_env({}, "after:3")
+    assert PROCS.run([*lorch_argv(), "run", "--workspace", str(ws)], env, trail=trail) == -9
+    assert trail.last() == "last lorch run, run (1 in all): killed by signal 9, nothing on stderr"
+    nowhere = tmp_path / "nowhere"
+    args = [*lorch_argv(), "resume", "--workspace", str(nowhere)]
+    assert PROCS.run(args, lorch_env({}, None), trail=trail) == 2
+    assert trail.last() == (
+        "last lorch run, resume (2 in all): exit 2: Error: Invalid value for '--workspace' / "
+        f"'-w': Directory '{nowhere}' does not exist."
+    )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
+import select
+import shutil
 import signal
 import stat
 import subprocess
@@ -407,3 +410,46 @@ def test_files_made_right_after_a_take_are_in_the_next_one(tmp_path: Path) -> No
         assert c.take() == after
         (tmp_path / f"src/new{i}.txt").unlink()
         assert c.take() == gone
+
+
+def test_a_git_left_running_by_a_killed_lorch_keeps_the_store_locked(tmp_path: Path) -> None:
+    """SIGKILL the process taking a checkpoint while its git runs: that git holds
+    the store's flock until it has exited, so no other process clears its lock
+    files meanwhile (a hang here is pytest-timeout's to report)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "a.txt").write_text("a\n")
+    store = ws / "state" / "checkpoints.git"
+    ck(ws).take()
+    (ws / "a.txt").write_text("changed\n")
+    # A git that names itself, waits at the gate, then is the real git.
+    fake, gate, pid_file = tmp_path / "bin", tmp_path / "gate", tmp_path / "git.pid"
+    fake.mkdir()
+    os.mkfifo(gate)
+    real = shutil.which("git")
+    (fake / "git").write_text(
+        f'#!/bin/sh\necho $$ > "{pid_file}"\nread _ < "{gate}"\nexec "{real}" "$@"\n'
+    )
+    (fake / "git").chmod(0o755)
+    code = (
+        "import sys; from pathlib import Path; from lorch.checkpoint import Checkpoints; "
+        "Checkpoints(Path(sys.argv[1]), Path(sys.argv[2]), durable=False).take()"
+    )
+    taker = subprocess.Popen(
+        [sys.executable, "-c", code, str(ws), str(store)],
+        env={**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"},
+    )
+    lock = os.open(store / "lorch.lock", os.O_RDWR)
+    try:
+        with open(gate, "w") as opened:  # returns once the fake git waits at the gate
+            taker.kill()
+            taker.wait()
+            pidfd = os.pidfd_open(int(pid_file.read_text()))
+            with pytest.raises(BlockingIOError):  # its git still holds the flock
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            opened.write("go\n")
+        select.select([pidfd], [], [])  # until the orphaned git has exited
+        os.close(pidfd)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # which let it go
+    finally:
+        os.close(lock)

@@ -1,0 +1,148 @@
+"""The workspace lock (lorch/wslock.py): a live lorch is named and refused; what
+a killed lorch left holding the lock is waited for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from lorch.errors import UsageError
+from lorch.procs import start_time
+from lorch.wslock import workspace_lock
+
+# Takes the lock, says "held", and holds it until its stdin closes.
+HOLD = (
+    "import sys; from pathlib import Path; from lorch.wslock import workspace_lock\n"
+    "with workspace_lock(Path(sys.argv[1])):\n"
+    "    print('held', flush=True); sys.stdin.read()\n"
+)
+
+# Takes the lock, hands its descriptor to a child that reads stdin, and exits
+# (as a killed lorch leaves a child it forked, not yet exec'd): the child's pid
+# is printed, and it holds the lock until its stdin closes.
+LEAVE = (
+    "import subprocess, sys; from pathlib import Path; import lorch.wslock as w\n"
+    "import os\n"
+    "(Path(sys.argv[1]) / 'state').mkdir(exist_ok=True)\n"
+    "fd = os.open(Path(sys.argv[1]) / 'state' / 'lock', os.O_RDWR | os.O_CREAT, 0o600)\n"
+    "w.acquire(fd, Path(sys.argv[1]))\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.read()'],\n"
+    "                         pass_fds=(fd,), stdin=sys.stdin)\n"
+    "print(os.getpid(), flush=True)\n"
+    "os._exit(0)\n"
+)
+
+
+def hold(ws: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(ws)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    return proc
+
+
+def release(holder: subprocess.Popen[str]) -> None:
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.close()
+    holder.wait()
+    holder.stdout.close()
+
+
+def leave(ws: Path) -> tuple[int, int]:
+    """The pid of a lorch that has ended, and the pipe whose closing ends the
+    child it left holding the lock."""
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LEAVE, str(ws)], stdin=r, stdout=subprocess.PIPE, text=True
+    )
+    os.close(r)
+    assert proc.stdout is not None
+    owner = int(proc.stdout.readline().split()[0])
+    proc.stdout.close()
+    proc.wait()
+    return owner, w
+
+
+def test_the_lock_names_its_holder(tmp_path: Path) -> None:
+    with workspace_lock(tmp_path):
+        text = (tmp_path / "state" / "lock").read_text()
+    assert text == f"{os.getpid()} {start_time(os.getpid())}\n"
+
+
+def test_a_live_lorch_is_named_and_refused_at_once(tmp_path: Path) -> None:
+    holder = hold(tmp_path)
+    try:
+        with pytest.raises(UsageError) as e, workspace_lock(tmp_path, wait_s=600):
+            pass
+        assert str(e.value) == (
+            f"{tmp_path}: another lorch process (pid {holder.pid}) is running in this workspace"
+        )
+    finally:
+        release(holder)
+    with workspace_lock(tmp_path):  # and once it has ended, the lock is free
+        pass
+
+
+def test_resume_says_which_lorch_runs_in_one_line(tmp_path: Path) -> None:
+    holder = hold(tmp_path)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lorch", "resume", "--workspace", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        release(holder)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"lorch: {tmp_path}: another lorch process (pid {holder.pid}) is running in this workspace"
+    ]
+
+
+def test_what_an_ended_lorch_left_holding_the_lock_is_waited_for(tmp_path: Path) -> None:
+    owner, keeper = leave(tmp_path)
+    said: list[str] = []
+    waiting = threading.Event()
+    taken = threading.Event()
+
+    def say(line: str) -> None:
+        said.append(line)
+        waiting.set()
+
+    def take() -> None:
+        with workspace_lock(tmp_path, say, wait_s=600):
+            taken.set()
+
+    t = threading.Thread(target=take)
+    t.start()
+    assert waiting.wait(60)
+    assert not taken.is_set()  # it waits while the child holds the lock
+    os.close(keeper)  # the child ends, and with it the lock it held
+    t.join(60)
+    assert taken.is_set()
+    assert said == [
+        f"[lorch] waiting for the workspace lock: lorch pid {owner} has ended "
+        "but a process it started still holds it"
+    ]
+
+
+def test_a_holder_that_never_lets_go_is_one_error_after_the_wait(tmp_path: Path) -> None:
+    owner, keeper = leave(tmp_path)
+    try:
+        with pytest.raises(UsageError) as e, workspace_lock(tmp_path, wait_s=0.2):
+            pass
+    finally:
+        os.close(keeper)
+    assert str(e.value) == (
+        f"{tmp_path}: the workspace lock (state/lock) is still held by a process of lorch pid "
+        f"{owner}, which has ended, after 0.2 s; end it, then run lorch again"
+    )
