@@ -1,15 +1,19 @@
-"""One lorch process per workspace: the ``state/lock`` flock and its owner.
+"""One lorch process per workspace: the ``state/lock`` flock, and who holds it.
 
-The lock is an ``flock`` on ``state/lock``, so it dies with its holder. Its
-file names the holder (pid and start time) for two reasons:
+The lock is an ``flock`` on ``state/lock``, so it dies with its holders. When
+it is taken, the kernel's lock table (``/proc/locks``) names the process that
+took it, and that answers two questions:
 
-- a refusal can say which process runs there;
-- a lorch that was killed (``kill -9``, the OOM killer) may leave a child
-  that still holds the lock for a moment: one forked but not yet exec'd (it
-  has a copy of every descriptor until then). Its owner is gone, so that
-  holder is only letting go: a ``lorch resume`` right after the kill waits for
-  it (at most ``LOCK_WAIT_S``) instead of refusing to start
-  (docs/decisions.md D41).
+- which lorch runs there, for the refusal;
+- whether that lorch is still alive. A lorch that was killed (``kill -9``, the
+  OOM killer) may leave a child that still holds the lock for a moment: one
+  forked but not yet exec'd, which has a copy of every descriptor until then.
+  Its locker is gone, so that holder is only letting go: a ``lorch resume``
+  right after the kill waits for it (at most ``LOCK_WAIT_S``) instead of
+  refusing to start (docs/decisions.md D41).
+
+Nothing is written to the lock file: what lorch writes is what the crash
+harness models, and the lock's holder is not part of any crash state.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from pathlib import Path
 from lorch import failpoint
 from lorch.atomic import ensure_dir, remove_stale_temps
 from lorch.errors import StorageError, UsageError
-from lorch.procs import start_time
 
 # Where lorch's atomic writes leave their temp files (never the agents' folders).
 LORCH_TEMP_DIRS = ("state", "receipts", "snapshots", "transcripts", "events", "logs")
@@ -32,28 +35,40 @@ LORCH_TEMP_DIRS = ("state", "receipts", "snapshots", "transcripts", "events", "l
 # How long a lock left by a lorch that has ended may take to be let go.
 LOCK_WAIT_S = 30.0
 _POLL_S = 0.01
+PROC_LOCKS = Path("/proc/locks")
 
 
-def _owner(fd: int) -> tuple[int, int] | None:
-    """The (pid, start time) the lock file names, or None (empty or not ours)."""
+def locker(st: os.stat_result) -> int | None:
+    """The pid that took the flock on the file ``st`` describes (from the
+    kernel's lock table; it stays there while any inherited copy holds it)."""
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
-        text = os.pread(fd, 64, 0).decode("ascii")
-        pid, started = (int(v) for v in text.split())
-    except (OSError, UnicodeDecodeError, ValueError):
+        lines = PROC_LOCKS.read_text().splitlines()
+    except OSError:
         return None
-    return pid, started
+    for line in lines:
+        fields = line.split()
+        # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INO 0 EOF"; a waiter's has "->" second.
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want:
+            with contextlib.suppress(ValueError):
+                pid = int(fields[4])
+                return pid if pid > 0 else None  # 0: not in our pid namespace
+    return None
 
 
-def _alive(owner: tuple[int, int] | None) -> bool:
-    return owner is not None and start_time(owner[0]) == owner[1]
-
-
-def _claim(fd: int) -> None:
-    """Name this process in the lock file (it holds the lock)."""
-    me = f"{os.getpid()} {start_time(os.getpid()) or 0}\n".encode()
-    with contextlib.suppress(OSError):  # the name only serves messages and waits
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, me, 0)
+def has_open(pid: int, st: os.stat_result) -> bool:
+    """Does process ``pid`` have the file ``st`` describes open?"""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    for name in names:
+        with contextlib.suppress(OSError):
+            other = os.stat(fds / name)
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                return True
+    return False
 
 
 def acquire(
@@ -65,32 +80,33 @@ def acquire(
     """Take the flock on ``fd`` or raise UsageError: a live lorch holds it, or
     what a gone one left still holds it after ``wait_s`` seconds."""
     deadline: float | None = None
+    said = False
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
         except BlockingIOError:
             pass
-        else:
-            _claim(fd)
-            return
-        owner = _owner(fd)
-        if _alive(owner):
-            assert owner is not None
+        st = os.fstat(fd)
+        pid = locker(st)
+        if pid is None and not PROC_LOCKS.exists():
+            raise UsageError(f"{workspace}: another lorch process is running in this workspace")
+        if pid is not None and has_open(pid, st):
             raise UsageError(
-                f"{workspace}: another lorch process (pid {owner[0]}) is running in this workspace"
+                f"{workspace}: another lorch process (pid {pid}) is running in this workspace"
             )
+        # The process that took the lock has ended (or let go meanwhile: the
+        # next try tells). What holds it now is a child of it letting go.
         now = time.monotonic()
-        if deadline is None:
-            # Its owner has ended (or has yet to write its name: the next look
-            # tells). What holds the lock now is a child of it letting go.
-            deadline = now + wait_s
-            if say is not None and owner is not None:
-                say(
-                    f"[lorch] waiting for the workspace lock: lorch pid {owner[0]} has ended "
-                    "but a process it started still holds it"
-                )
-        elif now >= deadline:
-            who = f" of lorch pid {owner[0]}, which has ended," if owner is not None else ""
+        deadline = now + wait_s if deadline is None else deadline
+        if pid is not None and not said and say is not None:
+            said = True
+            say(
+                f"[lorch] waiting for the workspace lock: lorch pid {pid} has ended "
+                "but a process it started still holds it"
+            )
+        if now >= deadline:
+            who = f" of lorch pid {pid}, which has ended," if pid is not None else ""
             raise UsageError(
                 f"{workspace}: the workspace lock (state/lock) is still held by a process{who} "
                 f"after {wait_s:g} s; end it, then run lorch again"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from lorch import wslock
 from lorch.errors import UsageError
-from lorch.procs import start_time
 from lorch.wslock import workspace_lock
 
 # Takes the lock, says "held", and holds it until its stdin closes.
@@ -71,10 +71,11 @@ def leave(ws: Path) -> tuple[int, int]:
     return owner, w
 
 
-def test_the_lock_names_its_holder(tmp_path: Path) -> None:
+def test_the_lock_file_is_never_written(tmp_path: Path) -> None:
+    """Its holder comes from the kernel's lock table: a crash state never
+    differs by what a lock file says."""
     with workspace_lock(tmp_path):
-        text = (tmp_path / "state" / "lock").read_text()
-    assert text == f"{os.getpid()} {start_time(os.getpid())}\n"
+        assert (tmp_path / "state" / "lock").read_bytes() == b""
 
 
 def test_a_live_lorch_is_named_and_refused_at_once(tmp_path: Path) -> None:
@@ -146,3 +147,16 @@ def test_a_holder_that_never_lets_go_is_one_error_after_the_wait(tmp_path: Path)
         f"{tmp_path}: the workspace lock (state/lock) is still held by a process of lorch pid "
         f"{owner}, which has ended, after 0.2 s; end it, then run lorch again"
     )
+
+
+def test_without_the_kernels_lock_table_a_held_lock_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wslock, "PROC_LOCKS", tmp_path / "no-such-table")
+    _, keeper = leave(tmp_path)
+    try:
+        with pytest.raises(UsageError) as e, workspace_lock(tmp_path, wait_s=600):
+            pass
+    finally:
+        os.close(keeper)
+    assert str(e.value) == f"{tmp_path}: another lorch process is running in this workspace"
