@@ -236,6 +236,7 @@ def _corrupt_middle_line(
         timeout=RUN_TIMEOUT,
         start_new_session=True,
     )
+    trail.add("resume", proc.returncode, proc.stderr)
     err = proc.stderr.decode("utf-8", "replace").strip()
     where = f"{path.name}:{line}"
     if proc.returncode == 0:

@@ -60,6 +60,12 @@ class Trail:
     log: Path
     runs: list[tuple[str, int]] = field(default_factory=list)
 
+    def add(self, verb: str, rc: int, stderr: bytes) -> None:
+        """A run made elsewhere (its stderr captured there)."""
+        with contextlib.suppress(OSError), open(self.log, "ab") as f:
+            f.write(stderr)
+        self.runs.append((verb, rc))
+
     def last(self) -> str:
         """How the last run ended, in one line: its verb, exit code and last stderr line."""
         if not self.runs:

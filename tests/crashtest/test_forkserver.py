@@ -96,3 +96,8 @@ def test_a_trail_keeps_each_runs_stderr_and_says_how_the_last_ended(tmp_path: Pa
         "last lorch run, resume (2 in all): exit 2: Error: Invalid value for '--workspace' / "
         f"'-w': Directory '{nowhere}' does not exist."
     )
+    # A run the harness made itself (its stderr captured) joins the trail too.
+    trail.add("resume", 1, b"lorch: events/run-1.ndjson:3: not JSON\n")
+    assert trail.last() == (
+        "last lorch run, resume (3 in all): exit 1: lorch: events/run-1.ndjson:3: not JSON"
+    )
