@@ -23,6 +23,7 @@ from lorch.crashtest.forkserver import ForkServer
 from lorch.launch import PRIVATE_VARS, with_scripts_path
 
 RUN_TIMEOUT = 120.0
+TIMED_OUT = -999  # the exit code of a run killed for outliving its timeout
 
 
 def lorch_argv() -> list[str]:
@@ -71,7 +72,7 @@ class Trail:
         if not self.runs:
             return "no lorch run was started"
         verb, rc = self.runs[-1]
-        if rc == -999:
+        if rc == TIMED_OUT:
             how = f"still running after {RUN_TIMEOUT:g} s, killed"
         elif rc < 0:
             how = f"killed by signal {-rc}"
@@ -100,7 +101,7 @@ class Procs:
         timeout: float = RUN_TIMEOUT,
         trail: Trail | None = None,
     ) -> int:
-        """Run ``args`` to its end (killed after ``timeout``: -999); its exit code.
+        """Run ``args`` to its end (killed after ``timeout``: TIMED_OUT); its exit code.
 
         With a ``trail``, its stderr is appended to the trail's log and its exit
         code kept there."""
@@ -128,7 +129,7 @@ class Procs:
             rc = procs.wait(proc, timeout)
             if rc is None:
                 procs.kill_and_reap(proc)
-                return -999
+                return TIMED_OUT
             return rc
         finally:
             with self.lock:
@@ -146,7 +147,7 @@ class Procs:
             if rc is None:
                 procs.signal_group(pid, signal.SIGKILL)
                 server.wait(pid, None)
-                return -999
+                return TIMED_OUT
             return rc
         finally:
             with self.lock:

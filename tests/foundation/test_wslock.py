@@ -136,14 +136,20 @@ def test_what_an_ended_lorch_left_holding_the_lock_is_waited_for(tmp_path: Path)
     ]
 
 
-def test_a_holder_that_never_lets_go_is_one_error_after_the_wait(tmp_path: Path) -> None:
-    owner, keeper = leave(tmp_path)
+def refused_after_leave(ws: Path, wait_s: float) -> tuple[int, str]:
+    """The pid of a lorch that ended leaving its lock held, and the refusal to take it."""
+    owner, keeper = leave(ws)
     try:
-        with pytest.raises(UsageError) as e, workspace_lock(tmp_path, wait_s=0.2):
+        with pytest.raises(UsageError) as e, workspace_lock(ws, wait_s=wait_s):
             pass
     finally:
         os.close(keeper)
-    assert str(e.value) == (
+    return owner, str(e.value)
+
+
+def test_a_holder_that_never_lets_go_is_one_error_after_the_wait(tmp_path: Path) -> None:
+    owner, refusal = refused_after_leave(tmp_path, 0.2)
+    assert refusal == (
         f"{tmp_path}: the workspace lock (state/lock) is still held by a process of lorch pid "
         f"{owner}, which has ended, after 0.2 s; end it, then run lorch again"
     )
@@ -153,10 +159,5 @@ def test_without_the_kernels_lock_table_a_held_lock_is_refused_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(wslock, "PROC_LOCKS", tmp_path / "no-such-table")
-    _, keeper = leave(tmp_path)
-    try:
-        with pytest.raises(UsageError) as e, workspace_lock(tmp_path, wait_s=600):
-            pass
-    finally:
-        os.close(keeper)
-    assert str(e.value) == f"{tmp_path}: another lorch process is running in this workspace"
+    _, refusal = refused_after_leave(tmp_path, 600)
+    assert refusal == f"{tmp_path}: another lorch process is running in this workspace"
