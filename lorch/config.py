@@ -66,6 +66,15 @@ class AgentConfig:
     pass_env: tuple[str, ...] = ()
     permissions: dict[str, str] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)
+    # How the agent's processes are contained: "auto", "bwrap" or "none" (docs/security.md).
+    sandbox: str = "auto"
+    # acp only: whether lorch offers its file service; None: the agent's default
+    # (docs/real-agents.md).
+    fs: bool | None = None
+    # acp only: how long the task's test command may run after a builder turn.
+    test_timeout_s: float = 600.0
+    # acp only: session updates recorded in one turn before the attempt fails.
+    max_updates_per_turn: int = 10_000
 
     @property
     def needs_checkpoints(self) -> bool:
@@ -326,6 +335,10 @@ def _agent(
         pass_env=tuple(spec.get("pass_env", ())),
         permissions=dict(spec.get("permissions", {})),
         prompts=dict(spec.get("prompts", {})),
+        sandbox=spec.get("sandbox", "auto"),
+        fs=spec.get("fs"),
+        test_timeout_s=float(spec.get("test_timeout_s", 600.0)),
+        max_updates_per_turn=int(spec.get("max_updates_per_turn", 10_000)),
     )
 
 

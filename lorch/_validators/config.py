@@ -481,6 +481,32 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data, custo
                     if isinstance(data__passenv_item, str):
                         if not REGEX_PATTERNS['^[A-Za-z_][A-Za-z0-9_]*$'].search(data__passenv_item):
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + ' must match pattern ^[A-Za-z_][A-Za-z0-9_]*$', value=data__passenv_item, name='' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + '', rule='pattern')
+        if 'sandbox' in data_keys:
+            data_keys.remove('sandbox')
+            data__sandbox = data['sandbox']
+            if not (isinstance(data__sandbox, str) and data__sandbox == 'auto' or (isinstance(data__sandbox, str) and data__sandbox == 'bwrap') or (isinstance(data__sandbox, str) and data__sandbox == 'none')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".sandbox must be one of ['auto', 'bwrap', 'none']", value=data__sandbox, name='' + (name_prefix or 'data') + '.sandbox', rule='enum')
+        if 'fs' in data_keys:
+            data_keys.remove('fs')
+            data__fs = data['fs']
+            if not isinstance(data__fs, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.fs must be boolean', value=data__fs, name='' + (name_prefix or 'data') + '.fs', rule='type')
+        if 'test_timeout_s' in data_keys:
+            data_keys.remove('test_timeout_s')
+            data__testtimeouts = data['test_timeout_s']
+            if not isinstance(data__testtimeouts, (int, float, Decimal)) or isinstance(data__testtimeouts, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.test_timeout_s must be number', value=data__testtimeouts, name='' + (name_prefix or 'data') + '.test_timeout_s', rule='type')
+            if isinstance(data__testtimeouts, (int, float, Decimal)) and (not isinstance(data__testtimeouts, bool)):
+                if data__testtimeouts <= 0:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.test_timeout_s must be bigger than 0', value=data__testtimeouts, name='' + (name_prefix or 'data') + '.test_timeout_s', rule='exclusiveMinimum')
+        if 'max_updates_per_turn' in data_keys:
+            data_keys.remove('max_updates_per_turn')
+            data__maxupdatesperturn = data['max_updates_per_turn']
+            if not isinstance(data__maxupdatesperturn, int) and (not (isinstance(data__maxupdatesperturn, float) and data__maxupdatesperturn.is_integer())) or isinstance(data__maxupdatesperturn, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.max_updates_per_turn must be integer', value=data__maxupdatesperturn, name='' + (name_prefix or 'data') + '.max_updates_per_turn', rule='type')
+            if isinstance(data__maxupdatesperturn, (int, float, Decimal)) and (not isinstance(data__maxupdatesperturn, bool)):
+                if data__maxupdatesperturn < 1:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.max_updates_per_turn must be bigger than or equal to 1', value=data__maxupdatesperturn, name='' + (name_prefix or 'data') + '.max_updates_per_turn', rule='minimum')
         if 'permissions' in data_keys:
             data_keys.remove('permissions')
             data__permissions = data['permissions']
@@ -630,6 +656,18 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data, custo
                 data_keys.remove('prompts')
                 data__prompts = data['prompts']
                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prompts must NOT match a disallowed definition', value=data__prompts, name='' + (name_prefix or 'data') + '.prompts', rule='not')
+            if 'fs' in data_keys:
+                data_keys.remove('fs')
+                data__fs = data['fs']
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.fs must NOT match a disallowed definition', value=data__fs, name='' + (name_prefix or 'data') + '.fs', rule='not')
+            if 'test_timeout_s' in data_keys:
+                data_keys.remove('test_timeout_s')
+                data__testtimeouts = data['test_timeout_s']
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.test_timeout_s must NOT match a disallowed definition', value=data__testtimeouts, name='' + (name_prefix or 'data') + '.test_timeout_s', rule='not')
+            if 'max_updates_per_turn' in data_keys:
+                data_keys.remove('max_updates_per_turn')
+                data__maxupdatesperturn = data['max_updates_per_turn']
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.max_updates_per_turn must NOT match a disallowed definition', value=data__maxupdatesperturn, name='' + (name_prefix or 'data') + '.max_updates_per_turn', rule='not')
     else:
         data_is_dict = isinstance(data, dict)
         if data_is_dict:
