@@ -1,15 +1,80 @@
-"""Paths that agents name must stay inside the workspace (DESIGN.md §5.8)."""
+"""Paths that agents name must stay inside the workspace (DESIGN.md §5.8).
+
+Also the one list of what in a workspace is lorch's own (:data:`LORCH_DIRS`,
+:data:`LORCH_FILES`, :data:`GIT_DIR`), which no agent request may touch, and
+the verdict directory each role owns (:data:`VERDICT_DIRS`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from lorch.checksum import sha256_file_stat
+from lorch import safefs
 from lorch.errors import PathEscape
+
+# lorch's own directories at the top of a workspace: the ledger, run state and
+# the checkpoint store (state/checkpoints.git), receipts, snapshot manifests,
+# agents' logs, transcripts.
+LORCH_DIRS = ("events", "state", "receipts", "snapshots", "logs", "transcripts")
+# lorch's own files at the top of a workspace.
+LORCH_FILES = ("lorch.json",)
+# git's directory, at any depth (hooks, config: what runs when git does).
+GIT_DIR = ".git"
+# The verdict directory of each role that writes one; no other role writes there.
+VERDICT_DIRS = {"reviewer": "reviews", "spec_maintainer": "spec_notes"}
+
+
+def lorch_owned(rel: str) -> str | None:
+    """Why the workspace-relative ``rel`` is not an agent's to read or write, or None.
+
+    Compared case-insensitively: on a case-insensitive file system ``Events/``
+    is ``events/``.
+    """
+    parts = [p.casefold() for p in rel.split("/") if p and p != "."]
+    if not parts:
+        return None
+    if GIT_DIR in parts:
+        return f"{rel} is inside .git/ (git's hooks and config run code)"
+    if parts[0] in LORCH_DIRS:
+        return f"{rel} is inside lorch's own {parts[0]}/"
+    if len(parts) == 1 and parts[0] in LORCH_FILES:
+        return f"{rel} is lorch's own configuration"
+    return None
+
+
+def verdict_owner(rel: str) -> str | None:
+    """The role whose verdict directory holds ``rel``, or None."""
+    parts = [p.casefold() for p in rel.split("/") if p and p != "."]
+    for role, folder in VERDICT_DIRS.items():
+        if parts and parts[0] == folder:
+            return role
+    return None
+
+
+def sha256_regular(
+    workspace: Path, rel: str, max_bytes: int | None = None
+) -> tuple[str, int, os.stat_result]:
+    """(checksum, size, stat) of the regular file ``workspace/rel``, read by descriptor.
+
+    No component is followed if it is a symlink (PathEscape), and a FIFO or a
+    device is refused without being opened blocking (:class:`safefs.NotRegular`).
+    A file larger than ``max_bytes`` is :class:`safefs.TooLarge`, before it is read.
+    """
+    h = hashlib.sha256()
+    size = 0
+    with safefs.opened(_real(str(workspace)), rel) as fd:
+        st = os.fstat(fd)
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise safefs.TooLarge(rel, max_bytes, st.st_size)
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return "sha256:" + h.hexdigest(), size, st
 
 
 def safe_relpath(workspace: Path, rel: str) -> Path:
@@ -97,11 +162,15 @@ def missing_outputs(workspace: Path, command: dict[str, Any]) -> list[tuple[str,
             continue
         path = str(out.get("path"))
         try:
-            full = safe_relpath(workspace, path)
+            parts = safefs.split(path)
+            with safefs.open_dir(_real(str(workspace)), parts[:-1], path) as dfd:
+                mode = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False).st_mode
         except PathEscape as e:
             problems.append((path, f"required output: {e}"))
             continue
-        if not full.is_file():
+        except OSError:
+            mode = 0
+        if not stat.S_ISREG(mode):
             problems.append((path, "required output was not written"))
     return problems
 
@@ -117,19 +186,25 @@ def artifact_problems(
     for art in event.get("artifacts") or []:
         path = str(art.get("path"))
         try:
-            full = safe_relpath(workspace, path)
+            sha, size, st = sha256_regular(workspace, path, max_bytes)
+        except safefs.TooLarge as e:
+            problems.append(
+                (path, f"{e.size} bytes is over policy.artifact_max_bytes ({max_bytes})")
+            )
+            continue
         except PathEscape as e:
             problems.append((path, str(e)))
             continue
-        try:
-            sha, size, st = sha256_file_stat(full)
+        except safefs.NotRegular as e:
+            problems.append((path, f"cannot read it: {e.strerror}"))
+            continue
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             problems.append((path, "no such file in the workspace"))
             continue
         except OSError as e:
             problems.append((path, f"cannot read it: {e.strerror}"))
             continue
-        if max_bytes is not None and size > max_bytes:
+        if max_bytes is not None and size > max_bytes:  # grew while it was read
             problems.append((path, f"{size} bytes is over policy.artifact_max_bytes ({max_bytes})"))
             continue
         if (links := links_problem(workspace, st)) is not None:

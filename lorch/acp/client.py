@@ -1,24 +1,27 @@
 """The client side of ACP: what the agent may ask of lorch.
 
 Permission requests are answered by the role's policy (:mod:`lorch.acp.policy`)
-and recorded; ``fs/*`` reads and writes files inside the workspace only;
+and recorded; ``fs/*`` reads and writes regular files inside the workspace only,
+never through a symlink (:mod:`lorch.safefs`), never lorch's own files or
+``.git/``, and a verdict directory only for the role that owns it;
 ``terminal/*`` runs commands there (:mod:`lorch.acp.terminals`) when the policy
-allows ``execute``. A request outside the turn in flight is refused.
+allows ``execute``. Every ``fs/*`` and ``terminal/*`` request for another session
+than the turn in flight's, or when no turn is in flight, is refused.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import acp as sdk
 from acp import schema as s
 from pydantic import ValidationError
 
+from lorch import safefs
 from lorch.acp.events import one_line
-from lorch.acp.policy import agent_path
+from lorch.acp.policy import agent_relpath, refusal
 from lorch.errors import PathEscape
 
 if TYPE_CHECKING:
@@ -52,6 +55,12 @@ def lenient_session_updates(conn: Any, port: AcpPort) -> None:
     conn._conn._handler = handler
 
 
+# The most bytes fs/read_text_file answers: the JSON line of the answer stays
+# under the ACP SDK's 50 MiB reader limit even if every byte needs a 6-byte
+# escape. Past it, the agent is told to ask for fewer lines.
+READ_LIMIT = 8 << 20
+
+
 class Client:
     """The client side of ACP: what the agent may ask of lorch."""
 
@@ -69,7 +78,7 @@ class Client:
     ) -> s.RequestPermissionResponse:
         if not self.port.in_turn(session_id, "session/request_permission"):
             return s.RequestPermissionResponse(outcome=s.DeniedOutcome(outcome="cancelled"))
-        decision = self.port.policy.decide(tool_call, options)
+        decision = self.port.policy.decide(tool_call, options, self.port.role)
         title = getattr(tool_call, "title", None) or decision.kind
         self.port.out.decided("session/request_permission", str(title), decision)
         if decision.option_id is None:
@@ -78,12 +87,24 @@ class Client:
             outcome=s.AllowedOutcome(outcome="selected", option_id=decision.option_id)
         )
 
-    def _path(self, path: str, what: str) -> Path:
-        try:
-            return agent_path(self.port.settings.workspace, path)
-        except PathEscape as e:
-            self.port.out.say(f"refused {what} {path}: {e}", acp="fs", allowed=False, path=path)
-            raise sdk.RequestError.invalid_params({"details": str(e)}) from None
+    def _turn(self, session_id: str, request: str) -> None:
+        """Refuse a request for another session than the turn in flight's, or outside a turn."""
+        if not self.port.in_turn(session_id, request):
+            raise sdk.RequestError.invalid_params(
+                {"details": f"{request}: session {session_id!r} has no turn in flight"}
+            )
+
+    def _refuse(self, what: str, path: str, why: str) -> sdk.RequestError:
+        self.port.out.say(f"refused {what} {path}: {why}", acp="fs", allowed=False, path=path)
+        return sdk.RequestError.invalid_params({"details": f"{path}: {why}"})
+
+    def _rel(self, path: str, what: str, *, write: bool) -> str:
+        """The workspace-relative path of an fs request, or the request refused (and said)."""
+        ws = self.port.settings.workspace
+        why = refusal(ws, path, self.port.role, write=write)
+        if why is not None:
+            raise self._refuse(what, path, why)
+        return agent_relpath(ws, path)
 
     async def read_text_file(
         self,
@@ -93,28 +114,44 @@ class Client:
         limit: int | None = None,
         **kwargs: Any,
     ) -> s.ReadTextFileResponse:
-        full = self._path(path, "fs/read_text_file")
+        what = "fs/read_text_file"
+        self._turn(session_id, what)
+        rel = self._rel(path, what, write=False)
+        root = os.path.realpath(self.port.settings.workspace)
         try:
-            text = full.read_text(encoding="utf-8", errors="replace")
+            # In a thread: a large file must not hold up the loop every agent shares.
+            data = await asyncio.to_thread(_read, root, rel, line, limit)
         except FileNotFoundError:
             raise sdk.RequestError.resource_not_found(path) from None
+        except PathEscape as e:
+            raise self._refuse(what, path, str(e)) from None
+        except safefs.TooLarge:
+            raise self._refuse(
+                what,
+                path,
+                f"more than {READ_LIMIT} bytes to return; ask for fewer lines (line, limit)",
+            ) from None
         except OSError as e:
-            raise sdk.RequestError.invalid_params({"details": f"{path}: {e.strerror}"}) from None
-        if line is not None or limit is not None:
-            lines = text.splitlines(keepends=True)
-            start = max((line or 1) - 1, 0)
-            text = "".join(lines[start : start + limit if limit is not None else None])
-        return s.ReadTextFileResponse(content=text)
+            raise self._refuse(what, path, str(e.strerror)) from None
+        return s.ReadTextFileResponse(content=data.decode("utf-8", errors="replace"))
 
     async def write_text_file(
         self, session_id: str, path: str, content: str, **kwargs: Any
     ) -> s.WriteTextFileResponse:
-        full = self._path(path, "fs/write_text_file")
+        what = "fs/write_text_file"
+        self._turn(session_id, what)
+        rel = self._rel(path, what, write=True)
+        root = os.path.realpath(self.port.settings.workspace)
         try:
-            # Small and local: written on the loop, no thread hand-off.
-            _write_file(full, content.encode("utf-8"))
+            data = content.encode("utf-8")
+        except UnicodeError:
+            raise self._refuse(what, path, "content is not valid Unicode text") from None
+        try:
+            await asyncio.to_thread(safefs.write_file, root, rel, data)
+        except PathEscape as e:
+            raise self._refuse(what, path, str(e)) from None
         except OSError as e:
-            raise sdk.RequestError.invalid_params({"details": f"{path}: {e.strerror}"}) from None
+            raise self._refuse(what, path, str(e.strerror)) from None
         return s.WriteTextFileResponse()
 
     async def create_terminal(
@@ -127,8 +164,7 @@ class Client:
         output_byte_limit: int | None = None,
         **kwargs: Any,
     ) -> s.CreateTerminalResponse:
-        if not self.port.in_turn(session_id, "terminal/create"):
-            raise sdk.RequestError.invalid_params({"details": "no turn in flight"})
+        self._turn(session_id, "terminal/create")
         decision = self.port.policy.may_execute(command)
         shown = " ".join([command, *(args or [])])
         self.port.out.decided("terminal/create", shown, decision)
@@ -146,6 +182,7 @@ class Client:
     async def terminal_output(
         self, session_id: str, terminal_id: str, **kwargs: Any
     ) -> s.TerminalOutputResponse:
+        self._turn(session_id, "terminal/output")
         term = self.port.terminals.get(terminal_id)
         return s.TerminalOutputResponse(
             output=term.output.decode("utf-8", "replace"),
@@ -156,6 +193,7 @@ class Client:
     async def wait_for_terminal_exit(
         self, session_id: str, terminal_id: str, **kwargs: Any
     ) -> s.WaitForTerminalExitResponse:
+        self._turn(session_id, "terminal/wait_for_exit")
         term = self.port.terminals.get(terminal_id)
         await term.proc.wait()
         if term.reader is not None:
@@ -167,12 +205,14 @@ class Client:
     async def kill_terminal(
         self, session_id: str, terminal_id: str, **kwargs: Any
     ) -> s.KillTerminalResponse:
+        self._turn(session_id, "terminal/kill")
         self.port.terminals.get(terminal_id).kill()
         return s.KillTerminalResponse()
 
     async def release_terminal(
         self, session_id: str, terminal_id: str, **kwargs: Any
     ) -> s.ReleaseTerminalResponse:
+        self._turn(session_id, "terminal/release")
         self.port.terminals.release(terminal_id)
         return s.ReleaseTerminalResponse()
 
@@ -183,21 +223,9 @@ class Client:
         return None
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write an agent's file whole (temp file, rename), keeping an existing file's mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o644
-    tmp = path.with_name(f".{path.name}.lorch-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def _read(root: str, rel: str, line: int | None, limit: int | None) -> bytes:
+    """The bytes fs/read_text_file answers with: the whole file, or the lines asked for."""
+    with safefs.opened(root, rel) as fd:
+        if line is None and limit is None:
+            return safefs.read_fd(fd, READ_LIMIT, rel)
+        return safefs.read_lines(fd, line, limit, READ_LIMIT, rel)

@@ -4,8 +4,11 @@
 ACP tool kind (``agents.<role>.permissions``): ``allow``, ``deny``, or
 ``workspace`` (allowed when every path the request names is inside the
 workspace). Unnamed kinds take :data:`DEFAULTS`: edits inside the workspace,
-command execution, nothing else. Paths follow the artifact rules (DESIGN.md
-§5.8): inside the workspace, no ``..``, no symlink leading out.
+command execution, nothing else. Whatever the rule, a request is refused when
+any path it names is outside the workspace or lorch's own
+(:func:`lorch.paths.lorch_owned`), or in another role's verdict directory.
+Paths follow the artifact rules (DESIGN.md §5.8): inside the workspace, no
+``..``, no symlink leading out.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lorch.errors import PathEscape
-from lorch.paths import safe_relpath
+from lorch.paths import lorch_owned, safe_relpath, verdict_owner
 
 KINDS = (
     "read",
@@ -33,26 +36,109 @@ KINDS = (
 )
 DEFAULTS = {"edit": "workspace", "delete": "workspace", "move": "workspace", "execute": "allow"}
 # Keys of a tool call's rawInput that name files (the adapters of Claude Code,
-# Codex and Gemini CLI use these).
-PATH_KEYS = ("path", "file_path", "filePath", "notebook_path", "abs_path", "destination")
+# Codex and Gemini CLI use these), and keys that hold a list of them.
+PATH_KEYS = (
+    "path",
+    "file_path",
+    "filePath",
+    "notebook_path",
+    "abs_path",
+    "absolute_path",
+    "destination",
+    "source",
+    "cwd",
+    "old_path",
+    "new_path",
+    "oldPath",
+    "newPath",
+    "dir_path",
+    "directory",
+)
+PATH_LIST_KEYS = ("paths", "file_paths", "files", "locations")
+# Keys whose strings are content, not paths (text written, a command line, a
+# search pattern): a ``..`` or a leading ``/`` in them names no file to check.
+CONTENT_KEYS = frozenset(
+    {
+        "command",
+        "content",
+        "contents",
+        "description",
+        "new_string",
+        "old_string",
+        "new_source",
+        "pattern",
+        "query",
+        "prompt",
+        "text",
+        "title",
+        "url",
+        "instruction",
+        "reason",
+        "justification",
+        "glob",
+        "include",
+        "exclude",
+    }
+)
+RAW_DEPTH = 6  # how deep an unknown rawInput is searched for path-like strings
+RAW_ITEMS = 1000  # how many of its strings at most; past it, the request is refused
+
+
+def agent_relpath(workspace: Path, path: str) -> str:
+    """The workspace-relative form of a path an agent names (absolute, as ACP asks, or relative).
+
+    Lexical only (no file system access): PathEscape for empty, NUL, ``~``,
+    ``..``, the workspace itself, or an absolute path outside it.
+    """
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise PathEscape(f"path {path!r} is empty or contains NUL")
+    if path.startswith("~"):
+        raise PathEscape(f"path {path!r} starts with '~'; expected a path inside the workspace")
+    if ".." in path.replace("\\", "/").split("/"):
+        raise PathEscape(f"path {path!r} contains '..'; expected a path inside the workspace")
+    if not os.path.isabs(path):
+        rel = "/".join(p for p in path.split("/") if p and p != ".")
+        if not rel:
+            raise PathEscape(f"path {path!r} is the workspace itself, not a file in it")
+        return rel
+    norm = os.path.normpath(path)
+    for base in dict.fromkeys((_real(workspace), os.path.normpath(str(workspace)))):
+        if norm == base:
+            raise PathEscape(f"path {path!r} is the workspace itself, not a file in it")
+        if norm.startswith(base.rstrip(os.sep) + os.sep):
+            return os.path.relpath(norm, base).replace(os.sep, "/")
+    raise PathEscape(f"path {path!r} is outside the workspace {workspace}")
+
+
+def _real(workspace: Path) -> str:
+    return os.path.realpath(workspace)
 
 
 def agent_path(workspace: Path, path: str) -> Path:
     """The file an agent names (absolute, as ACP asks, or relative), if inside the workspace."""
-    if not isinstance(path, str) or not path or "\x00" in path:
-        raise PathEscape(f"path {path!r} is empty or contains NUL")
-    if os.path.isabs(path):
-        root = os.path.realpath(workspace)
-        norm = os.path.normpath(path)
-        if ".." in path.split("/"):
-            raise PathEscape(f"path {path!r} contains '..'; expected a path inside the workspace")
-        for base in {root, os.path.normpath(str(workspace))}:
-            if norm == base:
-                raise PathEscape(f"path {path!r} is the workspace itself, not a file in it")
-            if norm.startswith(base.rstrip(os.sep) + os.sep):
-                return safe_relpath(workspace, os.path.relpath(norm, base))
-        raise PathEscape(f"path {path!r} is outside the workspace {workspace}")
-    return safe_relpath(workspace, path)
+    return safe_relpath(workspace, agent_relpath(workspace, path))
+
+
+def refusal(
+    workspace: Path, path: str, role: str | None = None, *, write: bool = False
+) -> str | None:
+    """Why an agent of ``role`` may not touch ``path``, or None.
+
+    Outside the workspace, lorch's own, or — for a write — another role's
+    verdict directory. Lexical: the file service also refuses every symlink.
+    """
+    try:
+        rel = agent_relpath(workspace, path)
+    except PathEscape as e:
+        if "is outside the workspace" in str(e):
+            return f"{path} is outside the workspace"
+        return str(e)
+    if (why := lorch_owned(rel)) is not None:
+        return why
+    owner = verdict_owner(rel)
+    if write and owner is not None and owner != role:
+        return f"{rel} is the {owner}'s verdict; only the {owner} writes there, during its turn"
+    return None
 
 
 def is_inside(workspace: Path, path: str) -> bool:
@@ -74,19 +160,50 @@ class Decision:
 
 
 def request_paths(tool_call: Any) -> list[str]:
-    """Every path a permission request names: its locations and its raw input's path keys."""
+    """Every path a permission request names: its locations and its raw input's paths.
+
+    Known keys (:data:`PATH_KEYS`, :data:`PATH_LIST_KEYS`) anywhere in the raw
+    input are paths; so is any other path-like string (see :func:`_path_like`)
+    under a key that is not content (:data:`CONTENT_KEYS`), and a path-like
+    key of a mapping (one adapter keys its changes by file).
+    """
     found: list[str] = []
     for loc in getattr(tool_call, "locations", None) or []:
         p = getattr(loc, "path", None)
         if isinstance(p, str):
             found.append(p)
-    raw = getattr(tool_call, "raw_input", None)
-    if isinstance(raw, dict):
-        for key in PATH_KEYS:
-            v = raw.get(key)
-            if isinstance(v, str) and v:
-                found.append(v)
+    found.extend(_raw_paths(getattr(tool_call, "raw_input", None))[0])
     return list(dict.fromkeys(found))
+
+
+def _path_like(value: str) -> bool:
+    """A string that names a file lorch cannot vouch for: absolute, ``~``, or with ``..``."""
+    return value.startswith(("/", "~", "\\")) or ".." in value.replace("\\", "/").split("/")
+
+
+def _raw_paths(raw: Any) -> tuple[list[str], bool]:
+    """(the paths in a raw input, whether it was too large or deep to search whole)."""
+    found: list[str] = []
+    stack: list[tuple[Any, str | None, int]] = [(raw, None, 0)]
+    count = 0
+    while stack:
+        value, key, depth = stack.pop()
+        count += 1
+        if count > RAW_ITEMS or depth > RAW_DEPTH:
+            return found, True
+        if key in CONTENT_KEYS:
+            continue
+        if isinstance(value, str):
+            if value and (key in PATH_KEYS or key in PATH_LIST_KEYS or _path_like(value)):
+                found.append(value)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                if isinstance(k, str) and _path_like(k):
+                    found.append(k)
+                stack.append((v, str(k), depth + 1))
+        elif isinstance(value, list | tuple):
+            stack.extend((v, key, depth + 1) for v in value)
+    return found, False
 
 
 def _pick(options: Sequence[Any], kinds: Iterable[str]) -> str | None:
@@ -107,22 +224,31 @@ class Policy:
     def rule(self, kind: str) -> str:
         return self.rules.get(kind, "deny")
 
-    def decide(self, tool_call: Any, options: Sequence[Any]) -> Decision:
+    def decide(self, tool_call: Any, options: Sequence[Any], role: str | None = None) -> Decision:
+        """The answer to a permission request of an agent of ``role``.
+
+        Any path it names that the role may not touch (:func:`refusal`; a
+        read, search or fetch never writes) refuses it, whatever the kind's rule.
+        """
         kind = str(getattr(tool_call, "kind", None) or "other")
         if kind not in KINDS:
             kind = "other"
         paths = request_paths(tool_call)
         rule = self.rule(kind)
-        outside = [p for p in paths if not is_inside(self.workspace, p)]
-        if rule == "allow":
+        write = kind not in ("read", "search", "think", "fetch")
+        refused = [
+            (p, why)
+            for p in paths
+            if (why := refusal(self.workspace, p, role, write=write)) is not None
+        ]
+        if _raw_paths(getattr(tool_call, "raw_input", None))[1]:
+            refused.append(("rawInput", "its rawInput is too large or too deep to check"))
+        if refused and rule != "deny":
+            allowed, reason = False, refused[0][1]
+        elif rule == "allow":
             allowed, reason = True, f"{kind} is allowed"
         elif rule == "workspace":
-            allowed = not outside
-            reason = (
-                f"{outside[0]} is outside the workspace"
-                if outside
-                else f"{kind} inside the workspace is allowed"
-            )
+            allowed, reason = True, f"{kind} inside the workspace is allowed"
         else:
             allowed, reason = False, f"{kind} is not allowed"
         if allowed:

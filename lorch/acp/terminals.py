@@ -17,7 +17,7 @@ from pathlib import Path
 import acp as sdk
 from acp import schema as s
 
-from lorch.acp.policy import agent_path
+from lorch.acp.policy import agent_path, refusal
 from lorch.errors import PathEscape
 
 TERMINAL_OUTPUT_LIMIT = 1 << 20
@@ -79,11 +79,15 @@ class Terminals:
         limit: int | None,
     ) -> str:
         where = self.workspace
-        if cwd:
+        if cwd and cwd not in (str(where), os.path.realpath(where)):
+            # Not lorch's own folders nor .git/ (a command started there by lorch
+            # would look like lorch's own doing).
+            if (why := refusal(self.workspace, cwd)) is not None:
+                raise sdk.RequestError.invalid_params({"details": f"cwd {cwd}: {why}"})
             try:
-                where = agent_path(self.workspace, cwd) if cwd != str(where) else where
+                where = agent_path(self.workspace, cwd)
             except PathEscape as e:
-                raise sdk.RequestError.invalid_params({"details": str(e)}) from None
+                raise sdk.RequestError.invalid_params({"details": f"cwd {cwd}: {e}"}) from None
         proc = await asyncio.create_subprocess_exec(
             command,
             *args,
