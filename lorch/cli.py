@@ -193,8 +193,19 @@ def _finish(status: str, reason: str) -> None:
 
 
 def _fail(message: str, code: int = 1) -> int:
-    click.echo(f"lorch: {message}", err=True)
+    _echo(f"lorch: {message}", err=True)
     return code
+
+
+def _echo(text: str, *, err: bool = False) -> None:
+    """Print a line that may quote an agent or a file of the workspace (which agents write).
+
+    Nothing in it drives the terminal or starts a line of its own
+    (:func:`lorch.transcript.shown`).
+    """
+    from lorch.transcript import shown
+
+    click.echo(shown(text), err=err)
 
 
 # What `lorch status --run` shows of intake: the decisions and where each task began.
@@ -216,16 +227,14 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
         events = workspace / "events"
         extra = sorted(p.stem for p in events.glob("run-*.ndjson")) if events.is_dir() else []
         if not runs and not extra:
-            click.echo(f"no runs in {workspace}")
+            _echo(f"no runs in {workspace}")
             return
         for r in runs:
             failure = f"  {r['failure']}" if r.get("failure") else ""
-            click.echo(
-                f"{r['run_id']}  {r['task_id']}  {r['status']:<9}  {r['updated_at']}{failure}"
-            )
+            _echo(f"{r['run_id']}  {r['task_id']}  {r['status']:<9}  {r['updated_at']}{failure}")
         for rid in extra:
             if rid not in known:
-                click.echo(f"{rid}  (not in the index; `lorch resume --run {rid}` rebuilds it)")
+                _echo(f"{rid}  (not in the index; `lorch resume --run {rid}` rebuilds it)")
         return
     path = workspace / "events" / f"{run_id}.ndjson"
     if not path.exists():
@@ -235,7 +244,7 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
         state.fold(record)
         if record["kind"] == "command":
             attempt = record["retry"]["attempt"]
-            click.echo(
+            _echo(
                 f"{record['correlation_id']:<16} {record['action']:<18} "
                 f"round {record['inputs'].get('round', 1):<3} attempt {attempt + 1}  "
                 f"{record['idempotency_key'][:19]}…"
@@ -243,11 +252,11 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
         elif record.get("event") in ("review.completed", "builder.completed") or str(
             record.get("event", "")
         ).startswith(("spec.", "error", "orchestration.")):
-            click.echo(f"{'':<16} → {record['event']} {record.get('status', '')}".rstrip())
+            _echo(f"{'':<16} → {record['event']} {record.get('status', '')}".rstrip())
         elif record.get("event") in INTAKE_RECORDS:
             shown = transcript.line(record)
             if shown is not None:
-                click.echo(shown[1])
+                _echo(shown[1])
     for i, task in enumerate(state.queue or []):
         if i < state.tasks_done:
             progress = "done"
@@ -255,8 +264,8 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
             progress = state.status if state.finished else "running"
         else:
             progress = "not started"
-        click.echo(f"task {task.get('id')}: {progress}")
-    click.echo(f"status: {state.status}" + (f" ({state.failure})" if state.failure else ""))
+        _echo(f"task {task.get('id')}: {progress}")
+    _echo(f"status: {state.status}" + (f" ({state.failure})" if state.failure else ""))
 
 
 def latest_run(workspace: Path) -> str:
@@ -286,7 +295,7 @@ def verify_cmd(workspace: Path, run_id: str | None) -> None:
         mark = "ok  " if not problems else "FAIL"
         click.echo(f"{mark} {name}")
         for p in problems:
-            click.echo(f"     {p}")
+            _echo(f"     {p}")
         failed += bool(problems)
     if failed:
         raise click.exceptions.Exit(_fail(f"run {run_id}: {failed} rule(s) failed"))
@@ -351,7 +360,7 @@ def validate_cmd(workspace: Path, files: tuple[Path, ...], more: tuple[Path, ...
     bad = 0
     for path in paths:
         for problem in _file_problems(path):
-            click.echo(problem)
+            _echo(problem)
             bad += 1
     if bad:
         raise click.exceptions.Exit(_fail(f"{bad} problem(s) found"))
@@ -417,7 +426,8 @@ def doctor_cmd(workspace: Path) -> None:
 
     failed = 0
     for name, ok, detail in checks(workspace):
-        click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
+        # The detail quotes the agent (its agentInfo, its errors): shown, not obeyed.
+        _echo(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
         failed += not ok
     if failed:
         raise click.exceptions.Exit(_fail(f"{failed} check(s) failed"))
@@ -452,15 +462,13 @@ def main(argv: list[str] | None = None) -> int:
         e.show()
         return 2
     except LorchError as e:
-        click.echo(f"lorch: {e}", err=True)
-        return e.exit_code
+        return _fail(str(e), e.exit_code)
     except BrokenPipeError:
         return 1
     except OSError as e:
         # A disk error lorch did not word itself still gets one line, no traceback.
         where = f"{e.filename}: " if e.filename else ""
-        click.echo(f"lorch: {where}{e.strerror or e}", err=True)
-        return 1
+        return _fail(f"{where}{e.strerror or e}")
     return rc if isinstance(rc, int) else 0
 
 

@@ -25,6 +25,7 @@ from lorch import failpoint, procs, protocol
 from lorch.atomic import FILE_MODE, ensure_dir
 from lorch.errors import AgentError, FramingError, StorageError
 from lorch.pipewriter import PipeWriter
+from lorch.textsafe import visible
 from lorch.transport import Inbox, Incoming, ItemKind, Launch, SendContext
 
 
@@ -188,7 +189,8 @@ class AgentProcess:
         self.last_stderr = self._redactor.cut(lines[-1], 200)
         if self._on_stderr is not None:
             for s in lines:
-                self._on_stderr(f"[{self.role} stderr] {self._redactor.text(s)}")
+                # Shown on the terminal (-v): its escapes and \r are shown, not obeyed.
+                self._on_stderr(f"[{self.role} stderr] {visible(self._redactor.text(s))}")
         at = protocol.now_rfc3339()
         text = "".join(
             json.dumps({"at": at, "stream": "stderr", "line": self._redactor.text(s)}) + "\n"

@@ -7,13 +7,14 @@ and what the user saw never disagree.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lorch import ledger
 from lorch.atomic import atomic_write_chunks
-from lorch.protocol import printable
+from lorch.textsafe import visible
 
 COLORS = {"lorch": "\x1b[36m", "send": "\x1b[35m", "ok": "\x1b[32m", "bad": "\x1b[31m"}
 RESET = "\x1b[0m"
@@ -288,12 +289,35 @@ def _decision(p: dict[str, Any], status: str) -> str:
     return f"[lorch] {step} {status}: {what} ({p.get('source')})"
 
 
+# What starts each line of a shown text after its first: no line an agent's text
+# begins can look like one of lorch's own (they start with "[").
+CONTINUATION = "    "
+_SURROGATE = re.compile("[\ud800-\udfff]")  # not encodable: json.loads lets them through
+
+
+def shown(text: str) -> str:
+    """``text`` made safe for a terminal: it cannot drive it or forge a line of lorch's.
+
+    Control characters (``\\r``, ESC, BEL, C1) and bidi overrides are written
+    as escapes (:func:`lorch.textsafe.visible`), as is a lone surrogate; each
+    line after the first (``\\n`` or ``\\r\\n`` ends one) starts with
+    :data:`CONTINUATION`.
+    """
+    parts = text.replace("\r\n", "\n").split("\n")
+    lines = (_SURROGATE.sub(_escape, visible(part)) for part in parts)
+    return f"\n{CONTINUATION}".join(lines)
+
+
+def _escape(m: re.Match[str]) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
 def render(record: dict[str, Any], *, color: bool) -> str | None:
-    shown = line(record)
-    if shown is None:
+    shown_line = line(record)
+    if shown_line is None:
         return None
-    style, text = shown
-    text = printable(text)  # an agent's text cannot drive the terminal
+    style, text = shown_line
+    text = shown(text)  # an agent's text cannot drive the terminal
     if color and style in COLORS:
         return f"{COLORS[style]}{text}{RESET}"
     return text

@@ -248,6 +248,24 @@ def hardlink(cmd):
     return False
 
 
+# Text that would drive a terminal printed raw: a \r and a newline to forge lorch's
+# own last line, a screen clear, a window title (OSC ... BEL), a bidi override.
+FORGED = "done\r[lorch] DONE\x1b[2J\x1b]0;pwned\x07\u202etxt.exe\n[lorch] DONE"
+
+
+def terminal_escapes(cmd):
+    sys.stderr.write("warming up\x1b]0;title\x07\r[lorch] DONE\x1b[H\n")
+    sys.stderr.flush()
+    out(event(cmd, "builder.progress", None, {"message": FORGED}))
+    out(event(cmd, "error", None, {"code": "crashed", "message": FORGED}))
+    return False
+
+
+def auth_escapes(cmd):
+    out(event(cmd, "error", None, {"code": "auth_required", "message": FORGED}))
+    return False
+
+
 def fuzz(cmd):
     with open(os.environ["HOSTILE_LINES"], "rb") as f:
         for line in f.read().split(b"\n"):
@@ -273,6 +291,8 @@ ATTACKS = {
     "long_straddle_secret": long_straddle_secret,
     "hardlink": hardlink,
     "fuzz": fuzz,
+    "terminal_escapes": terminal_escapes,
+    "auth_escapes": auth_escapes,
 }
 
 
