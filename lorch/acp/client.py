@@ -104,7 +104,10 @@ class Client:
         why = refusal(ws, path, self.port.role, write=write)
         if why is not None:
             raise self._refuse(what, path, why)
-        return agent_relpath(ws, path)
+        try:
+            return agent_relpath(ws, path)
+        except PathEscape as e:  # the workspace itself: not a file
+            raise self._refuse(what, path, str(e)) from None
 
     async def read_text_file(
         self,

@@ -84,11 +84,12 @@ RAW_DEPTH = 6  # how deep an unknown rawInput is searched for path-like strings
 RAW_ITEMS = 1000  # how many of its strings at most; past it, the request is refused
 
 
-def agent_relpath(workspace: Path, path: str) -> str:
+def agent_relpath(workspace: Path, path: str, *, root_ok: bool = False) -> str:
     """The workspace-relative form of a path an agent names (absolute, as ACP asks, or relative).
 
     Lexical only (no file system access): PathEscape for empty, NUL, ``~``,
-    ``..``, the workspace itself, or an absolute path outside it.
+    ``..``, an absolute path outside the workspace, or the workspace itself
+    (``""`` for it when ``root_ok``: a directory such as a command's ``cwd``).
     """
     if not isinstance(path, str) or not path or "\x00" in path:
         raise PathEscape(f"path {path!r} is empty or contains NUL")
@@ -98,11 +99,15 @@ def agent_relpath(workspace: Path, path: str) -> str:
         raise PathEscape(f"path {path!r} contains '..'; expected a path inside the workspace")
     if not os.path.isabs(path):
         rel = "/".join(p for p in path.split("/") if p and p != ".")
+        if not rel and root_ok:
+            return ""
         if not rel:
             raise PathEscape(f"path {path!r} is the workspace itself, not a file in it")
         return rel
     norm = os.path.normpath(path)
     for base in dict.fromkeys((_real(workspace), os.path.normpath(str(workspace)))):
+        if norm == base and root_ok:
+            return ""
         if norm == base:
             raise PathEscape(f"path {path!r} is the workspace itself, not a file in it")
         if norm.startswith(base.rstrip(os.sep) + os.sep):
@@ -128,7 +133,7 @@ def refusal(
     verdict directory. Lexical: the file service also refuses every symlink.
     """
     try:
-        rel = agent_relpath(workspace, path)
+        rel = agent_relpath(workspace, path, root_ok=True)
     except PathEscape as e:
         if "is outside the workspace" in str(e):
             return f"{path} is outside the workspace"
