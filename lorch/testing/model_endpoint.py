@@ -1,7 +1,8 @@
-"""A scripted model endpoint: the Anthropic Messages API, streaming, on 127.0.0.1.
+"""A scripted model endpoint: the Anthropic Messages API and the Gemini API, on 127.0.0.1.
 
 It lets a real coding agent (Claude Code through its ACP adapter, or anything
-that talks to ``ANTHROPIC_BASE_URL``) run offline and deterministically: every
+that talks to ``ANTHROPIC_BASE_URL``; Gemini CLI through ``GOOGLE_GEMINI_BASE_URL``,
+see :mod:`lorch.testing.gemini_api`) run offline and deterministically: every
 ``POST /v1/messages`` is answered by the first step of a script whose conditions
 match the request, streamed as the real API streams (``message_start``,
 ``content_block_start`` / ``content_block_delta`` (``text_delta``,
@@ -35,14 +36,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
-from lorch.testing import model_stream
+from lorch.testing import gemini_api, model_stream
 from lorch.testing.model_script import Conversation, Script, ScriptError, Step, fill, matches
 
 MODELS = (
@@ -51,6 +52,11 @@ MODELS = (
     ("claude-haiku-4-5", "Claude Haiku 4.5"),
 )
 MAX_BODY = 64 * 1024 * 1024
+
+
+def is_model_call(path: str) -> bool:
+    """Whether ``path`` is a model call (Messages, or Gemini's generateContent)."""
+    return path == "/v1/messages" or gemini_api.route(path) is not None
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,7 @@ class ModelEndpoint:
         return sum(
             1
             for r in self.requests
-            if r.path == "/v1/messages"
+            if is_model_call(r.path)
             and (command is None or r.command == command)
             and (step is None or r.step == step)
         )
@@ -261,6 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, kind: str, message: str) -> None:
         self._send_json(status, {"type": "error", "error": {"type": kind, "message": message}})
 
+    def _gemini_error(self, status: int, kind: str, message: str) -> None:
+        self._send_json(status, gemini_api.error(status, message))
+
     def _body(self) -> dict[str, Any] | None:
         try:
             length = int(self.headers.get("Content-Length", "0"))
@@ -353,11 +362,49 @@ class _Handler(BaseHTTPRequestHandler):
             self.ep._record(self._plain(200))
             self._send_json(200, {"input_tokens": max(1, len(json.dumps(body)) // 4)})
             return
+        gemini = gemini_api.route(path)
+        if gemini is not None:
+            self._gemini(path, body, *gemini)
+            return
         if path != "/v1/messages":
             self.ep._record(self._plain(404, "unknown path"))
             self._error(404, "not_found_error", f"the scripted endpoint does not serve {path}")
             return
         self._messages(body)
+
+    def _gemini(self, path: str, body: dict[str, Any], model: str, stream: bool) -> None:
+        """A Gemini ``generateContent`` / ``streamGenerateContent`` request."""
+        conv = gemini_api.conversation(body)
+        answer = self._answer(conv, body, path=path, model=model, stream=stream, gemini=True)
+        if answer is None:
+            return
+        base, blocks, _stop, hold = answer
+        usage = (max(1, len(json.dumps(body)) // 4), max(1, len(json.dumps(blocks)) // 4))
+        if not stream:
+            self.ep._record(base)
+            self._send_json(200, gemini_api.message(blocks, model, usage))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        events = gemini_api.events(blocks, model, usage)
+        if hold:
+            self._chunk(next(events))
+            if not self._hold(replace(base, held=True)):
+                return
+        else:
+            self.ep._record(base)
+        self._finish(events)
+
+    def _finish(self, events: Iterator[bytes]) -> None:
+        try:
+            for event in events:
+                self._chunk(event)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
 
     def _messages(self, body: dict[str, Any]) -> None:
         conv = Conversation.of(body)
@@ -389,46 +436,48 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         else:
             self.ep._record(base)
-        try:
-            for event in events:
-                self._chunk(event)
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-        except OSError:
-            self.close_connection = True
+        self._finish(events)
 
     def _answer(
-        self, conv: Conversation, body: dict[str, Any]
+        self,
+        conv: Conversation,
+        body: dict[str, Any],
+        *,
+        path: str = "/v1/messages",
+        model: str | None = None,
+        stream: bool | None = None,
+        gemini: bool = False,
     ) -> tuple[Request, list[dict[str, Any]], str, bool] | None:
         """The record, blocks, stop reason and hold answering ``conv``; None once refused."""
         ep = self.ep
-        raw_model = body.get("model")
+        raw_model = body.get("model") if model is None else model
         step, hold = ep._choose(conv)
         base = Request(
             seq=ep._next_seq(),
             time=self._now(),
             method="POST",
-            path="/v1/messages",
+            path=path,
             status=200,
             command=ep._command_of(conv),
             turn=conv.turn,
             model=raw_model if isinstance(raw_model, str) else ep.script.model,
-            stream=body.get("stream") is True,
+            stream=body.get("stream") is True if stream is None else stream,
         )
+        refuse = self._gemini_error if gemini else self._error
         if step is not None:
             reply, stop, name = step.reply, step.stop_reason, step.name
         elif ep.script.fallback is not None:
             reply, stop, name = ep.script.fallback, None, "fallback"
         else:
             ep._record(replace(base, status=400, step="unmatched", note=conv.last[:200]))
-            self._error(400, "invalid_request_error", "no step of the model script matches")
+            refuse(400, "invalid_request_error", "no step of the model script matches")
             return None
         base = replace(base, step=name)
         try:
             blocks = [cast(dict[str, Any], fill(b, conv.cwd())) for b in reply]
         except ScriptError as exc:
             ep._record(replace(base, status=400, note=str(exc)))
-            self._error(400, "invalid_request_error", str(exc))
+            refuse(400, "invalid_request_error", str(exc))
             return None
         for block in blocks:
             if block["type"] == "tool_use":

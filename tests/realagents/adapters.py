@@ -1,25 +1,27 @@
 """The real ACP agents the offline tests drive, installed with npm from a pinned lock.
 
 ``tests/realagents/npm/package.json`` and its ``package-lock.json`` pin the
-adapter (``@zed-industries/claude-agent-acp``) and everything under it, by
-version and integrity hash. :func:`ensure_installed` runs ``npm ci`` with them
-into a cache directory named after the lock's digest (so a changed lock is a new
-install and an unchanged one is installed once per machine), under a file lock
-(parallel test processes install once), and marks the directory complete only
-after npm succeeded. ``.ci/run`` calls it before the tests
+agents (``@zed-industries/claude-agent-acp``, ``@google/gemini-cli``) and
+everything under them, by version and integrity hash. :func:`ensure_installed`
+runs ``npm ci`` with them into a cache directory named after the lock's digest
+(so a changed lock is a new install and an unchanged one is installed once per
+machine), under a file lock (parallel test processes install once), and marks
+the directory complete only after npm succeeded. ``.ci/run`` calls it before the tests
 (``python -m tests.realagents.adapters``); the tests' fixtures call it too.
 
 The cache is ``$LORCH_NPM_CACHE`` if set, else ``$XDG_CACHE_HOME/lorch/npm``
 (``~/.cache/lorch/npm``).
 
-Environment for the agent: :func:`offline_env` — everything Claude Code needs to
-run against a local model endpoint and nothing else.
+Environment for the agent: :func:`offline_env` (Claude Code) and
+:func:`gemini_offline_env` (Gemini CLI) — everything the agent needs to run
+against a local model endpoint and nothing else.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +31,7 @@ from pathlib import Path
 
 NPM_DIR = Path(__file__).resolve().parent / "npm"
 ADAPTER = "@zed-industries/claude-agent-acp"
+GEMINI = "@google/gemini-cli"
 STAMP = ".lorch-installed"
 
 
@@ -68,17 +71,20 @@ def cache_dir() -> Path:
     return base / digest.hexdigest()[:16]
 
 
-def adapter_version() -> str:
-    """The pinned version of the Claude Code ACP adapter (from the lock)."""
-    import json
-
+def adapter_version(package: str = ADAPTER) -> str:
+    """The pinned version of ``package`` (default: the Claude Code ACP adapter), from the lock."""
     lock = json.loads((NPM_DIR / "package-lock.json").read_text(encoding="utf-8"))
-    return str(lock["packages"][f"node_modules/{ADAPTER}"]["version"])
+    return str(lock["packages"][f"node_modules/{package}"]["version"])
 
 
 def claude_agent_acp(root: Path | None = None) -> Path:
     """The adapter's entry point inside an install (``node`` runs it)."""
     return (root or cache_dir()) / "node_modules" / ".bin" / "claude-agent-acp"
+
+
+def gemini(root: Path | None = None) -> Path:
+    """Gemini CLI's entry point inside an install (``gemini --acp`` speaks ACP)."""
+    return (root or cache_dir()) / "node_modules" / ".bin" / "gemini"
 
 
 def ensure_installed(*, timeout: float = 900) -> Path:
@@ -103,7 +109,9 @@ def ensure_installed(*, timeout: float = 900) -> Path:
             )
         except subprocess.TimeoutExpired:
             raise InstallError(f"npm ci in {target} did not finish in {timeout:g}s") from None
-        if proc.returncode != 0 or not claude_agent_acp(target).exists():
+        if proc.returncode != 0 or not all(
+            p.exists() for p in (claude_agent_acp(target), gemini(target))
+        ):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             raise InstallError(
                 f"npm ci in {target} failed (exit {proc.returncode}): " + " | ".join(tail)
@@ -137,6 +145,48 @@ def offline_env(base_url: str, home: Path, *, path: str | None = None) -> dict[s
     }
 
 
+# Gemini CLI's settings for an offline test (``$HOME/.gemini/settings.json``): no
+# usage statistics (sent to play.googleapis.com), no telemetry, no update check,
+# the API key as the way to authenticate.
+GEMINI_SETTINGS: dict[str, object] = {
+    "privacy": {"usageStatisticsEnabled": False},
+    "telemetry": {"enabled": False},
+    "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+    "security": {"auth": {"selectedType": "gemini-api-key"}},
+}
+
+
+def gemini_offline_env(
+    base_url: str, home: Path, *, path: str | None = None, key: str | None = "offline-test-key"
+) -> dict[str, str]:
+    """The environment Gemini CLI needs to work offline against ``base_url``.
+
+    A private ``HOME`` holding :data:`GEMINI_SETTINGS` (its sessions, history and
+    installation id stay in the test), a private ``TMPDIR`` (it writes error
+    reports there), a dummy key (``key=None``: none at all), the workspace
+    trusted, and the endpoint as the proxy for everything else, so any request
+    that is not to the model shows up in the endpoint's log and is refused there.
+    """
+    settings = home / ".gemini" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(GEMINI_SETTINGS, indent=2) + "\n")
+    tmp = home / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {
+        "PATH": path if path is not None else os.environ.get("PATH", ""),
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "GOOGLE_GEMINI_BASE_URL": base_url,
+        "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        "HTTPS_PROXY": base_url,
+        "HTTP_PROXY": base_url,
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    if key is not None:
+        env["GEMINI_API_KEY"] = key
+    return env
+
+
 def main() -> int:
     try:
         root = ensure_installed()
@@ -144,6 +194,7 @@ def main() -> int:
         print(f"tests/realagents: {exc}", file=sys.stderr)
         return 1
     print(f"{ADAPTER} {adapter_version()}: {claude_agent_acp(root)}")
+    print(f"{GEMINI} {adapter_version(GEMINI)}: {gemini(root)}")
     return 0
 
 

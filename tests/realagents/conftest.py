@@ -28,6 +28,20 @@ def claude_acp() -> list[str]:
     return [str(adapters.claude_agent_acp(root))]
 
 
+@pytest.fixture(scope="session")
+def gemini_cli() -> list[str]:
+    """The command that starts the pinned Gemini CLI in ACP mode (installed if needed)."""
+    missing = adapters.without_node(os.environ)
+    if missing is not None:
+        action, why = missing
+        pytest.fail(why) if action == "fail" else pytest.skip(why)
+    try:
+        root = adapters.ensure_installed()
+    except adapters.InstallError as exc:
+        pytest.fail(str(exc))
+    return [str(adapters.gemini(root)), "--acp"]
+
+
 @pytest.fixture
 def endpoint_for(tmp_path: Path) -> Iterator[Any]:
     """Start a scripted model endpoint (closed at the end of the test)."""

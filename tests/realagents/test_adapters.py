@@ -31,8 +31,8 @@ def fake_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_the_pin_is_one_exact_version_with_integrity_hashes() -> None:
     package = json.loads((adapters.NPM_DIR / "package.json").read_text())
-    wanted = package["dependencies"][adapters.ADAPTER]
-    assert wanted == adapters.adapter_version()  # exact, no range
+    for name in (adapters.ADAPTER, adapters.GEMINI):
+        assert package["dependencies"][name] == adapters.adapter_version(name)  # exact
     lock = json.loads((adapters.NPM_DIR / "package-lock.json").read_text())
     deps = {k: v for k, v in lock["packages"].items() if k}
     assert deps and all("integrity" in v for v in deps.values())
@@ -45,7 +45,8 @@ def test_installs_once_per_lock_and_marks_the_install_complete(fake_tools: Path)
         fake_tools,
         "npm",
         f'echo "$@" >> {count}\n'
-        "mkdir -p node_modules/.bin && touch node_modules/.bin/claude-agent-acp\n",
+        "mkdir -p node_modules/.bin && touch node_modules/.bin/claude-agent-acp "
+        "node_modules/.bin/gemini\n",
     )
     root = adapters.ensure_installed()
     assert root == adapters.cache_dir() and root.parent == fake_tools.parent / "cache"
@@ -57,7 +58,7 @@ def test_installs_once_per_lock_and_marks_the_install_complete(fake_tools: Path)
     assert (root / "package-lock.json").read_bytes() == (
         adapters.NPM_DIR / "package-lock.json"
     ).read_bytes()
-    assert adapters.claude_agent_acp(root).exists()
+    assert adapters.claude_agent_acp(root).exists() and adapters.gemini(root).exists()
 
 
 def test_a_failed_npm_ci_is_one_error_with_what_npm_said(fake_tools: Path) -> None:
@@ -91,3 +92,15 @@ def test_offline_env_keeps_the_agent_off_the_network(tmp_path: Path) -> None:
     assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert "127.0.0.1" in env["NO_PROXY"]
     assert not set(env) & {k for k in os.environ if k.endswith("_TOKEN")}
+
+
+def test_gemini_offline_env_keeps_it_off_the_network_and_out_of_the_real_home(
+    tmp_path: Path,
+) -> None:
+    env = adapters.gemini_offline_env("http://127.0.0.1:9", tmp_path, path="/bin")
+    assert env["GOOGLE_GEMINI_BASE_URL"] == env["HTTPS_PROXY"] == "http://127.0.0.1:9"
+    assert env["HOME"] == str(tmp_path) and env["TMPDIR"].startswith(str(tmp_path))
+    settings = json.loads((tmp_path / ".gemini" / "settings.json").read_text())
+    assert settings["privacy"]["usageStatisticsEnabled"] is False
+    assert settings["general"]["enableAutoUpdate"] is False
+    assert "GEMINI_API_KEY" not in adapters.gemini_offline_env("http://x", tmp_path, key=None)
