@@ -43,6 +43,23 @@ def new_command(
     )
 
 
+def answer_problem(event: Record) -> str | None:
+    """Why an agent's answer lacks what :func:`next_build` acts on; None if it has it.
+
+    A ``builder.completed`` needs ``payload.tests.status`` (pass or fail). The
+    schema does not say so, so the engine asks this where the answer arrives:
+    an answer without it is a protocol error of its attempt (retried under the
+    run's limits), never a fact the reducer has to end the run on.
+    """
+    if event.get("event") == "builder.completed":
+        payload = event.get("payload")
+        tests = payload.get("tests") if isinstance(payload, dict) else None
+        status = tests.get("status") if isinstance(tests, dict) else None
+        if status not in ("pass", "fail"):
+            return f"builder.completed without payload.tests.status pass or fail (found {status!r})"
+    return None
+
+
 def next_build(state: State, fresh: Fresh) -> Step:
     answer = state.last_answer
     if not state.task_id or state.snapshot_id is None:

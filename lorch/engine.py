@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lorch import _planted, failpoint, intake_steps, protocol, provenance
 from lorch.asking import ConsolePrompter, Prompter
+from lorch.build_loop import answer_problem
 from lorch.checkpoint import TurnCheckpoints
 from lorch.commands import ROLE_OF
 from lorch.derived import RECEIPT_DELAY_S
@@ -276,6 +277,8 @@ class Engine(Roster):
         assert msg is not None
         # Attributed by channel, not by claim (DESIGN.md §5.11).
         refused = provenance.refusal(item.role, msg, cmd if working else None)
+        if refused is None and working:
+            refused = answer_problem(msg)  # an answer the reducer cannot act on
         if refused is not None:
             line = protocol.encode(msg)
             error = protocol.ProtocolError(refused, item.raw_size, protocol.window_of(line))

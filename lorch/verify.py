@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lorch import ledger, schemas, store
 from lorch.checksum import sha256_file
-from lorch.errors import LedgerError, PathEscape, UsageError
+from lorch.errors import LedgerError, PathEscape, StorageError, UsageError
 from lorch.paths import safe_relpath
 from lorch.protocol import TERMINAL_EVENTS, Record
 from lorch.workflow import State
@@ -90,12 +90,19 @@ def _check_ledger(path: Path, rules: Rules) -> tuple[State, dict[str, int]]:
 
 
 def _check_receipts(workspace: Path, run_id: str, sent_at: dict[str, int], rules: Rules) -> None:
-    receipts = [(p, r) for p, r in store.iter_receipts(workspace) if r.get("run_id") == run_id]
+    unreadable = rules["derived_files_valid"]
+    found = store.iter_receipts(workspace, problems=unreadable)
+    receipts = [(p, r) for p, r in found if r.get("run_id") == run_id]
     if not receipts:
         rules["receipts_match_files"].append("no receipts for this run")
+    valid = []
     for p, r in receipts:
-        for err in schemas.errors("receipt", r):
+        errors = schemas.errors("receipt", r)
+        for err in errors:
             rules["derived_files_valid"].append(f"{p}: {err[0]}: {err[1]}")
+        if not errors:  # only a receipt of the right shape is compared with the files
+            valid.append((p, r))
+    receipts = valid
     # Only the newest receipt of each path must match: later rounds rewrite files.
     # "Newest" is by the ledger, not by step number: a receipt that resume
     # rebuilt (someone deleted it) has a higher step than the rounds after it.
@@ -113,7 +120,11 @@ def _check_receipts(workspace: Path, run_id: str, sent_at: dict[str, int], rules
         if not full.is_file():
             rules["receipts_match_files"].append(f"{p}: {rel} is missing")
             continue
-        sha, size = sha256_file(full)
+        try:
+            sha, size = sha256_file(full)
+        except OSError as e:  # a FIFO, a device, a directory: refused unread
+            rules["receipts_match_files"].append(f"{p}: {rel}: {e.strerror or e}")
+            continue
         if sha != art["sha256"] or size != art["size"]:
             rules["receipts_match_files"].append(
                 f"{p}: {rel} has {sha} ({size} bytes), receipt says {art['sha256']}"
@@ -122,7 +133,7 @@ def _check_receipts(workspace: Path, run_id: str, sent_at: dict[str, int], rules
 
 def _check_state_files(workspace: Path, run_id: str, state: State, rules: Rules) -> None:
     run_json = workspace / "state" / "run.json"
-    data = store.read_json(run_json)
+    data = _derived(workspace, "state/run.json", rules)
     if isinstance(data, dict) and data.get("run_id") == run_id:
         if data.get("status") != state.status:
             rules["run_completed"].append(
@@ -130,7 +141,16 @@ def _check_state_files(workspace: Path, run_id: str, state: State, rules: Rules)
             )
         for err in schemas.errors("run-state", data):
             rules["derived_files_valid"].append(f"{run_json}: {err[0]}: {err[1]}")
-    index = store.read_json(workspace / "state" / "index.json")
+    index = _derived(workspace, "state/index.json", rules)
     if index is not None:
         for err in schemas.errors("index", index):
             rules["derived_files_valid"].append(f"state/index.json: {err[0]}: {err[1]}")
+
+
+def _derived(workspace: Path, rel: str, rules: Rules) -> object:
+    """The JSON of a derived file (None if absent); a file that is none is a problem."""
+    try:
+        return store.read_json(workspace, rel)
+    except StorageError as e:
+        rules["derived_files_valid"].append(str(e))
+        return None

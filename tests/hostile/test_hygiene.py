@@ -12,13 +12,24 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from .conftest import Workspace, assert_clean_exit, terminal_events
+from .conftest import (
+    Workspace,
+    assert_clean_exit,
+    protocol_errors,
+    records,
+    run_ids,
+    terminal_events,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -94,3 +105,156 @@ def test_doctor_shows_an_agent_s_name_and_stderr_escaped(tmp_path: Path, lorch) 
     assert "evil\\x1b]0;pwned\\x07\\x0d[lorch] DONE\\u202e 1\n    [lorch] ok" in r.stdout
     assert "its stderr said: boom\\x1b[2J\\x0d\\x07" in r.stdout
     assert _lines_of_lorch(r.stdout) == []
+
+
+def test_a_builder_answer_without_a_test_status_fails_only_its_attempt(
+    hostile_ws: Workspace,
+    lorch,  # type: ignore[no-untyped-def]
+) -> None:
+    ws = hostile_ws({"builder": "no_test_status"})
+    r = lorch("run", "--workspace", str(ws))
+    assert_clean_exit(r)
+    errors = protocol_errors(ws)
+    reason = "builder.completed without payload.tests.status pass or fail (found None)"
+    assert [(e["role"], e["reason"]) for e in errors] == [("builder", reason)], errors
+    failed = [x["payload"] for x in records(ws) if x.get("event") == "system.command_failed"]
+    assert [(f["code"], f["attempt"]) for f in failed] == [("protocol_error", 0)]
+    assert terminal_events(ws) == HAPPY
+
+
+# -- files lorch reads back from the workspace ------------------------------------------
+
+
+def _status_lists(lorch, ws: Path, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    s = lorch("status", "--workspace", str(ws))
+    assert_clean_exit(s)
+    assert run_id in s.stdout
+
+
+def test_a_junk_run_index_written_by_an_agent_is_rebuilt(hostile_ws: Workspace, lorch) -> None:  # type: ignore[no-untyped-def]
+    ws = hostile_ws({"builder": "junk_index"})
+    r = lorch("run", "--workspace", str(ws))
+    assert_clean_exit(r)
+    (run_id,) = run_ids(ws)
+    index = json.loads((ws / "state" / "index.json").read_text())
+    assert [(e["run_id"], e["status"]) for e in index["runs"]] == [(run_id, "completed")]
+    _status_lists(lorch, ws, run_id)
+    (ws / "state" / "index.json").write_text('{"runs":[1,2,3]}')
+    _status_lists(lorch, ws, run_id)
+    assert_clean_exit(lorch("resume", "--workspace", str(ws)))
+    assert_clean_exit(lorch("verify", "--workspace", str(ws)))
+
+
+def _junk(path: Path, kind: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        path.symlink_to("/dev/zero")
+    elif kind == "deep":
+        path.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    else:
+        path.write_bytes(
+            {"bytes": b"\xff\xfe\x00", "list": b"[1, 2]", "runs": b'{"runs": 3}'}[kind]
+        )
+
+
+KINDS = ["fifo", "symlink", "deep", "bytes", "list", "runs"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_any_run_index_lets_run_status_and_resume_work(
+    kind: str,
+    hostile_ws: Workspace,
+    lorch,  # type: ignore[no-untyped-def]
+) -> None:
+    ws = hostile_ws({})
+    _junk(ws / "state" / "index.json", kind)
+    assert_clean_exit(lorch("run", "--workspace", str(ws)))
+    (run_id,) = run_ids(ws)
+    _status_lists(lorch, ws, run_id)
+    assert_clean_exit(lorch("resume", "--workspace", str(ws)))
+    v = lorch("verify", "--workspace", str(ws))
+    assert_clean_exit(v)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rel", ["receipts/T-0042/step-9.json", "state/run.json"])
+def test_a_junk_receipt_or_run_state_is_named_in_one_line(
+    rel: str,
+    kind: str,
+    hostile_ws: Workspace,
+    lorch,  # type: ignore[no-untyped-def]
+) -> None:
+    ws = hostile_ws({})
+    assert_clean_exit(lorch("run", "--workspace", str(ws)))
+    target = ws / rel
+    if target.exists():
+        target.unlink()
+    _junk(target, kind)
+    assert_clean_exit(lorch("status", "--workspace", str(ws)))
+    v = lorch("validate", "--workspace", str(ws))
+    assert_clean_exit(v, 1)
+    assert f"{target}: " in v.stdout
+    v = lorch("verify", "--workspace", str(ws))
+    assert "Traceback" not in v.stderr + v.stdout
+    # Not JSON (or JSON that is no receipt) is nobody's; other JSON may be another run's.
+    if kind not in ("runs", "list") or (kind == "list" and rel.startswith("receipts")):
+        assert v.returncode == 1 and f"{target}: " in v.stdout + v.stderr, v.stdout + v.stderr
+    r = lorch("resume", "--workspace", str(ws))
+    if rel.startswith("receipts") and kind != "runs":
+        # lorch will not number receipts around a file that is none: one line says which.
+        assert_clean_exit(r, 1)
+        (line,) = r.stderr.splitlines()
+        assert line.startswith(f"lorch: {target}: "), line
+    else:  # state/run.json is only written, never read: resume replaces it
+        assert_clean_exit(r)
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=12,
+)
+ENTRY = {
+    "run_id": "run-20261124-120000-0123abcd",
+    "task_id": "T-0042",
+    "status": "running",
+    "started_at": "2026-11-24T12:00:00Z",
+    "updated_at": "2026-11-24T12:00:00Z",
+    "ledger": "events/run-20261124-120000-0123abcd.ndjson",
+}
+# Any bytes, any JSON, and JSON that is nearly an index or a receipt.
+CONTENTS = st.one_of(
+    st.binary(max_size=200),
+    JSONISH.map(lambda v: json.dumps(v).encode()),
+    st.lists(
+        st.one_of(JSONISH, st.just(ENTRY), st.builds(lambda v: {**ENTRY, "status": v}, JSONISH))
+    ).map(lambda runs: json.dumps({"runs": runs}).encode()),
+)
+
+
+@pytest.mark.parametrize("rel", ["state/index.json", "state/run.json", "receipts/T-1/step-1.json"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=CONTENTS)
+def test_any_content_of_a_workspace_file_is_read_totally(rel: str, data: bytes) -> None:
+    from lorch import cli, store
+    from lorch.errors import StorageError
+
+    with tempfile.TemporaryDirectory() as d:
+        ws = Path(d)
+        (ws / rel).parent.mkdir(parents=True)
+        (ws / rel).write_bytes(data)
+        index = store.read_index(ws)  # the index: what is valid in it, never an error
+        assert all(isinstance(r, dict) and r.get("run_id") for r in index["runs"])
+        store.update_index(ws, {**ENTRY, "run_id": "run-20261124-130000-0123abce"})
+        try:
+            receipts = store.iter_receipts(ws)
+        except StorageError as e:
+            assert str(e).startswith(str(ws / rel)) and "\n" not in str(e)
+        else:
+            assert all(isinstance(r, dict) for _, r in receipts)
+        unreadable: list[str] = []
+        store.iter_receipts(ws, problems=unreadable)  # verify's way: listed, not raised
+        for path in cli.workspace_files(ws):  # `lorch validate`
+            assert all(isinstance(p, str) for p in cli._file_problems(path))

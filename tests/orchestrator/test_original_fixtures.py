@@ -40,8 +40,19 @@ OUTCOMES = {
         "after 3 attempts: error: build broke (name 'frobnicate' is not defined) at src/app.py:7",
         {},
     ),
-    "tests-missing.json": (1, "builder.completed carries no payload.tests status", {}),
-    "tests-no-status.json": (1, "builder.completed carries no payload.tests status", {}),
+    # An answer without a test status is a protocol error of its attempt, each time.
+    "tests-missing.json": (
+        1,
+        "after 3 attempts: protocol_error: protocol error: builder.completed without "
+        "payload.tests.status pass or fail (found None)",
+        {},
+    ),
+    "tests-no-status.json": (
+        1,
+        "after 3 attempts: protocol_error: protocol error: builder.completed without "
+        "payload.tests.status pass or fail (found None)",
+        {},
+    ),
     "tests-red.json": (1, "builder tests failed: 3 of 12 failed", {}),
 }
 

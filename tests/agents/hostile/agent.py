@@ -266,6 +266,18 @@ def auth_escapes(cmd):
     return False
 
 
+def no_test_status(cmd):
+    # Schema-valid, but without the test status lorch decides on.
+    out(event(cmd, "builder.completed", "success", {"tests": {"summary": "ran them"}}))
+    return False
+
+
+def junk_index(cmd):
+    # lorch's own run index, overwritten with something that is not one.
+    write_file(os.path.join(WS, "state", "index.json"), b'{"runs":[1,2,3]}')
+    return True
+
+
 def fuzz(cmd):
     with open(os.environ["HOSTILE_LINES"], "rb") as f:
         for line in f.read().split(b"\n"):
@@ -293,6 +305,8 @@ ATTACKS = {
     "fuzz": fuzz,
     "terminal_escapes": terminal_escapes,
     "auth_escapes": auth_escapes,
+    "no_test_status": no_test_status,
+    "junk_index": junk_index,
 }
 
 
