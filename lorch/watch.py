@@ -11,10 +11,11 @@ of the tree. ``git add -A`` over those pathspecs records exactly what a full
 When it cannot tell what changed, :meth:`Watch.drain` returns None and the
 caller scans everything: before the first scan, after the kernel's event queue
 overflowed, after a directory was moved (the watches below it name the old
-path), after a ``.gitignore`` changed (what is ignored changed everywhere below
-it), after a watch could not be added, and without inotify at all. Watches are
-added before a directory is listed, and the events are read before git scans,
-so a change is either in the scan or in the next drain: none falls between.
+path), after a ``.gitignore`` changed or arrived inside a new directory (what
+is ignored changed everywhere below it), after a watch could not be added, and
+without inotify at all. Watches are added before a directory is listed, and
+the events are read before git scans, so a change is either in the scan or in
+the next drain: none falls between.
 
 What inotify does not see is out of scope by design: writes through a shared
 ``mmap`` and changes made through a hard link whose other name is outside the
@@ -174,7 +175,7 @@ class Watch:
         if self._ignored(rel, is_dir):
             return
         if is_dir and mask & (flags.CREATE | flags.MOVED_TO):
-            self._watch_tree(rel)
+            self._watch_tree(rel, arrived=True)
         self._mark(parent, rel, dirty)
 
     def _mark(self, parent: str, rel: str, dirty: Dirty) -> None:
@@ -193,8 +194,13 @@ class Watch:
         else:
             dirty.gone.add(top)
 
-    def _watch_tree(self, rel: str) -> None:
-        """Watch ``rel`` and every directory below it (each watched before it is listed)."""
+    def _watch_tree(self, rel: str, *, arrived: bool = False) -> None:
+        """Watch ``rel`` and every directory below it (each watched before it is listed).
+
+        ``arrived``: a directory made or moved in since the last scan; one that
+        holds a ``.gitignore`` means a full scan (its rules, and the ignore file
+        itself when it ignores itself, are for the full scan to find).
+        """
         stack = [rel]
         while stack:
             d = stack.pop()
@@ -215,6 +221,8 @@ class Watch:
             try:
                 with os.scandir(path) as it:
                     for entry in it:
+                        if arrived and entry.name == ".gitignore":
+                            raise _Unknown
                         if entry.is_dir(follow_symlinks=False) and not self._skip(entry.name, d):
                             stack.append(f"{d}/{entry.name}" if d else entry.name)
             except (FileNotFoundError, NotADirectoryError):

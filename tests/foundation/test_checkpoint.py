@@ -203,13 +203,23 @@ def test_stale_git_lock_from_a_killed_process_is_cleared(tmp_path: Path) -> None
     assert not list((tmp_path / "state/checkpoints.git").glob("sharedindex_*"))
 
 
-def test_temp_files_of_an_interrupted_store_write_are_cleared(tmp_path: Path) -> None:
+def test_the_store_keeps_only_what_must_persist(tmp_path: Path) -> None:
+    """No config, hooks or info in the store: its git takes them from a private
+    directory (lorch/storegit.py). Those of a store made by an older lorch go."""
+    store = tmp_path / "state/checkpoints.git"
+    for rel in ("config", "hooks/pre-commit", "info/exclude", "description"):
+        write(store, rel, "old")
     write(tmp_path, "a.txt", "a")
     ck(tmp_path).take()
-    stale = tmp_path / "state/checkpoints.git/.config.tmp-123-abcd"
-    stale.write_text("half")
-    ck(tmp_path).take()
-    assert not stale.exists()
+    left = {p.name for p in store.iterdir()}
+    assert {n for n in left if not n.startswith("sharedindex.")} == {
+        "HEAD",
+        "description",  # never read by git: left alone
+        "index",
+        "lorch.lock",
+        "objects",
+        "refs",
+    }
 
 
 @pytest.mark.parametrize("torn", ["index", "sharedindex.*"])
@@ -453,3 +463,293 @@ def test_a_git_left_running_by_a_killed_lorch_keeps_the_store_locked(tmp_path: P
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # which let it go
     finally:
         os.close(lock)
+
+
+# -- what a rollback may delete: only what the checkpoint's own rules do not ignore --
+
+
+def test_rollback_keeps_what_the_checkpoints_rules_ignore_whatever_the_turn_wrote(
+    tmp_path: Path,
+) -> None:
+    """The turn un-ignores the user's files (rules rewritten, a negation added
+    below): the rollback judges by the checkpoint's rules, so they stay."""
+    write(tmp_path, ".gitignore", "*.db\nbuild/\n")
+    write(tmp_path, "src/.gitignore", "*.tmp\n")
+    write(tmp_path, "src/main.py", "main")
+    user = {"data/local.db": "rows", "build/out.bin": "bin", "src/scratch.tmp": "t"}
+    for rel, text in user.items():
+        write(tmp_path, rel, text)
+    c = ck(tmp_path)
+    pre = c.take()
+    assert c.changed(pre, pre) == []
+
+    write(tmp_path, ".gitignore", "")
+    (tmp_path / "src/.gitignore").unlink()
+    write(tmp_path, "data/.gitignore", "!local.db\n")
+    write(tmp_path, "src/main.py", "edited")
+    write(tmp_path, "made.txt", "by the turn")
+    write(tmp_path, "data/made.db", "by the turn, ignored by the old rules")
+    c.take()  # the turn's end: the index now holds the user's files
+    restored = c.rollback(pre)
+
+    for rel, text in user.items():
+        assert (tmp_path / rel).read_text() == text, f"{rel} was touched"
+    assert (tmp_path / ".gitignore").read_text() == "*.db\nbuild/\n"
+    assert (tmp_path / "src/.gitignore").read_text() == "*.tmp\n"
+    assert (tmp_path / "src/main.py").read_text() == "main"
+    assert not (tmp_path / "made.txt").exists()
+    assert not (tmp_path / "data/.gitignore").exists()
+    # Ignored by the checkpoint's rules: lorch cannot know the turn made it.
+    assert (tmp_path / "data/made.db").exists()
+    assert restored == [
+        ".gitignore",
+        "data/.gitignore",
+        "made.txt",
+        "src/.gitignore",
+        "src/main.py",
+    ]
+    assert c.take() == pre
+
+
+def test_rollback_deletes_what_the_turn_hid_behind_rules_of_its_own(tmp_path: Path) -> None:
+    write(tmp_path, ".gitignore", "*.db\n")
+    write(tmp_path, "keep.txt", "k")
+    c = ck(tmp_path)
+    pre = c.take()
+    write(tmp_path, ".gitignore", "*.db\nhidden/\n*.log\n")
+    write(tmp_path, "hidden/payload.txt", "p")
+    write(tmp_path, "deep/er/run.log", "l")
+    write(tmp_path, "deep/er/.gitignore", "*\n")  # ignores itself and all beside it
+    write(tmp_path, "deep/er/more.txt", "m")
+    assert c.rollback(pre) == [
+        ".gitignore",
+        "deep/er/.gitignore",
+        "deep/er/more.txt",
+        "deep/er/run.log",
+        "hidden/payload.txt",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gitignore", "keep.txt", "state"]
+
+
+def test_an_ignore_file_that_ignores_itself_is_held_and_keeps_protecting(tmp_path: Path) -> None:
+    """``venv/.gitignore`` holding ``*`` (what ``python -m venv`` writes) is not
+    tracked by a plain ``git add -A``; a checkpoint holds it, so a turn that
+    removes it cannot make the rollback delete the venv."""
+    write(tmp_path, "venv/.gitignore", "*\n")
+    write(tmp_path, "venv/lib/site.py", "s")
+    write(tmp_path, "app.py", "a")
+    c = ck(tmp_path)
+    pre = c.take()
+    (tmp_path / "venv/.gitignore").unlink()
+    write(tmp_path, "venv/lib/new.py", "made by the turn, under the old rules ignored")
+    assert c.rollback(pre) == ["venv/.gitignore"]
+    assert (tmp_path / "venv/.gitignore").read_text() == "*\n"
+    assert (tmp_path / "venv/lib/site.py").read_text() == "s"
+
+
+def test_a_directory_arriving_with_its_own_ignore_file_is_scanned_whole(tmp_path: Path) -> None:
+    c = ck(tmp_path)
+    write(tmp_path, "a.txt", "a")
+    c.take()
+    made = tmp_path / "made"
+    write(tmp_path, "staging/.gitignore", "*\n")
+    write(tmp_path, "staging/x.txt", "x")
+    os.rename(tmp_path / "staging", made)
+    full = Checkpoints(tmp_path, tmp_path / "state" / "full.git", durable=False, watch=False)
+    tree = c.take()
+    assert tree == full.take()
+    held = _store_git(tmp_path / "state/checkpoints.git", "ls-tree", "-r", "--name-only", tree)
+    assert held.decode().split() == ["a.txt", "made/.gitignore"]
+
+
+def test_lorch_json_is_never_held_nor_touched_by_a_rollback(tmp_path: Path) -> None:
+    """lorch.json holds secrets (``env``): not in any checkpoint; a rollback to
+    a tree that holds it (a store written by an older lorch) leaves it alone."""
+    write(tmp_path, "lorch.json", '{"env": {"API_KEY": "k-123"}}')
+    write(tmp_path, "src/a.py", "a")
+    c = ck(tmp_path)
+    pre = c.take()
+    store = tmp_path / "state/checkpoints.git"
+    assert b"k-123" not in _all_objects(store)
+    write(tmp_path, "lorch.json", '{"env": {"API_KEY": "k-456"}}')
+    assert c.changed(pre, c.take()) == []
+    old = _tree_with(store, pre, "lorch.json", b'{"env": {"API_KEY": "k-000"}}')
+    write(tmp_path, "src/a.py", "edited")
+    assert c.rollback(old) == ["src/a.py"]
+    assert (tmp_path / "lorch.json").read_text() == '{"env": {"API_KEY": "k-456"}}'
+    (tmp_path / "lorch.json").unlink()
+    assert c.rollback(old) == []
+    assert not (tmp_path / "lorch.json").exists()
+
+
+def _store_git(store: Path, *args: str, given: bytes | None = None) -> bytes:
+    env = {"PATH": os.environ["PATH"], "GIT_DIR": str(store), "GIT_CONFIG_NOSYSTEM": "1"}
+    env["GIT_CONFIG_GLOBAL"] = os.devnull
+    return subprocess.run(
+        ["git", *args], env=env, input=given, capture_output=True, check=True
+    ).stdout
+
+
+def _all_objects(store: Path) -> bytes:
+    return _store_git(store, "cat-file", "--batch-all-objects", "--batch")
+
+
+def _tree_with(store: Path, tree: str, name: str, data: bytes) -> str:
+    blob = _store_git(store, "hash-object", "-w", "--stdin", given=data).strip()
+    listing = _store_git(store, "ls-tree", tree) + b"100644 blob " + blob + b"\t" + name.encode()
+    return _store_git(store, "mktree", given=listing + b"\n").decode().strip()
+
+
+# -- the store's git: a configuration lorch controls ---------------------------------
+
+
+def _tripwire(tmp_path: Path) -> tuple[Path, Path]:
+    """A script that records each run in a marker file (and passes stdin through)."""
+    marker = tmp_path / "ran"
+    script = tmp_path / "evil.sh"
+    script.write_text(f'#!/bin/sh\necho "$0 $*" >> "{marker}"\ncat\n')
+    script.chmod(0o755)
+    return script, marker
+
+
+def test_config_hooks_filters_and_alternates_planted_in_the_store_never_run(
+    tmp_path: Path,
+) -> None:
+    ws = tmp_path / "ws"
+    write(ws, "a.txt", "a")
+    c = ck(ws)
+    pre = c.take()
+    script, marker = _tripwire(tmp_path)
+    store = ws / "state/checkpoints.git"
+    elsewhere = tmp_path / "elsewhere/objects"
+    elsewhere.mkdir(parents=True)
+    planted_config = (
+        f"[core]\n\tfsmonitor = {script}\n\thooksPath = {store / 'hooks'}\n"
+        f'\tsplitIndex = false\n[filter "evil"]\n\tclean = {script}\n'
+        f"\tsmudge = {script}\n\tprocess = {script}\n[include]\n\tpath = {tmp_path / 'inc'}\n"
+    )
+    (tmp_path / "inc").write_text(f"[core]\n\tfsmonitor = {script}\n")
+    write(store, "config", planted_config)
+    write(store, "info/attributes", "* filter=evil\n")
+    write(store, "info/exclude", "*.txt\n")
+    for hook in ("post-index-change", "pre-commit", "post-checkout", "fsmonitor-watchman"):
+        write(store, f"hooks/{hook}", script.read_text(), exe=True)
+    write(store, "objects/info/alternates", str(elsewhere) + "\n")
+    write(ws, ".gitattributes", "* filter=evil\n")
+    write(ws, "a.txt", "edited")
+    write(ws, "b.txt", "b")
+    post = c.take()
+    assert c.changed(pre, post) == [".gitattributes", "a.txt", "b.txt"]
+    assert c.rollback(pre) == [".gitattributes", "a.txt", "b.txt"]
+    assert (ws / "a.txt").read_text() == "a"
+    assert not marker.exists(), f"lorch's git ran a planted command: {marker.read_text()}"
+    for rel in ("config", "info", "hooks", "objects/info/alternates"):
+        assert not (store / rel).exists(), rel
+    # A common directory named from the store, with a config of its own.
+    write(tmp_path, "elsewhere/config", planted_config)
+    write(store, "commondir", str(tmp_path / "elsewhere"))
+    write(store, "config.worktree", planted_config)
+    write(ws, "a.txt", "again")
+    assert c.changed(pre, c.take()) == ["a.txt"]
+    assert not marker.exists(), f"lorch's git ran a planted command: {marker.read_text()}"
+    assert not (store / "commondir").exists() and not (store / "config.worktree").exists()
+
+
+def test_a_config_planted_in_the_private_directory_changes_nothing(tmp_path: Path) -> None:
+    """Even there (outside the workspace): every key lorch sets comes from the
+    command line, which git reads last, and the directory is rebuilt."""
+    write(tmp_path, "a.txt", "a")
+    c = ck(tmp_path)
+    c.take()
+    script, marker = _tripwire(tmp_path)
+    private = c._git_setup.private
+    (private / "config").write_text(f"[core]\n\tfsmonitor = {script}\n")
+    (private / "info/exclude").write_text("*.txt\n")
+    write(tmp_path, "b.txt", "b")
+    assert "b.txt" in _store_git(tmp_path / "state/checkpoints.git", "ls-tree", c.take()).decode()
+    assert not marker.exists()
+    assert c._git_setup.private != private and not private.exists()
+
+
+def test_git_variables_of_lorchs_environment_never_reach_the_store_git(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script, marker = _tripwire(tmp_path)
+    trace = tmp_path / "trace"
+    fake_exec = tmp_path / "exec"
+    fake_exec.mkdir()
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", f"'core.fsmonitor'='{script}'")
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.fsmonitor")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", str(script))
+    monkeypatch.setenv("GIT_TRACE", str(trace))
+    monkeypatch.setenv("GIT_EXEC_PATH", str(fake_exec))  # no git-* helpers there
+    monkeypatch.setenv("GIT_OBJECT_DIRECTORY", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("GIT_ALTERNATE_OBJECT_DIRECTORIES", str(tmp_path / "elsewhere"))
+    write(tmp_path / "ws", "a.txt", "a")
+    c = ck(tmp_path / "ws")
+    pre = c.take()
+    write(tmp_path / "ws", "a.txt", "b")
+    assert c.rollback(pre) == ["a.txt"]
+    assert not marker.exists() and not trace.exists()
+    assert not (tmp_path / "elsewhere").exists()
+
+
+_DIRS = ["", "data", "src", "src/deep"]
+_FILES = st.sampled_from(
+    [f"{d}/{n}" if d else n for d in _DIRS for n in ("a.txt", "b.db", "c.log")]
+)
+_RULES = st.sampled_from(["", "*.db\n", "*.log\n!c.log\n", "*\n", "!b.db\n", "deep/\n", "*.txt\n"])
+_RULE_FILES = st.sampled_from([".gitignore", "data/.gitignore", "src/.gitignore"])
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    rules=st.dictionaries(_RULE_FILES, _RULES, max_size=3),
+    start=st.sets(_FILES, max_size=8),
+    turn_rules=st.dictionaries(_RULE_FILES, st.one_of(st.none(), _RULES), max_size=3),
+    made=st.sets(_FILES, max_size=6),
+    edited=st.sets(_FILES, max_size=4),
+)
+def test_a_rollback_deletes_exactly_what_the_checkpoints_rules_do_not_ignore(
+    rules: dict[str, str],
+    start: set[str],
+    turn_rules: dict[str, str | None],
+    made: set[str],
+    edited: set[str],
+) -> None:
+    """Whatever rules the turn writes: every file there before the turn is back
+    as it was (held or ignored), and a fresh checkpoint equals the old one (no
+    file the old rules would hold is left)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for rel, text in rules.items():
+            write(root, rel, text)
+        for rel in start:
+            write(root, rel, f"user {rel}")
+        c = ck(root)
+        pre = c.take()
+        before = tree_of(root)
+        held = set(
+            _store_git(root / "state/checkpoints.git", "ls-tree", "-r", "--name-only", pre)
+            .decode()
+            .split()
+        )
+        for rel, text in turn_rules.items():
+            if text is None:
+                with contextlib.suppress(FileNotFoundError):
+                    (root / rel).unlink()
+            else:
+                write(root, rel, text)
+        for rel in edited & held:
+            write(root, rel, "edited by the turn")
+        for rel in made - start:
+            write(root, rel, "made by the turn")
+        c.rollback(pre)
+        after = tree_of(root)
+        assert {k: v for k, v in after.items() if k in before} == before
+        assert c.take() == pre

@@ -123,8 +123,9 @@ def _edit(ws: Path, data: st.DataObject) -> None:
     elif kind == "gitignore":
         put(
             ws,
-            data.draw(st.sampled_from([".gitignore", "src/.gitignore"])),
-            data.draw(st.sampled_from(["*.log\n", "build/\n", "", "d\n"])),
+            data.draw(st.sampled_from([".gitignore", "src/.gitignore", "src/pkg/.gitignore"])),
+            # "*": an ignore file that ignores itself (held all the same).
+            data.draw(st.sampled_from(["*.log\n", "build/\n", "", "d\n", "*\n", "*\n!a.py\n"])),
         )
     elif kind == "mkdir":
         (ws / data.draw(st.sampled_from(DIRS[1:])) / "new" / "deeper").mkdir(
@@ -249,10 +250,11 @@ def test_a_refused_partial_add_falls_back_to_a_full_scan(
     agree(fast, full)
     real = fast._run
 
-    def refuse(args: tuple[str, ...], env: object, given: bytes | None = None) -> object:
-        if given is not None:  # a partial add: as if the directory vanished meanwhile
+    def refuse(args: tuple[str, ...], given: bytes | None = None, **kw: object) -> object:
+        if args[0] == "add" and "-A" in args and given is not None:
+            # A partial add: as if the directory vanished meanwhile.
             return subprocess.CompletedProcess(args, 128, b"", b"fatal: pathspec did not match")
-        return real(args, env, given)  # type: ignore[arg-type]
+        return real(args, given, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(fast, "_run", refuse)
     put(tmp_path, "src/gen/out.txt", "x")
