@@ -5,11 +5,16 @@ or ``*_PASSWORD``, in lorch's environment or in any ``agents.<role>.env``.
 Redaction works on decoded text: an agent's line is redacted after its JSON is
 decoded (so ``"\\u0073ecret"`` is seen as ``secret``), and a string lorch cuts
 (a protocol-error prefix, a stderr tail) is redacted, then cut, then stripped
-of a trailing piece that could be the start of a secret the cut went through.
+of a trailing piece that could be the start of a secret the cut went through
+(or, cut from the left, a leading piece that could be its end). Text that is
+still encoded (a JSON string's inside, quotes and backslashes escaped) is
+caught too: each secret is also looked for in its JSON-escaped forms.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from typing import Any
 
@@ -34,9 +39,11 @@ class Redactor:
 
     def __init__(self, secrets: list[str]) -> None:
         self.secrets = sorted(set(secrets), key=len, reverse=True)
-        self._bytes = [_encode(s) for s in self.secrets]
+        # Each secret as it is, and as it reads inside an encoded JSON string.
+        self._forms = sorted({f for s in self.secrets for f in _forms(s)}, key=len, reverse=True)
+        self._bytes = sorted({_encode(f) for f in self._forms}, key=len, reverse=True)
         self._pattern = (
-            re.compile("|".join(re.escape(s) for s in self.secrets)) if self.secrets else None
+            re.compile("|".join(re.escape(s) for s in self._forms)) if self._forms else None
         )
 
     def text(self, s: str) -> str:
@@ -72,16 +79,54 @@ class Redactor:
         s = self.text(s)
         if len(s) <= n and whole:
             return s
-        return self._mask_tail(s[:n])
+        s = s[:n]
+        k = self.secret_start(s)
+        return s[: len(s) - k] + MASK if k else s
 
-    def _mask_tail(self, s: str) -> str:
+    def tail(self, s: str, n: int) -> str:
+        """The last ``n`` characters of ``s``, redacted, safe at the cut.
+
+        The mirror of :meth:`cut`: a leading piece that is the end of a secret
+        (whose beginning the cut took away) is masked.
+        """
+        s = self.text(s)
+        if len(s) <= n:
+            return s
+        s = s[len(s) - n :]
+        k = self.secret_end(s)
+        return MASK + s[k:] if k else s
+
+    def secret_start(self, s: str) -> int:
+        """The length of the longest trailing piece of ``s`` that begins a secret
+        (in any of its forms) without being all of it: text that may go on with
+        the rest of the secret, so it may not be shown on its own."""
         longest = 0
-        for secret in self.secrets:
-            for k in range(min(len(secret) - 1, len(s)), longest, -1):
-                if s.endswith(secret[:k]):
+        for form in self._forms:
+            for k in range(min(len(form) - 1, len(s)), longest, -1):
+                if s.endswith(form[:k]):
                     longest = k
                     break
-        return s[: len(s) - longest] + MASK if longest else s
+        return longest
+
+    def secret_end(self, s: str) -> int:
+        """The length of the longest leading piece of ``s`` that ends a secret
+        without being all of it (text that may follow the secret's beginning)."""
+        longest = 0
+        for form in self._forms:
+            for k in range(min(len(form) - 1, len(s)), longest, -1):
+                if s.startswith(form[len(form) - k :]):
+                    longest = k
+                    break
+        return longest
+
+
+def _forms(secret: str) -> set[str]:
+    """``secret`` and its JSON-escaped forms (quotes, backslashes, controls, non-ASCII)."""
+    forms = {secret}
+    for ascii_only in (False, True):
+        with contextlib.suppress(UnicodeEncodeError, ValueError):
+            forms.add(json.dumps(secret, ensure_ascii=ascii_only)[1:-1])
+    return forms
 
 
 def _encode(s: str) -> bytes:

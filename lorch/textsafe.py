@@ -28,3 +28,8 @@ def visible(text: str) -> str:
     caller printing one line escapes or splits on ``\\n`` itself.
     """
     return text.translate(_TABLE)
+
+
+def visible_line(text: str) -> str:
+    """``text`` as one line: as :func:`visible`, with newlines and tabs escaped too."""
+    return visible(text).replace("\n", "\\n").replace("\t", "\\t")

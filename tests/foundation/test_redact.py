@@ -101,3 +101,27 @@ def test_cut_never_shows_a_secret_piece_at_the_cut(text: str, n: int, whole: boo
     if len(R.text(s)) > n or not whole:
         tail = out[-len(SECRET) :]
         assert not any(tail.endswith(SECRET[:k]) for k in range(1, len(SECRET)))
+
+
+def test_a_secret_is_found_in_its_json_escaped_forms_too() -> None:
+    quoted = 'pa"ss\\word-\x01-é-value'
+    r = Redactor([quoted])
+    for form in (json.dumps(quoted)[1:-1], json.dumps(quoted, ensure_ascii=False)[1:-1]):
+        assert r.text(f"x{form}y") == f"x{MASK}y"
+        assert r.raw(f"x{form}y".encode()) == f"x{MASK}y".encode()
+
+
+@given(st.text(max_size=120), st.integers(0, 200))
+def test_tail_never_shows_a_secret_piece_at_the_cut(text: str, n: int) -> None:
+    s = (text + SECRET + text)[-(n + 5) :]
+    out = R.tail(s, n)
+    assert SECRET not in out
+    if len(R.text(s)) > n:
+        head = out[: len(SECRET)]
+        assert not any(head.startswith(SECRET[-k:]) for k in range(1, len(SECRET)))
+
+
+def test_secret_start_and_end_measure_the_pieces_at_the_edges() -> None:
+    assert R.secret_start("abc " + SECRET[:7]) == 7
+    assert R.secret_start("abc") == 0
+    assert R.secret_end(SECRET[-5:] + " abc") == 5

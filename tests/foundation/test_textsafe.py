@@ -39,3 +39,9 @@ def test_nothing_dangerous_survives(text: str) -> None:
     assert not any(ord(ch) in DANGEROUS for ch in out)
     if not any(ord(ch) in DANGEROUS for ch in text):
         assert out == text
+
+
+def test_one_line_form_escapes_newlines_and_tabs() -> None:
+    from lorch.textsafe import visible_line
+
+    assert visible_line("a\nb\tc\r\x1b") == "a\\nb\\tc\\x0d\\x1b"
