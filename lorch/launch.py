@@ -146,6 +146,8 @@ class AcpTransport:
                     take=ck.take,
                     changed=ck.changed,
                     init_timeout_s=start_timeout(cfg, self.config.policy.heartbeat_misses),
+                    test_timeout_s=cfg.test_timeout_s,
+                    max_updates_per_turn=cfg.max_updates_per_turn,
                 )
 
             self._transport = AcpTransport(settings)

@@ -24,6 +24,7 @@ from lorch.errors import LorchError, PathEscape, SchemaError
 from lorch.paths import safe_relpath
 from lorch.prompts import verdict_path
 from lorch.protocol import Record
+from lorch.redact import NO_SECRETS, Redactor
 from lorch.snapshot import EXCLUDED_NAMES
 
 SPEC_EVENTS = {
@@ -147,7 +148,8 @@ def log_event(command: Record, agent_id: str, message: str, **payload: Any) -> R
     return event(command, agent_id, "log", payload={"message": message, **payload})
 
 
-def one_line(e: BaseException) -> str:
-    """An exception as one short line, for an error event or a log entry."""
+def one_line(e: BaseException, redactor: Redactor = NO_SECRETS) -> str:
+    """An exception as one short line, for an error event or a log entry
+    (redacted before it is cut: it may quote what the agent sent)."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
+    return redactor.cut(f"{type(e).__name__}: {text[0] if text else ''}", 500)

@@ -4,16 +4,20 @@ What the agent says on the way (``session/update``) becomes ``log`` events:
 message text coalesced into one line per burst, tool calls with
 kind/title/status, plans; a permission decision becomes a ``system.permission``
 record, in order with them. Everything is cleaned before the ledger sees it
-(redacted, no control characters, cut to size) and posted to the engine's
-inbox in bursts: waking the engine's thread costs more than a line.
+(redacted first, control characters made visible, then cut to size, never
+leaving the beginning of a secret at a cut) and posted to the engine's inbox in
+bursts: waking the engine's thread costs more than a line. A turn records at
+most ``max_records`` lines; past that, ``on_limit`` is told once and the turn
+records nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +26,13 @@ from lorch.acp.events import log_event
 from lorch.acp.policy import Decision, agent_path
 from lorch.errors import PathEscape
 from lorch.protocol import Record
+from lorch.textsafe import visible
 from lorch.transport import Inbox, Incoming, Launch, TurnCheckpoint
 
 TEXT_LIMIT = 4000  # characters of agent text per string of a ledger record
 LIST_LIMIT = 100  # items of a list (paths, artifacts are lorch's own and few)
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\x9b]")
+REASON_LIMIT = 500  # characters of a failed tool call's own error text
+MAX_RECORDS = 10_000  # lines one turn may record ($.agents.ROLE.max_updates_per_turn)
 HEARTBEAT_EVERY_S = 0.5
 POST_EVERY_S = 0.02
 # Updates that go to the agent's log only.
@@ -45,9 +51,19 @@ class Outbox:
     """The items of one agent (``launch``) for the engine's ``inbox``, posted from ``loop``."""
 
     def __init__(
-        self, launch: Launch, inbox: Inbox, loop: asyncio.AbstractEventLoop, workspace: Path
+        self,
+        launch: Launch,
+        inbox: Inbox,
+        loop: asyncio.AbstractEventLoop,
+        workspace: Path,
+        *,
+        max_records: int = MAX_RECORDS,
+        on_limit: Callable[[str], None] | None = None,
     ) -> None:
         self.launch = launch
+        self.redactor = launch.redactor
+        self.max_records = max_records
+        self.on_limit = on_limit
         self.inbox = inbox
         self.loop = loop
         self.workspace = workspace
@@ -56,6 +72,8 @@ class Outbox:
         self.agent_id = f"{launch.role}#{launch.generation}"
         self.command: Record | None = None  # what the lines of the turn are recorded for
         self._text: list[str] = []
+        self._text_len = 0
+        self._records = 0  # lines recorded in this turn
         self._tools: dict[str, tuple[str, str]] = {}
         self._held: list[Incoming] = []
         self._post_due = False
@@ -63,7 +81,14 @@ class Outbox:
 
     def start_turn(self) -> None:
         self._text.clear()
+        self._text_len = 0
+        self._records = 0
         self._tools.clear()
+
+    @property
+    def capped(self) -> bool:
+        """Has this turn used up its lines (nothing more is recorded)?"""
+        return self._records > self.max_records
 
     # -- posting -------------------------------------------------------------------
 
@@ -110,17 +135,25 @@ class Outbox:
             self.inbox.post(Incoming(self.role, self.generation, "heartbeat"))
 
     def clean(self, value: Any) -> Any:
-        """What the agent said, fit for the ledger and a terminal: redacted, no control
-        characters (an escape sequence must not reach the user's terminal), cut to size."""
+        """What the agent said, fit for the ledger and a terminal: redacted, control
+        characters made visible (an escape sequence must not reach the user's
+        terminal), cut to size."""
         if isinstance(value, str):
-            text = _CONTROL.sub("?", self.launch.redactor.text(value))
-            return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
+            return self.shown(value, TEXT_LIMIT)
         if isinstance(value, dict):
             # Artifacts are lorch's own (paths it listed, hashes it computed): whole.
             return {k: v if k == "artifacts" else self.clean(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.clean(v) for v in value[:LIST_LIMIT]]
         return value
+
+    def shown(self, text: str, limit: int) -> str:
+        """``text`` redacted, then made visible, then cut to ``limit`` characters
+        (a cut never ends with the beginning of a secret)."""
+        text = visible(self.redactor.text(text))
+        if len(text) <= limit:
+            return text
+        return self.redactor.cut(text, limit) + "…"
 
     # -- what the agent says ----------------------------------------------------------
 
@@ -130,25 +163,58 @@ class Outbox:
         self._say(message, **payload)
 
     def _say(self, message: str, **payload: Any) -> None:
-        if self.command is not None:
+        if self.command is not None and self._count():
             self.post(log_event(self.command, self.agent_id, message, **payload))
 
-    def flush_text(self) -> None:
-        if self._text:
-            text = "".join(self._text).strip()
-            self._text.clear()
-            if text:
-                cut = text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
-                self._say(cut, acp="agent_message")
+    def _count(self) -> bool:
+        """May one more line of this turn be recorded? The first one past
+        ``max_records`` tells ``on_limit`` (once) and none is recorded."""
+        if self.command is None or self.capped:
+            return False
+        self._records += 1
+        if not self.capped:
+            return True
+        self._text.clear()
+        self._text_len = 0
+        if self.on_limit is not None:
+            self.on_limit(
+                f"agent {self.role} sent more than {self.max_records} session updates in one "
+                f"turn (the limit $.agents.{self.role}.max_updates_per_turn)"
+            )
+        return False
+
+    def flush_text(self, *, final: bool = True) -> None:
+        """Record the message text so far as one line.
+
+        Redacted as a whole before any cut. ``final=False`` (the text goes on):
+        a trailing piece that may be the beginning of a secret stays for the
+        next line, so the secret is seen whole there.
+        """
+        if not self._text:
+            return
+        text = self.redactor.text("".join(self._text))
+        self._text.clear()
+        self._text_len = 0
+        keep = 0 if final else self.redactor.secret_start(text)
+        if keep:
+            self._text.append(text[len(text) - keep :])
+            self._text_len = keep
+            text = text[: len(text) - keep]
+        text = text.strip()
+        if text:
+            self._say(self.shown(text, TEXT_LIMIT), acp="agent_message")
 
     def on_update(self, update: Any) -> None:
         kind = getattr(update, "session_update", "")
+        if self.capped:
+            return
         if kind == "agent_message_chunk":
             text = getattr(update.content, "text", None)
             if isinstance(text, str):
                 self._text.append(text)
-                if sum(map(len, self._text)) >= TEXT_LIMIT:
-                    self.flush_text()
+                self._text_len += len(text)
+                if self._text_len >= TEXT_LIMIT:
+                    self.flush_text(final=False)
             return
         if kind in _LOG_ONLY:
             return
@@ -157,37 +223,45 @@ class Outbox:
             tid, title = update.tool_call_id, update.title
             tkind = str(update.kind or "other")
             self._tools[tid] = (tkind, title)
-            self.say(
-                f"tool {tkind}: {title} [{update.status or 'pending'}]",
-                acp="tool_call",
-                tool_call_id=tid,
-                kind=tkind,
-                title=title,
-                status=update.status or "pending",
-            )
+            self._tool_line(tid, tkind, title, str(update.status or "pending"), update)
         elif kind == "tool_call_update":
             status = update.status
             if status in ("completed", "failed"):
                 tkind, title = self._tools.get(
                     update.tool_call_id, (str(update.kind or "other"), update.title or "?")
                 )
-                self.say(
-                    f"tool {tkind}: {update.title or title} [{status}]",
-                    acp="tool_call",
-                    tool_call_id=update.tool_call_id,
-                    kind=tkind,
-                    title=update.title or title,
-                    status=status,
-                )
+                self._tool_line(update.tool_call_id, tkind, update.title or title, status, update)
         elif kind == "plan":
             entries = getattr(update, "entries", None) or []
             shown = "; ".join(f"[{e.status}] {e.content}" for e in entries)
             self.say(f"plan: {shown}", acp="plan", entries=len(entries))
 
+    def _tool_line(self, tid: str, tkind: str, title: str, status: str, update: Any) -> None:
+        """A tool call's line; a failed one says why, in the tool's own words."""
+        extra: dict[str, Any] = {}
+        line = f"tool {tkind}: {title} [{status}]"
+        if status == "failed":
+            reason = tool_error(update)
+            if reason:
+                # One line: redacted, control characters visible, cut (in that order).
+                extra["error"] = self.shown(" ".join(reason.split()), REASON_LIMIT)
+                line += f": {extra['error']}"
+        self.say(
+            line,
+            acp="tool_call",
+            tool_call_id=tid,
+            kind=tkind,
+            title=title,
+            status=status,
+            **extra,
+        )
+
     def decided(self, request: str, title: str, decision: Decision) -> None:
         """A permission decision: a ``system.permission`` record (the engine writes it),
         in order with the turn's lines, so the transcript shows it where it was made."""
         self.flush_text()
+        if not self._count():
+            return
         payload = {
             "request": request,
             "kind": decision.kind,
@@ -211,3 +285,30 @@ class Outbox:
             )
         except (PathEscape, ValueError):
             return path
+
+
+def tool_error(update: Any) -> str:
+    """A failed tool call's own error text: its text content, else its ``rawOutput``."""
+    parts = []
+    for item in getattr(update, "content", None) or []:
+        text = getattr(getattr(item, "content", None), "text", None)
+        if isinstance(text, str) and text.strip():
+            parts.append(text.strip())
+    if parts:
+        return " ".join(parts)
+    raw = getattr(update, "raw_output", None)
+    if isinstance(raw, dict):
+        for key in ("error", "message", "stderr", "output"):
+            value = raw.get(key)
+            if isinstance(value, dict):
+                value = value.get("message")
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    if isinstance(raw, str):
+        return raw.strip()
+    if raw is None or raw == {} or raw == []:
+        return ""
+    try:
+        return json.dumps(raw, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return ""

@@ -3,8 +3,14 @@
 :class:`AcpTransport` starts one :class:`AcpPort` per agent: the process in its
 own group, the SDK's connection over its stdio, ``initialize`` (its answer is the
 ``ready`` item), and stop / kill (a turn in flight is asked ``session/cancel``
-first). Every message goes whole into the agent's log; a command becomes a
-:class:`~lorch.acp.turn.Turn`.
+first). Every message goes whole into the agent's log (redacted as decoded
+values, before it is encoded); a command becomes a :class:`~lorch.acp.turn.Turn`.
+
+The SDK talks to the agent through a :class:`~lorch.acp.wire.Wire` (lines
+bounded by the run's line limit, every message checked). What the connection
+cannot go on with — a malformed message, a line past the limit, a turn past
+its ``max_updates_per_turn``, the SDK's receive loop failing — is a fault: one
+``error`` item naming the role and the cause, so the attempt fails at once.
 """
 
 from __future__ import annotations
@@ -34,13 +40,21 @@ from lorch.acp.outbox import Outbox
 from lorch.acp.policy import Policy
 from lorch.acp.terminals import Terminals
 from lorch.acp.turn import AUTH_REQUIRED, Turn
+from lorch.acp.wire import AcpFault, Wire
 from lorch.errors import AgentError
+from lorch.procs import signal_group
 from lorch.protocol import Record
+from lorch.textsafe import visible_line
 from lorch.transport import Inbox, Incoming, Launch, SendContext
 
 INIT_TIMEOUT_S = 60.0
-# A JSON-RPC message may be large (a file's content); lines beyond this are an error.
-LINE_LIMIT = 64 * 1024 * 1024
+TEST_TIMEOUT_S = 600.0
+MAX_UPDATES_PER_TURN = 10_000
+# The pipes' read buffers; a message's line limit is the Wire's (launch.line_limit).
+STREAM_LIMIT = 1 << 16
+# How long a fault's report waits for the notifications before it to be handled.
+NOTIFICATIONS_S = 1.0
+STDERR_TAIL = 500  # characters of the last stderr line kept for a failure message
 LOG_FLUSH_S = 0.05
 # How long kill() lets an agent answer session/cancel before the group is killed.
 CANCEL_GRACE_S = 0.5
@@ -59,6 +73,10 @@ class AcpSettings:
     take: Callable[[], str] | None = None
     changed: Callable[[str, str], list[str]] | None = None
     init_timeout_s: float = INIT_TIMEOUT_S
+    # How long the task's test command may run after a builder turn.
+    test_timeout_s: float = TEST_TIMEOUT_S
+    # Lines one turn may record before the attempt fails.
+    max_updates_per_turn: int = MAX_UPDATES_PER_TURN
 
 
 class AcpTransport:
@@ -100,7 +118,17 @@ class AcpPort:
         self._unready = ""  # why initialize failed
         self.policy = Policy(settings.workspace, settings.permissions)
         self._loop = Loop.get()
-        self.out = Outbox(launch, inbox, self._loop.loop, settings.workspace)
+        self.out = Outbox(
+            launch,
+            inbox,
+            self._loop.loop,
+            settings.workspace,
+            max_records=settings.max_updates_per_turn,
+            on_limit=lambda reason: self.fault(AcpFault(reason)),
+        )
+        self.wire: Wire | None = None
+        self.faulted: AcpFault | None = None  # why the connection cannot go on
+        self.test_groups: set[int] = set()  # process groups of test commands running
         self.terminals = Terminals(settings.workspace, launch.env)
         self._proc: asyncio.subprocess.Process | None = None
         self.conn: Any = None
@@ -140,7 +168,7 @@ class AcpPort:
             reason = f"no answer to ACP initialize in {timeout:g} s" + self._stderr_hint()
         if reason:
             self.kill()
-            raise AgentError(f"agent {self.role} ({self.argv[0]}): {reason}")
+            raise AgentError(f"agent {self.role} ({visible_line(self.argv[0])}): {reason}")
 
     def _stderr_hint(self) -> str:
         return f"; its stderr said: {self.last_stderr}" if self.last_stderr else ""
@@ -157,7 +185,7 @@ class AcpPort:
                     cwd=str(self.launch.cwd),
                     env=dict(self.launch.env),
                     start_new_session=True,  # its own process group: killed as one
-                    limit=LINE_LIMIT,
+                    limit=STREAM_LIMIT,
                 )
             except OSError as e:
                 raise AgentError(f"agent {self.role}: cannot start {self.argv[0]}: {e}") from None
@@ -167,8 +195,13 @@ class AcpPort:
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._drain_stderr(proc))]
             client = cast(sdk.Client, Client(self))  # elicitation: not offered
-            conn = sdk.connect_to_agent(client, proc.stdin, proc.stdout, observers=[self._observe])
+            assert proc.stdin is not None and proc.stdout is not None
+            self.wire = Wire(self.role, proc.stdout, proc.stdin, self.launch.line_limit, self.fault)
+            conn = sdk.connect_to_agent(client, self.wire, observers=[self._observe])
             lenient_session_updates(conn, self)
+            receiving = getattr(conn._conn, "_recv_task", None)
+            if isinstance(receiving, asyncio.Future):
+                receiving.add_done_callback(self._receiving_ended)
             self.conn = conn
             self._init_task = loop.create_task(self._initialize(proc, conn, timeout))
             self._tasks.append(loop.create_task(self._watch_exit(proc)))
@@ -198,19 +231,23 @@ class AcpPort:
         except TimeoutError:
             reason = f"no answer to ACP initialize in {timeout:g} s" + self._stderr_hint()
         except sdk.RequestError as e:
-            reason = f"ACP initialize failed: {e} (code {e.code})"
+            reason = f"ACP initialize failed: {self._shown(str(e))} (code {e.code})"
         except (ConnectionError, ValidationError) as e:
-            await asyncio.sleep(0)  # let the stderr reader catch up
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 1.0)
-            what = (
-                f"exited (code {proc.returncode})"
-                if proc.returncode is not None
-                else f"answered initialize with a bad message: {one_line(e)}"
-            )
-            reason = f"{what} before ACP initialize completed" + self._stderr_hint()
+            if self.faulted is not None:
+                reason = self._shown(str(self.faulted))
+            else:
+                await asyncio.sleep(0)  # let the stderr reader catch up
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 1.0)
+                what = (
+                    f"exited (code {proc.returncode})"
+                    if proc.returncode is not None
+                    else "answered initialize with a bad message: "
+                    + self._shown(one_line(e, self.launch.redactor))
+                )
+                reason = f"{what} before ACP initialize completed" + self._stderr_hint()
         except Exception as e:  # an SDK fault must not leave the start-up hanging
-            reason = f"ACP initialize failed: {one_line(e)}"
+            reason = f"ACP initialize failed: {self._shown(one_line(e, self.launch.redactor))}"
         if reason:
             self._unready = reason
             if proc.returncode is None:
@@ -222,8 +259,56 @@ class AcpPort:
 
     # -- the engine's side -------------------------------------------------------
 
+    def _shown(self, text: str) -> str:
+        """Agent text for a one-line reason: redacted, control characters visible."""
+        return visible_line(self.launch.redactor.text(text))
+
+    def fault(self, error: AcpFault) -> None:
+        """The connection cannot go on: say why once, and end it.
+
+        During ``initialize`` its answer's failure says it; otherwise an
+        ``error`` item (a protocol error: with a turn in flight, the attempt
+        fails at once) and the agent is killed.
+        """
+        if self.faulted is not None:
+            return
+        self.faulted = error
+        self.log({"stream": "acp", "fault": str(error)})
+        if self.wire is not None:
+            self.wire.stop(error)  # the SDK sees the end: what it has in flight fails
+        if self._init_task is None or not self._init_task.done():
+            return
+        self._tasks.append(self._loop.loop.create_task(self._report(error)))
+
+    async def _report(self, error: AcpFault) -> None:
+        # What the agent said before the fault is handled first (the SDK handles each
+        # notification in a task of its own), so the ledger keeps the order.
+        conn = self.conn
+        tasks = getattr(getattr(getattr(conn, "_conn", None), "_tasks", None), "_tasks", ())
+        said = [t for t in tasks if t.get_name() == "acp.Connection.notification"]
+        if said:
+            await asyncio.wait(said, timeout=NOTIFICATIONS_S)
+        self.out.flush_text()
+        self.out.post_held()
+        self.inbox.post(
+            Incoming(self.role, self.generation, "error", error=error, raw_size=error.size)
+        )
+        # Its connection is over: the agent goes (its exit item follows the error).
+        self._signal(signal.SIGKILL)
+
+    def _receiving_ended(self, task: asyncio.Future[Any]) -> None:
+        """The SDK's receive loop ended: a failure of its own is a fault too."""
+        if task.cancelled() or self.faulted is not None:
+            return
+        exc = task.exception()
+        if exc is not None:
+            reason = f"agent {self.role}: the ACP connection failed: " + self._shown(
+                one_line(exc, self.launch.redactor)
+            )
+            self.fault(AcpFault(reason))
+
     def send(self, command: dict[str, Any], line: bytes, context: SendContext) -> bool:
-        if not self.alive():
+        if not self.alive() or self.faulted is not None:
             return False
         self.out.command = command
         self._turn = self._loop.spawn(Turn(self, command, context).run())
@@ -259,6 +344,7 @@ class AcpPort:
             self.cancel()
             with contextlib.suppress(Exception):
                 self._turn.result(CANCEL_GRACE_S)
+        self.kill_tests()
         self._signal(signal.SIGKILL)
         rc = self._wait(5.0)
         self._release()
@@ -266,8 +352,12 @@ class AcpPort:
 
     def _signal(self, sig: int) -> None:
         if self.pgid > 0:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pgid, sig)
+            signal_group(self.pgid, sig)
+
+    def kill_tests(self) -> None:
+        """End the process group of every test command still running (an abandoned turn's)."""
+        for pgid in list(self.test_groups):
+            signal_group(pgid, signal.SIGKILL)
 
     def _wait(self, timeout: float) -> int | None:
         if self._proc is None:
@@ -276,6 +366,7 @@ class AcpPort:
         return self._proc.returncode
 
     def _release(self) -> None:
+        self.kill_tests()
         self.terminals.close()
         if self.conn is not None:
             conn, self.conn = self.conn, None
@@ -292,8 +383,10 @@ class AcpPort:
     def log(self, entry: Record) -> None:
         if self._log.closed:
             return
+        # Redacted as decoded values: encoding escapes a secret's quotes and backslashes.
+        entry = self.launch.redactor.value(entry)
         line = json.dumps({"at": protocol.now_rfc3339(), **entry}, ensure_ascii=False)
-        self._log.write(self.launch.redactor.text(line) + "\n")
+        self._log.write(line + "\n")
         # Flushed soon rather than per line: one write for a burst of messages.
         if not self._flush_due:
             self._flush_due = True
@@ -320,7 +413,8 @@ class AcpPort:
             if not raw:
                 return
             text = raw.decode("utf-8", "replace").rstrip("\n")
-            self.last_stderr = self.launch.redactor.text(text)[-500:]
+            # Redacted before it is cut; shown with its control characters visible.
+            self.last_stderr = visible_line(self.launch.redactor.tail(text, STDERR_TAIL))
             self.log({"stream": "stderr", "line": text})
             if self.launch.on_stderr is not None:
                 self.launch.on_stderr(f"[{self.role} stderr] {self.last_stderr}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 from typing import TYPE_CHECKING, Any
 
 import acp as sdk
@@ -32,7 +33,9 @@ from lorch.acp.loop import PORT
 from lorch.acp.outbox import TEXT_LIMIT
 from lorch.acp.policy import agent_path
 from lorch.errors import PathEscape
+from lorch.procs import signal_group
 from lorch.protocol import Record
+from lorch.redact import Redactor
 from lorch.transport import SendContext, TurnCheckpoint
 
 if TYPE_CHECKING:
@@ -40,6 +43,12 @@ if TYPE_CHECKING:
 
 AUTH_REQUIRED = -32000
 FINISHED = ("end_turn", "max_tokens", "max_turn_requests")
+DATA_LIMIT = 300  # characters of an error's data shown in its message
+SUMMARY_LIMIT = 300  # characters of the test output's last line in its summary
+TEST_OUTPUT_KEPT = 1 << 16  # bytes of the test output's tail kept for the log
+# How long the test command's output may still be read once its group is killed
+# (a process that left the group may hold the pipe).
+TEST_DRAIN_S = 2.0
 
 
 class Turn:
@@ -59,13 +68,17 @@ class Turn:
         try:
             message = await self._body()
         except (ConnectionError, asyncio.CancelledError):
-            return  # the agent is gone: its exit item tells the engine
+            return  # the agent is gone (its exit item tells the engine) or faulted (its error)
         except Exception as e:  # an SDK or agent fault must not end lorch
-            if not port.alive():
+            if not port.alive() or port.faulted is not None:
                 return
-            message = error_event(command, port.agent_id, "acp_error", one_line(e))
+            message = error_event(
+                command, port.agent_id, "acp_error", one_line(e, port.launch.redactor)
+            )
         finally:
             PORT.reset(token)
+        if port.faulted is not None:
+            return  # its error item has ended the attempt already
         port.out.flush_text()
         port.flush_log()
         if port.alive() or message.get("event") != "error":
@@ -101,7 +114,7 @@ class Turn:
                 command,
                 port.agent_id,
                 "acp_error",
-                f"agent {port.role}: {e} (code {e.code})" + _data(e.data),
+                f"agent {port.role}: {e} (code {e.code})" + _data(e.data, port.launch.redactor),
             )
         finally:
             port.session = None
@@ -148,6 +161,7 @@ class Turn:
             return {"status": "pass", "summary": NO_TESTS}
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         shown = cmd if isinstance(cmd, str) else " ".join(cmd)
+        timeout = port.settings.test_timeout_s
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -156,25 +170,65 @@ class Turn:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True,  # its own group: whatever it starts ends with it
             )
         except OSError as e:
             summary = f"{shown}: cannot run: {e.strerror}"
             port.out.say(f"tests: {summary}", acp="tests")
             return {"status": "fail", "summary": summary}
-        out, _ = await proc.communicate()
-        port.log({"stream": "tests", "line": out.decode("utf-8", "replace")[-TEXT_LIMIT:]})
-        last = next(
-            (ln for ln in reversed(out.decode("utf-8", "replace").splitlines()) if ln.strip()),
-            "",
-        )
-        status = "pass" if proc.returncode == 0 else "fail"
-        summary = f"{shown}: exit {proc.returncode}" + (f": {last.strip()[:300]}" if last else "")
+        # The port ends the group if the turn is abandoned (AcpPort.kill, lorch exiting).
+        port.test_groups.add(proc.pid)
+        out = bytearray()
+        assert proc.stdout is not None
+        reader = asyncio.ensure_future(_read_tail(proc.stdout, out))
+        rc: int | None = None
+        try:
+            rc = await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            # Done, timed out or abandoned: nothing the command started outlives the turn.
+            signal_group(proc.pid, signal.SIGKILL)
+            port.test_groups.discard(proc.pid)
+            if rc is None:
+                reader.cancel()
+        code = await proc.wait()
+        if rc is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), TEST_DRAIN_S)
+            reader.cancel()
+        red = port.launch.redactor
+        text = out.decode("utf-8", "replace")
+        port.log({"stream": "tests", "line": red.tail(text, TEXT_LIMIT)})
+        last = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "").strip()
+        said = f": {red.cut(last, SUMMARY_LIMIT)}" if last else ""
+        if rc is None:
+            status = "fail"
+            summary = (
+                f"{shown}: timed out after {timeout:g} s ($.agents.{port.role}.test_timeout_s); "
+                "its process group was killed" + said
+            )
+        else:
+            status = "pass" if code == 0 else "fail"
+            summary = f"{shown}: exit {code}{said}"
         port.out.say(f"tests {status}: {summary}", acp="tests")
         return {"status": status, "summary": summary}
 
 
-def _data(data: Any) -> str:
+async def _read_tail(stream: asyncio.StreamReader, out: bytearray) -> None:
+    """Read ``stream`` to its end, keeping only its last :data:`TEST_OUTPUT_KEPT` bytes."""
+    while chunk := await stream.read(65536):
+        out += chunk
+        if len(out) > TEST_OUTPUT_KEPT:
+            del out[: len(out) - TEST_OUTPUT_KEPT]
+
+
+def _data(data: Any, redactor: Redactor) -> str:
+    """An error's data for its message: redacted as decoded values, then cut."""
     if not data:
         return ""
-    return ": " + json.dumps(data, ensure_ascii=False)[:300]
+    try:
+        text = json.dumps(redactor.value(data), ensure_ascii=False)
+    except (TypeError, ValueError):
+        return ""
+    return ": " + redactor.cut(text, DATA_LIMIT)

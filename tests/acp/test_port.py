@@ -423,8 +423,8 @@ def test_what_the_agent_says_is_redacted_and_cannot_drive_the_terminal(acp: Harn
     port = acp.port(script, secrets=["sk-live-123456"])
     items, end = acp.turn(port, command())
     said = lines(items)
-    assert "key *** then ?[2Jcleared" in said
+    assert "key *** then \\x1b[2Jcleared" in said
     assert not any("\x1b" in x or "\x07" in x for x in said)
-    assert decisions(items)[0]["title"] == "Edit ?]0;pwned? ***"
+    assert decisions(items)[0]["title"] == "Edit \\x1b]0;pwned\\x07 ***"
     for i in [*items, end]:
         assert i.message is None or "sk-live-123456" not in json.dumps(i.message)
