@@ -34,6 +34,17 @@ NEW_DIR_MODE = 0o755
 Root = str | os.PathLike[str] | int
 
 
+class SymlinkRefused(PathEscape):
+    """A symlink where lorch opens a path component by component: never followed."""
+
+    def __init__(self, rel: str, name: str) -> None:
+        super().__init__(
+            f"path {rel!r} leads outside the workspace (through a symlink: {name!r}); "
+            "lorch never follows a symlink"
+        )
+        self.name = name
+
+
 class NotRegular(OSError):
     """A FIFO, device, socket or directory where a regular file was expected."""
 
@@ -77,11 +88,8 @@ def split(rel: str) -> list[str]:
     return parts
 
 
-def _symlink(rel: str, name: str) -> PathEscape:
-    return PathEscape(
-        f"path {rel!r} leads outside the workspace (through a symlink: {name!r}); "
-        "lorch never follows a symlink"
-    )
+def _symlink(rel: str, name: str) -> SymlinkRefused:
+    return SymlinkRefused(rel, name)
 
 
 def _is_link(dfd: int, name: str) -> bool:
@@ -97,8 +105,9 @@ def _open_root(root: Root) -> int:
     return os.open(os.fspath(root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def _step(dfd: int, name: str, rel: str, create: bool, mode: int) -> int:
-    """Open directory ``name`` in ``dfd`` without following a symlink (made first if ``create``)."""
+def _step(dfd: int, name: str, rel: str, create: bool, mode: int, exact: bool) -> int:
+    """Open directory ``name`` in ``dfd`` without following a symlink (made first if ``create``;
+    with exactly ``mode``, whatever the umask, if ``exact``)."""
     try:
         return os.open(name, DIR_FLAGS, dir_fd=dfd)
     except FileNotFoundError:
@@ -108,29 +117,63 @@ def _step(dfd: int, name: str, rel: str, create: bool, mode: int) -> int:
         if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and _is_link(dfd, name):
             raise _symlink(rel, name) from None
         raise
+    made = False
     with contextlib.suppress(FileExistsError):  # made meanwhile: opened below, no-follow
         os.mkdir(name, mode, dir_fd=dfd)
-        with contextlib.suppress(OSError):
-            os.fsync(dfd)
+        made = True
     try:
-        return os.open(name, DIR_FLAGS, dir_fd=dfd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=dfd)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and _is_link(dfd, name):
             raise _symlink(rel, name) from None
         raise
+    if made:
+        try:
+            if exact:
+                os.fchmod(fd, mode)
+            os.fsync(dfd)  # the new entry is durable before anything is put in it
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
+
+
+def open_dir_fd(
+    root: Root,
+    parts: list[str],
+    rel: str = "",
+    *,
+    create: bool = False,
+    mode: int = NEW_DIR_MODE,
+    exact: bool = False,
+) -> int:
+    """A descriptor of ``root/parts...`` (the caller closes it); each component is
+    opened no-follow, and made first if ``create`` (with exactly ``mode`` if ``exact``)."""
+    fd = _open_root(root)
+    try:
+        for name in parts:
+            nxt = _step(fd, name, rel or "/".join(parts), create, mode, exact)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager
 def open_dir(
-    root: Root, parts: list[str], rel: str = "", *, create: bool = False, mode: int = NEW_DIR_MODE
+    root: Root,
+    parts: list[str],
+    rel: str = "",
+    *,
+    create: bool = False,
+    mode: int = NEW_DIR_MODE,
+    exact: bool = False,
 ) -> Iterator[int]:
-    """A descriptor of ``root/parts...``, each opened no-follow (made first if ``create``)."""
-    fd = _open_root(root)
+    """:func:`open_dir_fd`, closed on leaving."""
+    fd = open_dir_fd(root, parts, rel, create=create, mode=mode, exact=exact)
     try:
-        for name in parts:
-            nxt = _step(fd, name, rel or "/".join(parts), create, mode)
-            os.close(fd)
-            fd = nxt
         yield fd
     finally:
         os.close(fd)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lorch import safefs
-from lorch.errors import PathEscape
+from lorch import atomic, safefs
+from lorch.errors import PathEscape, StorageError
 from lorch.paths import lorch_owned, sha256_regular, verdict_owner
 
 
@@ -232,3 +232,66 @@ def test_lorch_s_own_paths_are_named_in_one_place() -> None:
     assert verdict_owner("reviews/T-1.json") == "reviewer"
     assert verdict_owner("spec_notes/T-1.json") == "spec_maintainer"
     assert verdict_owner("src/reviews/T-1.json") is None
+
+
+# -- lorch's own files (lorch.atomic) ----------------------------------------------
+
+
+def test_lorch_s_own_writes_refuse_a_symlinked_folder_below_the_workspace(tmp_path: Path) -> None:
+    ws, outside = tmp_path / "ws", tmp_path / "outside"
+    outside.mkdir()
+    (ws / "receipts").mkdir(parents=True)
+    (ws / "receipts" / "T-1").symlink_to(outside)
+    (ws / "logs").symlink_to(outside)
+    with pytest.raises(StorageError, match="'T-1' in lorch's own files is a symlink"):
+        atomic.atomic_write_bytes(ws / "receipts" / "T-1" / "step-1.json", b"{}")
+    with pytest.raises(StorageError, match="'T-1' in lorch's own files is a symlink"):
+        atomic.atomic_create_many([(ws / "receipts" / "T-1" / "step-2.json", b"{}")])
+    with pytest.raises(StorageError, match="'logs' in lorch's own files is a symlink"):
+        atomic.ensure_dir(ws / "logs" / "builder")
+    with pytest.raises(StorageError, match="'logs' in lorch's own files is a symlink"):
+        atomic.open_append(ws / "logs" / "builder" / "run.ndjson")
+    assert os.listdir(outside) == []
+
+
+def test_lorch_s_own_file_as_a_symlink_is_replaced_or_refused_never_followed(
+    tmp_path: Path,
+) -> None:
+    ws = tmp_path / "ws"
+    victim = tmp_path / "victim"
+    victim.write_text("user data")
+    victim.chmod(0o644)
+    (ws / "state").mkdir(parents=True)
+    (ws / "state" / "run.json").symlink_to(victim)
+    atomic.atomic_write_json(ws / "state" / "run.json", {"x": 1})
+    assert not (ws / "state" / "run.json").is_symlink()
+    (ws / "logs" / "builder").mkdir(parents=True)
+    (ws / "logs" / "builder" / "run.ndjson").symlink_to(victim)
+    with pytest.raises(StorageError, match="is a symlink"):
+        atomic.open_append(ws / "logs" / "builder" / "run.ndjson")
+    os.mkfifo(ws / "logs" / "builder" / "fifo.ndjson")
+    with pytest.raises(StorageError, match="not a regular file"):
+        atomic.open_append(ws / "logs" / "builder" / "fifo.ndjson")
+    assert victim.read_text() == "user data"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+
+
+def test_a_log_is_appended_to_and_private(tmp_path: Path) -> None:
+    log = tmp_path / "ws" / "logs" / "builder" / "run.ndjson"
+    with atomic.open_append(log) as f:
+        f.write("one\n")
+    log.chmod(0o644)
+    with atomic.open_append(log) as f:
+        f.write("two\n")
+    assert log.read_text() == "one\ntwo\n"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+
+
+def test_symlinks_above_the_workspace_are_the_user_s(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    atomic.atomic_write_bytes(tmp_path / "alias" / "ws" / "state" / "run.json", b"{}")
+    assert (tmp_path / "real" / "ws" / "state" / "run.json").read_bytes() == b"{}"
+    atomic.atomic_write_bytes(tmp_path / "alias" / "report.xml", b"<x/>")
+    assert (tmp_path / "real" / "report.xml").read_bytes() == b"<x/>"

@@ -42,7 +42,9 @@ class Attack:
     def out(self) -> Path:
         return self.tmp / "attack.ndjson"
 
-    def port(self, turns: list[list[dict[str, Any]]], role: str = "builder") -> AcpPort:
+    def port(
+        self, turns: list[list[dict[str, Any]]], role: str = "builder", *, checkpoints: bool = True
+    ) -> AcpPort:
         script = self.tmp / f"attack-{len(self.ports)}.json"
         script.write_text(json.dumps(turns))
         ck = Checkpoints(self.workspace, self.tmp / "ckpt.git", durable=False)
@@ -96,9 +98,14 @@ class Attack:
             self.inbox.get(0.1)  # waits on lorch's own queue, not on a timer alone
 
     def run(
-        self, steps: list[dict[str, Any]], role: str = "builder", action: str = "implement"
+        self,
+        steps: list[dict[str, Any]],
+        role: str = "builder",
+        action: str = "implement",
+        *,
+        checkpoints: bool = True,
     ) -> tuple[list[dict[str, Any]], Incoming]:
-        port = self.port([steps], role)
+        port = self.port([steps], role, checkpoints=checkpoints)
         _, end = self.turn(port, command(action))
         return self.results(), end
 
@@ -193,7 +200,8 @@ def test_a_read_of_a_huge_sparse_file_holds_only_the_lines_it_returns(attack: At
             {"read": "huge.bin", "line": 2, "limit": 1},
             {"read": "huge.bin"},
             {"read": "huge.bin", "line": 3, "limit": 1},
-        ]
+        ],
+        checkpoints=False,  # a checkpoint would hash the whole GiB: not what is tested
     )
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     assert [r.get("content") for r in results[:2]] == ["first\n", "second\n"]
@@ -354,3 +362,45 @@ def test_an_agent_cannot_run_a_terminal_in_lorch_s_folders(attack: Attack) -> No
     )
     assert [r["ok"] for r in results] == [False, False, False]
     assert not (attack.workspace / ".git" / "made").exists()
+
+
+# -- lorch's own files (issue 22, point 5) ----------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["receipts/T-0042", "logs/builder", "state", "transcripts"])
+def test_lorch_s_own_folders_never_follow_a_planted_symlink(
+    scenario: Any, lorch: Any, tmp_path: Path, planted: str
+) -> None:
+    # What an agent with the user's rights leaves behind: one of lorch's own
+    # folders replaced with a symlink to a folder outside the workspace.
+    ws = scenario("happy-path")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("user data\n")
+    (outside / "keep.txt").chmod(0o640)
+    (ws / planted).parent.mkdir(parents=True, exist_ok=True)
+    (ws / planted).symlink_to(outside)
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if "symlink" in x]
+    assert planted.split("/")[-1] in line, r.stderr
+    assert sorted(os.listdir(outside)) == ["keep.txt"]
+    assert (outside / "keep.txt").read_text() == "user data\n"
+    assert stat.S_IMODE((outside / "keep.txt").stat().st_mode) == 0o640
+
+
+def test_lorch_s_own_files_replace_a_planted_symlink_never_write_through_it(
+    scenario: Any, lorch: Any, tmp_path: Path
+) -> None:
+    ws = scenario("happy-path")
+    victim = tmp_path / "victim.json"
+    victim.write_text("user data\n")
+    victim.chmod(0o640)
+    (ws / "state").mkdir(exist_ok=True)
+    (ws / "state" / "run.json").symlink_to(victim)
+    r = lorch("run", "--workspace", str(ws))
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "user data\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o640
+    assert not (ws / "state" / "run.json").is_symlink()
