@@ -11,6 +11,7 @@ task ends. Part of the reducer (``lorch/workflow.py``): no I/O, no clock.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from lorch.commands import Fresh, answer_digest, build_command
@@ -103,9 +104,42 @@ def _after_builder(state: State, answer: Record, fresh: Fresh) -> Step:
     return Send(new_command(state, "review", inputs, fresh=fresh))
 
 
+def review_status(state: State, answer: Record) -> Any:
+    """The review's verdict: from the bytes lorch captured at the end of the reviewer's turn.
+
+    When the answer names its verdict file (``payload.review_path``, as every ACP
+    answer does) and lorch captured that file holding a verdict, the captured
+    status is the verdict; whatever the file says later counts for nothing.
+    Otherwise the event's own status is.
+    """
+    p = state.last_accepted
+    return verdict_status(answer, p.verdict if p is not None and p.terminal is answer else None)
+
+
+def verdict_status(answer: Record, captured: Record | None) -> Any:
+    """A review answer's status, given the ``system.verdict`` capture of its turn (if any).
+
+    The answer and the captured file must agree: when they do not (another
+    process changed the file as the turn ended), the review approves nothing
+    and asks for changes, the one answer no one gains by forging.
+    """
+    payload = answer.get("payload")
+    named = payload.get("review_path") if isinstance(payload, dict) else None
+    if captured is not None and named == captured.get("path"):
+        text = captured.get("text")
+        try:
+            found = json.loads(text) if isinstance(text, str) else None
+        except (ValueError, RecursionError):
+            found = None
+        if isinstance(found, dict) and found.get("status") in ("approved", "changes_requested"):
+            said = answer.get("status")
+            return found["status"] if said in (None, found["status"]) else "changes_requested"
+    return answer.get("status")
+
+
 def _after_review(state: State, answer: Record, fresh: Fresh) -> Step:
     task, max_rounds = state.task_id, state.policy.max_rounds
-    status = answer.get("status")
+    status = review_status(state, answer)
     if status == "approved":
         spec_round = state.rounds.get("update_spec", 0) + 1
         if spec_round > max_rounds:

@@ -164,7 +164,8 @@ def run_cmd(
 @click.option(
     "--accept-config-change",
     is_flag=True,
-    help="Apply a change to lorch.json's task or limits made since the run started.",
+    help="Apply a change to lorch.json made since the run recorded it (any key of any "
+    "role, the task or the limits); the change is recorded in the ledger.",
 )
 @_answers
 def resume_cmd(
@@ -376,13 +377,15 @@ def _file_problems(path: Path) -> list[str]:
     except OSError as e:
         return [f"{path}: cannot read: {e.strerror or e}"]
     if path.suffix == ".ndjson":
+        from lorch.ledger import unchained
+
         lines = raw.split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
         out = []
         for n, line in enumerate(lines, 1):
             try:
-                protocol.decode(line)
+                protocol.decode(unchained(line))  # a ledger line's chain is the ledger's framing
             except LorchError as e:
                 out.append(f"{path}:{n}: {e}")
         return out

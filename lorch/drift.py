@@ -1,14 +1,16 @@
 """What changed in ``lorch.json`` since a run started (resume decides from the ledger).
 
 A run records, in its ``system.run_started``, its task, its :class:`RunPolicy`
-and a digest of each part of the configuration it started from. Resume keeps
-the recorded task and policy whatever ``lorch.json`` says now, and says what
-changed. A change that would alter the run's keys (its task) or its limits
-(the policy: rounds, attempts, restarts, backoff, heartbeats, timeouts) is
-*binding*: resume refuses it unless the user accepts it explicitly
-(``lorch resume --accept-config-change``), and an accepted change is recorded
-in ``system.resumed`` so that every later decision still comes from the ledger.
-Other changes (an agent's command line or environment, ``fsync``) apply at once.
+and a digest of every key of the configuration it started from, by dotted
+path (``agents.reviewer.cmd``, ``policy.max_rounds``; never the values: an
+agent's environment may hold secrets). Resume refuses *any* change — another
+command for a role, another environment, other limits — unless the user
+accepts it explicitly (``lorch resume --accept-config-change``): an agent that
+rewrote ``lorch.json`` and killed lorch must not get a new reviewer run. The
+refusal names every changed key. An accepted change is recorded in
+``system.resumed`` (the keys, the new digests, and the task or policy it
+brings), so that every later decision, and the next resume's comparison,
+still comes from the ledger.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ from lorch.protocol import Record
 
 
 def parts(config: Config) -> dict[str, str]:
-    """A digest per part of the configuration: each agent, the policy, the task, ..."""
-    out = {}
-    for key, value in config.raw.items():
-        if key == "agents" and isinstance(value, dict):
-            out.update({f"agents.{role}": digest(spec) for role, spec in value.items()})
-        else:
-            out[key] = digest(value)
+    """A digest per key of the configuration, by dotted path (a list is one key)."""
+    out: dict[str, str] = {}
+    _flatten(config.raw, "", out)
     return out
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(item, f"{prefix}.{key}" if prefix else str(key), out)
+    else:
+        out[prefix or "$"] = digest(value)
 
 
 def identity(config: Config) -> Record:
@@ -52,9 +58,9 @@ class Drift:
     def any(self) -> bool:
         return bool(self.changed or self.binding)
 
-    def accepted(self) -> Record:
+    def accepted(self, config: Config) -> Record:
         """What ``system.resumed`` records when the user accepts the change."""
-        out: Record = {"config_changed": self.changed}
+        out: Record = {"config_changed": self.changed, **identity(config)}
         if self.policy is not None:
             out["policy"] = self.policy.as_record()
         if self.task is not None:
@@ -63,7 +69,11 @@ class Drift:
 
 
 def compare(started: Mapping[str, Any], recorded: RunPolicy, task: Record, config: Config) -> Drift:
-    """Compare the run's record (``started``: the run_started payload) with ``config`` now."""
+    """Compare the run's record of its configuration with ``config`` now.
+
+    ``started``: ``config_digest`` and ``config_parts`` as the ledger last
+    recorded them (``system.run_started``, or the last accepted change).
+    """
     drift = Drift()
     if started.get("config_digest") == config.digest:
         return drift
@@ -72,7 +82,7 @@ def compare(started: Mapping[str, Any], recorded: RunPolicy, task: Record, confi
     if isinstance(before, dict):
         drift.changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     else:
-        drift.changed = ["lorch.json (its parts were not recorded by the lorch that started it)"]
+        drift.changed = ["$ (the run recorded no digest of its keys)"]
     wanted = policies.from_config(config)
     changes = policies.changes(recorded, wanted)
     if changes:

@@ -5,20 +5,39 @@ validated, appended to the ledger, folded into the workflow state, and shown on
 the live transcript once it is durable (DESIGN.md §5.1, docs/decisions.md D16).
 Accepted answers get their receipts, and the derived files are kept up to
 date, through ``lorch/derived.py``.
+
+**Verdicts are captured.** The moment a reviewer's or spec maintainer's
+terminal event is recorded — the end of its turn — lorch reads its verdict file
+(``reviews/<task>.json``, ``spec_notes/<task>.json``) and records its bytes and
+digest in a ``system.verdict`` record. The workflow decides from those bytes
+(``lorch/build_loop.py``); a later change to the file counts for nothing, and
+when the run ends lorch records it (``system.verdict_changed``: the transcript
+says it, ``lorch verify`` reports it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from lorch import ledger, protocol, snapshot
+from lorch import ledger, prompts, protocol, snapshot
+from lorch.checksum import sha256_bytes
 from lorch.derived import Derived
+from lorch.errors import PathEscape
 from lorch.intake import INTAKE_TASK
+from lorch.paths import safe_relpath
 from lorch.policy import RunPolicy
 from lorch.protocol import Record
-from lorch.workflow import State
+from lorch.workflow import ENDS, VERDICT_EVENTS, Pending, State
+
+# A verdict file's bytes go into the ledger up to this size; a larger file is
+# recorded by its digest alone (and is no verdict the workflow can read).
+VERDICT_TEXT_LIMIT = 64 * 1024
 
 
 class Sink(Protocol):
@@ -65,6 +84,8 @@ class Recorder:
         the caller to show (a command is shown once it is on its way).
         """
         assert self.ledger is not None
+        if record.get("event") in ENDS:
+            self._verdicts_changed()
         if not trusted:
             protocol.validate_message(record, source=f"ledger record {self.ledger.records + 1}")
         self.ledger.append(record, sync=sync, line=line)
@@ -72,6 +93,36 @@ class Recorder:
         self._unshown.append(record)
         if show:
             self._show_if_durable()
+        p = self.state.pending
+        if p is not None and p.terminal is record and record.get("event") in VERDICT_EVENTS:
+            self.capture_verdict(p, sync=sync)
+
+    # -- verdicts -------------------------------------------------------------
+
+    def capture_verdict(self, p: Pending, *, sync: bool = True) -> None:
+        """Record the bytes of ``p``'s verdict file now: the end of its role's turn."""
+        rel = prompts.verdict_path(str(p.command["action"]), str(p.command["task_id"]))
+        if rel is None:
+            return
+        payload: Record = {"idempotency_key": p.ik, "role": p.role, "path": rel}
+        payload.update(read_verdict_file(self.workspace, rel))
+        self.system("system.verdict", payload, p.command["correlation_id"], sync=sync)
+
+    def _verdicts_changed(self) -> None:
+        """Before the run's end: record each verdict file that changed since its capture."""
+        for rel, captured in sorted(self.state.verdicts.items()):
+            now = fingerprint(read_verdict_file(self.workspace, rel))
+            if now == fingerprint(captured):
+                continue
+            self.system(
+                "system.verdict_changed",
+                {
+                    "path": rel,
+                    "idempotency_key": captured.get("idempotency_key"),
+                    "captured": fingerprint(captured),
+                    "now": now,
+                },
+            )
 
     def sync(self) -> None:
         """Make every appended record durable, then show the ones not shown yet."""
@@ -144,6 +195,13 @@ class Recorder:
         assert self.state.last_accepted is not None
         self.derived.accepted(self.state.last_accepted, self.state.snapshot_id)
 
+    def missing_capture(self) -> Pending | None:
+        """The answer in flight whose verdict was never captured (a crash came between)."""
+        p = self.state.pending
+        if p is None or p.terminal is None or p.verdict is not None:
+            return None
+        return p if p.terminal.get("event") in VERDICT_EVENTS else None
+
     def take_snapshot(self) -> None:
         manifest = snapshot.take(self.workspace)
         self.system(
@@ -173,3 +231,45 @@ class Recorder:
         self.derived.close()
         if self.ledger is not None:
             self.ledger.close()
+
+
+def read_verdict_file(workspace: Path, rel: str) -> Record:
+    """What ``system.verdict`` records of a verdict file: digest, size, text (or why not).
+
+    Never follows a symlink, never opens anything but a regular file (a FIFO
+    would block lorch).
+    """
+    try:
+        full = safe_relpath(workspace, rel)
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {"missing": True}
+    except (OSError, PathEscape) as e:
+        return {"problem": f"cannot open it: {getattr(e, 'strerror', None) or e}"}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {"problem": "not a regular file"}
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > 1 << 24:
+                return {"problem": "larger than 16 MiB"}
+    except OSError as e:
+        return {"problem": f"cannot read it: {e.strerror}"}
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    out: Record = {"sha256": sha256_bytes(data), "size": len(data)}
+    if len(data) <= VERDICT_TEXT_LIMIT:
+        with contextlib.suppress(UnicodeDecodeError):
+            text = data.decode("utf-8")
+            # Control characters are escaped six bytes to one: keep the record's line short.
+            if len(json.dumps(text, ensure_ascii=False)) <= 2 * VERDICT_TEXT_LIMIT:
+                out["text"] = text
+    return out
+
+
+def fingerprint(found: Record) -> str:
+    """What a verdict file's state is compared by: its digest, or why it has none."""
+    return str(found.get("sha256") or found.get("problem") or "missing")

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from lorch import _planted, drift, ledger, transcript
+from lorch import _planted, drift, ledger, store, transcript
 from lorch.asking import ConsolePrompter, Prompter
 from lorch.atomic import ensure_dir
 from lorch.checkpoint import TurnCheckpoints
@@ -153,7 +153,8 @@ def _guard(runner: Engine, body: Callable[[], Outcome]) -> Outcome:
         runner.stop_agents()
         raise AgentNotReady(
             f"{e}. No agent got a command; once fixed: lorch resume --workspace "
-            f"{runner.workspace} --run {runner.state.run_id}"
+            f"{runner.workspace} --run {runner.state.run_id} (with --accept-config-change "
+            "if the fix is in lorch.json)"
         ) from None
     except StorageError as e:
         # A full or failing disk mid-run: the ledger holds everything up to the
@@ -234,7 +235,24 @@ def find_unfinished(workspace: Path) -> str:
         # Nothing unfinished: the newest run, so resume reports it (and rebuilds
         # its derived files, in case a crash came after its last record).
         return candidates[0].stem
+    known = [r.get("run_id") for r in store.read_index(workspace)["runs"]]
+    if known:
+        raise ledger_gone(workspace, str(known[-1]))
     raise UsageError(f"{workspace}: no runs in this workspace")
+
+
+def ledger_gone(workspace: Path, run_id: str) -> LorchError:
+    """The error for a run lorch knows of (its index, its receipts) whose ledger is gone."""
+    rel = Path("events") / f"{run_id}.ndjson"
+    kept = workspace / "events" / f"{run_id}.ndjson.lorch"
+    if kept.exists():
+        hint = f"lorch kept a copy when it noticed: rename {kept.name} to {rel.name}"
+    else:
+        hint = "restore it from a backup; its receipts and transcript are left as they are"
+    return ledger.LedgerGone(
+        f"{workspace / rel}: the ledger of run {run_id} is gone (state/index.json names the "
+        f"run); nothing of the run can be proven without it, so lorch will not resume it: {hint}"
+    )
 
 
 def resume(
@@ -254,6 +272,8 @@ def resume(
         run_id = run_id or find_unfinished(workspace)
         path = workspace / "events" / f"{run_id}.ndjson"
         if not path.exists():
+            if any(r.get("run_id") == run_id for r in store.read_index(workspace)["runs"]):
+                raise ledger_gone(workspace, run_id)
             raise UsageError(f"{workspace}: no run {run_id} (no {path.relative_to(workspace)})")
         runner = new_engine(workspace, config, console, prompter)
         resumed = _Resume(runner, config, path, run_id, console, accept_config_change)
@@ -310,6 +330,11 @@ class _Resume:
                 **changes,
             },
         )
+        uncaptured = runner.missing_capture()
+        if uncaptured is not None:
+            # The crash came between the answer and its capture: capture it now,
+            # before its check (which still compares it with what the agent claimed).
+            runner.capture_verdict(uncaptured)
         runner.write_index()
         return runner.drive()
 
@@ -317,8 +342,9 @@ class _Resume:
         fsync = self.config.policy.fsync
         if _planted.enabled("no_torn_cut"):
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            found = ledger.scan(self.path)
             self.runner.ledger = ledger.Ledger(
-                self.path, fd, ledger.scan(self.path).records, fsync=fsync
+                self.path, fd, found.records, fsync=fsync, chain=found.chain
             )
             return None
         self.runner.ledger, torn = ledger.Ledger.open(self.path, fsync=fsync)
@@ -331,31 +357,26 @@ class _Resume:
         )
 
     def config_changes(self) -> Record:
-        """Say what changed in lorch.json; refuse a binding change unless accepted."""
+        """Refuse any change to lorch.json since the run recorded it, unless accepted."""
         state = self.runner.state
-        started = next(iter(ledger.read(self.path, validate=False)), {})
-        found = drift.compare(started.get("payload") or {}, state.policy, state.task, self.config)
+        found = drift.compare(state.config, state.policy, state.task, self.config)
         if not found.any:
             return {}
-        parts = ", ".join(found.changed)
-        if found.binding and not self.accept_config_change:
-            raise ConfigError(
-                f"{self.config.path}: changed since run {self.run_id} started ({parts}): "
-                f"{'; '.join(found.binding)}. Resume keeps the task and limits the run "
-                "started with: undo these changes, or pass --accept-config-change to "
-                "apply them from now on"
-            )
+        keys = ", ".join(found.changed)
         if found.binding:
-            self.console.say(
-                f"[lorch] lorch.json changed since the run started ({parts}); applying, "
-                f"as accepted: {'; '.join(found.binding)}"
+            keys += f" ({'; '.join(found.binding)})"
+        if not self.accept_config_change:
+            raise ConfigError(
+                f"{self.config.path}: changed since run {self.run_id} recorded it: {keys}. "
+                "Resume runs with the configuration the run started with: undo the change, "
+                "or pass --accept-config-change to apply it from now on (it is recorded in "
+                "the ledger)"
             )
-            return found.accepted()
         self.console.say(
-            f"[lorch] lorch.json changed since the run started ({parts}); the run keeps "
-            "its recorded task and limits"
+            f"[lorch] lorch.json changed since the run recorded it: {keys}; applying it, "
+            "as accepted"
         )
-        return {"config_changed": found.changed}
+        return found.accepted(self.config)
 
 
 def end_orphans(state: State) -> list[int]:

@@ -266,6 +266,16 @@ _SYSTEM: dict[str, Callable[[dict[str, Any]], Line]] = {
     "system.discovery": _discovery,
     "system.task_started": _task_started,
     "system.permission": _permission,
+    "system.verdict": lambda p: (
+        "lorch",
+        f"[lorch] captured {p.get('path')}: "
+        + (f"{str(p['sha256'])[:19]}…" if p.get("sha256") else str(p.get("problem") or "missing")),
+    ),
+    "system.verdict_changed": lambda p: (
+        "bad",
+        f"[lorch] {p.get('path')} changed after its turn ({str(p.get('captured'))[:19]}… now "
+        f"{str(p.get('now'))[:19]}…): ignored, the verdict captured at the turn's end counts",
+    ),
     "system.run_completed": lambda p: ("ok", "[lorch] DONE"),
     "system.run_aborted": lambda p: ("bad", f"[lorch] ABORTED: {p.get('reason')}"),
     "system.run_failed": lambda p: ("bad", f"[lorch] FAILED: {p.get('reason')}"),

@@ -1,17 +1,26 @@
 """``lorch verify``: the run-validation rules (MASTER-SPEC §11.1), over the ledger.
 
 Each rule gives a list of problems; the run passes when every list is empty.
+The ledger must be lorch's from its first line to its last (its chain,
+``lorch/ledger.py``); every receipt must be the receipt of an answer that
+ledger accepted (a receipt is a derived file anyone could write); every
+verdict file must still hold what lorch captured at the end of its turn (the
+run decided from the captured bytes, a later change counted for nothing).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorch import ledger, schemas, store
+from lorch.build_loop import verdict_status
 from lorch.checksum import sha256_file
+from lorch.derived import receipt
 from lorch.errors import LedgerError, PathEscape, StorageError, UsageError
 from lorch.paths import safe_relpath
 from lorch.protocol import TERMINAL_EVENTS, Record
+from lorch.recorder import fingerprint, read_verdict_file
 from lorch.workflow import State
 
 Rules = dict[str, list[str]]
@@ -30,9 +39,14 @@ def verify(workspace: Path, run_id: str) -> Rules:
         "spec_terminal_event": [],
         "run_completed": [],
         "derived_files_valid": [],
+        "receipts_in_ledger": [],
+        "verdicts_as_captured": [],
     }
-    state, sent_at = _check_ledger(path, rules)
+    chain = _Chain()
+    state, sent_at = _check_ledger(path, rules, chain)
     _check_receipts(workspace, run_id, sent_at, rules)
+    _check_receipts_in_chain(workspace, run_id, state, chain, rules)
+    _check_verdicts(workspace, state, rules)
     if state.status != "completed":
         rules["run_completed"].append(
             f"run status is {state.status}" + (f": {state.failure}" if state.failure else "")
@@ -41,7 +55,22 @@ def verify(workspace: Path, run_id: str) -> Rules:
     return rules
 
 
-def _check_ledger(path: Path, rules: Rules) -> tuple[State, dict[str, int]]:
+@dataclass
+class _Chain:
+    """What the chain proves: the receipt each accepted answer has, by key."""
+
+    receipts: dict[str, Record] = field(default_factory=dict)
+    whole: bool = True  # False: the ledger stopped being lorch's (or readable) part way
+
+    def fold(self, state: State, accepted: int) -> None:
+        p = state.last_accepted
+        if state.accepted != accepted and p is not None:
+            body = receipt(state.run_id, p, state.snapshot_id or "")
+            if body is not None:
+                self.receipts[p.ik] = body
+
+
+def _check_ledger(path: Path, rules: Rules, chain: _Chain) -> tuple[State, dict[str, int]]:
     """Replay the ledger (the same fold as run and resume) and check its answers.
 
     Also returns, for each key, the ledger record of its last command.
@@ -52,11 +81,14 @@ def _check_ledger(path: Path, rules: Rules) -> tuple[State, dict[str, int]]:
     # Per task (a run after intake has several): its last review, and whether
     # spec maintenance ended it.
     last_review: dict[str, Record | None] = {}
+    reviews: dict[str, Record] = {}  # the last review answer, by its key
     spec_done: dict[str, bool] = {}
     sent_at: dict[str, int] = {}
     try:
         for n, record in enumerate(ledger.read(path, allow_torn=False), start=1):
+            accepted = state.accepted
             state.fold(record)
+            chain.fold(state, accepted)
             if record["kind"] == "command":
                 open_keys[record["correlation_id"]] = record["idempotency_key"]
                 if record["action"] not in ("intake", "task_discovery"):
@@ -65,14 +97,24 @@ def _check_ledger(path: Path, rules: Rules) -> tuple[State, dict[str, int]]:
                 sent_at[record["idempotency_key"]] = n
                 continue
             name = record.get("event")
+            if name == "system.verdict":
+                # The review it captured decides by these bytes (build_loop.verdict_status).
+                review = reviews.get(str(record["payload"].get("idempotency_key")))
+                if review is not None:
+                    last_review[review["task_id"]] = {
+                        **review,
+                        "status": verdict_status(review, record["payload"]),
+                    }
             if name in TERMINAL_EVENTS and record.get("from", {}).get("agent_type") != "system":
                 answered.add(record["correlation_id"])
                 if name == "review.completed":
                     last_review[record["task_id"]] = record
+                    reviews = {open_keys.get(record["correlation_id"], ""): record}
                 if name in ("spec.updated", "spec.no_changes_needed"):
                     spec_done[record["task_id"]] = True
     except LedgerError as e:
         rules["ledger_replays"].append(str(e))
+        chain.whole = False
     for corr in sorted(set(open_keys) - answered):
         rules["terminal_event_for_every_command"].append(f"command {corr} has no terminal event")
     for task, review in sorted(last_review.items()) or [("", None)]:
@@ -128,6 +170,64 @@ def _check_receipts(workspace: Path, run_id: str, sent_at: dict[str, int], rules
         if sha != art["sha256"] or size != art["size"]:
             rules["receipts_match_files"].append(
                 f"{p}: {rel} has {sha} ({size} bytes), receipt says {art['sha256']}"
+            )
+
+
+# What a receipt says that the ledger proves (its step and time are the writer's).
+_PROVEN = (
+    "task_id",
+    "action",
+    "agent_type",
+    "correlation_id",
+    "command_message_id",
+    "terminal_event",
+    "status",
+    "event_ids",
+    "artifacts",
+    "checkpoint",
+)
+
+
+def _check_receipts_in_chain(
+    workspace: Path, run_id: str, state: State, chain: _Chain, rules: Rules
+) -> None:
+    """Every receipt of the run is one the ledger's accepted answers imply, field by field."""
+    problems = rules["receipts_in_ledger"]
+    for p, r in store.iter_receipts(workspace):
+        if r.get("run_id") != run_id:
+            continue
+        ik = str(r.get("idempotency_key"))
+        proven = chain.receipts.get(ik)
+        if proven is None:
+            where = "" if chain.whole else " (the ledger is not whole: see ledger_replays)"
+            problems.append(
+                f"{p}: a {r.get('action')} answer ({ik[:19]}…) the ledger never accepted: "
+                f"the receipt is not lorch's{where}"
+            )
+            continue
+        differs = [k for k in _PROVEN if r.get(k) != proven.get(k)]
+        if differs:
+            problems.append(
+                f"{p}: {', '.join(differs)} differ from the answer the ledger accepted ({ik[:19]}…)"
+            )
+
+
+def _check_verdicts(workspace: Path, state: State, rules: Rules) -> None:
+    """Each verdict file still holds the bytes lorch captured at the end of its turn."""
+    for rel, captured in sorted(state.verdicts.items()):
+        was = fingerprint(captured)
+        if captured.get("reported"):
+            rules["verdicts_as_captured"].append(
+                f"{rel} changed after the turn that wrote it (lorch recorded it); the run "
+                "decided from the captured bytes"
+            )
+            continue
+        now = fingerprint(read_verdict_file(workspace, rel))
+        if now != was:
+            rules["verdicts_as_captured"].append(
+                f"{rel} is {now[:19]}… but lorch captured {was[:19]}… at the end of the turn "
+                "that wrote it; the run decided from the captured bytes, the change counts "
+                "for nothing"
             )
 
 

@@ -42,6 +42,8 @@ class Pending:
     # before the command's first attempt, and after its accepted answer.
     pre: str | None = None
     post: str | None = None
+    # The verdict file as lorch captured it when the answer came (system.verdict).
+    verdict: Record | None = None
 
     @property
     def ik(self) -> str:
@@ -58,6 +60,12 @@ class Pending:
 
 # Records that turn down the answer in flight; anything else after it accepts it.
 REJECTIONS = ("system.artifact_rejected", "system.command_failed")
+# Answers that come with a verdict file, captured at the end of their turn.
+VERDICT_EVENTS = frozenset(
+    {"review.completed", "spec.updated", "spec.no_changes_needed", "spec.changes_requested"}
+)
+# The records that end a run.
+ENDS = frozenset({"system.run_completed", "system.run_failed", "system.run_aborted"})
 
 
 @dataclass
@@ -87,6 +95,12 @@ class State:
     # The tree of the checkpoint that is the last record folded (None once any
     # record follows it): nothing lorch knows of has changed the workspace since.
     tree_now: str | None = None
+    # What the ledger last recorded of lorch.json (``config_digest``, ``config_parts``):
+    # record 1's, or an accepted change's (lorch/drift.py).
+    config: dict[str, Any] = field(default_factory=dict)
+    # Each verdict file's last capture (path → system.verdict payload); one per
+    # path, so the state stays small.
+    verdicts: dict[str, Record] = field(default_factory=dict)
 
     @property
     def task_id(self) -> str:
@@ -170,6 +184,14 @@ class State:
         self.policy = from_record(_object(payload.get("policy")), RunPolicy())
         self.started_at = _text(record.get("occurred_at"))
         self.intake.active = payload.get("intake") is True
+        self._config(payload)
+
+    def _config(self, payload: Record) -> None:
+        found: dict[str, Any] = {
+            k: payload[k] for k in ("config_digest", "config_parts") if k in payload
+        }
+        if found:
+            self.config = found
 
     def _user_decision(self, payload: Record, record: Record) -> None:
         self._settle()  # a question is asked only about an accepted answer
@@ -192,6 +214,7 @@ class State:
 
     def _resumed(self, payload: Record, record: Record) -> None:
         # A resume that accepted a changed lorch.json records what now applies.
+        self._config(payload)
         if isinstance(payload.get("policy"), dict):
             self.policy = from_record(payload["policy"], self.policy)
         changed = _object(payload.get("task"))
@@ -227,6 +250,22 @@ class State:
                 p.pre = tree
         elif p is not None and p.ik == ik:
             p.post = tree
+
+    def _verdict(self, payload: Record, record: Record) -> None:
+        path = payload.get("path")
+        if not isinstance(path, str):
+            return
+        self.verdicts[path] = payload
+        p = self.pending
+        if p is not None and payload.get("idempotency_key") == p.ik and p.terminal is not None:
+            p.verdict = payload
+
+    def _verdict_changed(self, payload: Record, record: Record) -> None:
+        # Reported once: the change is what the file is compared with from now on.
+        path, now = payload.get("path"), payload.get("now")
+        if isinstance(path, str) and path in self.verdicts:
+            self.verdicts[path] = {**self.verdicts[path], "sha256": now, "reported": True}
+            self.verdicts[path].pop("missing", None)
 
     def _command_failed(self, payload: Record, record: Record) -> None:
         p = self.pending
@@ -281,6 +320,8 @@ _SYSTEM_FOLDS: dict[str, Callable[[State, Record, Record], None]] = {
     "system.agent_started": State._agent_started,
     "system.agent_restarted": State._agent_restarted,
     "system.checkpoint": State._checkpoint,
+    "system.verdict": State._verdict,
+    "system.verdict_changed": State._verdict_changed,
     "system.command_failed": State._command_failed,
     "system.run_completed": State._run_completed,
     "system.run_failed": lambda s, payload, _: s._run_ended("failed", payload),
@@ -328,6 +369,8 @@ def _awaits_verdict(record: Record, p: Pending | None) -> bool:
     payload = _object(record.get("payload"))
     if name == "system.checkpoint":
         return payload.get("phase") == "post" and payload.get("idempotency_key") == p.ik
+    if name == "system.verdict":
+        return payload.get("idempotency_key") == p.ik
     if name == "system.resumed":
         return True  # a resume checks the answer in flight after it says it resumed
     if name not in REJECTIONS:

@@ -5,7 +5,7 @@ VERSION = '2.22.3'
 from decimal import Decimal
 import re
 from lorch.errors import JsonSchemaValueException, JsonSchemaValuesException
-REGEX_PATTERNS = {'^ik:[0-9a-f]{64}$': re.compile('^ik:[0-9a-f]{64}\\Z'), '^[0-9a-f]{40}$': re.compile('^[0-9a-f]{40}\\Z'), '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z'), '^sha256:[0-9a-f]{64}$': re.compile('^sha256:[0-9a-f]{64}\\Z'), '^snap-[0-9a-f]{12}$': re.compile('^snap-[0-9a-f]{12}\\Z'), '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)$': re.compile('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)\\Z')}
+REGEX_PATTERNS = {'^ik:[0-9a-f]{64}$': re.compile('^ik:[0-9a-f]{64}\\Z'), '^[0-9a-f]{40}$': re.compile('^[0-9a-f]{40}\\Z'), '^sha256:[0-9a-f]{64}$': re.compile('^sha256:[0-9a-f]{64}\\Z'), '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z'), '^snap-[0-9a-f]{12}$': re.compile('^snap-[0-9a-f]{12}\\Z'), '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)$': re.compile('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|\\+00:00)\\Z')}
 NoneType = type(None)
 
 def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={}, name_prefix=None):
@@ -333,6 +333,171 @@ def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={},
                                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.reason must be shorter than or equal to 4001 characters', value=data__payload__reason, name='' + (name_prefix or 'data') + '.payload.reason', rule='maxLength')
                     if data__payload_keys:
                         raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must not contain ' + str(data__payload_keys) + ' properties', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='additionalProperties')
+    try:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['event']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'event' in data_keys:
+                data_keys.remove('event')
+                data__event = data['event']
+                if not (isinstance(data__event, str) and data__event == 'system.verdict'):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.event must be same as const definition: system.verdict', value=data__event, name='' + (name_prefix or 'data') + '.event', rule='const')
+    except (JsonSchemaValueException, JsonSchemaValuesException):
+        pass
+    else:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['payload']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'payload' in data_keys:
+                data_keys.remove('payload')
+                data__payload = data['payload']
+                if not isinstance(data__payload, dict):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must be object', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='type')
+                data__payload_is_dict = isinstance(data__payload, dict)
+                if data__payload_is_dict:
+                    data__payload__missing_keys = set(['idempotency_key', 'role', 'path']) - data__payload.keys()
+                    if data__payload__missing_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must contain ' + (str(sorted(data__payload__missing_keys)) + ' properties'), value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='required')
+                    data__payload_keys = set(data__payload.keys())
+                    if 'idempotency_key' in data__payload_keys:
+                        data__payload_keys.remove('idempotency_key')
+                        data__payload__idempotencykey = data__payload['idempotency_key']
+                        if not isinstance(data__payload__idempotencykey, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.idempotency_key must be string', value=data__payload__idempotencykey, name='' + (name_prefix or 'data') + '.payload.idempotency_key', rule='type')
+                        if isinstance(data__payload__idempotencykey, str):
+                            if not REGEX_PATTERNS['^ik:[0-9a-f]{64}$'].search(data__payload__idempotencykey):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.idempotency_key must match pattern ^ik:[0-9a-f]{64}$', value=data__payload__idempotencykey, name='' + (name_prefix or 'data') + '.payload.idempotency_key', rule='pattern')
+                    if 'role' in data__payload_keys:
+                        data__payload_keys.remove('role')
+                        data__payload__role = data__payload['role']
+                        if not (isinstance(data__payload__role, str) and data__payload__role == 'reviewer' or (isinstance(data__payload__role, str) and data__payload__role == 'spec_maintainer')):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + ".payload.role must be one of ['reviewer', 'spec_maintainer']", value=data__payload__role, name='' + (name_prefix or 'data') + '.payload.role', rule='enum')
+                    if 'path' in data__payload_keys:
+                        data__payload_keys.remove('path')
+                        data__payload__path = data__payload['path']
+                        if not isinstance(data__payload__path, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.path must be string', value=data__payload__path, name='' + (name_prefix or 'data') + '.payload.path', rule='type')
+                        if isinstance(data__payload__path, str):
+                            data__payload__path_len = len(data__payload__path)
+                            if data__payload__path_len < 1:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.path must be longer than or equal to 1 characters', value=data__payload__path, name='' + (name_prefix or 'data') + '.payload.path', rule='minLength')
+                            if data__payload__path_len > 4096:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.path must be shorter than or equal to 4096 characters', value=data__payload__path, name='' + (name_prefix or 'data') + '.payload.path', rule='maxLength')
+                    if 'sha256' in data__payload_keys:
+                        data__payload_keys.remove('sha256')
+                        data__payload__sha256 = data__payload['sha256']
+                        if not isinstance(data__payload__sha256, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.sha256 must be string', value=data__payload__sha256, name='' + (name_prefix or 'data') + '.payload.sha256', rule='type')
+                        if isinstance(data__payload__sha256, str):
+                            if not REGEX_PATTERNS['^sha256:[0-9a-f]{64}$'].search(data__payload__sha256):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.sha256 must match pattern ^sha256:[0-9a-f]{64}$', value=data__payload__sha256, name='' + (name_prefix or 'data') + '.payload.sha256', rule='pattern')
+                    if 'size' in data__payload_keys:
+                        data__payload_keys.remove('size')
+                        data__payload__size = data__payload['size']
+                        if not isinstance(data__payload__size, int) and (not (isinstance(data__payload__size, float) and data__payload__size.is_integer())) or isinstance(data__payload__size, bool):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.size must be integer', value=data__payload__size, name='' + (name_prefix or 'data') + '.payload.size', rule='type')
+                        if isinstance(data__payload__size, (int, float, Decimal)) and (not isinstance(data__payload__size, bool)):
+                            if data__payload__size < 0:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.size must be bigger than or equal to 0', value=data__payload__size, name='' + (name_prefix or 'data') + '.payload.size', rule='minimum')
+                    if 'text' in data__payload_keys:
+                        data__payload_keys.remove('text')
+                        data__payload__text = data__payload['text']
+                        if not isinstance(data__payload__text, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.text must be string', value=data__payload__text, name='' + (name_prefix or 'data') + '.payload.text', rule='type')
+                        if isinstance(data__payload__text, str):
+                            data__payload__text_len = len(data__payload__text)
+                            if data__payload__text_len > 65536:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.text must be shorter than or equal to 65536 characters', value=data__payload__text, name='' + (name_prefix or 'data') + '.payload.text', rule='maxLength')
+                    if 'missing' in data__payload_keys:
+                        data__payload_keys.remove('missing')
+                        data__payload__missing = data__payload['missing']
+                        if not (isinstance(data__payload__missing, bool) and data__payload__missing is True):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.missing must be same as const definition: True', value=data__payload__missing, name='' + (name_prefix or 'data') + '.payload.missing', rule='const')
+                    if 'problem' in data__payload_keys:
+                        data__payload_keys.remove('problem')
+                        data__payload__problem = data__payload['problem']
+                        if not isinstance(data__payload__problem, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.problem must be string', value=data__payload__problem, name='' + (name_prefix or 'data') + '.payload.problem', rule='type')
+                        if isinstance(data__payload__problem, str):
+                            data__payload__problem_len = len(data__payload__problem)
+                            if data__payload__problem_len > 1024:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.problem must be shorter than or equal to 1024 characters', value=data__payload__problem, name='' + (name_prefix or 'data') + '.payload.problem', rule='maxLength')
+                    if data__payload_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must not contain ' + str(data__payload_keys) + ' properties', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='additionalProperties')
+    try:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['event']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'event' in data_keys:
+                data_keys.remove('event')
+                data__event = data['event']
+                if not (isinstance(data__event, str) and data__event == 'system.verdict_changed'):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.event must be same as const definition: system.verdict_changed', value=data__event, name='' + (name_prefix or 'data') + '.event', rule='const')
+    except (JsonSchemaValueException, JsonSchemaValuesException):
+        pass
+    else:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['payload']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'payload' in data_keys:
+                data_keys.remove('payload')
+                data__payload = data['payload']
+                if not isinstance(data__payload, dict):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must be object', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='type')
+                data__payload_is_dict = isinstance(data__payload, dict)
+                if data__payload_is_dict:
+                    data__payload__missing_keys = set(['path', 'captured', 'now']) - data__payload.keys()
+                    if data__payload__missing_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must contain ' + (str(sorted(data__payload__missing_keys)) + ' properties'), value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='required')
+                    data__payload_keys = set(data__payload.keys())
+                    if 'path' in data__payload_keys:
+                        data__payload_keys.remove('path')
+                        data__payload__path = data__payload['path']
+                        if not isinstance(data__payload__path, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.path must be string', value=data__payload__path, name='' + (name_prefix or 'data') + '.payload.path', rule='type')
+                        if isinstance(data__payload__path, str):
+                            data__payload__path_len = len(data__payload__path)
+                            if data__payload__path_len < 1:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.path must be longer than or equal to 1 characters', value=data__payload__path, name='' + (name_prefix or 'data') + '.payload.path', rule='minLength')
+                            if data__payload__path_len > 4096:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.path must be shorter than or equal to 4096 characters', value=data__payload__path, name='' + (name_prefix or 'data') + '.payload.path', rule='maxLength')
+                    if 'idempotency_key' in data__payload_keys:
+                        data__payload_keys.remove('idempotency_key')
+                        data__payload__idempotencykey = data__payload['idempotency_key']
+                        if not isinstance(data__payload__idempotencykey, (str, NoneType)):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.idempotency_key must be string or null', value=data__payload__idempotencykey, name='' + (name_prefix or 'data') + '.payload.idempotency_key', rule='type')
+                    if 'captured' in data__payload_keys:
+                        data__payload_keys.remove('captured')
+                        data__payload__captured = data__payload['captured']
+                        if not isinstance(data__payload__captured, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.captured must be string', value=data__payload__captured, name='' + (name_prefix or 'data') + '.payload.captured', rule='type')
+                        if isinstance(data__payload__captured, str):
+                            data__payload__captured_len = len(data__payload__captured)
+                            if data__payload__captured_len > 1024:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.captured must be shorter than or equal to 1024 characters', value=data__payload__captured, name='' + (name_prefix or 'data') + '.payload.captured', rule='maxLength')
+                    if 'now' in data__payload_keys:
+                        data__payload_keys.remove('now')
+                        data__payload__now = data__payload['now']
+                        if not isinstance(data__payload__now, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.now must be string', value=data__payload__now, name='' + (name_prefix or 'data') + '.payload.now', rule='type')
+                        if isinstance(data__payload__now, str):
+                            data__payload__now_len = len(data__payload__now)
+                            if data__payload__now_len > 1024:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.now must be shorter than or equal to 1024 characters', value=data__payload__now, name='' + (name_prefix or 'data') + '.payload.now', rule='maxLength')
+                    if data__payload_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must not contain ' + str(data__payload_keys) + ' properties', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='additionalProperties')
     data_is_dict = isinstance(data, dict)
     if data_is_dict:
         data__missing_keys = set(['kind', 'message_id', 'correlation_id', 'task_id', 'from', 'event', 'occurred_at']) - data.keys()
@@ -406,8 +571,8 @@ def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={},
         if 'event' in data_keys:
             data_keys.remove('event')
             data__event = data['event']
-            if not (isinstance(data__event, str) and data__event == 'builder.progress' or (isinstance(data__event, str) and data__event == 'builder.completed') or (isinstance(data__event, str) and data__event == 'review.completed') or (isinstance(data__event, str) and data__event == 'spec.updated') or (isinstance(data__event, str) and data__event == 'spec.no_changes_needed') or (isinstance(data__event, str) and data__event == 'spec.changes_requested') or (isinstance(data__event, str) and data__event == 'orchestration.proposed_tasks') or (isinstance(data__event, str) and data__event == 'orchestration.needs_clarification') or (isinstance(data__event, str) and data__event == 'orchestration.plan_conflict') or (isinstance(data__event, str) and data__event == 'artifact.produced') or (isinstance(data__event, str) and data__event == 'error') or (isinstance(data__event, str) and data__event == 'log') or (isinstance(data__event, str) and data__event == 'system.run_started') or (isinstance(data__event, str) and data__event == 'system.snapshot') or (isinstance(data__event, str) and data__event == 'system.agent_started') or (isinstance(data__event, str) and data__event == 'system.agent_exited') or (isinstance(data__event, str) and data__event == 'system.agent_restarted') or (isinstance(data__event, str) and data__event == 'system.protocol_error') or (isinstance(data__event, str) and data__event == 'system.command_failed') or (isinstance(data__event, str) and data__event == 'system.artifact_rejected') or (isinstance(data__event, str) and data__event == 'system.resumed') or (isinstance(data__event, str) and data__event == 'system.discovery') or (isinstance(data__event, str) and data__event == 'system.task_started') or (isinstance(data__event, str) and data__event == 'system.run_completed') or (isinstance(data__event, str) and data__event == 'system.run_failed') or (isinstance(data__event, str) and data__event == 'system.run_aborted') or (isinstance(data__event, str) and data__event == 'system.user_decision') or (isinstance(data__event, str) and data__event == 'system.checkpoint') or (isinstance(data__event, str) and data__event == 'system.rollback') or (isinstance(data__event, str) and data__event == 'system.permission')):
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".event must be one of ['builder.progress', 'builder.completed', 'review.completed', 'spec.updated', 'spec.no_changes_needed', 'spec.changes_requested', 'orchestration.proposed_tasks', 'orchestration.needs_clarification', 'orchestration.plan_conflict', 'artifact.produced', 'error', 'log', 'system.run_started', 'system.snapshot', 'system.agent_started', 'system.agent_exited', 'system.agent_restarted', 'system.protocol_error', 'system.command_failed', 'system.artifact_rejected', 'system.resumed', 'system.discovery', 'system.task_started', 'system.run_completed', 'system.run_failed', 'system.run_aborted', 'system.user_decision', 'system.checkpoint', 'system.rollback', 'system.permission']", value=data__event, name='' + (name_prefix or 'data') + '.event', rule='enum')
+            if not (isinstance(data__event, str) and data__event == 'builder.progress' or (isinstance(data__event, str) and data__event == 'builder.completed') or (isinstance(data__event, str) and data__event == 'review.completed') or (isinstance(data__event, str) and data__event == 'spec.updated') or (isinstance(data__event, str) and data__event == 'spec.no_changes_needed') or (isinstance(data__event, str) and data__event == 'spec.changes_requested') or (isinstance(data__event, str) and data__event == 'orchestration.proposed_tasks') or (isinstance(data__event, str) and data__event == 'orchestration.needs_clarification') or (isinstance(data__event, str) and data__event == 'orchestration.plan_conflict') or (isinstance(data__event, str) and data__event == 'artifact.produced') or (isinstance(data__event, str) and data__event == 'error') or (isinstance(data__event, str) and data__event == 'log') or (isinstance(data__event, str) and data__event == 'system.run_started') or (isinstance(data__event, str) and data__event == 'system.snapshot') or (isinstance(data__event, str) and data__event == 'system.agent_started') or (isinstance(data__event, str) and data__event == 'system.agent_exited') or (isinstance(data__event, str) and data__event == 'system.agent_restarted') or (isinstance(data__event, str) and data__event == 'system.protocol_error') or (isinstance(data__event, str) and data__event == 'system.command_failed') or (isinstance(data__event, str) and data__event == 'system.artifact_rejected') or (isinstance(data__event, str) and data__event == 'system.resumed') or (isinstance(data__event, str) and data__event == 'system.discovery') or (isinstance(data__event, str) and data__event == 'system.task_started') or (isinstance(data__event, str) and data__event == 'system.run_completed') or (isinstance(data__event, str) and data__event == 'system.run_failed') or (isinstance(data__event, str) and data__event == 'system.run_aborted') or (isinstance(data__event, str) and data__event == 'system.user_decision') or (isinstance(data__event, str) and data__event == 'system.checkpoint') or (isinstance(data__event, str) and data__event == 'system.rollback') or (isinstance(data__event, str) and data__event == 'system.permission') or (isinstance(data__event, str) and data__event == 'system.verdict') or (isinstance(data__event, str) and data__event == 'system.verdict_changed')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".event must be one of ['builder.progress', 'builder.completed', 'review.completed', 'spec.updated', 'spec.no_changes_needed', 'spec.changes_requested', 'orchestration.proposed_tasks', 'orchestration.needs_clarification', 'orchestration.plan_conflict', 'artifact.produced', 'error', 'log', 'system.run_started', 'system.snapshot', 'system.agent_started', 'system.agent_exited', 'system.agent_restarted', 'system.protocol_error', 'system.command_failed', 'system.artifact_rejected', 'system.resumed', 'system.discovery', 'system.task_started', 'system.run_completed', 'system.run_failed', 'system.run_aborted', 'system.user_decision', 'system.checkpoint', 'system.rollback', 'system.permission', 'system.verdict', 'system.verdict_changed']", value=data__event, name='' + (name_prefix or 'data') + '.event', rule='enum')
         if 'status' in data_keys:
             data_keys.remove('status')
             data__status = data['status']

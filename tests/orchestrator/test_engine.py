@@ -274,7 +274,10 @@ def test_happy_path_sends_each_command_after_it_is_recorded(tmp_path: Path) -> N
 
 def ledger_line(rig: Rig, message_id: str) -> bytes:
     raw = (rig.ws / "events" / f"{RUN_ID}.ndjson").read_bytes()
-    return next(ln + b"\n" for ln in raw.split(b"\n") if message_id.encode() in ln)
+    # The very bytes the agent got, plus the chain field only the ledger carries.
+    return next(
+        ledger.unchained(ln) + b"\n" for ln in raw.split(b"\n") if message_id.encode() in ln
+    )
 
 
 def silent_once() -> Script:
@@ -293,7 +296,9 @@ def test_a_command_that_times_out_is_resent_with_its_key_after_a_restart(tmp_pat
     assert rig.run().status == "completed"
     failed = rig.events("system.command_failed")
     assert [f["payload"]["code"] for f in failed] == ["timeout"]
-    assert failed[0]["payload"]["reason"] == "implement timed out after 100 s"
+    assert failed[0]["payload"]["reason"] == (
+        "implement timed out after 100 s; builder said nothing on stderr"
+    )
     first, again = [c for c in rig.commands() if c["action"] == "implement"]
     assert first["idempotency_key"] == again["idempotency_key"]
     assert first["correlation_id"] == again["correlation_id"]

@@ -130,7 +130,10 @@ def test_the_run_is_resumable_once_the_role_is_fixed(scenario, lorch: Runner) ->
     assert r.returncode == 2 and "agent reviewer did not start" in r.stderr
     _builder_got_nothing(ws)
     _edit(ws, lambda c: c["agents"]["reviewer"].update(cmd=good))
+    # A fix in lorch.json is a change to the run's configuration: said, then accepted.
     r = lorch("resume", "--workspace", str(ws))
+    assert r.returncode == 2 and "recorded it: agents.reviewer.cmd." in r.stderr
+    r = lorch("resume", "--workspace", str(ws), "--accept-config-change")
     assert r.returncode == 0, r.stdout + r.stderr
     assert terminal_events(ws) == [
         "builder.completed",
@@ -147,11 +150,11 @@ def test_resume_checks_every_role_before_it_sends_again(scenario, lorch: Runner)
     assert recs[-1]["kind"] == "command" and recs[-1]["action"] == "implement"
     good = json.loads((ws / "lorch.json").read_text())["agents"]["reviewer"]["cmd"]
     _exits(ws)
-    r = lorch("resume", "--workspace", str(ws))
+    r = lorch("resume", "--workspace", str(ws), "--accept-config-change")
     assert r.returncode == 2 and "agent reviewer did not start" in r.stderr, r.stderr
     assert [x for x in records(ws) if x.get("kind") == "command"] == [recs[-1]]  # not re-sent
     _edit(ws, lambda c: c["agents"]["reviewer"].update(cmd=good))
-    r = lorch("resume", "--workspace", str(ws))
+    r = lorch("resume", "--workspace", str(ws), "--accept-config-change")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -1,5 +1,5 @@
-"""Resume decides from the ledger: the recorded policy applies; lorch.json changes are
-reported, and those that would alter the run's keys or limits need an explicit yes."""
+"""Resume decides from the ledger: the recorded policy applies; any change to lorch.json
+is refused, naming every changed key, unless the user says yes (it is then recorded)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_a_changed_limit_is_refused_naming_it(scenario, lorch: Runner) -> None: 
     edit(ws, lambda raw: raw.setdefault("policy", {}).update(max_restarts=0, max_rounds=1))
     r = lorch("resume", "--workspace", str(ws))
     assert r.returncode == 2
-    assert "changed since run" in r.stderr and "(policy)" in r.stderr
+    assert "changed since run" in r.stderr
+    assert "policy.max_restarts, policy.max_rounds (" in r.stderr
     assert "policy.max_restarts: 5 -> 0" in r.stderr
     assert "policy.max_rounds:" in r.stderr
     assert "--accept-config-change" in r.stderr
@@ -58,9 +59,11 @@ def test_an_accepted_change_is_recorded_and_applies(scenario, lorch: Runner) -> 
     r = lorch("resume", "--workspace", str(ws), "--accept-config-change")
     # review-loop asks for changes twice: one round is not enough any more.
     assert r.returncode == 1 and "review round cap of 1 reached" in r.stderr, r.stderr
-    assert "applying, as accepted: policy.max_rounds: 10 -> 1" in r.stdout
+    assert "policy.max_rounds (policy.max_rounds: 10 -> 1); applying it, as accepted" in r.stdout
     payload = resumed_record(ws)["payload"]
-    assert payload["policy"]["max_rounds"] == 1 and payload["config_changed"] == ["policy"]
+    assert payload["policy"]["max_rounds"] == 1
+    assert payload["config_changed"] == ["policy.max_rounds"]
+    assert payload["config_digest"] == load(ws).digest
 
 
 def test_the_recorded_limits_apply_whatever_lorch_json_says(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
@@ -77,13 +80,29 @@ def test_the_recorded_limits_apply_whatever_lorch_json_says(scenario, lorch: Run
     assert "config_changed" not in resumed_record(ws)["payload"]
 
 
-def test_a_changed_agent_command_is_reported_and_used(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+def test_a_changed_agent_is_refused_naming_its_keys(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
+    # A builder that rewrote the reviewer's entry and killed lorch gets no new reviewer.
+    ws = crashed(scenario, lorch)
+    before = records(ws)
+    edit(ws, lambda raw: raw["agents"]["reviewer"].setdefault("env", {}).update(EXTRA="1"))
+    edit(ws, lambda raw: raw["agents"]["spec_maintainer"].update(cmd=["true"]))
+    r = lorch("resume", "--workspace", str(ws))
+    assert r.returncode == 2, r.stderr
+    assert "agents.reviewer.env.EXTRA, agents.spec_maintainer.cmd." in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert records(ws) == before
+
+
+def test_an_accepted_agent_change_is_recorded_once(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
     ws = crashed(scenario, lorch)
     edit(ws, lambda raw: raw["agents"]["reviewer"].setdefault("env", {}).update(EXTRA="1"))
-    r = lorch("resume", "--workspace", str(ws))
+    r = lorch("resume", "--workspace", str(ws), "--accept-config-change")
     assert r.returncode == 0, r.stderr
-    assert "lorch.json changed since the run started (agents.reviewer)" in r.stdout
-    assert resumed_record(ws)["payload"]["config_changed"] == ["agents.reviewer"]
+    assert "lorch.json changed since the run recorded it: agents.reviewer.env.EXTRA;" in r.stdout
+    assert resumed_record(ws)["payload"]["config_changed"] == ["agents.reviewer.env.EXTRA"]
+    # The accepted configuration is the run's now: the next resume has nothing to refuse.
+    r = lorch("resume", "--workspace", str(ws))
+    assert r.returncode == 0 and "already completed" in r.stdout, r.stderr
 
 
 def test_a_changed_task_would_change_keys_and_is_refused(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]
@@ -109,12 +128,16 @@ def test_compare_lists_every_policy_field_that_changed(tmp_path: Path) -> None:
     raw["agents"]["builder"]["timeouts_s"] = {"implement": 5}
     (ws / "lorch.json").write_text(json.dumps(raw))
     drift = compare(started, recorded, task, load(ws))
-    assert drift.changed == ["agents.builder", "policy"]
+    assert drift.changed == [
+        "agents.builder.timeouts_s.implement",
+        "policy.backoff.factor",  # removed: a key that is gone is a change too
+        "policy.backoff.initial_s",  # max_s was 1 already
+    ]
     assert drift.binding == [
         "policy.backoff.initial_s: 0.05 -> 2.0",
         "policy.roles.builder.timeouts_s.implement: 600.0 -> 5.0",
     ]
-    assert drift.accepted()["policy"]["roles"]["builder"]["timeouts_s"]["implement"] == 5.0
+    assert drift.accepted(load(ws))["policy"]["roles"]["builder"]["timeouts_s"]["implement"] == 5.0
 
 
 def test_a_policy_recorded_by_an_older_lorch_takes_defaults_for_what_it_lacks() -> None:

@@ -285,6 +285,176 @@ def fuzz(cmd):
     return False
 
 
+# -- evidence attacks (issue 22, point 2): on lorch's own files, sandbox off -----------
+
+
+def _ledger():
+    return os.path.join(WS, "events", os.environ["LORCH_RUN_ID"] + ".ndjson")
+
+
+def _append_raw(path, lines):
+    with open(path, "ab") as f:
+        for line in lines:
+            f.write(line + b"\n")
+
+
+def _forge(cmd, name, sender, status=None, payload=None):
+    e = event(cmd, name, status, payload if payload is not None else {}, sender=sender)
+    e["chain"] = "hmac-sha256:" + "0" * 64  # what a forger without the key can put there
+    return json.dumps(e).encode()
+
+
+def forged_records(cmd):
+    # The review, the spec and the run's end, as lorch would record them; then kill lorch.
+    review = {"summary": "lgtm", "review_path": f"reviews/{cmd['task_id']}.json"}
+    _append_raw(
+        _ledger(),
+        [
+            _forge(cmd, "review.completed", "reviewer", "approved", review),
+            _forge(cmd, "spec.no_changes_needed", "spec_maintainer"),
+            _forge(cmd, "system.run_completed", "system", None, {"reason": ""}),
+        ],
+    )
+    os.kill(os.getppid(), 9)
+    time.sleep(3600)
+    return False
+
+
+def forged_restart(cmd):
+    # A restart lorch never did, mid-run; then honest work, as if nothing happened.
+    payload = {"role": "builder", "restarts": 1, "max_restarts": 5, "delay_s": 0, "reason": "x"}
+    _append_raw(_ledger(), [_forge(cmd, "system.agent_restarted", "system", None, payload)])
+    return True
+
+
+def delete_ledger(cmd):
+    os.unlink(_ledger())
+    return True
+
+
+def forged_receipt(cmd):
+    # A receipt for a review that never happened (the reviewer is never asked: see the test).
+    rel = f"reviews/{cmd['task_id']}.json"
+    data = b'{"status": "approved", "summary": "lgtm"}\n'
+    write_file(os.path.join(WS, rel), data)
+    receipt = {
+        "run_id": os.environ["LORCH_RUN_ID"],
+        "task_id": cmd["task_id"],
+        "step": 9,
+        "action": "review",
+        "agent_type": "reviewer",
+        "idempotency_key": "ik:" + "ab" * 32,
+        "correlation_id": cmd["correlation_id"],
+        "command_message_id": "cmd-forged",
+        "snapshot_id": os.environ["LORCH_SNAPSHOT_ID"],
+        "terminal_event": "review.completed",
+        "status": "approved",
+        "event_ids": ["evt-forged"],
+        "artifacts": [artifact(rel, data)],
+        "completed_at": now(),
+    }
+    path = os.path.join(WS, "receipts", cmd["task_id"], "step-9.json")
+    write_file(path, json.dumps(receipt).encode())
+    return True
+
+
+def rewrite_config(cmd):
+    # Another reviewer for the rest of the run, then kill lorch before it notices.
+    path = os.path.join(WS, "lorch.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["agents"]["reviewer"].setdefault("env", {})["HOSTILE_INJECTED"] = "1"
+    config["agents"]["reviewer"]["cmd"][-1] = "verdict_file"
+    write_file(path, json.dumps(config).encode())
+    os.kill(os.getppid(), 9)
+    time.sleep(3600)
+    return False
+
+
+def _verdict_path(cmd):
+    return os.path.join(WS, "reviews", cmd["task_id"] + ".json")
+
+
+def _wait_for(condition, what):
+    deadline = time.monotonic() + 60
+    while not condition():
+        if time.monotonic() > deadline:
+            sys.stderr.write(f"hostile: gave up waiting for {what}\n")
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def flip_verdict(cmd):
+    # The builder, still running while the reviewer works, turns its verdict into approval.
+    path = _verdict_path(cmd)
+
+    def flip():
+        if _wait_for(lambda: b"changes_requested" in _read(path), "a verdict to flip"):
+            write_file(path, b'{"status": "approved", "summary": "the builder approves"}\n')
+
+    threading.Thread(target=flip, daemon=True).start()
+    return True
+
+
+def file_changes_once(cmd):
+    # The reviewer writes its verdict file, and answers once that file has been flipped.
+    path = _verdict_path(cmd)
+    write_file(path, b'{"status": "changes_requested", "summary": "fix it"}\n')
+    _wait_for(lambda: b"changes_requested" not in _read(path), "the builder's flip")
+    payload = {"summary": "fix it", "review_path": f"reviews/{cmd['task_id']}.json"}
+    out(event(cmd, "review.completed", "changes_requested", payload))
+    return False
+
+
+def verdict_file(cmd):
+    # An honest reviewer that writes its verdict file and names it.
+    rel = f"reviews/{cmd['task_id']}.json"
+    write_file(os.path.join(WS, rel), b'{"status": "approved", "summary": "fine"}\n')
+    out(event(cmd, "review.completed", "approved", {"summary": "fine", "review_path": rel}))
+    return False
+
+
+def spoil_verdict(cmd):
+    # Once lorch has captured the reviewer's verdict, the builder rewrites the file.
+    path = _verdict_path(cmd)
+
+    def spoil():
+        if _wait_for(lambda: b'"system.verdict"' in _read(_ledger()), "the verdict's capture"):
+            write_file(path, b'{"status": "approved", "summary": "rewritten by the builder"}\n')
+
+    threading.Thread(target=spoil, daemon=True).start()
+    return True
+
+
+def await_spoil(cmd):
+    # The spec maintainer answers once the builder has rewritten the verdict.
+    _wait_for(lambda: b"rewritten" in _read(_verdict_path(cmd)), "the builder's rewrite")
+    return True
+
+
+EVIDENCE_ATTACKS = {
+    "forged_records": forged_records,
+    "forged_restart": forged_restart,
+    "delete_ledger": delete_ledger,
+    "forged_receipt": forged_receipt,
+    "rewrite_config": rewrite_config,
+    "flip_verdict": flip_verdict,
+    "file_changes_once": file_changes_once,
+    "verdict_file": verdict_file,
+    "spoil_verdict": spoil_verdict,
+    "await_spoil": await_spoil,
+}
+
+
 ATTACKS = {
     "none": lambda cmd: True,
     "deep_json": deep_json,
@@ -308,6 +478,9 @@ ATTACKS = {
     "no_test_status": no_test_status,
     "junk_index": junk_index,
 }
+
+
+ATTACKS.update(EVIDENCE_ATTACKS)
 
 
 def main():
