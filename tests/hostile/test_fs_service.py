@@ -367,6 +367,7 @@ def test_an_agent_cannot_run_a_terminal_in_lorch_s_folders(attack: Attack) -> No
 # -- lorch's own files (issue 22, point 5) ----------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("planted", ["receipts/T-0042", "logs/builder", "state", "transcripts"])
 def test_lorch_s_own_folders_never_follow_a_planted_symlink(
     scenario: Any, lorch: Any, tmp_path: Path, planted: str
@@ -390,6 +391,7 @@ def test_lorch_s_own_folders_never_follow_a_planted_symlink(
     assert stat.S_IMODE((outside / "keep.txt").stat().st_mode) == 0o640
 
 
+@pytest.mark.e2e
 def test_lorch_s_own_files_replace_a_planted_symlink_never_write_through_it(
     scenario: Any, lorch: Any, tmp_path: Path
 ) -> None:
@@ -404,3 +406,30 @@ def test_lorch_s_own_files_replace_a_planted_symlink_never_write_through_it(
     assert victim.read_text() == "user data\n"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o640
     assert not (ws / "state" / "run.json").is_symlink()
+
+
+def test_a_raw_input_too_deep_or_too_large_to_check_is_refused(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lorch.acp.policy import Policy
+
+    options = [
+        SimpleNamespace(option_id="allow", kind="allow_once"),
+        SimpleNamespace(option_id="reject", kind="reject_once"),
+    ]
+    policy = Policy(tmp_path, {})
+    deep: Any = "a.txt"
+    for _ in range(20):
+        deep = {"x": deep}
+    wide = {"items": [{"name": f"n{i}"} for i in range(2000)]}
+    fine = {"file_path": "a.txt", "content": "see ../../etc and /usr/lib"}
+    for raw, allowed in ((deep, False), (wide, False), (fine, True)):
+        call = SimpleNamespace(kind="edit", locations=None, raw_input=raw)
+        decision = policy.decide(call, options, "builder")
+        assert decision.allowed is allowed, decision
+    assert (
+        "too large or too deep"
+        in policy.decide(
+            SimpleNamespace(kind="edit", locations=None, raw_input=deep), options
+        ).reason
+    )
