@@ -27,6 +27,7 @@ from lorch.checkpoint import TurnCheckpoints
 from lorch.commands import ROLE_OF
 from lorch.derived import RECEIPT_DELAY_S
 from lorch.errors import AgentError, AuthRequired, ConfigError, LineTooLong
+from lorch.known_agents import silence_hint
 from lorch.paths import artifact_problems, missing_outputs
 from lorch.protocol import Record
 from lorch.recorder import Sink
@@ -235,7 +236,7 @@ class Engine(Roster):
 
     def _watchdog_fired(self, cmd: Record, role: str, watchdog: Watchdog, timeout: float) -> bool:
         if watchdog.timed_out():
-            self.fail_attempt(cmd, f"{cmd['action']} timed out after {timeout:g} s", "timeout")
+            self.fail_attempt(cmd, self._timed_out(cmd, role, timeout), "timeout")
             self.restart(role, "timeout")
             return True
         if watchdog.unhealthy():
@@ -249,6 +250,16 @@ class Engine(Roster):
             self.restart(role, reason)
             return True
         return False
+
+    def _timed_out(self, cmd: Record, role: str, timeout: float) -> str:
+        """The timeout's line: the role, and the last thing its agent said on stderr."""
+        line = f"{cmd['action']} timed out after {timeout:g} s"
+        port = self.ports.get(role)
+        if port is None:
+            return line
+        if port.last_stderr:
+            return f"{line}; {role}'s last stderr line: {port.last_stderr}"
+        return f"{line}; {role} said nothing on stderr" + silence_hint(port.argv, role)
 
     def handle(self, item: Incoming, cmd: Record, port: AgentPort) -> bool:
         """Act on one item from an agent; True when the command's attempt is over."""

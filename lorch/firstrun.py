@@ -22,16 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from lorch.errors import ConfigError, UsageError
+from lorch.known_agents import AGENTS, KnownAgent
 
 FILENAME = "lorch.json"
 DEMO = "happy-path"
-# ACP agents lorch knows how to start, in order of preference: (executable, argv).
-ACP_AGENTS = (
-    ("claude-agent-acp", ["claude-agent-acp"]),
-    ("claude-code-acp", ["claude-code-acp"]),
-    ("codex-acp", ["codex-acp"]),
-    ("gemini", ["gemini", "--experimental-acp"]),
-)
 ROLES = ("builder", "reviewer", "spec_maintainer")
 # Intake's planner (docs/intake.md): mockagent proposes the plan files lorch
 # discovers, one task for the first, and writes nothing.
@@ -59,29 +53,43 @@ def acp_supported() -> bool:
     return "acp" in role.get("properties", {}).get("transport", {}).get("enum", [])
 
 
+def find_acp_agents(path: str | None = None) -> list[KnownAgent]:
+    """The known ACP agents installed on PATH, in order of preference."""
+    return [a for a in AGENTS if shutil.which(a.exe, path=path) is not None]
+
+
 def find_acp_agent(path: str | None = None) -> list[str] | None:
     """The argv of the first known ACP agent installed on PATH, or None."""
-    for exe, argv in ACP_AGENTS:
-        if shutil.which(exe, path=path) is not None:
-            return list(argv)
-    return None
+    found = find_acp_agents(path)
+    return list(found[0].argv) if found else None
+
+
+def acp_role(agent: KnownAgent) -> dict[str, Any]:
+    """A role running ``agent``: its command and the variables docs/real-agents.md gives it."""
+    return {"transport": "acp", "cmd": list(agent.argv), "pass_env": agent.pass_env}
 
 
 def default_config(path: str | None = None) -> tuple[dict[str, Any], str]:
     """The configuration written into a project folder, and a phrase naming its agents."""
-    acp = find_acp_agent(path) if acp_supported() else None
+    found = find_acp_agents(path) if acp_supported() else []
+    acp = found[0] if found else None
     agents: dict[str, Any] = {}
     for role in ROLES:
         if acp is not None:
-            agents[role] = {"transport": "acp", "cmd": acp}
+            agents[role] = acp_role(acp)
         else:
             agents[role] = {"cmd": ["mockagent", "--type", role, "--no-files"]}
     agents["orchestration"] = dict(ORCHESTRATION)
-    which = (
-        f"the ACP agent `{acp[0]}` found on PATH"
-        if acp is not None
-        else "mockagent, which answers without writing any file (no ACP agent found on PATH)"
-    )
+    if acp is not None:
+        which = (
+            f"{acp.name} (`{' '.join(acp.argv)}`, found on PATH), which gets "
+            f"{' or '.join(acp.keys)} from lorch's environment ($.agents.ROLE.pass_env)"
+        )
+        others = [a.exe for a in found[1:] if a.name != acp.name]
+        if others:
+            which += f"; also found: {', '.join(others)} (docs/real-agents.md: one per role)"
+    else:
+        which = "mockagent, which answers without writing any file (no ACP agent found on PATH)"
     config = {
         "version": "1.0",
         "workspace_root": ".",

@@ -148,10 +148,22 @@ class AcpTransport:
                     init_timeout_s=start_timeout(cfg, self.config.policy.heartbeat_misses),
                     test_timeout_s=cfg.test_timeout_s,
                     max_updates_per_turn=cfg.max_updates_per_turn,
+                    fs=serves_fs(cfg),
                 )
 
             self._transport = AcpTransport(settings)
         return self._transport.start(launch, inbox)
+
+
+def serves_fs(cfg: AgentConfig) -> bool:
+    """Whether lorch offers ``cfg``'s ACP agent its file service (``fs/*``).
+
+    Off unless the role says ``"fs": true``: every ACP agent must work without it
+    (it is a client capability an agent may not rely on), while with it Gemini
+    CLI 0.61 cannot create a file (a missing file's ``-32002`` is not "does not
+    exist" to it) and Claude Code's adapter does not use it (docs/real-agents.md).
+    """
+    return bool(cfg.fs)
 
 
 def start_timeout(cfg: AgentConfig, heartbeat_misses: int) -> float:

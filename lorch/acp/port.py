@@ -32,7 +32,7 @@ from acp import schema as s
 from acp.connection import StreamDirection, StreamEvent
 from pydantic import ValidationError
 
-from lorch import __version__, protocol
+from lorch import __version__, known_agents, protocol
 from lorch.acp.client import Client, lenient_session_updates
 from lorch.acp.events import one_line
 from lorch.acp.loop import PORT, Loop, install_sdk_log
@@ -77,6 +77,8 @@ class AcpSettings:
     test_timeout_s: float = TEST_TIMEOUT_S
     # Lines one turn may record before the attempt fails.
     max_updates_per_turn: int = MAX_UPDATES_PER_TURN
+    # Whether lorch offers its file service (fs/*) in initialize (docs/real-agents.md).
+    fs: bool = False
 
 
 class AcpTransport:
@@ -221,7 +223,9 @@ class AcpPort:
                 conn.initialize(
                     protocol_version=sdk.PROTOCOL_VERSION,
                     client_capabilities=s.ClientCapabilities(
-                        fs=s.FileSystemCapabilities(read_text_file=True, write_text_file=True),
+                        fs=s.FileSystemCapabilities(
+                            read_text_file=self.settings.fs, write_text_file=self.settings.fs
+                        ),
                         terminal=True,
                     ),
                     client_info=s.Implementation(name="lorch", version=__version__),
@@ -433,7 +437,8 @@ class AcpPort:
 
     # -- what a turn asks of the port --------------------------------------------------
 
-    def auth_message(self, what: str) -> str:
+    def auth_message(self, what: str, error: sdk.RequestError | None = None) -> str:
+        """One line: who needs authentication, the agent's own reason, what to set."""
         methods = []
         for m in (self.init.auth_methods if self.init else None) or []:
             text = m.name + (f" ({m.description})" if getattr(m, "description", None) else "")
@@ -442,10 +447,22 @@ class AcpPort:
                 text += f": set {', '.join(names)}"
             methods.append(text)
         advertised = "; ".join(methods) if methods else "none advertised"
+        agent = known_agents.known(self.argv)
+        said = ""
+        if error is not None:
+            reason = str(error)
+            details = error.data.get("details") if isinstance(error.data, dict) else None
+            if isinstance(details, str) and details:
+                reason += f" ({details})"
+            said = f': it said "{self._shown(reason)[:300]}"'
+        if agent is not None:
+            hint = known_agents.key_hint(agent, self.role, self.launch.env, os.environ)
+        else:
+            hint = f"a variable it needs must be listed in $.agents.{self.role}.pass_env or env"
         return (
-            f"agent {self.role} ({self.argv[0]}) needs authentication for {what}; "
-            f"auth methods: {advertised} "
-            f"(a variable it needs must be listed in $.agents.{self.role}.pass_env or env)"
+            f"agent {self.role} ({(known_agents.command_of(self.argv) or self.argv)[0]}) "
+            f"needs authentication for {what}{said}; "
+            f"{hint}; auth methods: {self._shown(advertised)[:500]}"
         )
 
     def in_turn(self, session_id: str, request: str) -> bool:
@@ -498,7 +515,7 @@ def describe_session(port: AcpPort) -> str:
         )
     except sdk.RequestError as e:
         if e.code == AUTH_REQUIRED:
-            raise AgentError(f"{text}; but {port.auth_message('a session')}") from None
+            raise AgentError(f"{text}; but {port.auth_message('a session', e)}") from None
         raise AgentError(f"{text}; but session/new failed: {e} (code {e.code})") from None
     except (concurrent.futures.TimeoutError, TimeoutError):
         raise AgentError(f"{text}; but no answer to session/new") from None

@@ -109,7 +109,8 @@ class Turn:
         except sdk.RequestError as e:
             if e.code == AUTH_REQUIRED:
                 what = f"{command['action']} of task {command['task_id']}"
-                return error_event(command, port.agent_id, "auth_required", port.auth_message(what))
+                message = port.auth_message(what, e)
+                return error_event(command, port.agent_id, "auth_required", message)
             return error_event(
                 command,
                 port.agent_id,

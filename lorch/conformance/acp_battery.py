@@ -12,11 +12,19 @@ and one killed mid-turn leaves half of it behind. So each check runs twice:
 Each check compares the workspace with the one a single clean turn leaves
 (the baseline), so the agent must do the same work when given the same prompt
 (a scripted agent, or a real one against a scripted model).
+
+One more check is about lorch's file service, not idempotency:
+**ACP-FS-001** offers the agent ``fs/read_text_file`` and ``fs/write_text_file``
+(a role's ``"fs": true``), asks it to create a new file, and looks for the file
+on disk. An agent that reads through lorch before writing and takes a missing
+file's ``-32002`` for a failure (Gemini CLI 0.61) cannot create files with the
+capability on: the check fails and says to leave ``fs`` off for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -45,6 +53,17 @@ CHECKS = {
     "ACP-IDEMP-001": "a completed turn prompted again must not change the workspace again",
     "ACP-IDEMP-004": "a turn killed mid-work, then prompted again, must leave its work once",
 }
+FS_CHECK = "ACP-FS-001"
+FS_FILE = "lorch-fs-check/new-file.txt"
+FS_CONTENT = "created through lorch's file service"
+# The prompt of the fs check (a template of lorch.prompts: $workspace is filled in);
+# a scripted agent or model recognises it by its first word.
+FS_PROMPT = (
+    f"{FS_CHECK} (lorch conformance): create the new file $workspace/{FS_FILE} whose whole "
+    f"content is the line: {FS_CONTENT}\nUse your tool for writing files, not a shell "
+    "command. Change nothing else, then end your turn."
+)
+FS_TEXT = "a new file asked for with lorch's file service offered (fs) must be on disk"
 BARE_NOTE = (
     "expected for an ACP agent: ACP has no idempotency key, so a prompt sent again is "
     "worked again; lorch never relies on that (see the lorch row)"
@@ -108,29 +127,39 @@ class _Driver:
             ws.mkdir()
         return ws
 
+    def log_path(self, ws: Path, generation: int) -> Path:
+        return self.root / "logs" / f"{ws.name}-{generation}.ndjson"
+
     @contextlib.contextmanager
-    def port(self, ws: Path, inbox: Inbox) -> Iterator[AcpPort]:
+    def port(self, ws: Path, inbox: Inbox, *, fs: bool = False) -> Iterator[AcpPort]:
         self.generation += 1
         launch = Launch(
             role=self.role,
             argv=self.argv,
             cwd=ws,
             env=dict(os.environ),
-            log_path=self.root / "logs" / f"{ws.name}-{self.generation}.ndjson",
+            log_path=self.log_path(ws, self.generation),
             generation=self.generation,
             redactor=self.redactor,
         )
-        port = AcpPort(
-            launch, inbox, AcpSettings(workspace=ws, task={"id": "T-CONF", "goal": "conformance"})
+        settings = AcpSettings(
+            workspace=ws,
+            task={"id": "T-CONF", "goal": "conformance"},
+            prompts={self.action(): FS_PROMPT} if fs else {},
+            fs=fs,
         )
+        port = AcpPort(launch, inbox, settings)
         port.start()
         try:
             yield port
         finally:
             port.kill()
 
+    def action(self) -> str:
+        return {"builder": "implement", "reviewer": "review"}.get(self.role, "update_spec")
+
     def command(self) -> dict[str, Any]:
-        action = {"builder": "implement", "reviewer": "review"}.get(self.role, "update_spec")
+        action = self.action()
         return {
             "kind": "command",
             "message_id": protocol.new_message_id("cmd"),
@@ -186,7 +215,7 @@ def run_acp_battery(
     timeout: float = 60.0,
     only: list[str] | None = None,
 ) -> Report:
-    known = {f"{c}-{m}" for c in CHECKS for m in ("bare", "lorch")}
+    known = {f"{c}-{m}" for c in CHECKS for m in ("bare", "lorch")} | {FS_CHECK}
     for c in only or []:
         if c not in known and c not in CHECKS:
             raise UsageError(f"--only {c}: unknown check; known: {', '.join(sorted(known))}")
@@ -212,6 +241,8 @@ def run_acp_battery(
                 outcomes.append(_resent_turn(d, inbox, mode, baseline))
             if want(f"ACP-IDEMP-004-{mode}"):
                 outcomes.append(_cut_turn(d, inbox, mode, baseline))
+        if want(FS_CHECK):
+            outcomes.append(_new_file(d, inbox))
     finally:
         inbox.close()
         d.close()
@@ -268,5 +299,52 @@ def _outcome(cid: str, mode: str, baseline: Files, got: Files) -> CheckOutcome:
         Verdict(
             "fail",
             f"with lorch's checkpoints the workspace still differs from a clean turn's: {diff}",
+        ),
+    )
+
+
+def _fs_calls(log: Path) -> dict[str, int]:
+    """How often the agent called each ``fs/*`` method, from its log."""
+    counts: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            message = entry.get("message") if isinstance(entry, dict) else None
+            method = message.get("method") if isinstance(message, dict) else None
+            if entry.get("dir") == "in" and isinstance(method, str) and method.startswith("fs/"):
+                counts[method] = counts.get(method, 0) + 1
+    return counts
+
+
+def _new_file(d: _Driver, inbox: Inbox) -> CheckOutcome:
+    """ACP-FS-001: asked for a new file with lorch's fs offered, the file is on disk."""
+    check = ConformanceCheck(FS_CHECK, "required", "docs/real-agents.md", FS_TEXT, _noop)
+    ws = d.workspace(FS_CHECK)
+    seen = len(d.transcript)
+    with d.port(ws, inbox, fs=True) as port:
+        how = d.turn(port, inbox)
+        log = d.log_path(ws, port.generation)
+    calls = _fs_calls(log)
+    used = ", ".join(f"{m} ×{n}" for m, n in sorted(calls.items())) or "no fs/* request"
+    target = ws / FS_FILE
+    if target.is_file():
+        got = target.read_text(encoding="utf-8", errors="replace").strip()
+        if got == FS_CONTENT:
+            return CheckOutcome(check, Verdict("pass", f"{FS_FILE} created ({used})"))
+        return CheckOutcome(
+            check, Verdict("fail", f"{FS_FILE} created with other content: {got[:80]!r} ({used})")
+        )
+    said = [line for line in d.transcript[seen:] if "[failed]" in line or "error" in line]
+    why = f"; it said: {said[-1][:300]}" if said else ""
+    return CheckOutcome(
+        check,
+        Verdict(
+            "fail",
+            f"the turn {'ended' if how == 'done' else how} without {FS_FILE} on disk "
+            f"({used}){why}: this agent cannot "
+            'create files through lorch\'s file service; leave "fs" off for its role',
         ),
     )

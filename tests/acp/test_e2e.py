@@ -289,7 +289,8 @@ def test_doctor_reports_the_initialize_answer_or_the_failure(ws: Path, lorch) ->
     r = lorch("doctor", "--workspace", str(ws), timeout=300)
     assert r.returncode == 1
     assert (
-        "needs authentication for a session; auth methods: Log in (run the login command)"
-        in r.stdout
-    )
+        'needs authentication for a session: it said "Authentication required (no credentials)"; '
+        "a variable it needs must be listed in $.agents.reviewer.pass_env or env; "
+        "auth methods: Log in (run the login command)"
+    ) in r.stdout
     assert "exited (code 4) before ACP initialize completed; its stderr said: boom" in r.stdout

@@ -332,9 +332,10 @@ def test_auth_required_names_role_command_and_methods(acp: Harness) -> None:
     assert ev is not None and ev["event"] == "error"
     assert ev["payload"]["code"] == "auth_required"
     msg = ev["payload"]["message"]
-    assert msg.startswith(
-        f"agent builder ({port.argv[0]}) needs authentication for implement "
-        "of task T-1; auth methods: API key (set SCRIPTED_KEY)"
+    assert msg == (
+        f"agent builder ({port.argv[0]}) needs authentication for implement of task T-1: "
+        'it said "Authentication required (no credentials)"; a variable it needs must be '
+        "listed in $.agents.builder.pass_env or env; auth methods: API key (set SCRIPTED_KEY)"
     )
     # pass_env lets the variable through; nothing else of lorch's environment is passed.
     import os

@@ -13,8 +13,19 @@ from .conftest import AGENT
 
 pytestmark = pytest.mark.e2e
 
+
+def _fs_turn(**how: object) -> dict[str, object]:
+    """The turn the fs check's prompt gets: the file it asks for, through lorch's fs."""
+    write = {"write": "lorch-fs-check/new-file.txt", "via": "fs", **how}
+    return {
+        "match": "ACP-FS-001",
+        "calls": [[{**write, "content": "created through lorch's file service\n"}]],
+    }
+
+
 NOT_IDEMPOTENT = {
     "turns": [
+        _fs_turn(),
         {
             "calls": [
                 [
@@ -27,7 +38,7 @@ NOT_IDEMPOTENT = {
                     },
                 ]
             ]
-        }
+        },
     ]
 }
 
@@ -67,7 +78,27 @@ def test_conformance_acp_bare_fails_as_expected_and_passes_under_checkpoints(
     assert "ACP has no idempotency key" in rows["ACP-IDEMP-001-bare"]
     assert "FAIL (expected)" in rows["ACP-IDEMP-004-bare"]
     assert " PASS " in rows["ACP-IDEMP-001-lorch"] and " PASS " in rows["ACP-IDEMP-004-lorch"]
+    assert " PASS " in rows["ACP-FS-001"] and "fs/write_text_file ×1" in rows["ACP-FS-001"]
     assert "CONFORMS" in r.stdout
+
+
+def test_conformance_acp_fails_an_agent_that_cannot_create_a_file_through_lorchs_fs(
+    tmp_path: Path,
+) -> None:
+    # Like Gemini CLI 0.61: it reads through lorch before writing, and takes a
+    # missing file's -32002 for a failure, so the new file is never written.
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"turns": [_fs_turn(read_first=True)]}))
+    r = _lorch(
+        "conformance", "--transport", "acp", "--only", "ACP-FS-001", "--",
+        sys.executable, str(AGENT), str(script), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    (row,) = [line for line in r.stdout.splitlines() if line.startswith("ACP-FS-001")]
+    assert " FAIL " in row and "required" in row
+    assert "ended without lorch-fs-check/new-file.txt on disk (fs/read_text_file ×1)" in row
+    assert 'leave "fs" off' in row
+    assert "DOES NOT CONFORM" in r.stdout
 
 
 def test_conformance_acp_names_an_agent_that_does_not_start(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ other agent. ``acp_agent.py SCRIPT.json`` (or ``$ACP_AGENT_SCRIPT``); the script
     {"agent": {"name": "scripted", "version": "1.0"},     # initialize's agentInfo
      "load_session": false,
      "initialize": "never",                               # never answer initialize
-     "auth": {"required": true, "unless_env": "SCRIPTED_KEY",
+     "auth": {"required": true, "unless_env": "SCRIPTED_KEY", "message": "no key",
               "methods": [{"id": "key", "name": "API key", "description": "set SCRIPTED_KEY"}]},
      "turns": [{"match": "Review round", "calls": [[STEP, ...], [STEP, ...]]}, ...]}
 
@@ -23,6 +23,10 @@ outside the workspace) when set, so a restarted agent goes on counting. Steps:
     {"write": PATH, "json": {...}}     same, JSON content
     {"write": PATH, ..., "via": "fs"}  through fs/write_text_file instead
     {"write": PATH, ..., "quiet": true} without the tool_call updates around it
+    {"write": PATH, ..., "via": "fs", "read_first": true}
+                                       read it through fs/read_text_file first and fail
+                                       the write on any error, a missing file's too (as
+                                       Gemini CLI 0.61 does)
     {"append": PATH, "content": S}     append to a file itself (not idempotent)
     {"read": PATH}                     fs/read_text_file, the text echoed as a message
     {"delete": PATH}                   remove a file itself
@@ -110,6 +114,8 @@ class Scripted:
         var = auth.get("unless_env")
         if var and os.environ.get(var):
             return
+        if "message" in auth:  # the agent's own words, as a real agent puts them
+            raise acp.RequestError(-32000, auth["message"])
         raise acp.RequestError.auth_required({"details": "no credentials"})
 
     async def authenticate(self, method_id: str, **kwargs: Any) -> s.AuthenticateResponse:
@@ -212,6 +218,8 @@ class Scripted:
                 tid = "" if quiet else await self._tool(sid, "edit", f"Write {rel}", str(target))
                 if step.get("via") == "fs":
                     try:
+                        if step.get("read_first"):
+                            await self.conn.read_text_file(session_id=sid, path=str(target))
                         await self.conn.write_text_file(
                             session_id=sid, path=str(target), content=content
                         )

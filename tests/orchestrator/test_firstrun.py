@@ -167,8 +167,62 @@ def test_an_installed_acp_agent_is_chosen_when_lorch_can_drive_it(tmp_path: Path
     assert firstrun.find_acp_agent(str(tmp_path)) is None
     cfg, which = firstrun.default_config(str(bin_dir))
     if firstrun.acp_supported():
-        assert cfg["agents"]["builder"] == {"transport": "acp", "cmd": ["codex-acp"]}
-        assert "codex-acp" in which
+        assert cfg["agents"]["builder"] == {
+            "transport": "acp",
+            "cmd": ["codex-acp"],
+            "pass_env": [
+                "OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL",
+                "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY",
+            ],
+        }  # fmt: skip
+        assert "codex-acp" in which and "OPENAI_API_KEY or CODEX_API_KEY" in which
     else:
         assert cfg["agents"]["builder"]["cmd"][0] == "mockagent"
     config.parse(json.loads(json.dumps(cfg)), tmp_path / "lorch.json")
+
+
+@pytest.mark.parametrize(
+    ("exe", "argv", "keys"),
+    [
+        ("claude-agent-acp", ["claude-agent-acp"], ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"]),
+        ("codex-acp", ["codex-acp"], ["OPENAI_API_KEY", "CODEX_API_KEY"]),
+        ("gemini", ["gemini", "--acp"], ["GEMINI_API_KEY", "GOOGLE_API_KEY"]),
+    ],
+)
+def test_the_first_run_writes_each_agents_current_command_and_its_variables(
+    tmp_path: Path, exe: str, argv: list[str], keys: list[str]
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / exe).write_text("#!/bin/sh\n")
+    (bin_dir / exe).chmod(0o755)
+    cfg, which = firstrun.default_config(str(bin_dir))
+    for role in ("builder", "reviewer", "spec_maintainer"):
+        spec = cfg["agents"][role]
+        assert spec["cmd"] == argv and spec["transport"] == "acp"
+        assert spec["pass_env"][: len(keys)] == keys
+        assert {"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"} <= set(spec["pass_env"])
+    assert " or ".join(keys) in which
+    config.parse(json.loads(json.dumps(cfg)), tmp_path / "lorch.json")
+
+
+def test_the_first_run_names_the_other_agents_it_found(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for exe in ("gemini", "codex-acp"):
+        (bin_dir / exe).write_text("#!/bin/sh\n")
+        (bin_dir / exe).chmod(0o755)
+    cfg, which = firstrun.default_config(str(bin_dir))
+    assert cfg["agents"]["builder"]["cmd"] == ["codex-acp"]
+    assert "also found: gemini" in which
+
+
+def test_the_docs_give_each_agent_the_command_and_variables_the_first_run_writes() -> None:
+    """docs/real-agents.md and the first run agree: one source of truth, checked."""
+    from lorch.known_agents import CLAUDE, CODEX, GEMINI
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "real-agents.md").read_text()
+    for agent in (CLAUDE, CODEX, GEMINI):
+        role = firstrun.acp_role(agent)
+        shown = f'"cmd": {json.dumps(role["cmd"])},\n  "pass_env": {json.dumps(role["pass_env"])}'
+        assert shown in docs, f"docs/real-agents.md does not show {agent.name} as: {shown}"
