@@ -253,22 +253,21 @@ def read_lines(
         return b""
     while chunk := os.read(fd, CHUNK):
         start = 0
-        while seen < first:
-            nl = chunk.find(b"\n", start)
-            if nl < 0:
-                break
-            seen += 1
-            start = nl + 1
         if seen < first:
-            continue
-        pos = start
-        while limit is None or taken < limit:
-            nl = chunk.find(b"\n", pos)
-            if nl < 0:
-                pos = len(chunk)
-                break
-            pos = nl + 1
-            taken += 1
+            if seen + chunk.count(b"\n") < first:  # the whole chunk is before the first line
+                seen += chunk.count(b"\n")
+                continue
+            while seen < first:
+                start = chunk.index(b"\n", start) + 1
+                seen += 1
+        pos = len(chunk)
+        if limit is not None and taken + chunk.count(b"\n", start) >= limit:
+            pos = start
+            while taken < limit:
+                pos = chunk.index(b"\n", pos) + 1
+                taken += 1
+        elif limit is not None:
+            taken += chunk.count(b"\n", start)
         out += chunk[start:pos]
         if len(out) > max_bytes:
             raise TooLarge(name, max_bytes)

@@ -9,6 +9,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lorch import atomic, safefs
 from lorch.errors import PathEscape, StorageError
@@ -295,3 +297,34 @@ def test_symlinks_above_the_workspace_are_the_user_s(tmp_path: Path) -> None:
     assert (tmp_path / "real" / "ws" / "state" / "run.json").read_bytes() == b"{}"
     atomic.atomic_write_bytes(tmp_path / "alias" / "report.xml", b"<x/>")
     assert (tmp_path / "real" / "report.xml").read_bytes() == b"<x/>"
+
+
+@given(
+    data=st.binary(max_size=200).map(lambda b: b.replace(b"\x00", b"\n")),
+    line=st.none() | st.integers(min_value=-1, max_value=40),
+    limit=st.none() | st.integers(min_value=-1, max_value=40),
+    chunk=st.integers(min_value=1, max_value=17),
+)
+def test_read_lines_is_the_slice_of_the_lines_whatever_the_chunks(
+    tmp_path_factory: pytest.TempPathFactory,
+    data: bytes,
+    line: int | None,
+    limit: int | None,
+    chunk: int,
+) -> None:
+    path = tmp_path_factory.mktemp("lines") / "f"
+    path.write_bytes(data)
+    lines = data.split(b"\n")
+    pieces = [x + b"\n" for x in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+    start = max(line or 1, 1) - 1
+    want = b"".join(pieces[start : None if limit is None else start + max(limit, 0)])
+    old = safefs.CHUNK
+    safefs.CHUNK = chunk
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert safefs.read_lines(fd, line, limit, 1 << 20) == want
+        finally:
+            os.close(fd)
+    finally:
+        safefs.CHUNK = old
