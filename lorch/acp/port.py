@@ -55,6 +55,8 @@ STREAM_LIMIT = 1 << 16
 # How long a fault's report waits for the notifications before it to be handled.
 NOTIFICATIONS_S = 1.0
 STDERR_TAIL = 500  # characters of the last stderr line kept for a failure message
+# Updates whose text streams in chunks (a secret may be split across two).
+_STREAMED = ("agent_message_chunk", "agent_thought_chunk", "user_message_chunk")
 LOG_FLUSH_S = 0.05
 # How long kill() lets an agent answer session/cancel before the group is killed.
 CANCEL_GRACE_S = 0.5
@@ -137,6 +139,7 @@ class AcpPort:
         self._turn: concurrent.futures.Future[None] | None = None
         self.session: str | None = None  # the session of the turn in flight
         self._exited = threading.Event()
+        self._held: tuple[str, str] = ("", "")  # streamed text held back from the log
         self._exit_posted = False
         self._flush_due = False
         launch.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -403,9 +406,44 @@ class AcpPort:
 
     def _observe(self, event: StreamEvent) -> None:
         direction = "in" if event.direction == StreamDirection.INCOMING else "out"
-        self.log({"stream": "acp", "dir": direction, "message": event.message})
-        if direction == "in" and event.message.get("method") == "session/update":
+        message = event.message  # the SDK's copy, ours to change
+        if direction == "in":
+            self._hold_back(message)
+        self.log({"stream": "acp", "dir": direction, "message": message})
+        if direction == "in" and message.get("method") == "session/update":
             self.out.beat()
+
+    def _hold_back(self, message: Record) -> None:
+        """Streamed text goes into the log as it comes, but a secret split across two
+        chunks is redacted whole: a chunk's trailing piece that may begin a secret is
+        held back and logged with the next chunk (or on its own, when the text ends)."""
+        params = message.get("params")
+        update = params.get("update") if isinstance(params, dict) else None
+        kind = update.get("sessionUpdate") if isinstance(update, dict) else None
+        content = update.get("content") if isinstance(update, dict) else None
+        text = content.get("text") if isinstance(content, dict) else None
+        streamed = message.get("method") == "session/update" and kind in _STREAMED
+        if not streamed or not isinstance(text, str):
+            self.release_held()
+            return
+        assert isinstance(content, dict)
+        held_kind, held = self._held
+        if held_kind != kind:
+            self.release_held()
+            held = ""
+        red = self.launch.redactor.text(held + text)
+        keep = self.launch.redactor.secret_start(red)
+        content["text"] = red[: len(red) - keep]
+        self._held = (str(kind), red[len(red) - keep :]) if keep else ("", "")
+
+    def release_held(self) -> None:
+        """Log the streamed text held back, if any: the text it might have continued ended."""
+        kind, held = self._held
+        if held:
+            self._held = ("", "")
+            self.log(
+                {"stream": "acp", "dir": "in", "held_back": {"sessionUpdate": kind, "text": held}}
+            )
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -495,9 +533,10 @@ def describe_init(init: s.InitializeResponse) -> str:
     caps = init.agent_capabilities
     load = "yes" if caps is not None and caps.load_session else "no"
     methods = [m.id + (f" ({m.name})" if m.name != m.id else "") for m in init.auth_methods or []]
-    return f"{who}, ACP protocol {init.protocol_version}, loadSession: {load}, auth methods: " + (
+    line = f"{who}, ACP protocol {init.protocol_version}, loadSession: {load}, auth methods: " + (
         ", ".join(methods) if methods else "none"
     )
+    return visible_line(line)  # the agent's own words: shown, never interpreted
 
 
 def describe_session(port: AcpPort) -> str:

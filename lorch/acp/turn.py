@@ -80,6 +80,7 @@ class Turn:
         if port.faulted is not None:
             return  # its error item has ended the attempt already
         port.out.flush_text()
+        port.release_held()
         port.flush_log()
         if port.alive() or message.get("event") != "error":
             end = self.end if message.get("event") != "error" else None

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 import tests.acp.conftest as acp_conftest
-from lorch import procs, protocol
+from lorch import ledger, procs, protocol
 from lorch.errors import AgentError
+from lorch.scenarios import materialize
 from lorch.transport import Incoming, SendContext
 
 from ..acp.conftest import Harness, command, lines
@@ -101,10 +102,12 @@ def test_a_secret_across_the_message_cut_leaks_no_piece(acp: Harness) -> None:
     said = lines(items)
     assert any(s.startswith("***") or "***" in s for s in said), said
     assert leaked(everything([*items, end])) == []
-    # The agent's log holds each message whole: the one chunk with the whole secret
-    # is redacted there (the pieces the agent split itself are its own messages).
+    # The agent's log: the chunk with the whole secret redacted, and the secret the
+    # agent split across two chunks seen whole there too.
     log = (acp.workspace / "logs/builder/run-1.ndjson").read_text()
     assert "b" * 3985 + "***" + "c" * 200 in log
+    assert "*** and then" in log
+    assert leaked(log) == []
 
 
 def test_a_secret_in_the_error_data_cut_leaks_no_piece(acp: Harness) -> None:
@@ -332,3 +335,56 @@ def test_an_error_message_and_stderr_are_shown_escaped(acp: Harness) -> None:
     assert "bad \\x1b[31m\\x9b1m" in message and "\x1b" not in message
     assert port.last_stderr == "err \\x1b[2J\\x0d\\u202eevil"
     assert shown == ["[builder stderr] err \\x1b[2J\\x0d\\u202eevil"]
+
+
+# -- the role settings, through a whole run ------------------------------------------------------
+
+
+def _run_ws(tmp_path: Path, builder: dict[str, Any], test_cmd: Any = None) -> Path:
+    ws = tmp_path / "run"
+    materialize("acp-exactly-once", ws)
+    cfg = json.loads((ws / "lorch.json").read_text())
+    cfg["agents"]["builder"].update(builder)
+    if test_cmd is not None:
+        cfg["task"]["test_cmd"] = test_cmd
+    cfg["policy"]["max_attempts"] = 2
+    (ws / "lorch.json").write_text(json.dumps(cfg))
+    return ws
+
+
+def _records(ws: Path) -> list[dict[str, Any]]:
+    (path,) = sorted((ws / "events").glob("run-*.ndjson"))
+    return list(ledger.read(path))
+
+
+@pytest.mark.e2e
+def test_a_run_applies_the_test_timeout_setting(tmp_path: Path, lorch) -> None:  # type: ignore[no-untyped-def]
+    ws = _run_ws(tmp_path, {"test_timeout_s": 1}, "echo $$ > t.pid; sleep 300")
+    r = lorch("run", "--workspace", str(ws), timeout=300)
+    assert "Traceback" not in r.stdout + r.stderr
+    summaries = [
+        x["payload"]["tests"]["summary"]
+        for x in _records(ws)
+        if x.get("event") == "builder.completed"
+    ]
+    assert summaries and all(
+        "timed out after 1 s ($.agents.builder.test_timeout_s)" in s for s in summaries
+    ), summaries
+    assert _gone(int((ws / "t.pid").read_text()))
+
+
+@pytest.mark.e2e
+def test_a_run_applies_the_updates_cap(tmp_path: Path, lorch) -> None:  # type: ignore[no-untyped-def]
+    ws = _run_ws(tmp_path, {"max_updates_per_turn": 1})
+    r = lorch("run", "--workspace", str(ws), timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stdout + r.stderr
+    records = _records(ws)
+    reasons = [x["payload"]["reason"] for x in records if x.get("event") == "system.protocol_error"]
+    assert reasons and all(
+        x == "agent builder sent more than 1 session updates in one turn "
+        "(the limit $.agents.builder.max_updates_per_turn)"
+        for x in reasons
+    ), reasons
+    logs = [x for x in records if x.get("event") == "log" and x["from"]["agent_type"] == "builder"]
+    assert len(logs) <= len(reasons)  # at most one line per turn
+    assert "max_updates_per_turn" in r.stdout + r.stderr
