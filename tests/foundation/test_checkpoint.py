@@ -739,12 +739,12 @@ def test_a_rollback_deletes_exactly_what_the_checkpoints_rules_do_not_ignore(
             .decode()
             .split()
         )
-        for rel, text in turn_rules.items():
-            if text is None:
+        for rel, rule in turn_rules.items():
+            if rule is None:
                 with contextlib.suppress(FileNotFoundError):
                     (root / rel).unlink()
             else:
-                write(root, rel, text)
+                write(root, rel, rule)
         for rel in edited & held:
             write(root, rel, "edited by the turn")
         for rel in made - start:
