@@ -9,6 +9,8 @@ import dataclasses
 import json
 import os
 import resource
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -388,3 +390,33 @@ def test_a_run_applies_the_updates_cap(tmp_path: Path, lorch) -> None:  # type: 
     logs = [x for x in records if x.get("event") == "log" and x["from"]["agent_type"] == "builder"]
     assert len(logs) <= len(reasons)  # at most one line per turn
     assert "max_updates_per_turn" in r.stdout + r.stderr
+
+
+@pytest.mark.e2e
+def test_an_interrupted_lorch_ends_the_test_command(
+    tmp_path: Path, lorch_bin: str, clean_env: dict[str, str]
+) -> None:
+    ws = _run_ws(tmp_path, {}, "echo $$ > t.pid; sleep 300")
+    proc = subprocess.Popen(
+        [lorch_bin, "run", "--workspace", str(ws)],
+        env=clean_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        pid_file = ws / "t.pid"
+        end = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < end, "the test command never ran"
+            time.sleep(0.05)
+        pid = int(pid_file.read_text())
+        assert _exists(pid)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: lorch stops its agents and exits
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "interrupted" in out and "Traceback" not in out, out
+    assert _gone(pid)
