@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorch import _planted, failpoint, protocol
-from lorch.atomic import FILE_MODE, ensure_dir, fsync_dir, temp_name
+from lorch.atomic import FILE_MODE, atomic_write_json, ensure_dir, fsync_dir, temp_name
 from lorch.errors import FramingError, LedgerError, SchemaError, StorageError
 from lorch.protocol import Record
 
@@ -156,6 +156,37 @@ def unseal(key: bytes, prev: str, raw: bytes) -> tuple[bytes, str] | None:
     if not hmac.compare_digest(link(key, prev, body), mac):
         return None
     return body, mac
+
+
+def head_path(ledger_path: Path) -> Path:
+    """Where lorch notes how far a ledger reached (``state/heads/<run>.json``)."""
+    p = Path(ledger_path)
+    return p.parent.parent / "state" / "heads" / f"{p.stem}.json"
+
+
+def write_head(ledger_path: Path, records: int, chain: str) -> None:
+    """Note that the ledger holds (durably) at least ``records`` records, the last one ``chain``.
+
+    Written only once the ledger is synced, so it never claims more than the
+    disk holds; a ledger found shorter than its head was cut by someone.
+    """
+    atomic_write_json(head_path(ledger_path), {"records": records, "chain": chain})
+
+
+def check_head(ledger_path: Path, records: int) -> None:
+    """A ledger of ``records`` records that its head says reached further was cut: stop."""
+    try:
+        head = json.loads(head_path(ledger_path).read_bytes())
+    except (OSError, ValueError):
+        return  # no head yet (a crash before the first): nothing to compare with
+    noted = head.get("records") if isinstance(head, dict) else None
+    if isinstance(noted, int) and noted > records:
+        raise LedgerError(
+            f"{ledger_path}: the ledger holds {records} records, but lorch had recorded "
+            f"{noted} (state/heads/{Path(ledger_path).stem}.json): it was cut after record "
+            f"{records}; lorch will not resume over lost records: restore the ledger from a "
+            "backup"
+        )
 
 
 @dataclass(frozen=True)
@@ -361,6 +392,7 @@ class Ledger:
         if exists:
             result = scan(path, key=key)
             records, torn, chain = result.records, result.torn, result.chain
+            check_head(path, records)
             if torn is not None:
                 try:
                     failpoint.io_fault(path)
@@ -497,6 +529,11 @@ class Ledger:
                 f"aside and rename {target.name} to {self.path.name}, then lorch resume"
             )
         return f"found {self.path.name} and {self.path.name}.lorch taken; nothing restored"
+
+    def note_head(self) -> None:
+        """Make every record durable, then note how far the ledger reached (see write_head)."""
+        self.sync()
+        write_head(self.path, self.records, self.chain)
 
     def sync(self) -> None:
         """Make every appended record durable (one fsync for all of them)."""

@@ -221,11 +221,18 @@ class Recorder:
     def flush_derived(self) -> None:
         """Make the ledger durable, then write every held or queued derived file."""
         self.sync()
+        self._note_head()
         self.derived.flush()
 
     def write_derived(self) -> None:
         self.sync()
+        self._note_head()
         self.derived.rebuild(self.state)
+
+    def _note_head(self) -> None:
+        # How far the ledger reached: a ledger later found shorter was cut (ledger.check_head).
+        if self.ledger is not None and self.ledger.records:
+            self.ledger.note_head()
 
     def close(self) -> None:
         self.derived.close()

@@ -112,6 +112,7 @@ def _check_ledger(path: Path, rules: Rules, chain: _Chain) -> tuple[State, dict[
                     reviews = {open_keys.get(record["correlation_id"], ""): record}
                 if name in ("spec.updated", "spec.no_changes_needed"):
                     spec_done[record["task_id"]] = True
+        ledger.check_head(path, state.records)
     except LedgerError as e:
         rules["ledger_replays"].append(str(e))
         chain.whole = False

@@ -323,3 +323,20 @@ def test_bytes_another_process_adds_stop_the_next_append(tmp_path: Path) -> None
         ledger.ForgedRecord, match=r":3: record 3 \(system.agent_restarted from system"
     ):
         list(ledger.read(path))
+
+
+def test_a_ledger_cut_below_its_noted_head_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "events" / "run.ndjson"
+    lg, _ = ledger.Ledger.open(path)
+    with lg:
+        for i in range(1, 5):
+            lg.append(rec(i))
+        lg.note_head()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2]))  # cut at a line boundary: the chain still holds
+    assert len(list(ledger.read(path))) == 2
+    with pytest.raises(LedgerError, match=r"holds 2 records, but lorch had recorded 4"):
+        ledger.Ledger.open(path)
+    path.write_bytes(b"".join(lines))
+    lg, _ = ledger.Ledger.open(path)  # whole again: fine
+    lg.close()

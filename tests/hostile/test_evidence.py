@@ -147,6 +147,26 @@ def test_a_deleted_ledger_at_resume_is_one_line_naming_it(
         assert f"the ledger of run {rid} is gone" in one_line(r.stderr)
 
 
+def test_a_ledger_cut_in_the_middle_is_one_line_and_left_as_it_is(
+    hostile_ws: Workspace,
+    lorch,  # type: ignore[no-untyped-def]
+) -> None:
+    ws = unsandboxed(hostile_ws, {})
+    assert_clean_exit(lorch("run", "--workspace", str(ws)))
+    path = ws / "events" / f"{run_ids(ws)[-1]}.ndjson"
+    lines = path.read_bytes().splitlines(keepends=True)
+    cut = b"".join(lines[: len(lines) // 2])  # at a line boundary: the chain still holds
+    path.write_bytes(cut)
+    r = lorch("resume", "--workspace", str(ws))
+    assert r.returncode == 1
+    assert f"holds {len(lines) // 2} records, but lorch had recorded {len(lines)}" in one_line(
+        r.stderr
+    )
+    assert path.read_bytes() == cut
+    v = verify(lorch, ws)
+    assert v.returncode == 1 and "it was cut after record" in v.stdout
+
+
 def test_a_forged_receipt_for_a_review_that_never_happened_fails_verify(
     hostile_ws: Workspace,
     lorch,  # type: ignore[no-untyped-def]
