@@ -34,10 +34,13 @@ from lorch.recorder import Sink
 from lorch.redact import Redactor
 from lorch.roster import Roster
 from lorch.steps import Check, Finish, Send
+from lorch.textsafe import visible_line
 from lorch.timing import Backoff, Watchdog
 from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext, TurnCheckpoint
 from lorch.workflow import Pending, after_failure, next_step
 
+# Characters of an agent's last message a timeout's line quotes.
+SAID_LIMIT = 200
 # How long an agent's event may wait for the next one to share its fsync
 # (group commit); a terminal event is made durable with the command that follows.
 GROUP_COMMIT_S = 0.01
@@ -80,6 +83,9 @@ class Engine(Roster):
         self.turns = turns or TurnCheckpoints(workspace)
         # The checkpoint the transport took as the attempt in flight ended, if it did.
         self._turn_end: TurnCheckpoint | None = None
+        # The last ``log`` message of the attempt in flight (redacted): what a
+        # timeout's line quotes.
+        self._said = ""
 
     def close(self) -> None:
         self.turns.close()
@@ -180,6 +186,7 @@ class Engine(Roster):
                 self.system(name, payload, cmd["correlation_id"], sync=False)
         line = self.encode_command(cmd)  # the same bytes go to the ledger and to the agent
         self._turn_end = None
+        self._said = ""
         self.append(cmd, sync=not _planted.enabled("skip_command_fsync"), show=False, line=line)
         failpoint.busy_role[:] = [role]
         try:
@@ -252,14 +259,15 @@ class Engine(Roster):
         return False
 
     def _timed_out(self, cmd: Record, role: str, timeout: float) -> str:
-        """The timeout's line: the role, and the last thing its agent said on stderr."""
+        """The timeout's line: the role, and the last thing its agent said (message, stderr)."""
         line = f"{cmd['action']} timed out after {timeout:g} s"
         port = self.ports.get(role)
-        if port is None:
-            return line
-        if port.last_stderr:
-            return f"{line}; {role}'s last stderr line: {port.last_stderr}"
-        return f"{line}; {role} said nothing on stderr" + silence_hint(port.argv, role)
+        said = [f'{role} last said "{self._said}"'] if self._said else []
+        if port is not None and port.last_stderr:
+            said.append(f"{role}'s last stderr line: {port.last_stderr}")
+        if said or port is None:
+            return "; ".join([line, *said])
+        return f"{line}; {role} said nothing" + silence_hint(port.argv, role)
 
     def handle(self, item: Incoming, cmd: Record, port: AgentPort) -> bool:
         """Act on one item from an agent; True when the command's attempt is over."""
@@ -296,6 +304,10 @@ class Engine(Roster):
             return self._protocol_error(item, cmd, working, error, "protocol error")
         if working and msg.get("event") in protocol.TERMINAL_EVENTS:
             self._turn_end = item.checkpoint
+        if working and msg.get("event") == "log":
+            said = (msg.get("payload") or {}).get("message")
+            if isinstance(said, str) and said.strip():
+                self._said = visible_line(self.redactor.text(said.strip()))[:SAID_LIMIT]
         return self._on_event(msg)
 
     def _permission(self, decision: Record, cmd: Record) -> None:

@@ -294,7 +294,7 @@ def test_a_command_that_times_out_is_resent_with_its_key_after_a_restart(tmp_pat
     failed = rig.events("system.command_failed")
     assert [f["payload"]["code"] for f in failed] == ["timeout"]
     assert failed[0]["payload"]["reason"] == (
-        "implement timed out after 100 s; builder said nothing on stderr"
+        "implement timed out after 100 s; builder said nothing"
     )
     first, again = [c for c in rig.commands() if c["action"] == "implement"]
     assert first["idempotency_key"] == again["idempotency_key"]
@@ -306,6 +306,27 @@ def test_a_command_that_times_out_is_resent_with_its_key_after_a_restart(tmp_pat
     assert restart["payload"]["restarts"] == 1 and restart["payload"]["reason"] == "timeout"
     (slept,) = rig.inbox.slept  # the backoff before the restart, within its first ceiling
     assert 0 <= slept <= 1.0 and round(slept, 3) == restart["payload"]["delay_s"]
+
+
+def test_a_timeout_quotes_the_last_message_and_stderr_line_of_the_attempt(
+    tmp_path: Path,
+) -> None:
+    calls = {"n": 0}
+
+    def talks_then_hangs(port: FakePort, cmd: dict[str, Any]) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            return good(port, cmd)
+        port.emit("log", cmd, payload={"message": "Retrying \x1b[2J the model call"})
+        port.last_stderr = "fetch failed: ECONNREFUSED"
+
+    rig = Rig(tmp_path, {"builder": talks_then_hangs})
+    assert rig.run().status == "completed"
+    (failed,) = rig.events("system.command_failed")
+    assert failed["payload"]["reason"] == (
+        'implement timed out after 100 s; builder last said "Retrying \\x1b[2J the model call"; '
+        "builder's last stderr line: fetch failed: ECONNREFUSED"
+    )
 
 
 def beat_once_then_silent() -> Script:
