@@ -71,10 +71,17 @@ def agent_checks(ws: Path, config: Config) -> list[tuple[str, bool, str]]:
                 script = agents.fixture(role)
                 if script is not None:
                     lines.append((f"fixture {role}", True, script))
-                startable.append(role)
             except LorchError as e:
                 what = "fixture" if lines else "agent"  # the command resolved: its fixture
                 lines.append((f"{what} {role}", False, str(e)))
+                continue
+            # What contains the role's processes (docs/security.md); "bwrap" where
+            # bubblewrap cannot run fails here, as it stops a run.
+            try:
+                lines.append((f"sandbox {role}", True, agents.sandbox_line(role)))
+                startable.append(role)
+            except LorchError as e:
+                lines.append((f"sandbox {role}", False, str(e)))
         inbox = Inbox()
         ports: list[AgentPort] = []
         try:

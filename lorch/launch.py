@@ -14,13 +14,13 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from lorch import _planted, failpoint
+from lorch import _planted, failpoint, sandbox
 from lorch.config import AgentConfig, Config
 from lorch.errors import ConfigError
 from lorch.redact import Redactor
 from lorch.supervisor import NdjsonTransport
 from lorch.timing import START_GRACE_S
-from lorch.transport import AgentPort, Inbox, Launch, Transport
+from lorch.transport import AgentPort, Inbox, Launch, Transport, unsandboxed
 
 # Set only for lorch itself: an agent must never inherit a crash or a planted bug.
 PRIVATE_VARS = (failpoint.ENV, _planted.ENV)
@@ -91,9 +91,9 @@ def _mockagent_option(cmd: list[str], name: str) -> str | None:
 ACP_START_S = 60.0
 
 
-# What an ACP agent inherits from lorch's environment besides its ``pass_env``
-# (docs/decisions.md D21): enough for a CLI to start, nothing secret.
-ACP_BASE_ENV = (
+# What an agent inherits from lorch's environment besides its ``pass_env``
+# (NDJSON and ACP alike; docs/security.md): enough for a CLI to start, nothing secret.
+BASE_ENV = (
     "PATH",
     "HOME",
     "LANG",
@@ -106,14 +106,17 @@ ACP_BASE_ENV = (
     "LOGNAME",
     "SHELL",
 )
+# ``"pass_env": ["*"]``: the whole of lorch's environment (lorch's private
+# variables excepted), as every NDJSON agent had before (docs/security.md).
+PASS_ALL = "*"
 
 
-def acp_base_env(
-    pass_env: tuple[str, ...], environ: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The part of lorch's environment an ACP agent gets: a few basics and ``pass_env``."""
+def base_env(pass_env: tuple[str, ...], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The part of lorch's environment an agent gets: a few basics and ``pass_env``."""
     environ = os.environ if environ is None else environ
-    return {k: environ[k] for k in (*ACP_BASE_ENV, *pass_env) if k in environ}
+    if PASS_ALL in pass_env:
+        return dict(environ)
+    return {k: environ[k] for k in (*BASE_ENV, *pass_env) if k in environ}
 
 
 class AcpTransport:
@@ -220,11 +223,15 @@ class ConfiguredAgents:
         on_stderr: Callable[[str], None] | None = None,
         transports: Mapping[str, Transport] | None = None,
         log_dir: Path | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
         self.workspace = workspace
         self.config = config
         self.redactor = redactor
         self.on_stderr = on_stderr
+        # Where the one line saying agents run without a sandbox goes (once).
+        self.notice = notice
+        self._told = False
         self.log_dir = log_dir or workspace / "logs"
         # By ``$.agents.ROLE.transport``; a new transport is one more entry here.
         self.transports: Mapping[str, Transport] = transports or {
@@ -271,12 +278,50 @@ class ConfiguredAgents:
     def check(self, role: str) -> None:
         self.argv(role)
         self.fixture(role)
+        sandbox.resolve(role, self._cfg(role).sandbox)
 
-    def launch(self, role: str, generation: int, run_id: str, snapshot_id: str | None) -> Launch:
+    def sandbox_line(self, role: str) -> str:
+        """What contains ``role``'s processes, in one line (for ``lorch doctor``)."""
         cfg = self._cfg(role)
-        cwd = self._cwd(cfg)
-        env = agent_env(
-            base=acp_base_env(cfg.pass_env) if cfg.transport == "acp" else os.environ,
+        found = sandbox.resolve(role, cfg.sandbox)
+        if found.bwrap is None:
+            return f"none: {found.why}"
+        env = self._env(role, cfg, 1, "doctor", None)
+        return self._box(found.bwrap, role, cfg, env, self.argv(role)).describe()
+
+    def _box(
+        self, bwrap: str, role: str, cfg: AgentConfig, env: Mapping[str, str], argv: list[str]
+    ) -> sandbox.Sandbox:
+        return sandbox.Sandbox.build(
+            bwrap,
+            role,
+            self.workspace,
+            env,
+            own_home="HOME" not in cfg.env,
+            needs=[a for a in argv if os.path.isabs(a)],
+        )
+
+    def _contain(
+        self, role: str, cfg: AgentConfig, env: dict[str, str], argv: list[str]
+    ) -> sandbox.Sandbox | None:
+        """``role``'s sandbox, its mount points made; None (said once) when it has none."""
+        found = sandbox.resolve(role, cfg.sandbox)
+        if found.bwrap is None:
+            if cfg.sandbox == "auto" and not self._told and self.notice is not None:
+                self._told = True
+                self.notice(
+                    f"lorch: agents run without a sandbox: {found.why} (see docs/security.md)"
+                )
+            return None
+        box = self._box(found.bwrap, role, cfg, env, argv)
+        box.prepare()
+        return box
+
+    def _env(
+        self, role: str, cfg: AgentConfig, generation: int, run_id: str, snapshot_id: str | None
+    ) -> dict[str, str]:
+        return agent_env(
+            base=base_env(cfg.pass_env),
             extra=cfg.env,
             workspace=self.workspace,
             run_id=run_id,
@@ -285,9 +330,19 @@ class ConfiguredAgents:
             snapshot_id=snapshot_id,
             heartbeat_interval=cfg.heartbeat_interval_s,
         )
+
+    def launch(self, role: str, generation: int, run_id: str, snapshot_id: str | None) -> Launch:
+        cfg = self._cfg(role)
+        cwd = self._cwd(cfg)
+        env = self._env(role, cfg, generation, run_id, snapshot_id)
+        argv = resolve_argv(role, cfg.cmd, cwd)
+        wrap = unsandboxed
+        box = self._contain(role, cfg, env, argv)
+        if box is not None:
+            env, argv, wrap = box.env(env), box.wrap(argv, cwd), box.wrap
         return Launch(
             role=role,
-            argv=resolve_argv(role, cfg.cmd, cwd),
+            argv=argv,
             cwd=cwd,
             env=env,
             log_path=self.log_dir / role / f"{run_id}.ndjson",
@@ -297,6 +352,7 @@ class ConfiguredAgents:
             line_limit=self.config.policy.message_max_bytes,
             ready_within=start_timeout(cfg, self.config.policy.heartbeat_misses),
             heartbeats=cfg.transport != "ndjson" or mockagent_heartbeats(cfg.cmd),
+            wrap=wrap,
         )
 
     def start(

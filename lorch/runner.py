@@ -108,7 +108,11 @@ def new_engine(
     """An engine for ``workspace`` whose agents and limits come from ``config``."""
     redactor = Redactor(secret_values(dict(os.environ), *(a.env for a in config.agents.values())))
     agents = ConfiguredAgents(
-        workspace, config, redactor, on_stderr=console.say if console.verbose else None
+        workspace,
+        config,
+        redactor,
+        on_stderr=console.say if console.verbose else None,
+        notice=console.say,
     )
     turns = TurnCheckpoints(workspace, durable=config.policy.fsync)
     return Engine(

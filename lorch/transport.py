@@ -107,6 +107,11 @@ class SendContext:
     checkpoint: str | None = None
 
 
+def unsandboxed(argv: list[str], cwd: Path | None = None) -> list[str]:
+    """How a role without a sandbox runs a command: as it is."""
+    return list(argv)
+
+
 @dataclass(frozen=True, slots=True)
 class Launch:
     """Everything a transport needs to start one agent for one role."""
@@ -126,6 +131,10 @@ class Launch:
     # (``AgentPort.ready_within``), and whether it sends heartbeats at all.
     ready_within: float = 10.0
     heartbeats: bool = True
+    # How a command started for this role runs in its sandbox (lorch/sandbox.py):
+    # ``argv`` is already wrapped; an ACP agent's terminals and the task's test
+    # command go through it too (in a working directory, when given).
+    wrap: Callable[[list[str], Path | None], list[str]] = unsandboxed
 
 
 class AgentPort(Protocol):

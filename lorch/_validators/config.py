@@ -5,7 +5,7 @@ VERSION = '2.22.3'
 from decimal import Decimal
 import re
 from lorch.errors import JsonSchemaValueException, JsonSchemaValuesException
-REGEX_PATTERNS = {'^[A-Za-z_][A-Za-z0-9_]*$': re.compile('^[A-Za-z_][A-Za-z0-9_]*\\Z'), '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z')}
+REGEX_PATTERNS = {'^([A-Za-z_][A-Za-z0-9_]*|\\*)$': re.compile('^([A-Za-z_][A-Za-z0-9_]*|\\*)\\Z'), '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\\Z')}
 NoneType = type(None)
 
 def validate_https___lorch_dev_schemas_v1_config_v1_json(data, custom_formats={}, name_prefix=None):
@@ -479,8 +479,8 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data, custo
                     if not isinstance(data__passenv_item, str):
                         raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + ' must be string', value=data__passenv_item, name='' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + '', rule='type')
                     if isinstance(data__passenv_item, str):
-                        if not REGEX_PATTERNS['^[A-Za-z_][A-Za-z0-9_]*$'].search(data__passenv_item):
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + ' must match pattern ^[A-Za-z_][A-Za-z0-9_]*$', value=data__passenv_item, name='' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + '', rule='pattern')
+                        if not REGEX_PATTERNS['^([A-Za-z_][A-Za-z0-9_]*|\\*)$'].search(data__passenv_item):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + ' must match pattern ^([A-Za-z_][A-Za-z0-9_]*|\\*)$', value=data__passenv_item, name='' + (name_prefix or 'data') + '.pass_env[{data__passenv_x}]'.format(**locals()) + '', rule='pattern')
         if 'sandbox' in data_keys:
             data_keys.remove('sandbox')
             data__sandbox = data['sandbox']
@@ -644,10 +644,6 @@ def validate_https___lorch_dev_schemas_v1_config_v1_json___defs_role(data, custo
         data_is_dict = isinstance(data, dict)
         if data_is_dict:
             data_keys = set(data.keys())
-            if 'pass_env' in data_keys:
-                data_keys.remove('pass_env')
-                data__passenv = data['pass_env']
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.pass_env must NOT match a disallowed definition', value=data__passenv, name='' + (name_prefix or 'data') + '.pass_env', rule='not')
             if 'permissions' in data_keys:
                 data_keys.remove('permissions')
                 data__permissions = data['permissions']

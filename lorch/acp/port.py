@@ -133,7 +133,7 @@ class AcpPort:
         self.wire: Wire | None = None
         self.faulted: AcpFault | None = None  # why the connection cannot go on
         self.test_groups: set[int] = set()  # process groups of test commands running
-        self.terminals = Terminals(settings.workspace, launch.env)
+        self.terminals = Terminals(settings.workspace, launch.env, launch.wrap)
         self._proc: asyncio.subprocess.Process | None = None
         self.conn: Any = None
         self._turn: concurrent.futures.Future[None] | None = None

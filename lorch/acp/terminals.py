@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from acp import schema as s
 
 from lorch.acp.policy import agent_path, refusal
 from lorch.errors import PathEscape
+from lorch.transport import unsandboxed
 
 TERMINAL_OUTPUT_LIMIT = 1 << 20
 
@@ -57,11 +58,21 @@ class Terminal:
 
 
 class Terminals:
-    """One agent's terminals, by id; commands run in ``workspace`` with ``env``."""
+    """One agent's terminals, by id; commands run in ``workspace`` with ``env``.
 
-    def __init__(self, workspace: Path, env: Mapping[str, str]) -> None:
+    ``wrap``: how a command runs in the agent's sandbox (``Launch.wrap``): a
+    terminal sees no more of the machine than the agent that asked for it.
+    """
+
+    def __init__(
+        self,
+        workspace: Path,
+        env: Mapping[str, str],
+        wrap: Callable[[list[str], Path | None], list[str]] = unsandboxed,
+    ) -> None:
         self.workspace = workspace
         self.env = env
+        self.wrap = wrap
         self._terminals: dict[str, Terminal] = {}
 
     def get(self, terminal_id: str) -> Terminal:
@@ -89,8 +100,7 @@ class Terminals:
             except PathEscape as e:
                 raise sdk.RequestError.invalid_params({"details": f"cwd {cwd}: {e}"}) from None
         proc = await asyncio.create_subprocess_exec(
-            command,
-            *args,
+            *self.wrap([command, *args], where),
             cwd=str(where),
             env={**self.env, **env},
             stdin=asyncio.subprocess.DEVNULL,

@@ -166,7 +166,8 @@ class Turn:
         timeout = port.settings.test_timeout_s
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv,
+                # In the builder's sandbox: it runs what the builder wrote.
+                *port.launch.wrap(argv, port.settings.workspace),
                 cwd=str(port.settings.workspace),
                 env=dict(port.launch.env),
                 stdin=asyncio.subprocess.DEVNULL,

@@ -16,7 +16,7 @@ import pytest
 from lorch import protocol
 from lorch.acp.port import AcpPort, AcpSettings
 from lorch.checkpoint import Checkpoints
-from lorch.launch import acp_base_env
+from lorch.launch import base_env
 from lorch.redact import Redactor
 from lorch.transport import Inbox, Incoming, Launch, SendContext
 from tests.orchestrator.conftest import lorch  # noqa: F401  (the e2e runner fixture)
@@ -76,7 +76,7 @@ class Harness:
             argv=[sys.executable, str(AGENT), str(script)],
             cwd=self.workspace,
             env={
-                **acp_base_env(pass_env),
+                **base_env(pass_env),
                 "ACP_AGENT_STATE": str(self.tmp / "agent-state"),
                 **(env or {}),
             },

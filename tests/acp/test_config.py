@@ -43,7 +43,7 @@ def test_acp_role_is_parsed() -> None:
     assert c.task is not None and c.task["test_cmd"] == ["pytest", "-q"]
 
 
-@pytest.mark.parametrize("field", ["pass_env", "permissions", "prompts"])
+@pytest.mark.parametrize("field", ["permissions", "prompts"])
 def test_acp_only_fields_are_refused_on_ndjson_roles(field: str) -> None:
     raw = copy.deepcopy(BASE)
     raw["agents"]["reviewer"][field] = BASE["agents"]["builder"][field]

@@ -171,7 +171,9 @@ def test_agent_crash_mid_turn_is_rolled_back_and_resent_with_the_same_key(
     tmp_path: Path,
     lorch,  # type: ignore[no-untyped-def]
 ) -> None:
-    state = tmp_path / "agent-state"
+    # In the workspace (a hidden directory: never rolled back): a sandboxed agent
+    # writes nowhere else.
+    state = ws / ".agent-state"
 
     def crash_once(script: dict[str, Any]) -> None:
         steps = script["turns"][0]["calls"][0]

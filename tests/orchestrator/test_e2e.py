@@ -229,7 +229,11 @@ def test_independent_agent(tmp_path: Path, lorch: Runner) -> None:
     # A garbage-printing independent agent: protocol error, restart, completion.
     ws2 = tmp_path / "ws2"
     ws2.mkdir()
-    (ws2 / "lorch.json").write_text(json.dumps({**cfg, "policy": {"backoff": {"initial_s": 0.01}}}))
+    # The switch reaches the builder only: an agent gets what its role's pass_env names.
+    agents = {**cfg["agents"]}
+    agents["builder"] = {**agents["builder"], "pass_env": ["SIMPLE_AGENT_GARBAGE"]}
+    garbage = {**cfg, "agents": agents, "policy": {"backoff": {"initial_s": 0.01}}}
+    (ws2 / "lorch.json").write_text(json.dumps(garbage))
     r = lorch("run", "--workspace", str(ws2), env={"SIMPLE_AGENT_GARBAGE": "1"})
     assert r.returncode == 0, r.stderr
     assert "protocol error from builder" in r.stdout
