@@ -24,7 +24,7 @@ from typing import Any
 from lorch import protocol
 from lorch.acp.events import log_event
 from lorch.acp.policy import Decision, agent_path
-from lorch.errors import PathEscape
+from lorch.errors import LineTooLong, PathEscape
 from lorch.protocol import Record
 from lorch.textsafe import visible
 from lorch.transport import Inbox, Incoming, Launch, TurnCheckpoint
@@ -102,13 +102,28 @@ class Outbox:
         terminal event, which flushes what is held first).
         """
         message = self.clean(message)
+        limit = self.launch.line_limit
+        try:
+            size = len(protocol.encode(message, limit))
+        except LineTooLong as e:
+            # A turn's end can outgrow the line limit (thousands of changed files): the
+            # attempt fails as a protocol error, as an NDJSON agent's line would.
+            reason = (
+                f"agent {self.role}: its {message.get('event')} event would be {e.size} bytes, "
+                f"over the {limit}-byte line limit ($.policy.message_max_bytes)"
+            )
+            error = LineTooLong(reason, size=e.size, prefix=e.prefix)
+            self.hold(
+                Incoming(self.role, self.generation, "error", error=error, raw_size=e.size), now
+            )
+            return
         self.hold(
             Incoming(
                 self.role,
                 self.generation,
                 "event",
                 message=message,
-                raw_size=len(protocol.encode(message)),
+                raw_size=size,
                 checkpoint=checkpoint,
             ),
             now,

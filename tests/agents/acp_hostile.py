@@ -7,6 +7,7 @@ Same script format and steps as ``acp_agent.py``, plus:
                                        the SDK would send: a batch, a scalar, a forged answer)
     {"endless_line_mb": N}             N MiB on stdout with no newline, then hang
     {"tool_calls": N}                  N tool calls (each a tool_call update), as fast as it can
+    {"many_files": N}                  write N small files (f/0.txt ...) itself, quietly
     {"failed_tool": TITLE, "content": TEXT, "raw_output": VALUE}
                                        a tool call that fails with that content / rawOutput
     {"raise": {"code": C, "message": M, "data": D}}
@@ -61,6 +62,11 @@ class Hostile(Scripted):
             elif "tool_calls" in step:
                 for _ in range(int(step["tool_calls"])):
                     await self._tool(sid, "read", "Read a.txt", None)
+            elif "many_files" in step:
+                folder = ctx["cwd"] / "f"
+                folder.mkdir(exist_ok=True)
+                for i in range(int(step["many_files"])):
+                    (folder / f"{i}.txt").write_text(f"{i}\n")
             elif "failed_tool" in step:
                 tid = await self._tool(sid, "edit", step["failed_tool"], None)
                 content = (

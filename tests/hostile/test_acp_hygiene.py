@@ -204,6 +204,19 @@ def test_an_endless_line_fails_the_attempt_without_growing_lorch(acp: Harness) -
     assert grown < 64 * 1024, f"lorch grew by {grown} KiB"
 
 
+def test_a_turn_end_past_the_line_limit_fails_the_attempt(acp: Harness) -> None:
+    # 4,000 changed files: the builder.completed lorch builds would be ~350 KB.
+    script = acp.script([{"calls": [[{"many_files": 4000}]]}])
+    port = acp.port(script)
+    assert port.send(command(), b"", SendContext())
+    items = until(acp, is_error, timeout=120)
+    end = items[-1]
+    assert end.kind == "error", items
+    reason = str(end.error)
+    assert reason.startswith("agent builder: its builder.completed event would be "), reason
+    assert "262144-byte line limit ($.policy.message_max_bytes)" in reason
+
+
 # -- 4. a cap on what one turn records ---------------------------------------------------
 
 
