@@ -186,6 +186,30 @@ def test_a_malformed_message_ends_the_attempt_at_once(acp: Harness, name: str) -
     assert not port.send(command(), b"", SendContext())
 
 
+def test_the_sdk_receive_loop_failing_ends_the_attempt_at_once(
+    acp: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever else may kill the SDK's receive loop (a bug of its own) is caught too.
+    from acp.connection import Connection
+
+    inner = Connection._process_message
+
+    def process(self: Connection, message: dict[str, Any]) -> None:
+        if "poison" in json.dumps(message):
+            raise RuntimeError("the SDK tripped over \x1b[2J this")
+        inner(self, message)
+
+    monkeypatch.setattr(Connection, "_process_message", process)
+    script = acp.script([{"calls": [[{"text": "poison"}, {"hang": "forever"}]]}])
+    port = acp.port(script)
+    assert port.send(command(), b"", SendContext())
+    end = until(acp, is_error)[-1]
+    assert end.kind == "error"
+    assert str(end.error) == (
+        "agent builder: the ACP connection failed: RuntimeError: the SDK tripped over \\x1b[2J this"
+    )
+
+
 # -- 3. the line limit -----------------------------------------------------------------
 
 
