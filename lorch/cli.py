@@ -459,7 +459,11 @@ def doctor_cmd(workspace: Path) -> None:
 
 
 # The crash harness and the conformance kit register their commands here.
-TOOLS = (("lorch.crashtest.cli", "crashtest"), ("lorch.conformance.cli", "conformance"))
+TOOLS = (
+    ("lorch.crashtest.cli", "crashtest"),
+    ("lorch.conformance.cli", "conformance"),
+    ("lorch.configcli", "config_group"),
+)
 
 
 def _register_tools() -> None:
