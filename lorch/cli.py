@@ -7,11 +7,12 @@ message on stderr and an exit status (0 success, 1 failed run or check,
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -153,7 +154,8 @@ def run_cmd(
     console = _console(verbose)
     if said is not None:
         console.say(said)
-    outcome = run(workspace, task_id, console=console, prompter=_prompter(flags))
+    with _reaping():
+        outcome = run(workspace, task_id, console=console, prompter=_prompter(flags))
     _finish(outcome.status, outcome.reason)
 
 
@@ -178,14 +180,31 @@ def resume_cmd(
     """Finish a crashed or interrupted run."""
     from lorch.runner import resume
 
-    outcome = resume(
-        workspace,
-        run_id,
-        console=_console(verbose),
-        accept_config_change=accept_config_change,
-        prompter=_prompter(flags),
-    )
+    with _reaping():
+        outcome = resume(
+            workspace,
+            run_id,
+            console=_console(verbose),
+            accept_config_change=accept_config_change,
+            prompter=_prompter(flags),
+        )
     _finish(outcome.status, outcome.reason)
+
+
+@contextlib.contextmanager
+def _reaping() -> Iterator[None]:
+    """lorch adopts what its agents leave behind (a subreaper) and ends it when done.
+
+    Whatever an agent starts ends with it, even out of its process group
+    (``setsid``): lorch/procs.py, ``end_strays``.
+    """
+    from lorch import procs
+
+    procs.become_subreaper()
+    try:
+        yield
+    finally:
+        procs.end_strays()
 
 
 def _finish(status: str, reason: str) -> None:
@@ -450,7 +469,9 @@ def doctor_cmd(workspace: Path) -> None:
     from lorch.doctor import checks
 
     failed = 0
-    for name, ok, detail in checks(workspace):
+    with _reaping():
+        found = checks(workspace)
+    for name, ok, detail in found:
         # The detail quotes the agent (its agentInfo, its errors): shown, not obeyed.
         _echo(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
         failed += not ok

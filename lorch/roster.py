@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from lorch import failpoint
+from lorch import failpoint, procs
 from lorch.errors import AgentError, AgentNotReady, LorchError
 from lorch.protocol import ROLES, Record
 from lorch.recorder import Recorder, Sink
@@ -105,6 +105,7 @@ class Roster(Recorder):
             except LorchError as e:  # its log could not be written: stop the others first
                 failed = failed or e
             self._forget(port.role)
+        procs.end_strays()  # what they left behind out of their groups (setsid)
         if failed is not None:
             raise failed
 
@@ -163,7 +164,9 @@ class Roster(Recorder):
 
     def kill_agent(self, role: str) -> int | None:
         port = self._forget(role)
-        return port.kill() if port is not None else None
+        rc = port.kill() if port is not None else None
+        procs.end_strays()  # what it left behind out of its group (setsid)
+        return rc
 
     def wait_readable(self, fd: int) -> None:
         """While a prompt waits for the user: agents' output is still read."""

@@ -7,14 +7,23 @@ backoff, or for an agent to exit — so a chatty agent never blocks on a full
 pipe while lorch waits for it, and an answer reaches the engine without a
 hand-off between threads (docs/decisions.md D17). Stderr has a reader thread
 for the whole life of the process and goes to the agent's log file.
+
+The agent's exit ends its channel: lorch watches its pidfd next to its stdout,
+and when it has exited takes what its stdout pipe holds at that moment as its
+last words and closes the pipe. A process it left behind that still holds the
+pipe (it left the group with ``setsid``) is not heard, and is ended with it
+(``procs.end_strays``).
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import json
 import os
 import selectors
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +36,8 @@ from lorch.errors import AgentError, FramingError, StorageError
 from lorch.pipewriter import PipeWriter
 from lorch.textsafe import visible
 from lorch.transport import Inbox, Incoming, ItemKind, Launch, SendContext
+
+READ_SIZE = 65536
 
 
 class NdjsonTransport:
@@ -77,9 +88,16 @@ class AgentProcess:
         self.start_time = procs.start_time(self.pid)
         assert self.proc.stdout is not None
         self.stdout_fd = self.proc.stdout.fileno()
-        self.stdout_eof = False
+        os.set_blocking(self.stdout_fd, False)
+        self.stdout_eof = False  # the channel has ended: EOF, or the agent exited
         self._splitter = protocol.LineSplitter(launch.line_limit)
         inbox.add(self.stdout_fd, self._on_readable)
+        # Readable once the agent has exited (None where pidfds do not exist: then
+        # its channel ends at EOF only).
+        self._pidfd: int | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self._pidfd = os.pidfd_open(self.pid)
+            inbox.add(self._pidfd, self._on_exit)
         self._threads = [
             threading.Thread(target=self._read_stderr, daemon=True, name=f"{role}-stderr"),
         ]
@@ -92,16 +110,19 @@ class AgentProcess:
         self.read_stdout(put)
         return self.stdout_eof
 
-    def read_stdout(self, put: Callable[[Incoming], None]) -> None:
-        """One read of the agent's stdout (which is readable); each item to ``put``.
+    def read_stdout(self, put: Callable[[Incoming], None], size: int = READ_SIZE) -> int:
+        """One read of the agent's stdout, of ``size`` bytes at most; each item to ``put``.
 
-        ``log`` messages go to the agent's log here; at EOF a partial last line
-        is a framing error, then comes an ``exit`` item.
+        How many bytes it read: none once its channel has ended. ``log``
+        messages go to the agent's log here; at EOF a partial last line is a
+        framing error, then comes an ``exit`` item.
         """
+        if self.stdout_eof:
+            return 0
         try:
-            data = os.read(self.stdout_fd, READ_SIZE)
+            data = os.read(self.stdout_fd, size)
         except BlockingIOError:
-            return
+            return 0
         except OSError:
             data = b""
         if data:
@@ -110,6 +131,26 @@ class AgentProcess:
                     put(self._item("error", error=item, raw_size=item.size))
                 else:
                     self._deliver(item, put)
+            return len(data)
+        self._end_channel(put)
+        return 0
+
+    def _on_exit(self, put: Callable[[Incoming], None]) -> bool:
+        """The agent has exited (its pidfd is readable): its channel ends now.
+
+        What its stdout pipe holds at this moment is the last it wrote; the
+        pipe is then closed, so bytes a process it left behind writes later are
+        never taken for its own (that process gets EPIPE).
+        """
+        left = _buffered(self.stdout_fd) if not self.stdout_eof else 0
+        while left > 0 and (n := self.read_stdout(put, min(left, READ_SIZE))) > 0:
+            left -= n
+        self._end_channel(put)
+        self._close_stdout()
+        return True
+
+    def _end_channel(self, put: Callable[[Incoming], None]) -> None:
+        if self.stdout_eof:
             return
         self.stdout_eof = True
         tail = self._splitter.pending()
@@ -163,9 +204,19 @@ class AgentProcess:
             left = None if end is None else end - time.monotonic()
             if left is not None and left <= 0:
                 return
-            ready = _readable(self.stdout_fd, left)
-            if ready:
+            ready = _readable([self.stdout_fd, self._pidfd], left)
+            if self._pidfd in ready:
+                self._on_exit(lambda _item: None)  # its exit ends its channel
+            elif ready:
                 self.read_stdout(lambda _item: None)
+
+    def _close_stdout(self) -> None:
+        """Close lorch's end of the agent's stdout (once): nothing more is read from it."""
+        stream = self.proc.stdout
+        if stream is not None and not stream.closed:
+            self._inbox.remove(self.stdout_fd)
+            with contextlib.suppress(OSError):
+                stream.close()
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -261,19 +312,24 @@ class AgentProcess:
         return rc
 
     def _finish(self) -> None:
-        self._inbox.remove(self.stdout_fd)
-        # The group is dead: what is left in the pipe is read to EOF (its log
-        # lines kept), unless a process outside the group still holds it open.
-        with contextlib.suppress(OSError):
-            os.set_blocking(self.stdout_fd, False)
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self._inbox.remove(self.stdout_fd)
+            # The group is dead: what is left in the pipe is read (its log lines
+            # kept) until the agent's exit ends the channel.
             self._drain_stdout(0.5)
+        self._close_stdout()
+        if self._pidfd is not None:
+            self._inbox.remove(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        # What it left behind outside its group (setsid) holds its stderr open.
+        procs.end_strays()
         for t in self._threads:
             t.join(timeout=5)
         self._stdin.close()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    stream.close()
+        if self.proc.stderr is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stderr.close()
         with self._log_lock:
             try:
                 if not self._log.closed:
@@ -281,9 +337,6 @@ class AgentProcess:
             except OSError as e:  # the last flush, on a full or read-only disk
                 self._log_error = self._log_error or e
         self._raise_log_error()
-
-
-READ_SIZE = 65536
 
 
 def _open_log(path: Path) -> IO[str]:
@@ -298,7 +351,20 @@ def _open_log(path: Path) -> IO[str]:
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
-def _readable(fd: int, timeout: float | None) -> bool:
+def _readable(fds: list[int | None], timeout: float | None) -> set[int]:
+    """Which of ``fds`` (None: skipped) are readable, waiting ``timeout`` seconds at most."""
     with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        return bool(sel.select(timeout))
+        for fd in fds:
+            if fd is not None:
+                sel.register(fd, selectors.EVENT_READ)
+        return {key.fd for key, _ in sel.select(timeout)}
+
+
+def _buffered(fd: int) -> int:
+    """How many bytes the pipe ``fd`` holds now (FIONREAD)."""
+    n = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, n, True)
+    except OSError:
+        return 0
+    return n[0]

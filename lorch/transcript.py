@@ -311,11 +311,13 @@ def shown(text: str) -> str:
     Control characters (``\\r``, ESC, BEL, C1) and bidi overrides are written
     as escapes (:func:`lorch.textsafe.visible`), as is a lone surrogate; each
     line after the first (``\\n`` or ``\\r\\n`` ends one) starts with
-    :data:`CONTINUATION`.
+    :data:`CONTINUATION` unless it starts with a space or a tab already.
     """
-    parts = text.replace("\r\n", "\n").split("\n")
-    lines = (_SURROGATE.sub(_escape, visible(part)) for part in parts)
-    return f"\n{CONTINUATION}".join(lines)
+    first, *rest = (
+        _SURROGATE.sub(_escape, visible(p)) for p in text.replace("\r\n", "\n").split("\n")
+    )
+    # A line indented already (lorch's own lists) cannot pass for one of lorch's.
+    return "\n".join([first, *(p if p[:1] in (" ", "\t") else CONTINUATION + p for p in rest)])
 
 
 def _escape(m: re.Match[str]) -> str:

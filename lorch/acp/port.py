@@ -32,7 +32,7 @@ from acp import schema as s
 from acp.connection import StreamDirection, StreamEvent
 from pydantic import ValidationError
 
-from lorch import __version__, known_agents, protocol
+from lorch import __version__, known_agents, procs, protocol
 from lorch.acp.client import Client, lenient_session_updates
 from lorch.acp.events import one_line
 from lorch.acp.loop import PORT, Loop, install_sdk_log
@@ -182,7 +182,7 @@ class AcpPort:
         token = PORT.set(self)  # the connection's tasks inherit it
         try:
             try:
-                proc = await asyncio.create_subprocess_exec(
+                proc = await procs.spawn_async(
                     *self.argv,
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,

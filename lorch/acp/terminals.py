@@ -17,6 +17,7 @@ from pathlib import Path
 import acp as sdk
 from acp import schema as s
 
+from lorch import procs
 from lorch.acp.policy import agent_path, refusal
 from lorch.errors import PathEscape
 from lorch.transport import unsandboxed
@@ -99,7 +100,7 @@ class Terminals:
                 where = agent_path(self.workspace, cwd)
             except PathEscape as e:
                 raise sdk.RequestError.invalid_params({"details": f"cwd {cwd}: {e}"}) from None
-        proc = await asyncio.create_subprocess_exec(
+        proc = await procs.spawn_async(
             *self.wrap([command, *args], where),
             cwd=str(where),
             env={**self.env, **env},

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import acp as sdk
 
-from lorch import prompts
+from lorch import procs, prompts
 from lorch.acp.events import (
     NO_TESTS,
     VerdictError,
@@ -165,7 +165,7 @@ class Turn:
         shown = cmd if isinstance(cmd, str) else " ".join(cmd)
         timeout = port.settings.test_timeout_s
         try:
-            proc = await asyncio.create_subprocess_exec(
+            proc = await procs.spawn_async(
                 # In the builder's sandbox: it runs what the builder wrote.
                 *port.launch.wrap(argv, port.settings.workspace),
                 cwd=str(port.settings.workspace),

@@ -11,11 +11,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import select
+import signal
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,7 +107,8 @@ def test_doctor_shows_an_agent_s_name_and_stderr_escaped(tmp_path: Path, lorch) 
     r = lorch("doctor", "--workspace", str(ws), timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
     assert not OBEYED.search(r.stdout), repr(r.stdout)
-    assert "evil\\x1b]0;pwned\\x07\\x0d[lorch] DONE\\u202e 1\n    [lorch] ok" in r.stdout
+    assert "evil\\x1b]0;pwned\\x07\\x0d[lorch] DONE\\u202e 1" in r.stdout
+    assert "[lorch] ok" in r.stdout  # its newline shown as such, or on an indented line
     assert "its stderr said: boom\\x1b[2J\\x0d\\x07" in r.stdout
     assert _lines_of_lorch(r.stdout) == []
 
@@ -258,3 +264,133 @@ def test_any_content_of_a_workspace_file_is_read_totally(rel: str, data: bytes) 
         store.iter_receipts(ws, problems=unreadable)  # verify's way: listed, not raised
         for path in cli.workspace_files(ws):  # `lorch validate`
             assert all(isinstance(p, str) for p in cli._file_problems(path))
+
+
+# -- what an agent starts ends with it --------------------------------------------------
+
+
+def _stray_of(ws: Path, role: str) -> tuple[int, int]:
+    pid, started = (ws / ".hostile" / role / "stray").read_text().split()
+    return int(pid), int(started)
+
+
+def _alive(pid: int, started: int) -> bool:
+    from lorch import procs
+
+    return procs.start_time(pid) == started and not procs.is_zombie(pid)
+
+
+@pytest.fixture
+def strays() -> Iterator[list[tuple[int, int]]]:
+    """Processes a test found alive are killed at its end (a failing test leaves none)."""
+    found: list[tuple[int, int]] = []
+    yield found
+    for pid, started in found:
+        if _alive(pid, started):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sandbox", ["none", "auto"])
+@pytest.mark.parametrize("attack", ["setsid_stray_exit", "setsid_stray"])
+def test_what_an_agent_starts_out_of_its_group_ends_with_it(
+    attack: str,
+    sandbox: str,
+    hostile_ws: Workspace,
+    strays: list[tuple[int, int]],
+    lorch,  # type: ignore[no-untyped-def]
+) -> None:
+    # sandbox none: lorch's own doing (a subreaper); auto: bubblewrap's too, where it runs.
+    ws = hostile_ws({"builder": attack}, builder={"sandbox": sandbox})
+    r = lorch("run", "--workspace", str(ws))
+    if sandbox == "none":
+        strays.append(_stray_of(ws, "builder"))
+    assert_clean_exit(r)
+    assert terminal_events(ws) == HAPPY
+    if sandbox == "none":
+        assert not _alive(*strays[0]), "the builder's setsid process outlived lorch"
+    failed = [x["payload"] for x in records(ws) if x.get("event") == "system.command_failed"]
+    if attack == "setsid_stray_exit":
+        # Its exit is seen as such at once, though the stray still holds its stdout.
+        assert [f["code"] for f in failed] == ["agent_exited"], failed
+        assert failed[0]["reason"].startswith("agent builder exited (code 3)")
+    else:
+        assert failed == []
+
+
+def test_an_exited_agent_s_pipe_is_not_read_from_what_it_left_behind(tmp_path: Path) -> None:
+    # The agent says its last words, leaves a process out of its group holding its
+    # stdout, and exits. Its exit ends its channel: its last words count, the pipe is
+    # closed, and what the stray writes afterwards is never read (it gets EPIPE).
+    from lorch.redact import Redactor
+    from lorch.supervisor import AgentProcess
+    from lorch.transport import Inbox, Launch
+
+    event = {
+        "kind": "event",
+        "message_id": "evt-1",
+        "correlation_id": "corr-1",
+        "task_id": "T-1",
+        "from": {"agent_type": "builder"},
+        "event": "builder.progress",
+        "payload": {},
+        "occurred_at": "2026-12-01T12:00:00Z",
+    }
+    go, result, pidfile = tmp_path / "go", tmp_path / "result", tmp_path / "stray.pid"
+    os.mkfifo(go)
+    forged = json.dumps({**event, "message_id": "evt-forged"}) + "\n"
+    stray = (
+        "import os, sys\n"
+        f"open({str(go)!r}, 'rb').read()\n"
+        "try:\n"
+        f"    os.write(1, {forged.encode()!r}); said = 'written'\n"
+        "except BrokenPipeError:\n"
+        "    said = 'EPIPE'\n"
+        f"open({str(result)!r}, 'w').write(said)\n"
+    )
+    agent = (
+        "import json, os, subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {stray!r}], start_new_session=True)\n"
+        f"open({str(pidfile)!r} + '.tmp', 'w').write(str(p.pid))\n"
+        f"os.rename({str(pidfile)!r} + '.tmp', {str(pidfile)!r})\n"
+        f"sys.stdout.write({json.dumps(event) + chr(10)!r}); sys.stdout.flush()\n"
+        "os._exit(0)\n"
+    )
+    launch = Launch(
+        role="builder",
+        argv=[sys.executable, "-c", agent],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        log_path=tmp_path / "logs" / "builder.ndjson",
+        generation=1,
+        redactor=Redactor([]),
+        heartbeats=False,
+    )
+    inbox = Inbox()
+    proc = AgentProcess(launch, inbox)
+    stray_pid = None
+    try:
+        items = []
+        deadline = time.monotonic() + 30
+        while not items or items[-1].kind != "exit":
+            assert time.monotonic() < deadline, f"no exit item: {[i.kind for i in items]}"
+            item = inbox.get(timeout=1)
+            if item is not None:
+                items.append(item)
+        assert [(i.kind, (i.message or {}).get("message_id")) for i in items] == [
+            ("event", "evt-1"),
+            ("exit", None),
+        ]
+        stray_pid = int(pidfile.read_text())
+        stray_exit = os.pidfd_open(stray_pid)
+        with open(go, "wb") as f:  # the stray writes now
+            f.write(b"go")
+        assert select.select([stray_exit], [], [], 30)[0], "the stray did not finish"
+        os.close(stray_exit)
+        assert result.read_text() == "EPIPE"
+        assert inbox.get(timeout=0) is None
+    finally:
+        if stray_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stray_pid, signal.SIGKILL)
+        proc.kill()
+        inbox.close()

@@ -278,6 +278,36 @@ def junk_index(cmd):
     return True
 
 
+# A process that leaves the agent's process group (setsid) and keeps its stdout and
+# stderr: it says where it is (pid, start time) in .hostile/<role>/stray, then waits.
+STRAY = """
+import os, sys, time
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write("%d %s" % (os.getpid(), open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19]))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(3600)
+"""
+
+
+def _stray():
+    import subprocess
+
+    where = os.path.join(STATE, "stray")
+    subprocess.Popen([sys.executable, "-c", STRAY, where], start_new_session=True)
+    while not os.path.exists(where):
+        time.sleep(0.01)
+
+
+def setsid_stray_exit(cmd):
+    _stray()
+    os._exit(3)
+
+
+def setsid_stray(cmd):
+    _stray()
+    return True
+
+
 def fuzz(cmd):
     with open(os.environ["HOSTILE_LINES"], "rb") as f:
         for line in f.read().split(b"\n"):
@@ -477,8 +507,9 @@ ATTACKS = {
     "auth_escapes": auth_escapes,
     "no_test_status": no_test_status,
     "junk_index": junk_index,
+    "setsid_stray_exit": setsid_stray_exit,
+    "setsid_stray": setsid_stray,
 }
-
 
 ATTACKS.update(EVIDENCE_ATTACKS)
 
