@@ -74,14 +74,14 @@ MUTANTS = [
         "ledger",
         (
             (
-                "            _check(path, lineno, body, validate)\n            count += 1",
-                "            try:\n                _check(path, lineno, body, validate)\n"
-                "            except LedgerError:\n                continue\n            count += 1",
-            ),
-            (
-                "            yield _check(path, prev[0], prev[2], validate)\n",
-                "            try:\n                yield _check(path, prev[0], prev[2], validate)\n"
-                "            except LedgerError:\n                pass\n",
+                "            if opened is None:\n                raise _forged(path, lineno, raw)\n"
+                "            body, prev = opened\n"
+                "            yield _Line(lineno, offset, raw, _check(path, lineno, body, validate), prev)\n",
+                "            if opened is None:\n                held = item\n                continue\n"
+                "            body, prev = opened\n"
+                "            try:\n                record = _check(path, lineno, body, validate)\n"
+                "            except LedgerError:\n                held = item\n                continue\n"
+                "            yield _Line(lineno, offset, raw, record, prev)\n",
             ),
         ),
     ),
@@ -101,10 +101,8 @@ MUTANTS = [
         "ledger",
         (
             (
-                "        return Scan(count, good, TornTail(lineno, offset, len(body), body[:80], "
-                '"no newline"))',
-                "        return Scan(max(0, count - 1), max(0, good - 1), TornTail(lineno, offset, "
-                'len(body), body[:80], "no newline"))',
+                "            return Scan(count, good, torn, line.chain)\n",
+                "            return Scan(max(0, count - 1), max(0, good - 1), torn, line.chain)\n",
             ),
         ),
     ),
