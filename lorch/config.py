@@ -68,8 +68,8 @@ class AgentConfig:
     prompts: dict[str, str] = field(default_factory=dict)
     # How the agent's processes are contained: "auto", "bwrap" or "none" (docs/security.md).
     sandbox: str = "auto"
-    # acp only: whether lorch offers its file service; None: the agent's default
-    # (docs/real-agents.md).
+    # acp only: whether lorch offers its file service (fs/*); None or False: not
+    # offered, and an agent that asks anyway is refused (docs/real-agents.md).
     fs: bool | None = None
     # acp only: how long the task's test command may run after a builder turn.
     test_timeout_s: float = 600.0

@@ -89,6 +89,10 @@ class Client:
 
     def _turn(self, session_id: str, request: str) -> None:
         """Refuse a request for another session than the turn in flight's, or outside a turn."""
+        if request.startswith("fs/") and not self.port.settings.fs:
+            # lorch did not offer its file service ($.agents.ROLE.fs): an agent
+            # asking anyway gets "method not found", as for any capability not offered.
+            raise sdk.RequestError.method_not_found(request)
         if not self.port.in_turn(session_id, request):
             raise sdk.RequestError.invalid_params(
                 {"details": f"{request}: session {session_id!r} has no turn in flight"}

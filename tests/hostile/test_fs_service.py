@@ -43,7 +43,12 @@ class Attack:
         return self.tmp / "attack.ndjson"
 
     def port(
-        self, turns: list[list[dict[str, Any]]], role: str = "builder", *, checkpoints: bool = True
+        self,
+        turns: list[list[dict[str, Any]]],
+        role: str = "builder",
+        *,
+        checkpoints: bool = True,
+        fs: bool = True,
     ) -> AcpPort:
         script = self.tmp / f"attack-{len(self.ports)}.json"
         script.write_text(json.dumps(turns))
@@ -62,6 +67,7 @@ class Attack:
             task={"id": "T-1", "goal": "g"},
             take=ck.take,
             changed=ck.changed,
+            fs=fs,  # the file service is what is attacked ($.agents.ROLE.fs)
         )
         p = AcpPort(launch, self.inbox, settings)
         self.ports.append(p)
@@ -271,6 +277,16 @@ def test_verdict_files_are_written_only_by_their_role(attack: Attack) -> None:
     got = by_path(results[-2:])
     assert got["reviews/T-1.json"]["ok"] is True and got["spec_notes/T-1.json"]["ok"] is False
     assert end.message is not None and end.message["event"] == "review.completed"
+
+
+def test_the_file_service_is_refused_when_not_offered(attack: Attack) -> None:
+    # "fs": false (the default): an agent that asks anyway reads and writes nothing.
+    (attack.workspace / "in.txt").write_text("inside\n")
+    port = attack.port([[{"read": "in.txt"}, {"write": "new.txt", "content": "x"}]], fs=False)
+    attack.turn(port, command())
+    got = attack.results(wait_done=True)
+    assert [r["ok"] for r in got if "ok" in r] == [False, False]
+    assert not (attack.workspace / "new.txt").exists()
 
 
 def test_requests_outside_the_turn_in_flight_are_refused(attack: Attack) -> None:
