@@ -185,13 +185,13 @@ class Checkpoints:
             held = self._listed("ls-files", "-z")
             target, held = self._without_lorch_paths(tree, held)
             changed = self._listed("diff-files", "-z", "--name-only", "--no-renames")
-            rules = [p for p in held if _is_rules(p)]
-            # The tree's ignore files first: a rollback cut short after this
-            # point already leaves the pre-turn rules in the workspace.
+            # Judged before anything is written, by the tree's rules alone.
+            made = self._made_by_turn(held, changed, [p for p in held if _is_rules(p)])
+            # The first files written back are the tree's ignore files: a
+            # rollback cut short leaves the pre-turn rules, if anything, behind.
             first = [p for p in changed if _is_rules(p)]
             if first:
                 self._given(("checkout-index", "-f", "-z", "--stdin"), first)
-            made = self._made_by_turn(held, changed, rules)
             paths = sorted(set(changed) | set(made))
             if paths:
                 # Files the turn made join the index so that read-tree removes them.
