@@ -490,8 +490,9 @@ def _env_vars(
                 Problem(
                     WARNING,
                     where,
-                    f"{' and '.join(keys)} {'is' if len(keys) == 1 else 'are'} not set in "
-                    f"lorch's environment",
+                    f"{keys[0]} is not set in lorch's environment"
+                    if len(keys) == 1
+                    else f"none of {', '.join(keys)} is set in lorch's environment",
                     f"export {keys[0]}=… before running lorch, or log in once ({agent.login})",
                 )
             )

@@ -12,6 +12,8 @@ keeping its key order and indentation. ``show`` and ``get`` mask secrets.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -286,12 +288,17 @@ class Masker:
     wherever they appear (:mod:`lorch.redact`), and strings shaped like keys."""
 
     def __init__(self, raw: Any) -> None:
+        agents = raw.get("agents") if isinstance(raw, dict) else None
         envs = [
-            {k: v for k, v in spec.get("env", {}).items() if isinstance(v, str)}
-            for spec in (raw.get("agents", {}) if isinstance(raw, dict) else {}).values()
+            {k: v for k, v in spec["env"].items() if isinstance(v, str)}
+            for spec in (agents.values() if isinstance(agents, dict) else ())
             if isinstance(spec, dict) and isinstance(spec.get("env"), dict)
         ]
         self._redactor = Redactor(secret_values(dict(os.environ), *envs))
+
+    def text(self, s: str) -> str:
+        """A line that may quote the file's values (a problem's message)."""
+        return _KEY_SHAPES.sub(MASK, self._redactor.text(s))
 
     def value(self, key: str, value: Any) -> Any:
         m = re.fullmatch(r"agents\.[^.]+\.env(?:\.(.+))?", key)
@@ -344,6 +351,20 @@ def backup(workspace: Path, data: bytes) -> Path:
     raise ConfigError(f"{folder}: cannot find a free name for a backup of {stamp}")
 
 
+@contextlib.contextmanager
+def _editing(workspace: Path) -> Iterator[None]:
+    """One ``set`` or ``unset`` at a time: each reads the file the one before wrote
+    (an ``flock`` on the backups folder, which dies with its holder)."""
+    from lorch.atomic import open_dir
+
+    fd = open_dir(workspace / BACKUPS)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _read(path: Path) -> tuple[bytes, str, Any]:
     try:
         data = path.read_bytes()
@@ -372,7 +393,7 @@ def _write(workspace: Path, key: str, old: tuple[bytes, str, Any], new: Any) -> 
     if fresh:
         target = "$." + key.removeprefix("$.")
         first = next((p for p in fresh if p.path.startswith(target)), fresh[0])
-        raise ConfigError(f"{path}: {first.line()}; nothing written")
+        raise ConfigError(Masker(new).text(f"{path}: {first.line()}; nothing written"))
     kept = backup(workspace, data)
     atomic_write_bytes(path, render(new, text))
     _echo(f"{path}: {key} changed (previous file: {kept.relative_to(workspace)})")
@@ -476,10 +497,11 @@ def set_cmd(workspace: Path, key: str, value: str, as_string: bool) -> None:
     The previous file is kept in state/backups/.
     """
     parts = parse_key(key)
-    old = _read(workspace / config.FILENAME)
-    new = json.loads(json.dumps(old[2]))
-    set_in(new, parts, parse_value(value, as_string))
-    _write(workspace, key_text(parts), old, new)
+    with _editing(workspace):
+        old = _read(workspace / config.FILENAME)
+        new = json.loads(json.dumps(old[2]))
+        set_in(new, parts, parse_value(value, as_string))
+        _write(workspace, key_text(parts), old, new)
 
 
 @config_group.command("unset")
@@ -489,12 +511,13 @@ def unset_cmd(workspace: Path, key: str) -> None:
     """Remove KEY from lorch.json (its default applies again), if the result is valid."""
     parts = parse_key(key)
     path = workspace / config.FILENAME
-    old = _read(path)
-    new = json.loads(json.dumps(old[2]))
-    if not unset_in(new, parts):
-        _echo(f"{path}: {key_text(parts)} is not set; nothing changed")
-        return
-    _write(workspace, key_text(parts), old, new)
+    with _editing(workspace):
+        old = _read(path)
+        new = json.loads(json.dumps(old[2]))
+        if not unset_in(new, parts):
+            _echo(f"{path}: {key_text(parts)} is not set; nothing changed")
+            return
+        _write(workspace, key_text(parts), old, new)
 
 
 @config_group.command("check")
@@ -514,11 +537,17 @@ def check_cmd(workspace: Path, strict: bool, verbose: bool, as_json: bool) -> No
     Exit 0 when clean (or only warnings without --strict).
     """
     path = workspace / config.FILENAME
-    found, cfg = configcheck.check(configcheck.load_raw(path), path)
+    raw = configcheck.load_raw(path)
+    found, cfg = configcheck.check(raw, path)
     ok: list[str] = []
     if verbose and cfg is not None:
         ok, env = configcheck.environment(cfg, workspace.absolute(), os.environ)
         found += env
+    masker = Masker(raw)
+    found = [
+        configcheck.Problem(p.level, p.path, masker.text(p.message), masker.text(p.fix))
+        for p in found
+    ]
     errors = sum(p.level == configcheck.ERROR for p in found)
     warnings = len(found) - errors
     code = 2 if errors else 1 if warnings and strict else 0

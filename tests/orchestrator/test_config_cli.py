@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,22 @@ def test_set_refuses_what_would_not_load(
     assert path.read_bytes() == before and backups(ws) == []
 
 
+def test_refusals_and_problems_mask_what_looks_like_a_key(
+    ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz"
+    path = write(ws, MOCK)
+    rc, _, err = lorch(capsys, "config", "set", "-w", str(ws), "agents.builder.cmd", key)
+    assert rc == 2 and "$.agents.builder.cmd: '***' is not of type 'array'" in err
+    doc = json.loads(path.read_text())
+    write(ws, {**doc, "agents": {**MOCK["agents"], "builder": {"cmd": key}}})
+    rc, out, _ = lorch(capsys, "config", "check", "-w", str(ws))
+    assert rc == 2 and "$.agents.builder.cmd:" in out and key not in out
+    write(ws, {**doc, "agents": [key]})
+    rc, out, _ = lorch(capsys, "config", "check", "-w", str(ws))
+    assert rc == 2 and "$.agents:" in out and key not in out
+
+
 def test_set_checks_lorch_own_rules_not_only_the_schema(
     ws: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -550,3 +567,26 @@ def test_verbose_says_what_holds(
     assert f"ok       agent builder: {fake}" in out
     assert "ok       key builder: ANTHROPIC_API_KEY set" in out
     assert "set-for-the-test" not in out
+
+
+@pytest.mark.e2e
+def test_concurrent_sets_through_the_real_binary_all_land(
+    ws: Path, lorch_bin: str, clean_env: dict[str, str]
+) -> None:
+    path = write(ws, MOCK)
+    procs = [
+        subprocess.Popen(
+            [lorch_bin, "config", "set", "-w", str(ws), "-s", f"agents.builder.env.V{i}", str(i)],
+            env=clean_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(4)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    assert json.loads(path.read_text())["agents"]["builder"]["env"] == {
+        f"V{i}": str(i) for i in range(4)
+    }
+    assert len(backups(ws)) == 4
