@@ -403,6 +403,21 @@ def _write(workspace: Path, key: str, old: tuple[bytes, str, Any], new: Any) -> 
     found, _ = configcheck.check(new, path)
     for p in found:
         _echo(f"warning: {p.line()}", err=True)
+    _unfinished(workspace)
+
+
+def _unfinished(workspace: Path) -> None:
+    """Say so when a run of this workspace may still be resumed: it recorded the old file."""
+    from lorch.store import read_index
+
+    for run in read_index(workspace)["runs"]:
+        if run["status"] == "running":
+            _echo(
+                f"note: run {run['run_id']} has not finished and recorded the previous "
+                f"lorch.json; `lorch resume --run {run['run_id']}` applies this change only "
+                "with --accept-config-change",
+                err=True,
+            )
 
 
 # -- the commands ---------------------------------------------------------------

@@ -348,6 +348,30 @@ def test_set_prints_the_warnings_of_the_result(
     assert err.startswith("warning: $.agents.builder.sandbox:")
 
 
+def test_set_says_an_unfinished_run_recorded_the_previous_file(
+    ws: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lorch.store import update_index
+
+    write(ws, MOCK)
+    entry = {
+        "run_id": "run-20260101-000000-0123abcd",
+        "task_id": "T-1",
+        "status": "completed",
+        "started_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+        "ledger": "events/run-20260101-000000-0123abcd.ndjson",
+    }
+    update_index(ws, entry)
+    rc, _, err = lorch(capsys, "config", "set", "-w", str(ws), "policy.max_rounds", "4")
+    assert (rc, err) == (0, "")
+    update_index(ws, {**entry, "status": "running"})
+    rc, _, err = lorch(capsys, "config", "set", "-w", str(ws), "policy.max_rounds", "5")
+    assert rc == 0
+    assert err.startswith("note: run run-20260101-000000-0123abcd has not finished")
+    assert "--accept-config-change" in err
+
+
 def test_set_a_value_that_looks_like_an_option(
     ws: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -590,3 +614,22 @@ def test_concurrent_sets_through_the_real_binary_all_land(
         f"V{i}": str(i) for i in range(4)
     }
     assert len(backups(ws)) == 4
+
+
+@pytest.mark.parametrize("agent", [None, "claude-agent-acp", "codex-acp", "gemini"])
+def test_the_first_runs_lorch_json_passes_a_strict_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], agent: str | None
+) -> None:
+    from lorch.firstrun import default_config
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if agent is not None:
+        exe = bin_dir / agent
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    doc, _ = default_config(str(bin_dir))
+    assert (agent is None) == ("transport" not in doc["agents"]["builder"])
+    ws = tmp_path / "ws"
+    write(ws, doc)
+    assert lorch(capsys, "config", "check", "-w", str(ws), "--strict")[0] == 0
