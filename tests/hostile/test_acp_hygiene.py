@@ -383,7 +383,8 @@ def _run_ws(tmp_path: Path, builder: dict[str, Any], test_cmd: Any = None) -> Pa
     ws = tmp_path / "run"
     materialize("acp-exactly-once", ws)
     cfg = json.loads((ws / "lorch.json").read_text())
-    cfg["agents"]["builder"].update(builder)
+    # No sandbox: the test command's pids are seen from here (a sandbox has its own).
+    cfg["agents"]["builder"].update({"sandbox": "none", **builder})
     if test_cmd is not None:
         cfg["task"]["test_cmd"] = test_cmd
     cfg["policy"]["max_attempts"] = 2
