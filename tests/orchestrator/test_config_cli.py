@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from lorch import configcheck
 from lorch.cli import main
-from lorch.configcli import indent_of, key_text, parse_key
+from lorch.configcli import _MISSING, get_in, indent_of, key_text, parse_key, set_in, unset_in
 
 MOCK: dict[str, Any] = {
     "version": "1",
@@ -64,6 +64,36 @@ names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
 def test_keys_round_trip(parts: list[str | int]) -> None:
     assert parse_key(key_text(parts)) == parts
     assert parse_key("$." + key_text(parts)) == parts
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(names, json_values, min_size=1, max_size=4), json_values, st.data())
+def test_set_get_unset_agree(doc: dict[str, Any], value: Any, data: st.DataObject) -> None:
+    # A path to an existing value, then set, read, remove.
+    first = data.draw(st.sampled_from(sorted(doc)))
+    parts: list[str | int] = [first]
+    node: Any = doc[first]
+    while isinstance(node, dict | list) and node and data.draw(st.booleans()):
+        if isinstance(node, dict):
+            key = data.draw(st.sampled_from(sorted(node)))
+            parts.append(key)
+            node = node[key]
+        else:
+            i = data.draw(st.integers(0, len(node) - 1))
+            parts.append(i)
+            node = node[i]
+    edited = json.loads(json.dumps(doc))
+    set_in(edited, parts, value)
+    assert get_in(edited, parts) == value
+    assert unset_in(edited, parts)
+    assert get_in(edited, parts) is _MISSING or isinstance(parts[-1], int)
+    assert not unset_in(edited, [*parts[:-1], "no such key"])
 
 
 @pytest.mark.parametrize("bad", ["", "[0]", "a..b", "a.[0]", "a b", "a[x]", ".a"])
