@@ -308,3 +308,45 @@ def test_a_resume_does_not_accept_the_answer_it_has_yet_to_check() -> None:
     sim.add(sysev("system.resumed", {"torn_tail": None, "orphans_killed": []}))
     assert isinstance(sim.step(), Check)
     assert sim.state.accepted == 0
+
+
+# -- verdicts: decided from the bytes lorch captured as the review's turn ended ------------
+
+REVIEW = "reviews/T-0042.json"
+
+
+def reviewed(event_status: str, captured: str | None, *, named: bool = True) -> str:
+    """The command after a review answered ``event_status`` whose file was captured holding
+    ``captured`` (JSON text; None: no capture)."""
+    sim = Sim()
+    cmd = sim.send()
+    sim.reply(cmd, "builder.completed", "success", **PASS)
+    review = sim.send()
+    payload = {"summary": "s", **({"review_path": REVIEW} if named else {})}
+    sim.add(answer(review, "review.completed", event_status, **payload))
+    if captured is not None:
+        capture = {"idempotency_key": review["idempotency_key"], "role": "reviewer"}
+        sim.add(sysev("system.verdict", {**capture, "path": REVIEW, "text": captured}))
+    step = sim.step()
+    assert isinstance(step, Check), step  # the capture does not settle the answer
+    sim.state.accept()
+    return str(sim.send()["action"])
+
+
+def test_the_captured_verdict_decides_when_the_answer_names_it() -> None:
+    approved = '{"status": "approved", "summary": "ok"}'
+    assert reviewed("approved", approved) == "update_spec"
+    assert reviewed("changes_requested", '{"status": "changes_requested"}') == "implement_changes"
+
+
+def test_a_captured_verdict_that_disagrees_with_the_answer_approves_nothing() -> None:
+    # The file was flipped to approved as the turn ended: changes are asked for.
+    assert reviewed("changes_requested", '{"status": "approved"}') == "implement_changes"
+    assert reviewed("approved", '{"status": "changes_requested"}') == "implement_changes"
+
+
+def test_the_answer_decides_when_no_verdict_file_counts() -> None:
+    assert reviewed("approved", None) == "update_spec"
+    assert reviewed("approved", '{"status": "changes_requested"}', named=False) == "update_spec"
+    assert reviewed("approved", "not json [[[") == "update_spec"
+    assert reviewed("approved", "[" * 60_000) == "update_spec"  # too deep: not a verdict
