@@ -101,3 +101,45 @@ def test_intake_example_runs_end_to_end(tmp_path: Path, lorch: Runner) -> None:
     [run] = run_ids(ws)
     events = [r.get("event") for r in records(ws, run)]
     assert "orchestration.proposed_tasks" in events and "system.run_completed" in events
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_claude_code_example_passes_doctor_with_the_real_adapter_offline(
+    tmp_path: Path, lorch: Runner
+) -> None:
+    """The example as it is, with the pinned Claude Code adapter on PATH and a
+    scripted endpoint on 127.0.0.1 as its model: `config check --verbose` finds the
+    command and the key its pass_env names; doctor starts each role and opens a
+    session, as a run does before its first command, and no model is called."""
+    import os
+
+    from lorch.testing.model_endpoint import ModelEndpoint
+    from lorch.testing.model_script import Script
+    from tests.realagents import adapters
+
+    missing = adapters.without_node(os.environ)
+    if missing is not None:
+        action, why = missing
+        pytest.fail(why) if action == "fail" else pytest.skip(why)
+    bin_dir = adapters.claude_agent_acp(adapters.ensure_installed()).parent
+    ws = _workspace(tmp_path, "claude-code.json")
+    (ws / "SPEC.md").write_text("# Greeting\n")
+    log = tmp_path / "requests.ndjson"
+    endpoint = ModelEndpoint(Script.from_dict({"steps": []}), log=log).start()
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        env = adapters.offline_env(endpoint.url, home)
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+        check = lorch("config", "check", "-w", str(ws), "--verbose", "--strict", env=env)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "ok       key builder: ANTHROPIC_API_KEY set" in check.stdout
+        doctor = lorch("doctor", "-w", str(ws), env=env, timeout=300)
+    finally:
+        endpoint.close()
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    for role in ("builder", "reviewer", "spec_maintainer"):
+        assert f"ok   acp {role}: @zed-industries/claude-agent-acp" in doctor.stdout
+    requests = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    assert not [r for r in requests if r.get("model")]  # no model call: nothing was prompted
