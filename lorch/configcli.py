@@ -472,6 +472,12 @@ def get_cmd(workspace: Path, key: str, as_json: bool, reveal: bool) -> None:
         wanted = key_text(parts)
         rows = effective(config.parse(raw, path))
         value = next((r.value for r in rows if r.key == wanted), _MISSING)
+        below = [r for r in rows if r.key.startswith((wanted + ".", wanted + "["))]
+        if value is _MISSING and below:
+            # A whole section the file leaves out (`get policy`): its defaults.
+            value = {}
+            for r in below:
+                set_in(value, parse_key(r.key)[len(parts) :], r.value)
     if value is _MISSING:
         _echo(f"lorch: {path}: {key_text(parts)} is not set and has no default", err=True)
         raise click.exceptions.Exit(1)

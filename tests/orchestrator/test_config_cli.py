@@ -222,6 +222,9 @@ def test_get_reads_the_file_then_the_defaults(ws: Path, capsys: pytest.CaptureFi
     assert lorch(capsys, *get, "agents.builder.cmd[0]") == (0, "mockagent\n", "")
     assert lorch(capsys, *get, "$.agents.builder.cmd[0]", "--json") == (0, '"mockagent"\n', "")
     assert lorch(capsys, *get, "policy.backoff.max_s") == (0, "60.0\n", "")
+    rc, out, _ = lorch(capsys, *get, "policy.backoff")  # a section the file leaves out
+    assert rc == 0
+    assert json.loads(out) == {"initial_s": 1.0, "factor": 2.0, "max_s": 60.0}
     rc, out, err = lorch(capsys, *get, "task.spec_path")
     assert (rc, out) == (1, "")
     assert "task.spec_path is not set and has no default" in err
