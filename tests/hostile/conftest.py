@@ -53,6 +53,9 @@ def hostile_ws(tmp_path: Path) -> Workspace:
                 "heartbeat_interval_s": 0.5,
                 "env": dict(env),
             }
+            if leak != "role-env":
+                # A secret of lorch's own environment reaches an agent only by name.
+                agents[role]["pass_env"] = ["HOSTILE_SECRET", "DEPLOY_PASSWORD"]
             agents[role].update(extra.pop(role, {}))
         cfg = {
             "version": "1",

@@ -95,7 +95,13 @@ def _victim() -> subprocess.Popen[bytes]:
 def test_resume_never_kills_a_pid_an_agent_named(hostile_ws: Workspace, lorch) -> None:  # type: ignore[no-untyped-def]
     victim = _victim()
     try:
-        ws = hostile_ws({"builder": "forged_agent_started"})
+        # Without a sandbox: the defence is resume's own (a sandboxed builder would
+        # die with lorch, leaving no orphan to end), and the builder gets the
+        # victim's pid from lorch's environment through its pass_env.
+        ws = hostile_ws(
+            {"builder": "forged_agent_started"},
+            builder={"pass_env": ["HOSTILE_VICTIM"], "sandbox": "none"},
+        )
         env = {"HOSTILE_VICTIM": f"{victim.pid}:{victim.pid}"}
         # Records 1-6: run, snapshot, three agents started, implement; 7 is
         # what lorch made of the forged line. lorch dies right after it.
@@ -145,7 +151,11 @@ def test_a_hard_linked_artifact_from_outside_is_rejected(
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
-    ws = hostile_ws({"builder": "hardlink"})
+    # Without a sandbox (it would keep the agent from writing outside at all): the
+    # defence is lorch's check of the artifact's links.
+    ws = hostile_ws(
+        {"builder": "hardlink"}, builder={"pass_env": ["HOSTILE_OUTSIDE"], "sandbox": "none"}
+    )
     r = lorch("run", "--workspace", str(ws), env={"HOSTILE_OUTSIDE": str(outside)})
     assert_clean_exit(r)
     rejected = [x["payload"] for x in records(ws) if x.get("event") == "system.artifact_rejected"]
