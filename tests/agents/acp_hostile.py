@@ -14,7 +14,8 @@ Same script format and steps as ``acp_agent.py``, plus:
                                        answer the prompt with this JSON-RPC error
 
 and, at the top of the script, ``"initialize_error": {"code": C, "message": M}``:
-answer ``initialize`` with that error.
+answer ``initialize`` with that error; ``"initialize_raw": TEXT``: write TEXT (a line)
+before the answer.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class Hostile(Scripted):
         err = self.script.get("initialize_error")
         if err:
             raise acp.RequestError(err["code"], err["message"], err.get("data"))
+        raw = self.script.get("initialize_raw")
+        if raw:
+            w = self._writer()
+            w.write(raw.encode() + b"\n")
+            await w.drain()
         return await super().initialize(protocol_version, **kwargs)
 
     def _writer(self) -> asyncio.StreamWriter:

@@ -210,6 +210,13 @@ def test_the_sdk_receive_loop_failing_ends_the_attempt_at_once(
     )
 
 
+def test_a_malformed_message_during_initialize_is_the_start_up_failure(acp: Harness) -> None:
+    script = acp.script([], initialize_raw='[{"jsonrpc":"2.0","id":0,"result":{}}]')
+    with pytest.raises(AgentError) as e:
+        acp.port(script)
+    assert "agent builder sent a line that is not an ACP message: line is JSON list" in str(e.value)
+
+
 # -- 3. the line limit -----------------------------------------------------------------
 
 
