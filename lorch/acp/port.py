@@ -16,6 +16,7 @@ its ``max_updates_per_turn``, the SDK's receive loop failing — is a fault: one
 from __future__ import annotations
 
 import asyncio
+import codecs
 import concurrent.futures
 import contextlib
 import json
@@ -446,20 +447,34 @@ class AcpPort:
             )
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        """Every stderr line into the log; a line longer than ``STREAM_LIMIT`` goes in
+        pieces, and a piece's end that may begin a secret waits for the next piece."""
         assert proc.stderr is not None
-        while True:
-            try:
-                raw = await proc.stderr.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                raw = await proc.stderr.read(65536)
-            if not raw:
-                return
-            text = raw.decode("utf-8", "replace").rstrip("\n")
-            # Redacted before it is cut; shown with its control characters visible.
-            self.last_stderr = visible_line(self.launch.redactor.tail(text, STDERR_TAIL))
-            self.log({"stream": "stderr", "line": text})
-            if self.launch.on_stderr is not None:
-                self.launch.on_stderr(f"[{self.role} stderr] {self.last_stderr}")
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = held = ""
+        while chunk := await proc.stderr.read(STREAM_LIMIT):
+            text += decoder.decode(chunk)
+            *lines, text = text.split("\n")
+            for line in lines:
+                held = self._stderr_line(held + line, whole=True)
+            if len(text) >= STREAM_LIMIT:
+                held, text = self._stderr_line(held + text, whole=False), ""
+        rest = held + text + decoder.decode(b"", final=True)
+        if rest:
+            self._stderr_line(rest, whole=True)
+
+    def _stderr_line(self, text: str, *, whole: bool) -> str:
+        """Log and show a stderr line (or a piece of one: ``whole`` False); returns the
+        piece's end held back because it may begin a secret."""
+        red = self.launch.redactor.text(text)
+        keep = 0 if whole else self.launch.redactor.secret_start(red)
+        red, held = red[: len(red) - keep], red[len(red) - keep :]
+        # Redacted before it is cut; shown with its control characters visible.
+        self.last_stderr = visible_line(self.launch.redactor.tail(red, STDERR_TAIL))
+        self.log({"stream": "stderr", "line": red})
+        if self.launch.on_stderr is not None:
+            self.launch.on_stderr(f"[{self.role} stderr] {self.last_stderr}")
+        return held
 
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
         await proc.wait()

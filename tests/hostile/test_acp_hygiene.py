@@ -154,6 +154,17 @@ def test_a_secret_in_the_test_output_cuts_leaks_no_piece(acp: Harness) -> None:
     assert leaked(log) == []
 
 
+def test_a_secret_across_the_pieces_of_a_long_stderr_line_leaks_no_piece(acp: Harness) -> None:
+    # stderr is read in 64 KiB pieces: the first one ends inside the secret.
+    script = acp.script([{"calls": [[{"stderr": "e" * 65520 + SECRET + "z" * 100}]]}])
+    port = acp.port(script, secrets=[SECRET])
+    acp.turn(port, command())
+    assert port.last_stderr.endswith("***" + "z" * 100)
+    log = (acp.workspace / "logs/builder/run-1.ndjson").read_text()
+    assert "e" * 65000 in log and "***" + "z" * 100 in log
+    assert leaked(log) == []
+
+
 # -- 2. malformed messages end the attempt at once ------------------------------------
 
 MALFORMED = {
