@@ -17,6 +17,7 @@ import os
 import re
 import select
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -394,3 +395,38 @@ def test_an_exited_agent_s_pipe_is_not_read_from_what_it_left_behind(tmp_path: P
                 os.kill(stray_pid, signal.SIGKILL)
         proc.kill()
         inbox.close()
+
+
+SUBREAPER = """
+import asyncio, json, os, subprocess, sys, time
+from lorch import procs
+
+assert procs.become_subreaper()
+helper = subprocess.Popen(["sleep", "60"])  # lorch's own group: a helper such as git
+kept = asyncio.run(procs.spawn_async("sleep", "60"))  # an ACP agent, say
+agent = procs.spawn(
+    [sys.executable, "-c", "import subprocess, sys; "
+     "p = subprocess.Popen(['sleep', '60'], start_new_session=True); print(p.pid)"],
+    env=dict(os.environ),
+)
+stray = int(agent.stdout.readline())
+agent.wait()
+ended = procs.end_strays()
+alive = [os.path.exists(f"/proc/{p}") for p in (kept.pid, helper.pid)]
+print(json.dumps({"stray": stray, "ended": ended, "alive": alive}))
+for p in (kept.pid, helper.pid):
+    os.kill(p, 9)
+"""
+
+
+def test_lorch_ends_only_what_it_did_not_start(tmp_path: Path) -> None:
+    # A subreaper adopts the stray an agent left (setsid) when the agent exits;
+    # end_strays kills it, and spares what lorch started itself (procs.spawn,
+    # procs.spawn_async) and the helpers in its own process group.
+    r = subprocess.run(
+        [sys.executable, "-c", SUBREAPER], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    said = json.loads(r.stdout)
+    assert said["ended"] == [said["stray"]]
+    assert said["alive"] == [True, True]
