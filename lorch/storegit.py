@@ -10,13 +10,16 @@ store's copies is ever read (docs/storage.md, "What the store's git reads"):
 
 - **No repository config, hooks or info from the store.** ``GIT_COMMON_DIR``
   names a private directory of this process, created with ``mkdtemp`` (0700,
-  outside the workspace, an unpredictable name), holding only ``info/exclude``,
-  ``info/attributes`` and an empty ``refs/``. Git takes the repository config,
-  ``hooks/`` and ``info/`` from the common directory, so the store's own
-  ``config``, ``hooks/``, ``info/``, ``commondir`` and ``config.worktree`` are
-  never looked at (and are removed when found). The store keeps only what must
-  persist: ``HEAD``, the index (``GIT_INDEX_FILE``) with its shared part, and
-  the objects (``GIT_OBJECT_DIRECTORY``).
+  outside the workspace, an unpredictable name, in ``<tmp>/lorch-<uid>/``),
+  holding only ``info/exclude``, ``info/attributes`` and an empty ``refs/``
+  (and the ``lock`` its process holds while it lives: a later lorch removes
+  the directories whose lock nobody holds, those of a killed lorch). Git
+  takes the repository config, ``hooks/`` and ``info/`` from the common
+  directory, so the store's own ``config``, ``hooks/``, ``info/``,
+  ``commondir`` and ``config.worktree`` are never looked at (and are removed
+  when found). The store keeps only what must persist: ``HEAD``, the index
+  (``GIT_INDEX_FILE``) with its shared part, and the objects
+  (``GIT_OBJECT_DIRECTORY``).
 - **Every setting on the command line.** Each git gets lorch's whole
   configuration as ``-c`` options, which git reads after every file, with
   ``GIT_CONFIG_NOSYSTEM=1`` and ``GIT_CONFIG_GLOBAL=/dev/null``: even a
@@ -43,6 +46,7 @@ writing there never makes lorch's git run anything.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import stat
@@ -123,6 +127,8 @@ _PLANTED = (
 _PRIVATE_FILES = {"info/exclude": EXCLUDE.encode(), "info/attributes": ATTRIBUTES.encode()}
 # The private directory's entries: these and a scratch directory for rollbacks.
 RULES = "rules"
+# Held (flock) by the process the private directory belongs to, while it lives.
+LOCK = "lock"
 
 
 class StoreGit:
@@ -201,17 +207,25 @@ class StoreGit:
 
     def _make_private(self) -> None:
         self.close()
-        path = Path(tempfile.mkdtemp(prefix="lorch-git-"))
-        self._finalizer = weakref.finalize(self, shutil.rmtree, path, True)
-        (path / "refs").mkdir(mode=0o700)
-        (path / "info").mkdir(mode=0o700)
+        base = _private_base()
+        # Made under a name the sweep passes over, locked, then renamed: a
+        # directory named "git-*" is always locked while its lorch lives.
+        made = Path(tempfile.mkdtemp(prefix="new-", dir=base))
+        lock = os.open(made / LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (made / "refs").mkdir(mode=0o700)
+        (made / "info").mkdir(mode=0o700)
         for rel, data in _PRIVATE_FILES.items():
-            fd = os.open(path / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = os.open(made / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
                 os.write(fd, data)
             finally:
                 os.close(fd)
+        path = made.with_name("git-" + made.name.removeprefix("new-"))
+        os.rename(made, path)
+        self._finalizer = weakref.finalize(self, _discard, path, lock)
         self._private = path
+        _sweep(base, keep=path)
 
     @staticmethod
     def _private_intact(path: Path) -> bool:
@@ -219,13 +233,54 @@ class StoreGit:
             st = os.lstat(path)
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
                 return False
-            if set(os.listdir(path)) - {"refs", "info", RULES} or os.listdir(path / "refs"):
+            if set(os.listdir(path)) - {"refs", "info", RULES, LOCK} or os.listdir(path / "refs"):
                 return False
             if set(os.listdir(path / "info")) != {"exclude", "attributes"}:
                 return False
         except OSError:
             return False
         return all(_read_nofollow(path / rel) == data for rel, data in _PRIVATE_FILES.items())
+
+
+def _private_base() -> Path:
+    """``<tmp>/lorch-<uid>``, the user's own (0700); the temp dir itself if it is not."""
+    tmp = Path(tempfile.gettempdir())
+    base = tmp / f"lorch-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(mode=0o700)
+    try:
+        st = os.lstat(base)
+    except OSError:
+        return tmp
+    private = stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+    return base if private else tmp  # another user's: then no sweep either (names differ)
+
+
+def _sweep(base: Path, keep: Path) -> None:
+    """Remove the private directories of lorch processes that have ended (a
+    killed one leaves its own behind): those whose lock nobody holds."""
+    if base == Path(tempfile.gettempdir()):
+        return
+    with contextlib.suppress(OSError):
+        for name in os.listdir(base):
+            path = base / name
+            if not name.startswith("git-") or path == keep:
+                continue
+            try:
+                fd = os.open(path / LOCK, os.O_RDWR | os.O_NOFOLLOW)
+            except OSError:
+                continue  # not one of ours as we make them: left alone
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # its lorch is alive
+            _discard(path, fd)
+
+
+def _discard(path: Path, lock: int) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.close(lock)
 
 
 def _read_nofollow(path: Path) -> bytes | None:

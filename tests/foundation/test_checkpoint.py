@@ -757,3 +757,35 @@ def test_a_rollback_deletes_exactly_what_the_checkpoints_rules_do_not_ignore(
         kept = {k: v for k, v in before.items() if k in held or k not in touched}
         assert {k: v for k, v in after.items() if k in kept} == kept
         assert c.take() == pre
+
+
+_KILLED_TAKE = """
+import os, sys
+from pathlib import Path
+from lorch.checkpoint import Checkpoints
+c = Checkpoints(Path(sys.argv[1]), Path(sys.argv[1]) / "state" / "checkpoints.git", durable=False)
+c.take()
+print(c._git_setup.private, flush=True)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_the_private_directory_of_a_killed_lorch_is_removed_by_the_next(tmp_path: Path) -> None:
+    write(tmp_path, "a.txt", "a")
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_TAKE, str(tmp_path)], capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL
+    left = Path(killed.stdout.strip())
+    assert left.is_dir(), "a killed process cleans nothing up"
+    c = ck(tmp_path)
+    c.take()
+    mine = c._git_setup.private
+    assert not left.exists()
+    assert mine.parent == left.parent and mine.is_dir()
+    # A live one's is never taken: its lock is held.
+    other = ck(tmp_path)
+    other.take()
+    assert mine.is_dir() and other._git_setup.private.is_dir()
+    c.close()
+    assert not mine.exists(), "a closed store's git leaves nothing behind"
