@@ -271,9 +271,11 @@ AFTER_RESUME: tuple[tuple[str, Check], ...] = (
     ("one_key_per_command", _one_key_per_command),
     ("effects_once", _effects_once),
     ("decisions_once", lambda run: check_decisions_once(run.recs)),
+    # Before verify, which also checks each receipt against the ledger's chain
+    # (receipts_in_ledger): a receipt naming an event the ledger lacks is this one.
+    ("receipts_match", _receipts_match),
     ("verify", _verified),
     ("files_equal", _files_equal),
-    ("receipts_match", _receipts_match),
     ("no_duplicate_work", _no_duplicate_work),
     ("keys_completed_once", _keys_completed_once),
     ("orphans_ended", lambda run: check_orphans(run.recs, run.ws)),
