@@ -274,7 +274,10 @@ def test_happy_path_sends_each_command_after_it_is_recorded(tmp_path: Path) -> N
 
 def ledger_line(rig: Rig, message_id: str) -> bytes:
     raw = (rig.ws / "events" / f"{RUN_ID}.ndjson").read_bytes()
-    return next(ln + b"\n" for ln in raw.split(b"\n") if message_id.encode() in ln)
+    # The very bytes the agent got, plus the chain field only the ledger carries.
+    return next(
+        ledger.unchained(ln) + b"\n" for ln in raw.split(b"\n") if message_id.encode() in ln
+    )
 
 
 def silent_once() -> Script:
