@@ -26,6 +26,10 @@ test command after an ACP builder turn — starts inside ``bwrap`` with this vie
   its PID namespace) and ``--new-session`` (it cannot push keystrokes into
   lorch's terminal).
 
+``--die-with-parent`` is the kernel's parent-death signal, which follows the
+*thread* that started bwrap: lorch starts agents from its engine's thread and
+the ACP loop's, which live as long as lorch (a short-lived thread must not).
+
 The pid lorch records for a sandboxed agent is bwrap's: killing bwrap's group
 ends the namespace and everything in it. A SIGTERM to it is then a SIGKILL to
 the agent (bwrap does not forward signals): closing stdin stays the polite
