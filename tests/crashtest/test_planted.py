@@ -59,6 +59,17 @@ def test_planted_orchestrator_bug_is_caught(
     assert set(found.values()) == {invariant}, found
 
 
+def unsandboxed(scenario: Path) -> Path:
+    """``scenario`` with every role out of the sandbox: sandboxed agents die with
+    lorch (tests/hostile/test_sandbox.py), leaving no orphan for resume to end."""
+    path = scenario / "lorch.json"
+    config = json.loads(path.read_text())
+    for role in config["agents"].values():
+        role["sandbox"] = "none"
+    path.write_text(json.dumps(config))
+    return scenario
+
+
 def test_orphaned_agents_left_running_are_caught(tmp_path: Path) -> None:
     # The builder reports progress, then works 1.5 s more: a crash at the progress
     # record (9) leaves it busy, and only resume can end it.
@@ -76,14 +87,18 @@ def test_orphaned_agents_left_running_are_caught(tmp_path: Path) -> None:
             ]
         },
     )
+    unsandboxed(slow)
     assert failures(slow, ["kill"], [9]) == {}
     assert failures(slow, ["kill"], [9], "no_orphan_kill") == {"kill@9": "orphans_ended"}
 
 
-def test_orphans_of_the_slow_agents_scenario_are_caught() -> None:
+def test_orphans_of_the_slow_agents_scenario_are_caught(tmp_path: Path) -> None:
     # Record 9 is the builder's progress report; it then works 1.5 s more.
-    assert failures("slow-agents", ["kill"], [9]) == {}
-    assert failures("slow-agents", ["kill"], [9], "no_orphan_kill") == {"kill@9": "orphans_ended"}
+    import shutil
+
+    slow = unsandboxed(Path(shutil.copytree(scenarios_dir() / "slow-agents", tmp_path / "slow")))
+    assert failures(slow, ["kill"], [9]) == {}
+    assert failures(slow, ["kill"], [9], "no_orphan_kill") == {"kill@9": "orphans_ended"}
 
 
 def test_agent_that_redoes_work_is_caught(tmp_path: Path) -> None:
