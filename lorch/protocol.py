@@ -158,8 +158,10 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def parse_line(line: bytes) -> Record:
+def parse_line(line: bytes, limit: int = MAX_LINE) -> Record:
     """Decode one line (without its newline) to a JSON object; no schema check.
+
+    ``limit`` is the longest line taken (the protocol's; the ACP transport's is larger).
 
     Raises only :class:`FramingError` (with the line's size and prefix).
     """
@@ -167,8 +169,8 @@ def parse_line(line: bytes) -> Record:
     def bad(reason: str, cls: type[FramingError] = BadJSON) -> FramingError:
         return cls(reason, size=len(line), prefix=prefix_of(line), window=window_of(line))
 
-    if len(line) > MAX_LINE:
-        raise bad(f"line of {len(line)} bytes exceeds the {MAX_LINE}-byte limit", LineTooLong)
+    if len(line) > limit:
+        raise bad(f"line of {len(line)} bytes exceeds the {limit}-byte limit", LineTooLong)
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:

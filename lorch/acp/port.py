@@ -41,7 +41,7 @@ from lorch.acp.outbox import Outbox
 from lorch.acp.policy import Policy
 from lorch.acp.terminals import Terminals
 from lorch.acp.turn import AUTH_REQUIRED, Turn
-from lorch.acp.wire import AcpFault, Wire
+from lorch.acp.wire import ACP_LINE_MAX_BYTES, AcpFault, Wire
 from lorch.errors import AgentError
 from lorch.procs import signal_group
 from lorch.protocol import Record
@@ -202,7 +202,7 @@ class AcpPort:
             self._tasks = [loop.create_task(self._drain_stderr(proc))]
             client = cast(sdk.Client, Client(self))  # elicitation: not offered
             assert proc.stdin is not None and proc.stdout is not None
-            self.wire = Wire(self.role, proc.stdout, proc.stdin, self.launch.line_limit, self.fault)
+            self.wire = Wire(self.role, proc.stdout, proc.stdin, ACP_LINE_MAX_BYTES, self.fault)
             conn = sdk.connect_to_agent(client, self.wire, observers=[self._observe])
             lenient_session_updates(conn, self)
             receiving = getattr(conn._conn, "_recv_task", None)
@@ -382,6 +382,10 @@ class AcpPort:
                 self._loop.run(conn.close(), 2.0)
         with contextlib.suppress(Exception):
             self._loop.run(self._close_log(), 2.0)
+        if self._proc is not None and self.faulted is not None:
+            # After a fault nothing reads its stdout any more, so the pipe never
+            # reaches the end that would close it: close the process's pipes here.
+            self._loop.loop.call_soon_threadsafe(_close_pipes, self._proc)
 
     async def _close_log(self) -> None:
         self._log.close()
@@ -534,6 +538,13 @@ def _start_time(pid: int) -> int | None:
         return int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
 
 
 def _close_quietly(stream: asyncio.StreamWriter) -> None:

@@ -27,6 +27,13 @@ from lorch.errors import FramingError
 READ_SIZE = 65536
 
 
+# The longest ACP message lorch reads from an agent. Not the protocol's 256 KiB
+# (policy.message_max_bytes bounds what lorch records and sends): a real agent's
+# tool call may carry a whole file it writes, and must not fail its turn for it.
+# What lorch holds of a line stays bounded all the same (docs/decisions.md D45).
+ACP_LINE_MAX_BYTES = 16 << 20
+
+
 class AcpFault(FramingError):
     """What an ACP agent sent that lorch cannot take: its connection cannot go on."""
 
@@ -72,7 +79,7 @@ class Wire:
             if not line.strip():
                 continue
             try:
-                message = protocol.parse_line(line)
+                message = protocol.parse_line(line, self.limit)
             except FramingError as e:
                 self.stop(
                     AcpFault(
@@ -113,7 +120,7 @@ class Wire:
     def _too_long(self, size: int, head: bytes) -> AcpFault:
         return AcpFault(
             f"agent {self.role} sent an ACP message longer than the {self.limit}-byte line "
-            "limit ($.policy.message_max_bytes)",
+            "limit of the ACP transport",
             size=size,
             prefix=protocol.prefix_of(head),
             window=protocol.window_of(head),

@@ -88,6 +88,8 @@ class Harness:
             "task": {"id": "T-1", "goal": "greet"},
             "take": ck.take,
             "changed": ck.changed,
+            # The scripted agent's "via": "fs" steps need lorch's file service.
+            "fs": True,
             **settings,
         }
         p = AcpPort(launch, self.inbox, AcpSettings(workspace=self.workspace, **opts))

@@ -239,7 +239,18 @@ def test_auth_required_stops_the_run_with_one_line_and_exit_2(ws: Path, lorch) -
     assert len(implements) == 1  # not retried
     # SCRIPTED_KEY was in lorch's environment but not in pass_env: it did not reach the agent.
     _edit(ws, lambda c: c["agents"]["builder"].update(pass_env=["SCRIPTED_KEY"]))
+    # The fix is a change of lorch.json: resume names it and applies it only when told.
     r = lorch("resume", "--workspace", str(ws), env={"SCRIPTED_KEY": "k-1234"}, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "agents.builder.pass_env" in r.stderr and "--accept-config-change" in r.stderr
+    r = lorch(
+        "resume",
+        "--workspace",
+        str(ws),
+        "--accept-config-change",
+        env={"SCRIPTED_KEY": "k-1234"},
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 

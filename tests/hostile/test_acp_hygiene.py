@@ -20,6 +20,7 @@ import pytest
 
 import tests.acp.conftest as acp_conftest
 from lorch import ledger, procs, protocol
+from lorch.acp.wire import ACP_LINE_MAX_BYTES
 from lorch.errors import AgentError
 from lorch.scenarios import materialize
 from lorch.transport import Incoming, SendContext
@@ -241,9 +242,21 @@ def test_an_endless_line_fails_the_attempt_without_growing_lorch(acp: Harness) -
     end = items[-1]
     assert end.kind == "error", items
     reason = str(end.error)
-    assert "agent builder" in reason and "262144-byte line limit" in reason, reason
-    assert "$.policy.message_max_bytes" in reason
+    assert "agent builder" in reason, reason
+    assert f"{ACP_LINE_MAX_BYTES}-byte line limit of the ACP transport" in reason, reason
     assert grown < 64 * 1024, f"lorch grew by {grown} KiB"
+
+
+def test_a_message_past_the_protocols_limit_but_inside_the_acps_is_taken(acp: Harness) -> None:
+    # A real agent's tool call may carry a whole file (1 MiB here): the turn goes on.
+    big = "y" * (1 << 20)
+    script = acp.script([{"calls": [[{"failed_tool": "Writing big.txt", "content": big}]]}])
+    port = acp.port(script)
+    items, end = acp.turn(port, command())
+    assert end.kind == "event" and end.message is not None, (items, end)
+    assert end.message["event"] == "builder.completed", end.message
+    said = lines(items)
+    assert any(x.startswith("tool edit: Writing big.txt [failed]: yyy") for x in said), said
 
 
 def test_a_turn_end_past_the_line_limit_fails_the_attempt(acp: Harness) -> None:
