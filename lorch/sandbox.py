@@ -236,6 +236,13 @@ def _ensure_dir(ws: Path, rel: str) -> None:
     path = ws / rel
     try:
         os.mkdir(path, 0o700)
+        # Synced as what it is, a directory, even while it stays empty (a home
+        # nothing was written to): a crash state of the workspace has it so.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return
     except FileExistsError:
         pass

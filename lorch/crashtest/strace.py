@@ -24,8 +24,12 @@ from lorch.errors import UsageError
 
 SYSCALLS = (
     "openat,open,creat,write,pwrite64,ftruncate,truncate,fsync,fdatasync,"
-    "rename,renameat,renameat2,link,linkat,unlink,unlinkat,mkdir,mkdirat,rmdir,close"
+    "rename,renameat,renameat2,link,linkat,unlink,unlinkat,mkdir,mkdirat,rmdir,close,"
+    # Which processes are bubblewrap setting a sandbox up (lorch/sandbox.py): what
+    # they create is in a mount namespace of their own, not in the workspace.
+    "execve,clone,clone3,fork,vfork"
 )
+_SPAWN = ("clone", "clone3", "fork", "vfork")
 _HEX = re.compile(rb'"((?:\\x[0-9a-f]{2})*)"')
 _LINE = re.compile(rb"^(\d+)\s+(.*)$")
 _RET = re.compile(rb"\)\s*= (?=[^)]*$)")
@@ -195,8 +199,28 @@ class _Reader:
         self.ops: list[Op] = []
         self.appending: set[tuple[int, int]] = set()  # (pid, fd) opened O_APPEND
         self.cwd = os.fsencode(ns.ws)
+        # bwrap's processes, until they exec the sandboxed program: ignored.
+        self.sandboxing: set[int] = set()
 
     def read(self, call: _Call) -> None:
+        if call.name in _SPAWN:
+            # The child's pid as lorch's namespace sees it (a clone into a new PID
+            # namespace returns that; one inside it returns the inner pid: such a
+            # child of bwrap's is known by its execve of the sandboxed program).
+            child = call.ret.split()[0] if call.ret.split() else b""
+            if call.pid in self.sandboxing and child.isdigit():
+                self.sandboxing.add(int(child))
+            return
+        if call.name == "execve":
+            m = _HEX.search(call.args)
+            program = _decode_hex(m.group(1)) if m else b""
+            if program.endswith(b"/bwrap"):
+                self.sandboxing.add(call.pid)
+            else:
+                self.sandboxing.discard(call.pid)
+            return
+        if call.pid in self.sandboxing:
+            return
         handler = _HANDLERS.get(call.name)
         if handler is not None:
             handler(self, call)
