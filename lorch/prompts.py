@@ -97,11 +97,15 @@ def verdict_path(action: str, task_id: str) -> str | None:
 def _notes(workspace: Path, notes_path: Any) -> str:
     if not isinstance(notes_path, str) or not notes_path:
         return "(no notes file)"
+    import os
+
+    from lorch import safefs
     from lorch.errors import PathEscape
-    from lorch.paths import safe_relpath
 
     try:
-        data = safe_relpath(workspace, notes_path).read_bytes()[:NOTES_LIMIT]
+        # An agent wrote it: no symlink followed, a FIFO refused, never read whole.
+        with safefs.opened(os.path.realpath(workspace), notes_path) as fd:
+            data = os.read(fd, NOTES_LIMIT)
     except (PathEscape, OSError) as e:
         return f"(cannot read {notes_path}: {e})"
     return data.decode("utf-8", "replace")

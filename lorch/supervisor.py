@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lorch import failpoint, procs, protocol
-from lorch.atomic import FILE_MODE, ensure_dir
+from lorch.atomic import ensure_dir, open_append
 from lorch.errors import AgentError, FramingError, StorageError
 from lorch.pipewriter import PipeWriter
 from lorch.textsafe import visible
@@ -342,13 +342,8 @@ class AgentProcess:
 def _open_log(path: Path) -> IO[str]:
     """The agent's log, appended to; 0600 in a 0700 folder whatever the umask."""
     ensure_dir(path.parent)
-    try:
-        failpoint.io_fault(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-    except OSError as e:
-        raise StorageError(f"cannot open agent log {path}: {e.strerror}") from e
-    os.fchmod(fd, FILE_MODE)
-    return os.fdopen(fd, "a", encoding="utf-8")
+    # Never through a symlink an agent planted, mode set on the descriptor (D42).
+    return open_append(path)
 
 
 def _readable(fds: list[int | None], timeout: float | None) -> set[int]:

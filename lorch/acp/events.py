@@ -15,13 +15,13 @@ attempt fails and is retried with the same key.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from lorch import protocol, schemas
-from lorch.checksum import sha256_file
+from lorch import protocol, safefs, schemas
 from lorch.errors import LorchError, PathEscape, SchemaError
-from lorch.paths import safe_relpath
+from lorch.paths import sha256_regular
 from lorch.prompts import verdict_path
 from lorch.protocol import Record
 from lorch.redact import NO_SECRETS, Redactor
@@ -50,8 +50,8 @@ def artifacts(workspace: Path, paths: list[str]) -> tuple[list[Record], list[str
         if any(part in EXCLUDED_NAMES for part in rel.split("/")):
             continue  # build output (__pycache__, node_modules): not the turn's work
         try:
-            full = safe_relpath(workspace, rel)
-            sha, size = sha256_file(full)
+            # By descriptor: no symlink followed, a FIFO refused without blocking.
+            sha, size, _ = sha256_regular(workspace, rel)
         except (FileNotFoundError, NotADirectoryError):
             deleted.append(rel)
             continue
@@ -66,15 +66,14 @@ def read_verdict(workspace: Path, action: str, task_id: str) -> tuple[str, Recor
     rel = verdict_path(action, task_id)
     assert rel is not None, action
     try:
-        full = safe_relpath(workspace, rel)
-        with open(full, "rb") as f:
-            data = f.read(VERDICT_LIMIT + 1)
+        # No symlink followed; a FIFO or device refused at once, never opened blocking.
+        data = safefs.read_regular(os.path.realpath(workspace), rel, VERDICT_LIMIT)
     except FileNotFoundError:
         raise VerdictError(f"{rel}: missing: the agent wrote no verdict file") from None
+    except safefs.TooLarge:
+        raise VerdictError(f"{rel}: larger than {VERDICT_LIMIT} bytes; not a verdict") from None
     except (PathEscape, OSError) as e:
         raise VerdictError(f"{rel}: cannot read it: {e}") from None
-    if len(data) > VERDICT_LIMIT:
-        raise VerdictError(f"{rel}: larger than {VERDICT_LIMIT} bytes; not a verdict")
     try:
         verdict = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

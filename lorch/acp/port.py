@@ -42,6 +42,7 @@ from lorch.acp.policy import Policy
 from lorch.acp.terminals import Terminals
 from lorch.acp.turn import AUTH_REQUIRED, Turn
 from lorch.acp.wire import ACP_LINE_MAX_BYTES, AcpFault, Wire
+from lorch.atomic import ensure_dir, open_append
 from lorch.errors import AgentError
 from lorch.procs import signal_group
 from lorch.protocol import Record
@@ -143,9 +144,9 @@ class AcpPort:
         self._held: tuple[str, str] = ("", "")  # streamed text held back from the log
         self._exit_posted = False
         self._flush_due = False
-        launch.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._log: IO[str] = open(launch.log_path, "a", encoding="utf-8")  # noqa: SIM115
-        os.chmod(launch.log_path, 0o600)
+        # Never through a symlink an agent planted, mode set on the descriptor (D42).
+        ensure_dir(launch.log_path.parent)
+        self._log: IO[str] = open_append(launch.log_path)
 
     # -- start ---------------------------------------------------------------------
 

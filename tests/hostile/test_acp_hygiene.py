@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 import tests.acp.conftest as acp_conftest
 from lorch import ledger, procs, protocol
 from lorch.acp.wire import ACP_LINE_MAX_BYTES
-from lorch.errors import AgentError
+from lorch.errors import AgentError, StorageError
 from lorch.scenarios import materialize
 from lorch.transport import Incoming, SendContext
 
@@ -489,3 +490,20 @@ def test_an_interrupted_lorch_ends_the_test_command(
             proc.wait()
     assert "interrupted" in out and "Traceback" not in out, out
     assert _gone(pid)
+
+
+def test_an_agent_log_replaced_by_a_symlink_is_never_written_through(
+    acp: Harness, tmp_path: Path
+) -> None:
+    # An agent replaced its log with a symlink: the next start must not append
+    # agent-controlled lines to the file outside, nor change its mode.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("user data\n")
+    victim.chmod(0o640)
+    log = acp.workspace / "logs" / "builder" / "run-1.ndjson"
+    log.parent.mkdir(parents=True)
+    log.symlink_to(victim)
+    with pytest.raises(StorageError, match="symlink"):
+        acp.port(acp.script([{"calls": [[]]}]))
+    assert victim.read_text() == "user data\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o640

@@ -449,3 +449,22 @@ def test_a_raw_input_too_deep_or_too_large_to_check_is_refused(tmp_path: Path) -
             SimpleNamespace(kind="edit", locations=None, raw_input=deep), options
         ).reason
     )
+
+
+def test_a_fifo_or_symlink_as_a_verdict_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    from lorch.acp.events import VerdictError, artifacts, read_verdict
+
+    ws = tmp_path / "ws"
+    (ws / "reviews").mkdir(parents=True)
+    os.mkfifo(ws / "reviews" / "T-1.json")  # opened blocking, this would hang the loop
+    with pytest.raises(VerdictError, match=r"reviews/T-1.json: cannot read it: .*not a regular"):
+        read_verdict(ws, "review", "T-1")
+    os.unlink(ws / "reviews" / "T-1.json")
+    (tmp_path / "outside.json").write_text('{"status": "approved"}')
+    os.symlink(tmp_path / "outside.json", ws / "reviews" / "T-1.json")
+    with pytest.raises(VerdictError, match=r"reviews/T-1.json: cannot read it: .*symlink"):
+        read_verdict(ws, "review", "T-1")
+    # Artifacts: a FIFO and a symlink the turn made are not hashed (nor waited on).
+    os.mkfifo(ws / "pipe")
+    arts, deleted = artifacts(ws, ["pipe", "reviews/T-1.json"])
+    assert arts == [] and deleted == []
