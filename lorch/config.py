@@ -61,8 +61,9 @@ class AgentConfig:
     # checkpoints the workspace around each command and rolls an interrupted one
     # back before sending it again (DESIGN.md §5.12).
     idempotency: str = "agent"
-    # acp only: names copied from lorch's environment (nothing else of it is passed),
-    # the answer to session/request_permission per tool kind, prompt templates per action.
+    # Names copied from lorch's environment (nothing else of it is passed; "*": all
+    # of it, D48); acp only: the answer to session/request_permission per tool kind,
+    # prompt templates per action.
     pass_env: tuple[str, ...] = ()
     permissions: dict[str, str] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)
