@@ -112,8 +112,8 @@ MUTANTS = [
         "atomic",
         (
             (
-                "        _write_all(fd, data)\n        os.fsync(fd)\n",
-                "        _write_all(fd, data)\n",
+                "            _write_all(fd, data)\n        os.fsync(fd)\n",
+                "            _write_all(fd, data)\n",
             ),
         ),
         "powercut",
@@ -123,7 +123,7 @@ MUTANTS = [
         "atomic",
         (
             (
-                '    if not _planted.enabled("no_dir_fsync"):\n        fsync_dir(target.parent)\n',
+                '        if not _planted.enabled("no_dir_fsync"):\n            _sync(dfd, target.parent)\n',
                 "",
             ),
         ),
@@ -142,8 +142,8 @@ MUTANTS = [
         "atomic",
         (
             (
-                '    if not _planted.enabled("no_dir_fsync"):\n        for parent in sorted(',
-                "    if False:\n        for parent in sorted(",
+                '        if not _planted.enabled("no_dir_fsync"):\n            for parent in sorted(',
+                "        if False:\n            for parent in sorted(",
             ),
         ),
         "powercut",
@@ -152,7 +152,12 @@ MUTANTS = [
     Mutant(
         "receipts: a taken step number is overwritten",
         "receipts",
-        (("                os.link(tmp, target)\n", "                os.replace(tmp, target)\n"),),
+        (
+            (
+                "os.link(tmp, target.name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)",
+                "os.replace(tmp, target.name, src_dir_fd=dfd, dst_dir_fd=dfd)",
+            ),
+        ),
         # One writer never meets a taken number, so no outcome shows it; the
         # recorded system calls do (a rename onto a receipt name).
         "powercut",
