@@ -17,29 +17,25 @@ from tests.realagents import adapters
 @pytest.fixture(scope="session")
 def claude_acp() -> list[str]:
     """The command that starts the pinned Claude Code ACP adapter (installed if needed)."""
-    missing = adapters.without_node(os.environ)
-    if missing is not None:
-        action, why = missing
-        pytest.fail(why) if action == "fail" else pytest.skip(why)
-    try:
-        root = adapters.ensure_installed()
-    except adapters.InstallError as exc:
-        pytest.fail(str(exc))
-    return [str(adapters.claude_agent_acp(root))]
+    return [str(adapters.claude_agent_acp(_installed()))]
 
 
 @pytest.fixture(scope="session")
 def gemini_cli() -> list[str]:
     """The command that starts the pinned Gemini CLI in ACP mode (installed if needed)."""
+    return [str(adapters.gemini(_installed())), "--acp"]
+
+
+def _installed() -> Path:
+    """The pinned npm install's root; without node, a skip (a failure in CI)."""
     missing = adapters.without_node(os.environ)
     if missing is not None:
         action, why = missing
         pytest.fail(why) if action == "fail" else pytest.skip(why)
     try:
-        root = adapters.ensure_installed()
+        return adapters.ensure_installed()
     except adapters.InstallError as exc:
         pytest.fail(str(exc))
-    return [str(adapters.gemini(root)), "--acp"]
 
 
 @pytest.fixture
