@@ -33,7 +33,7 @@ from typing import Any
 import acp as sdk
 from acp import schema as s
 
-from lorch import protocol
+from lorch import protocol, vocabulary
 from lorch.acp.port import AcpPort, AcpSettings
 from lorch.checkpoint import Checkpoints
 from lorch.launch import acp_base_env
@@ -149,7 +149,7 @@ def with_lorch(script: Path, ws: Path, turns: int, checkpoints: bool) -> list[fl
             while True:
                 item = inbox.get(10.0)
                 assert item is not None and item.kind != "exit", "the agent stopped"
-                if item.message is not None and item.message["event"] in protocol.TERMINAL_EVENTS:
+                if item.message is not None and item.message["event"] in vocabulary.TERMINAL_EVENTS:
                     assert item.message["event"] == "builder.completed", item.message
                     if checkpoints:
                         assert item.checkpoint is not None

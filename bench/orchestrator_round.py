@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _bytecode import compile_packages
 from _workspace import loop_workspace
 
-from lorch import ledger, protocol
+from lorch import ledger, protocol, vocabulary
 from lorch.config import load
 from lorch.engine import Engine
 from lorch.launch import resolve_argv
@@ -132,7 +132,7 @@ def agents_only(ws: Path, tmp: Path, trial: int) -> tuple[list[float], list[floa
             msg = json.loads(raw)
             if msg.get("kind") == "event":
                 os.write(log, raw)
-                if msg.get("event") in protocol.TERMINAL_EVENTS:
+                if msg.get("event") in vocabulary.TERMINAL_EVENTS:
                     break
     os.close(log)
     for p in procs.values():

@@ -11,15 +11,8 @@ from typing import Any
 
 from lorch.canonical import canonical_json, digest, idempotency_key
 from lorch.protocol import Record
+from lorch.vocabulary import ROLE_OF
 
-ROLE_OF = {
-    "implement": "builder",
-    "implement_changes": "builder",
-    "review": "reviewer",
-    "update_spec": "spec_maintainer",
-    "intake": "orchestration",
-    "task_discovery": "orchestration",
-}
 PRIORITY = 5
 
 # A fresh message id and deadline for a command of the given action. Asked for

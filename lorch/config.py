@@ -25,25 +25,15 @@ from typing import Any
 from lorch import prompts, schemas
 from lorch.canonical import digest
 from lorch.errors import ConfigError
+from lorch.policy import RolePolicy, RunPolicy
+from lorch.vocabulary import ARTIFACT_MAX_BYTES, DEFAULT_TIMEOUTS, MAX_LINE, REQUIRED_ROLES
 
 FILENAME = "lorch.json"
 DEFAULT_SCENARIO = "happy-path"
-DEFAULT_TIMEOUTS = {
-    "implement": 600.0,
-    "implement_changes": 600.0,
-    "review": 300.0,
-    "update_spec": 180.0,
-    "intake": 180.0,
-    "task_discovery": 180.0,
-}
-REQUIRED_ROLES = ("builder", "reviewer", "spec_maintainer")
-# The protocol's line limit (DESIGN §3): a smaller one may be configured, never a larger.
-MESSAGE_MAX_BYTES = 262_144
 # The smallest limit lorch accepts: room for any heartbeat and for every command
 # lorch builds (a few KiB) but an implement command carrying a long task, which
 # the engine refuses to send with a line naming the setting (docs/decisions.md D35).
 MESSAGE_MIN_BYTES = 16_384
-ARTIFACT_MAX_BYTES = 1 << 30
 JITTERS = ("full",)
 
 
@@ -95,7 +85,7 @@ class Policy:
     backoff_jitter: str = "full"
     allowed_failures: bool = False
     fsync: bool = True
-    message_max_bytes: int = MESSAGE_MAX_BYTES
+    message_max_bytes: int = MAX_LINE
     artifact_max_bytes: int = ARTIFACT_MAX_BYTES
 
 
@@ -217,16 +207,16 @@ def _unsupported_policy(pol: dict[str, Any]) -> Found:
             what = f"{shown} is not supported: {why} (set {json.dumps(only)} or remove it)"
             out.append((f"$.policy.{key}", what))
     mmb = pol.get("message_max_bytes")
-    if isinstance(mmb, int) and not MESSAGE_MIN_BYTES <= mmb <= MESSAGE_MAX_BYTES:
+    if isinstance(mmb, int) and not MESSAGE_MIN_BYTES <= mmb <= MAX_LINE:
         why = (
-            f"lines are limited to the protocol's {MESSAGE_MAX_BYTES} bytes "
+            f"lines are limited to the protocol's {MAX_LINE} bytes "
             "(larger content travels as files)"
-            if mmb > MESSAGE_MAX_BYTES
+            if mmb > MAX_LINE
             else f"below {MESSAGE_MIN_BYTES} bytes lorch's own commands may not fit"
         )
         what = (
             f"{mmb} is not supported: {why}; set a value from {MESSAGE_MIN_BYTES} "
-            f"to {MESSAGE_MAX_BYTES}, or remove it"
+            f"to {MAX_LINE}, or remove it"
         )
         out.append(("$.policy.message_max_bytes", what))
     return out
@@ -313,7 +303,7 @@ def _policy(pol: dict[str, Any]) -> Policy:
         backoff_jitter=str(ms.get("jitter", "full")),
         allowed_failures=pol.get("allowed_failures", False),
         fsync=pol.get("fsync", True),
-        message_max_bytes=int(pol.get("message_max_bytes", MESSAGE_MAX_BYTES)),
+        message_max_bytes=int(pol.get("message_max_bytes", MAX_LINE)),
         artifact_max_bytes=int(pol.get("artifact_max_bytes", ARTIFACT_MAX_BYTES)),
     )
 
@@ -415,3 +405,25 @@ def ensure(workspace: Path) -> tuple[Config, bool]:
 
         created = create(workspace)
     return load(workspace), created
+
+
+def run_policy(config: Config) -> RunPolicy:
+    """The limits a run started now runs under (recorded in its ``system.run_started``)."""
+    p = config.policy
+    return RunPolicy(
+        max_rounds=p.max_rounds,
+        max_attempts=p.max_attempts,
+        max_restarts=p.max_restarts,
+        allowed_failures=p.allowed_failures,
+        heartbeat_misses=p.heartbeat_misses,
+        backoff_initial_s=p.backoff_initial_s,
+        backoff_factor=p.backoff_factor,
+        backoff_max_s=p.backoff_max_s,
+        backoff_jitter=p.backoff_jitter,
+        message_max_bytes=p.message_max_bytes,
+        artifact_max_bytes=p.artifact_max_bytes,
+        roles={
+            role: RolePolicy(a.heartbeat_interval_s, dict(a.timeouts_s))
+            for role, a in config.agents.items()
+        },
+    )

@@ -30,6 +30,7 @@ from lorch.cli import EXISTING_WORKSPACE, _echo
 from lorch.config import Config
 from lorch.errors import ConfigError, UsageError
 from lorch.redact import MASK, SECRET_SUFFIXES, Redactor, secret_values
+from lorch.vocabulary import DEFAULT_TIMEOUTS
 
 BACKUPS = Path("state") / "backups"
 
@@ -238,7 +239,7 @@ def effective(cfg: Config) -> list[Row]:
         origin(f"policy.{key}", value, f"policy.{key}", *([f"policy.{alt}"] if alt else []))
     hb = raw.get("policy", {}).get("heartbeat_interval_s", 10.0)
     origin("policy.heartbeat_interval_s", hb, "policy.heartbeat_interval_s")
-    for action, seconds in config.DEFAULT_TIMEOUTS.items():
+    for action, seconds in DEFAULT_TIMEOUTS.items():
         k = f"policy.timeouts_s.{action}"
         origin(k, raw.get("policy", {}).get("timeouts_s", {}).get(action, seconds), k)
     # The file's other fields as they are (cmd, env, prompts, the tasks, the

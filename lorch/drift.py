@@ -21,7 +21,7 @@ from typing import Any
 
 from lorch import policy as policies
 from lorch.canonical import digest
-from lorch.config import Config
+from lorch.config import Config, run_policy
 from lorch.policy import RunPolicy
 from lorch.protocol import Record
 
@@ -83,7 +83,7 @@ def compare(started: Mapping[str, Any], recorded: RunPolicy, task: Record, confi
         drift.changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     else:
         drift.changed = ["$ (the run recorded no digest of its keys)"]
-    wanted = policies.from_config(config)
+    wanted = run_policy(config)
     changes = policies.changes(recorded, wanted)
     if changes:
         drift.policy = wanted

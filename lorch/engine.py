@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from lorch import _planted, failpoint, intake_steps, protocol, provenance
+from lorch import _planted, failpoint, intake_steps, protocol, provenance, vocabulary
 from lorch.asking import ConsolePrompter, Prompter
 from lorch.build_loop import answer_problem
 from lorch.checkpoint import TurnCheckpoints
-from lorch.commands import ROLE_OF
 from lorch.derived import RECEIPT_DELAY_S
 from lorch.errors import AgentError, AuthRequired, ConfigError, LineTooLong
 from lorch.known_agents import silence_hint
@@ -37,6 +36,7 @@ from lorch.steps import Check, Finish, Send
 from lorch.textsafe import visible_line
 from lorch.timing import Backoff, Watchdog
 from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext, TurnCheckpoint
+from lorch.vocabulary import ROLE_OF
 from lorch.workflow import Pending, after_failure, next_step
 
 # Characters of an agent's last message a timeout's line quotes.
@@ -302,7 +302,7 @@ class Engine(Roster):
             line = protocol.encode(msg)
             error = protocol.ProtocolError(refused, item.raw_size, protocol.window_of(line))
             return self._protocol_error(item, cmd, working, error, "protocol error")
-        if working and msg.get("event") in protocol.TERMINAL_EVENTS:
+        if working and msg.get("event") in vocabulary.TERMINAL_EVENTS:
             self._turn_end = item.checkpoint
         if working and msg.get("event") == "log":
             said = (msg.get("payload") or {}).get("message")
@@ -361,7 +361,7 @@ class Engine(Roster):
 
     def _on_event(self, msg: Record) -> bool:
         name = msg.get("event")
-        terminal = name in protocol.TERMINAL_EVENTS
+        terminal = name in vocabulary.TERMINAL_EVENTS
         p = self.state.pending
         receipts, snap = self.derived.receipts, self.state.snapshot_id
         if (

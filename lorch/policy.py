@@ -15,10 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorch.config import ARTIFACT_MAX_BYTES, DEFAULT_TIMEOUTS, MESSAGE_MAX_BYTES, Config
 from lorch.protocol import Record
-
-DEFAULT_TIMEOUT_S = 600.0
+from lorch.vocabulary import ARTIFACT_MAX_BYTES, DEFAULT_TIMEOUT_S, DEFAULT_TIMEOUTS, MAX_LINE
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class RunPolicy:
     backoff_factor: float = 2.0
     backoff_max_s: float = 60.0
     backoff_jitter: str = "full"
-    message_max_bytes: int = MESSAGE_MAX_BYTES
+    message_max_bytes: int = MAX_LINE
     artifact_max_bytes: int = ARTIFACT_MAX_BYTES
     roles: Mapping[str, RolePolicy] = field(default_factory=dict)
 
@@ -74,27 +72,6 @@ class RunPolicy:
                 for role, r in sorted(self.roles.items())
             },
         }
-
-
-def from_config(config: Config) -> RunPolicy:
-    p = config.policy
-    return RunPolicy(
-        max_rounds=p.max_rounds,
-        max_attempts=p.max_attempts,
-        max_restarts=p.max_restarts,
-        allowed_failures=p.allowed_failures,
-        heartbeat_misses=p.heartbeat_misses,
-        backoff_initial_s=p.backoff_initial_s,
-        backoff_factor=p.backoff_factor,
-        backoff_max_s=p.backoff_max_s,
-        backoff_jitter=p.backoff_jitter,
-        message_max_bytes=p.message_max_bytes,
-        artifact_max_bytes=p.artifact_max_bytes,
-        roles={
-            role: RolePolicy(a.heartbeat_interval_s, dict(a.timeouts_s))
-            for role, a in config.agents.items()
-        },
-    )
 
 
 def from_record(record: Mapping[str, Any], fallback: RunPolicy) -> RunPolicy:

@@ -27,28 +27,12 @@ from typing import Any
 from lorch import schemas
 from lorch.errors import BadEncoding, BadJSON, FramingError, LineTooLong, SchemaError
 from lorch.redact import NO_SECRETS, Redactor
+from lorch.vocabulary import KINDS, MAX_LINE
 
-MAX_LINE = 262_144
 # Arrays and objects nested deeper than this are refused before decoding.
 MAX_DEPTH = 64
 # Integers must fit in 64 bits (signed), as every JSON peer can represent them.
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
-KINDS = ("command", "event", "heartbeat", "log")
-ROLES = ("builder", "reviewer", "spec_maintainer", "orchestration")
-ACTIONS = ("implement", "implement_changes", "review", "update_spec", "intake", "task_discovery")
-TERMINAL_EVENTS = frozenset(
-    {
-        "builder.completed",
-        "review.completed",
-        "spec.updated",
-        "spec.no_changes_needed",
-        "spec.changes_requested",
-        "orchestration.proposed_tasks",
-        "orchestration.needs_clarification",
-        "orchestration.plan_conflict",
-        "error",
-    }
-)
 PREFIX_LEN = 80  # characters of a bad line kept in its protocol-error record
 # Bytes of a bad line kept to make that prefix: enough to see (and redact) a
 # secret that straddles the cut, and to undo JSON escapes around it.

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from lorch import failpoint, procs
 from lorch.errors import AgentError, AgentNotReady, LorchError
-from lorch.protocol import ROLES, Record
+from lorch.protocol import Record
 from lorch.recorder import Recorder, Sink
 from lorch.redact import Redactor
 from lorch.timing import START_GRACE_S, Watchdog
 from lorch.transport import AgentPort, Agents, Inbox, Unready, await_ready
+from lorch.vocabulary import ROLES
 
 
 class Roster(Recorder):

@@ -24,7 +24,7 @@ from lorch import _planted, drift, ledger, store, transcript
 from lorch.asking import ConsolePrompter, Prompter
 from lorch.atomic import ensure_dir
 from lorch.checkpoint import TurnCheckpoints
-from lorch.config import Config, ensure, load
+from lorch.config import Config, ensure, load, run_policy
 from lorch.engine import Engine, Outcome
 from lorch.errors import (
     AgentNotReady,
@@ -35,7 +35,6 @@ from lorch.errors import (
     UsageError,
 )
 from lorch.launch import ConfiguredAgents
-from lorch.policy import from_config
 from lorch.procs import kill_orphan
 from lorch.protocol import Record
 from lorch.redact import Redactor, secret_values
@@ -211,7 +210,7 @@ def run(
             runner.ledger, _ = ledger.Ledger.open(
                 workspace / "events" / f"{run_id}.ndjson", fsync=config.policy.fsync
             )
-            runner.start_run(run_id, task, from_config(config), drift.identity(config))
+            runner.start_run(run_id, task, run_policy(config), drift.identity(config))
             runner.write_index()
             runner.take_snapshot()
             return runner.drive()
@@ -357,7 +356,7 @@ class _Resume:
     def start_afresh(self) -> None:
         config = self.config
         self.runner.start_run(
-            self.run_id, _task(config, None), from_config(config), drift.identity(config)
+            self.run_id, _task(config, None), run_policy(config), drift.identity(config)
         )
 
     def config_changes(self) -> Record:

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from lorch.errors import FramingError, SchemaError
-from lorch.protocol import MAX_LINE, Record
+from lorch.protocol import Record
 from lorch.redact import Redactor
+from lorch.vocabulary import MAX_LINE
 
 ItemKind = Literal["event", "heartbeat", "ready", "error", "exit", "permission"]
 

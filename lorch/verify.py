@@ -19,8 +19,9 @@ from lorch.checksum import sha256_file
 from lorch.derived import receipt
 from lorch.errors import LedgerError, PathEscape, StorageError, UsageError
 from lorch.paths import safe_relpath
-from lorch.protocol import TERMINAL_EVENTS, Record
+from lorch.protocol import Record
 from lorch.recorder import fingerprint, read_verdict_file
+from lorch.vocabulary import TERMINAL_EVENTS
 from lorch.workflow import State
 
 Rules = dict[str, list[str]]

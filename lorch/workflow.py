@@ -21,11 +21,12 @@ from typing import Any, TypeGuard
 
 from lorch import intake as intake_stage
 from lorch.build_loop import new_command, next_build
-from lorch.commands import ROLE_OF, Fresh, error_cause, resend
+from lorch.commands import Fresh, error_cause, resend
 from lorch.intake import Intake
 from lorch.policy import RunPolicy, from_record
-from lorch.protocol import TERMINAL_EVENTS, Record
+from lorch.protocol import Record
 from lorch.steps import Check, Finish, Restart, Send, StartTask, Step
+from lorch.vocabulary import ROLE_OF, TERMINAL_EVENTS
 
 
 @dataclass

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lorch import protocol
+from lorch import protocol, vocabulary
 from lorch.acp.port import AcpPort, AcpSettings
 from lorch.checkpoint import EXCLUDED, Checkpoints
 from lorch.conformance.kit import Report
@@ -197,7 +197,7 @@ class _Driver:
                 return "stopped"
             if item.kind == "exit":
                 return "exited"
-            if item.message is not None and item.message["event"] in protocol.TERMINAL_EVENTS:
+            if item.message is not None and item.message["event"] in vocabulary.TERMINAL_EVENTS:
                 return "done"
         raise AgentError(f"agent {self.argv[0]}: no end of turn in {self.timeout:g} s")
 

@@ -33,7 +33,7 @@ from lorch.conformance.session import (
     no_terminal,
 )
 from lorch.paths import safe_relpath
-from lorch.protocol import TERMINAL_EVENTS
+from lorch.vocabulary import TERMINAL_EVENTS
 
 # The heartbeat statuses that may follow each status.
 STATUS_NEXT = {

@@ -17,7 +17,7 @@ from lorch.conformance.session import (
     line_numbers,
     no_terminal,
 )
-from lorch.protocol import TERMINAL_EVENTS
+from lorch.vocabulary import TERMINAL_EVENTS
 
 
 def _repeat(s: Session, ex: Exchange, what: str) -> Verdict:

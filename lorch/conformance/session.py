@@ -21,8 +21,9 @@ from lorch.checksum import sha256_file
 from lorch.conformance.driver import AgentUnderTest, Line, Transcript
 from lorch.errors import AgentStartError
 from lorch.launch import find_executable
-from lorch.protocol import TERMINAL_EVENTS, now_rfc3339
+from lorch.protocol import now_rfc3339
 from lorch.reports import Status
+from lorch.vocabulary import TERMINAL_EVENTS
 
 ACTION_FOR = {
     "builder": "implement",

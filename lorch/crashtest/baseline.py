@@ -131,7 +131,7 @@ def _check_expected(
 def _terminal_events(records: list[dict[str, Any]]) -> list[str]:
     """The agents' terminal events, as scenario.json lists them (``event:status``
     for reviews)."""
-    from lorch.protocol import TERMINAL_EVENTS
+    from lorch.vocabulary import TERMINAL_EVENTS
 
     out = []
     for r in records:

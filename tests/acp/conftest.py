@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lorch import protocol
+from lorch import protocol, vocabulary
 from lorch.acp.port import AcpPort, AcpSettings
 from lorch.checkpoint import Checkpoints
 from lorch.launch import base_env
@@ -114,7 +114,7 @@ class Harness:
             if item.kind == "exit" or (
                 item.kind == "event"
                 and item.message is not None
-                and item.message["event"] in protocol.TERMINAL_EVENTS
+                and item.message["event"] in vocabulary.TERMINAL_EVENTS
             ):
                 return seen, item
             seen.append(item)

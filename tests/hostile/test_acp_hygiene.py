@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import tests.acp.conftest as acp_conftest
-from lorch import ledger, procs, protocol
+from lorch import ledger, procs, protocol, vocabulary
 from lorch.acp.wire import ACP_LINE_MAX_BYTES
 from lorch.errors import AgentError, StorageError
 from lorch.scenarios import materialize
@@ -72,7 +72,7 @@ def is_error(item: Incoming) -> bool:
     return item.kind in ("error", "exit") or (
         item.kind == "event"
         and item.message is not None
-        and item.message["event"] in protocol.TERMINAL_EVENTS
+        and item.message["event"] in vocabulary.TERMINAL_EVENTS
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from lorch import protocol
+from lorch import protocol, vocabulary
 from lorch.acp.client import READ_LIMIT
 from lorch.acp.port import AcpPort, AcpSettings
 from lorch.checkpoint import Checkpoints
@@ -85,7 +85,7 @@ class Attack:
             if item.kind == "exit" or (
                 item.kind == "event"
                 and item.message is not None
-                and item.message["event"] in protocol.TERMINAL_EVENTS
+                and item.message["event"] in vocabulary.TERMINAL_EVENTS
             ):
                 return seen, item
             seen.append(item)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lorch.canonical import idempotency_key
-from lorch.protocol import TERMINAL_EVENTS
+from lorch.vocabulary import TERMINAL_EVENTS
 
 SNAP = "snap-0123456789ab"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lorch import protocol
+from lorch import protocol, vocabulary
 from lorch.resources import scenarios_dir
 
 from .driver import Agent, command, journal, wait_for
@@ -447,7 +447,7 @@ def test_faults(mockagent_bin: str, ws: Path, fault: dict[str, Any], check: str)
     elif check == "garbage":
         assert b"this is not json {{{" in out
     elif check == "oversized":
-        assert any(len(x) > protocol.MAX_LINE for x in out)
+        assert any(len(x) > vocabulary.MAX_LINE for x in out)
     elif check == "half":
         assert a.buf.startswith(b'{"kind":"event"') and rc == 1
     elif check == "wrong_task":

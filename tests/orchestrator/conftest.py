@@ -64,7 +64,7 @@ def completions(ws: Path) -> collections.Counter[str]:
 
 
 def terminal_events(ws: Path, run_id: str | None = None) -> list[str]:
-    from lorch.protocol import TERMINAL_EVENTS
+    from lorch.vocabulary import TERMINAL_EVENTS
 
     out = []
     for r in records(ws, run_id):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from lorch import policy as policies
-from lorch.config import load
+from lorch.config import load, run_policy
 from lorch.drift import compare, identity
 
 from .conftest import Runner, records
@@ -119,7 +119,7 @@ def test_compare_lists_every_policy_field_that_changed(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     materialize("happy-path", ws)
     config = load(ws)
-    started = {"policy": policies.from_config(config).as_record(), **identity(config)}
+    started = {"policy": run_policy(config).as_record(), **identity(config)}
     recorded = policies.from_record(started["policy"], policies.RunPolicy())
     task = dict(config.task or {})
     assert not compare(started, recorded, task, config).any
