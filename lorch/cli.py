@@ -89,7 +89,64 @@ EXISTING_WORKSPACE = click.option(
 )
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """lorch's commands, and the tools' commands imported only when one is used.
+
+    The crash harness, the conformance kit and ``lorch config`` live in their
+    own modules; ``lorch run`` never imports them (``lorch --help`` neither:
+    their one-line help is kept here).
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *TOOLS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in TOOLS and name not in self.commands:
+            import importlib
+
+            module, attr, _ = TOOLS[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in TOOLS and name not in self.commands:
+                rows.append((name, TOOLS[name][2]))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+# The tools' commands: module, attribute, one-line help (see _Group).
+TOOLS = {
+    "crashtest": (
+        "lorch.crashtest.cli",
+        "crashtest",
+        "Crash SCENARIO at every ledger offset in every mode, resume, check invariants.",
+    ),
+    "conformance": (
+        "lorch.conformance.cli",
+        "conformance",
+        "Check that the agent started by COMMAND is protocol-correct and idempotent.",
+    ),
+    "config": (
+        "lorch.configcli",
+        "config_group",
+        "Show, get, set, unset and check lorch.json (docs/configuration.md).",
+    ),
+}
+
+
+@click.group(
+    cls=_Group,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(package_name="lorch")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -479,28 +536,8 @@ def doctor_cmd(workspace: Path) -> None:
         raise click.exceptions.Exit(_fail(f"{failed} check(s) failed"))
 
 
-# The crash harness and the conformance kit register their commands here.
-TOOLS = (
-    ("lorch.crashtest.cli", "crashtest"),
-    ("lorch.conformance.cli", "conformance"),
-    ("lorch.configcli", "config_group"),
-)
-
-
-def _register_tools() -> None:
-    import importlib
-
-    for module, name in TOOLS:
-        try:
-            command = getattr(importlib.import_module(module), name)
-        except ImportError:
-            continue
-        cli.add_command(command)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: every LorchError becomes one line and its exit code."""
-    _register_tools()
     try:
         rc = cli.main(args=argv, prog_name="lorch", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -23,7 +23,6 @@ from pathlib import Path
 from lorch import _planted, failpoint, intake_steps, protocol, provenance, vocabulary
 from lorch.asking import ConsolePrompter, Prompter
 from lorch.build_loop import answer_problem
-from lorch.checkpoint import TurnCheckpoints
 from lorch.derived import RECEIPT_DELAY_S
 from lorch.errors import AgentError, AuthRequired, ConfigError, LineTooLong
 from lorch.known_agents import silence_hint
@@ -36,6 +35,7 @@ from lorch.steps import Check, Finish, Send
 from lorch.textsafe import visible_line
 from lorch.timing import Backoff, Watchdog
 from lorch.transport import AgentPort, Agents, Inbox, Incoming, SendContext, TurnCheckpoint
+from lorch.turn_checkpoints import TurnCheckpoints
 from lorch.vocabulary import ROLE_OF
 from lorch.workflow import Pending, after_failure, next_step
 

@@ -23,7 +23,6 @@ from typing import Any, TextIO
 from lorch import _planted, drift, ledger, store, transcript
 from lorch.asking import ConsolePrompter, Prompter
 from lorch.atomic import ensure_dir
-from lorch.checkpoint import TurnCheckpoints
 from lorch.config import Config, ensure, load, run_policy
 from lorch.engine import Engine, Outcome
 from lorch.errors import (
@@ -38,6 +37,7 @@ from lorch.launch import ConfiguredAgents
 from lorch.procs import kill_orphan
 from lorch.protocol import Record
 from lorch.redact import Redactor, secret_values
+from lorch.turn_checkpoints import TurnCheckpoints
 from lorch.workflow import State, replay
 from lorch.wslock import workspace_lock
 

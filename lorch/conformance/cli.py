@@ -88,7 +88,7 @@ def conformance(
     transport: str,
     command: tuple[str, ...],
 ) -> None:
-    """ConformanceCheck that the agent started by COMMAND is protocol-correct and idempotent."""
+    """Check that the agent started by COMMAND is protocol-correct and idempotent."""
     expected = kit.read_expected(expected_failures)
     if transport == "acp":
         from lorch.conformance.acp_battery import run_acp_battery

@@ -836,7 +836,7 @@ def test_a_command_of_another_role_between_two_checkpoints_means_a_new_one(
 
 
 def test_a_checkpoint_another_process_recorded_is_taken_again(tmp_path: Path) -> None:
-    from lorch.checkpoint import TurnCheckpoints
+    from lorch.turn_checkpoints import TurnCheckpoints
 
     ws = tmp_path / "ws"
     ws.mkdir()
