@@ -33,12 +33,13 @@ from typing import Any
 import acp as sdk
 from acp import schema as s
 
-from lorch import protocol, vocabulary
-from lorch.acp.port import AcpPort, AcpSettings
-from lorch.checkpoint import Checkpoints
-from lorch.launch import acp_base_env
-from lorch.redact import Redactor
-from lorch.transport import Inbox, Launch, SendContext
+from lorch.agents.acp.host import AcpSettings
+from lorch.agents.acp.port import AcpPort
+from lorch.agents.transport import Inbox, Launch, SendContext
+from lorch.app.launch import acp_base_env
+from lorch.store.checkpoint import Checkpoints
+from lorch.wire import protocol, vocabulary
+from lorch.wire.redact import Redactor
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "tests" / "agents" / "acp_agent.py"

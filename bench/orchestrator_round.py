@@ -31,12 +31,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _bytecode import compile_packages
 from _workspace import loop_workspace
 
-from lorch import ledger, protocol, vocabulary
-from lorch.config import load
-from lorch.engine import Engine
-from lorch.launch import resolve_argv
-from lorch.runner import Console, run
-from lorch.steps import Send
+from lorch.app.config import load
+from lorch.app.launch import resolve_argv
+from lorch.app.runner import Console, run
+from lorch.core.steps import Send
+from lorch.engine.loop import Engine
+from lorch.store import ledger
+from lorch.wire import protocol, vocabulary
 
 
 def fsync_times(tmp: Path, trial: int, n: int = 200) -> list[float]:

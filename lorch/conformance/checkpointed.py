@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorch import protocol, vocabulary
-from lorch.checkpoint import Checkpoints
 from lorch.conformance.driver import Line
+from lorch.store.checkpoint import Checkpoints
+from lorch.wire import protocol, vocabulary
 
 _OWN = frozenset({"_inner", "_ck", "_keys", "_synth"})
 

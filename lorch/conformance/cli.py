@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from lorch.atomic import atomic_write_bytes
 from lorch.conformance import kit
+from lorch.store.atomic import atomic_write_bytes
 
 
 @click.command("conformance", context_settings={"ignore_unknown_options": True})

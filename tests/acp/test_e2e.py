@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from lorch import ledger, vocabulary
-from lorch.scenarios import load, materialize
+from lorch.app.scenarios import load, materialize
+from lorch.store import ledger
+from lorch.wire import vocabulary
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorch import protocol, vocabulary
-from lorch.errors import BadEncoding, BadJSON, LineTooLong, SchemaError
+from lorch.wire import protocol, vocabulary
+from lorch.wire.errors import BadEncoding, BadJSON, LineTooLong, SchemaError
 
 MAX = vocabulary.MAX_LINE
 

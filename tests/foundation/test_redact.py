@@ -7,8 +7,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorch import protocol, vocabulary
-from lorch.redact import MASK, Redactor, secret_values
+from lorch.wire import protocol, vocabulary
+from lorch.wire.redact import MASK, Redactor, secret_values
 
 SECRET = "hunter2-Swordfish-9f8e7d"
 R = Redactor([SECRET])

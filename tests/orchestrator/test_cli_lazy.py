@@ -8,7 +8,7 @@ import sys
 
 from click.testing import CliRunner
 
-from lorch import cli
+from lorch.app import cli
 
 
 def test_each_lazy_command_help_is_its_own_short_help() -> None:
@@ -20,10 +20,10 @@ def test_each_lazy_command_help_is_its_own_short_help() -> None:
 def test_help_lists_the_tools_without_importing_them() -> None:
     code = (
         "import sys\n"
-        "from lorch.cli import main\n"
+        "from lorch.app.cli import main\n"
         "rc = main(['--help'])\n"
         "print(sorted(m for m in sys.modules if m.startswith(('lorch.crashtest', "
-        "'lorch.conformance', 'lorch.configcli'))))\n"
+        "'lorch.conformance', 'lorch.app.configcli'))))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

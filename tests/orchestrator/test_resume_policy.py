@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from lorch import policy as policies
-from lorch.config import load, run_policy
-from lorch.drift import compare, identity
+from lorch.app.config import load, run_policy
+from lorch.app.drift import compare, identity
+from lorch.core import policy as policies
 
 from .conftest import Runner, records
 
@@ -114,7 +114,7 @@ def test_a_changed_task_would_change_keys_and_is_refused(scenario, lorch: Runner
 
 
 def test_compare_lists_every_policy_field_that_changed(tmp_path: Path) -> None:
-    from lorch.scenarios import materialize
+    from lorch.app.scenarios import materialize
 
     ws = tmp_path / "ws"
     materialize("happy-path", ws)
