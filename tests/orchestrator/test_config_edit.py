@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -402,3 +403,33 @@ def test_parse_answer(path: str, text: str, value: Any) -> None:
 def test_parse_answer_refuses(path: str, text: str) -> None:
     with pytest.raises(ValueError):
         parse_answer(path, text)
+
+
+def edit_docs() -> str:
+    text = (DOCS / "configuration.md").read_text()
+    return text.split("\n### `lorch config edit`\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_docs_table_lists_each_preset() -> None:
+    rows = re.findall(r"^\| (\d) \| ([^|]+) \| `([^`]+)`", edit_docs(), re.M)
+    assert [(int(n), name.strip(), cmd) for n, name, cmd in rows] == [
+        (n, p.name, p.shown_cmd("ROLE")) for n, p in enumerate(PRESETS, 1)
+    ]
+
+
+def test_the_docs_scripted_example_works(ws: Path, clean_env: dict[str, str]) -> None:
+    line = re.search(r"^(printf .*) \| lorch config edit$", edit_docs(), re.M)
+    assert line is not None
+    edit = shlex.join([sys.executable, "-m", "lorch", "config", "edit", "-w", str(ws)])
+    r = subprocess.run(
+        f"{line.group(1)} | {edit}",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=clean_env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads((ws / "lorch.json").read_text())["agents"]["reviewer"] == documented_block(
+        "Gemini CLI"
+    )
