@@ -177,6 +177,13 @@ def parse_answer(path: str, text: str) -> Any:
     or a JSON list; anything else is JSON where it parses, else the text (which
     validation then refuses, naming what the field takes).
     """
+    try:
+        return _parse_answer(path, text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _parse_answer(path: str, text: str) -> Any:
     node = configcheck._node(path)
     kinds = _kinds(node)
     if text.startswith('"') and "string" in kinds:
@@ -248,6 +255,10 @@ class Lines:
         if not line:
             self.out.write("\n")
             raise Quit("end of input")
+        if len(line) == MAX_LINE and not line.endswith(b"\n"):
+            # The rest of an overlong line is not the next answer: it is dropped.
+            while (rest := self.stdin.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                pass
         text = line.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")
         if not self.tty:
             # Off a terminal the answer is not echoed: show it, so the output reads
@@ -394,9 +405,12 @@ class Editor:
             self.say(f"lorch: {e}")
             return False
         before = {(p.path, p.message) for p in self.errors}
-        fresh = [
-            p for p in configcheck.errors(candidate, self.path) if (p.path, p.message) not in before
-        ]
+        try:
+            found = configcheck.errors(candidate, self.path)
+        except RecursionError:
+            self.say(f"lorch: {json_path(parts)}: nested too deeply")
+            return False
+        fresh = [p for p in found if (p.path, p.message) not in before]
         if fresh:
             target = json_path(parts)
             first = next((p for p in fresh if p.path.startswith(target)), fresh[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -12,6 +13,8 @@ from typing import Any
 
 import pexpect
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lorch.configedit import PRESETS, parse_answer
 from lorch.known_agents import GEMINI
@@ -226,6 +229,21 @@ def test_secrets_are_masked_in_prompts_and_diff(ws: Path, clean_env: dict[str, s
     assert SECRET not in r.stdout + r.stderr
 
 
+def test_an_error_already_in_the_file_is_listed_and_can_be_fixed(
+    ws: Path, clean_env: dict[str, str]
+) -> None:
+    doc = json.loads((ws / "lorch.json").read_text())
+    doc["policy"]["max_rounds"] = 0
+    (ws / "lorch.json").write_text(json.dumps(doc, indent=2) + "\n")
+    # The goal changes although the file has an error; then the error is fixed.
+    r = piped(ws, clean_env, "t", "", "Greet", ".", "p", "2", ".", "s", "y")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "error: $.policy.max_rounds: 0 is less than the minimum of 1" in r.stdout
+    assert check(ws, clean_env).returncode == 0
+    saved = json.loads((ws / "lorch.json").read_text())
+    assert (saved["task"]["goal"], saved["policy"]["max_rounds"]) == ("Greet", 2)
+
+
 def test_unreadable_file_is_one_line(tmp_path: Path, clean_env: dict[str, str]) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -394,6 +412,18 @@ def test_presets_are_what_the_docs_say(preset: Any) -> None:
 )
 def test_parse_answer(path: str, text: str, value: Any) -> None:
     assert parse_answer(path, text) == value
+
+
+@given(
+    st.sampled_from(
+        ["$.task.goal", "$.agents.builder.cmd", "$.task.test_cmd", "$.policy.max_rounds"]
+    ),
+    st.text(alphabet="[]{}\"'\\ ab1:,", max_size=40)
+    | st.builds(lambda n: "[" * n, st.integers(0, 5000)),
+)
+def test_parse_answer_never_raises_but_value_error(path: str, text: str) -> None:
+    with contextlib.suppress(ValueError):
+        parse_answer(path, text)
 
 
 @pytest.mark.parametrize(
