@@ -424,13 +424,28 @@ class Editor:
                 self.say(f"warning: {self.masker.text(p.line())}")
         return True
 
+    def default(self, parts: list[Part]) -> Any:
+        """The value the field has when the file leaves it out, or ``_MISSING``."""
+        key = key_text(parts)
+        if key in self.defaults:
+            return self.defaults[key]
+        candidate = copy.deepcopy(self.doc)
+        if self.errors or not unset_in(candidate, parts):
+            return _MISSING
+        try:
+            cfg = config.parse(candidate, self.path)
+        except ConfigError:
+            return _MISSING  # a required field
+        rows = effective(cfg)
+        return next((r.value for r in rows if r.key == key and r.origin == "default"), _MISSING)
+
     def help(self, parts: list[Part]) -> None:
         path = json_path(parts)
         what = configcheck.expected(path) or "see docs/configuration.md"
         self.say(f"{path}: {what}")
-        key = key_text(parts)
-        if key in self.defaults:
-            self.say(f"  default: {json.dumps(self.defaults[key], ensure_ascii=False)}")
+        default = self.default(parts)
+        if default is not _MISSING:
+            self.say(f"  default: {json.dumps(default, ensure_ascii=False)}")
         self.say(f"  answer: {_how(path)}")
 
     # -- the sections --

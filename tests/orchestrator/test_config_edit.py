@@ -126,6 +126,14 @@ def test_piped_help_comes_from_the_schema(ws: Path, clean_env: dict[str, str]) -
     assert "  answer: words separated by spaces" in r.stdout
 
 
+def test_help_names_the_default_of_a_value_the_file_sets(
+    ws: Path, clean_env: dict[str, str]
+) -> None:
+    r = piped(ws, clean_env, "p", "?", "q")
+    assert "$.policy.max_rounds: a whole number >= 1 (review rounds" in r.stdout
+    assert "  default: 10\n" in r.stdout
+
+
 def test_piped_q_leaves_the_file_byte_identical(tmp_path: Path, clean_env: dict[str, str]) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
