@@ -33,12 +33,13 @@ from typing import Any
 import acp as sdk
 from acp import schema as s
 
-from lorch import protocol
-from lorch.acp.port import AcpPort, AcpSettings
-from lorch.checkpoint import Checkpoints
-from lorch.launch import acp_base_env
-from lorch.redact import Redactor
-from lorch.transport import Inbox, Launch, SendContext
+from lorch.agents.acp.host import AcpSettings
+from lorch.agents.acp.port import AcpPort
+from lorch.agents.transport import Inbox, Launch, SendContext
+from lorch.app.launch import acp_base_env
+from lorch.store.checkpoint import Checkpoints
+from lorch.wire import protocol, vocabulary
+from lorch.wire.redact import Redactor
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "tests" / "agents" / "acp_agent.py"
@@ -149,7 +150,7 @@ def with_lorch(script: Path, ws: Path, turns: int, checkpoints: bool) -> list[fl
             while True:
                 item = inbox.get(10.0)
                 assert item is not None and item.kind != "exit", "the agent stopped"
-                if item.message is not None and item.message["event"] in protocol.TERMINAL_EVENTS:
+                if item.message is not None and item.message["event"] in vocabulary.TERMINAL_EVENTS:
                     assert item.message["event"] == "builder.completed", item.message
                     if checkpoints:
                         assert item.checkpoint is not None

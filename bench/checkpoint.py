@@ -6,7 +6,7 @@ private git dir: same settings, same exclusions, its own index).
 restore() is timed the same way against `git add -A` + `git read-tree --reset -u`.
 
 A take after the first of a process rescans only the directories that changed
-(lorch/watch.py); the "full scan" row is a take that scans everything, as the
+(lorch/store/watch.py); the "full scan" row is a take that scans everything, as the
 first of a process (every resume) does, and as every take does without inotify.
 
 Run: python bench/checkpoint.py [--quick]   (medians of N rounds; BENCH_DIR picks the disk)
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lorch.checkpoint import Checkpoints
+from lorch.store.checkpoint import Checkpoints
 
 
 def make_tree(root: Path, files: int) -> None:

@@ -11,8 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lorch import protocol
-from lorch.ledger import Ledger
+from lorch.store.ledger import Ledger
+from lorch.wire import protocol
 
 
 def record(n: int) -> dict[str, object]:

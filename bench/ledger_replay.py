@@ -17,7 +17,7 @@ from pathlib import Path
 CHILD = """
 import resource, sys, time
 from pathlib import Path
-from lorch import ledger
+from lorch.store import ledger
 path, validate = Path(sys.argv[1]), sys.argv[2] == "1"
 t0 = time.perf_counter()
 n = 0

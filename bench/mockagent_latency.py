@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lorch.canonical import idempotency_key
+from lorch.wire.canonical import idempotency_key
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _bytecode import compile_packages

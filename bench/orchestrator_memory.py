@@ -20,7 +20,7 @@ from _workspace import loop_workspace
 CHILD = """
 import io, os, resource, sys
 from pathlib import Path
-from lorch.runner import Console, run
+from lorch.app.runner import Console, run
 out = run(Path(sys.argv[1]), console=Console(out=open(os.devnull, "w"), color=False))
 assert out.status == "completed", out
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -31,12 +31,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _bytecode import compile_packages
 from _workspace import loop_workspace
 
-from lorch import ledger, protocol
-from lorch.config import load
-from lorch.engine import Engine
-from lorch.launch import resolve_argv
-from lorch.runner import Console, run
-from lorch.steps import Send
+from lorch.app.config import load
+from lorch.app.launch import resolve_argv
+from lorch.app.runner import Console, run
+from lorch.core.steps import Send
+from lorch.engine.loop import Engine
+from lorch.store import ledger
+from lorch.wire import protocol, vocabulary
 
 
 def fsync_times(tmp: Path, trial: int, n: int = 200) -> list[float]:
@@ -132,7 +133,7 @@ def agents_only(ws: Path, tmp: Path, trial: int) -> tuple[list[float], list[floa
             msg = json.loads(raw)
             if msg.get("kind") == "event":
                 os.write(log, raw)
-                if msg.get("event") in protocol.TERMINAL_EVENTS:
+                if msg.get("event") in vocabulary.TERMINAL_EVENTS:
                     break
     os.close(log)
     for p in procs.values():

@@ -26,9 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from lorch import config, sandbox
-from lorch.launch import ConfiguredAgents
-from lorch.redact import Redactor
+from lorch.agents import sandbox
+from lorch.app import config
+from lorch.app.launch import ConfiguredAgents
+from lorch.wire.redact import Redactor
 
 MOCK = str(Path(sys.executable).parent / "mockagent")
 TRUE = shutil.which("true") or "/bin/true"

@@ -1,6 +1,6 @@
 """Snapshot of a generated tree (>= 500 MB, >= 10,000 files) vs plain hashlib.
 
-Goal: lorch.snapshot.manifest reaches >= 0.8 of hashlib.sha256 over the same bytes.
+Goal: lorch.store.snapshot.manifest reaches >= 0.8 of hashlib.sha256 over the same bytes.
 Run: python bench/snapshot_hash.py [--quick]
 """
 
@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lorch import snapshot
+from lorch.store import snapshot
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
         ours = total / (time.perf_counter() - t0) / 1e6
     print(f"tree: {len(m['files']):,} files, {total / 1e6:,.0f} MB")
     print(f"hashlib.sha256: {plain:,.0f} MB/s")
-    print(f"lorch.snapshot.manifest: {ours:,.0f} MB/s")
+    print(f"lorch.store.snapshot.manifest: {ours:,.0f} MB/s")
     print(f"ratio: {ours / plain:.2f} (goal >= 0.80)")
 
 

@@ -33,14 +33,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lorch import protocol
-from lorch.acp.port import AcpPort, AcpSettings
-from lorch.checkpoint import EXCLUDED, Checkpoints
+from lorch.agents.acp.host import AcpSettings
+from lorch.agents.acp.port import AcpPort
+from lorch.agents.transport import Inbox, Incoming, Launch, SendContext
 from lorch.conformance.kit import Report
 from lorch.conformance.session import CheckOutcome, ConformanceCheck, Verdict
-from lorch.errors import AgentError, AgentStartError, UsageError
-from lorch.redact import Redactor, secret_values
-from lorch.transport import Inbox, Incoming, Launch, SendContext
+from lorch.store.checkpoint import EXCLUDED, Checkpoints
+from lorch.wire import protocol, vocabulary
+from lorch.wire.errors import AgentError, AgentStartError, UsageError
+from lorch.wire.redact import Redactor, secret_values
 
 Files = dict[str, bytes]
 
@@ -56,7 +57,7 @@ CHECKS = {
 FS_CHECK = "ACP-FS-001"
 FS_FILE = "lorch-fs-check/new-file.txt"
 FS_CONTENT = "created through lorch's file service"
-# The prompt of the fs check (a template of lorch.prompts: $workspace is filled in);
+# The prompt of the fs check (a template of lorch.agents.acp.prompts: $workspace is filled in);
 # a scripted agent or model recognises it by its first word.
 FS_PROMPT = (
     f"{FS_CHECK} (lorch conformance): create the new file $workspace/{FS_FILE} whose whole "
@@ -197,7 +198,7 @@ class _Driver:
                 return "stopped"
             if item.kind == "exit":
                 return "exited"
-            if item.message is not None and item.message["event"] in protocol.TERMINAL_EVENTS:
+            if item.message is not None and item.message["event"] in vocabulary.TERMINAL_EVENTS:
                 return "done"
         raise AgentError(f"agent {self.argv[0]}: no end of turn in {self.timeout:g} s")
 

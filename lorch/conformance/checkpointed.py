@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorch import protocol
-from lorch.checkpoint import Checkpoints
 from lorch.conformance.driver import Line
+from lorch.store.checkpoint import Checkpoints
+from lorch.wire import protocol, vocabulary
 
 _OWN = frozenset({"_inner", "_ck", "_keys", "_synth"})
 
@@ -115,7 +115,7 @@ class UnderCheckpoints:
         msg = got.message if got is not None else None
         if msg is None or msg.get("kind") != "event":
             return got
-        if msg.get("event") not in protocol.TERMINAL_EVENTS:
+        if msg.get("event") not in vocabulary.TERMINAL_EVENTS:
             return got
         for key in self._keys.values():
             if key.generation != self._inner.generation or key.answer is not None:

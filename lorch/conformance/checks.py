@@ -11,7 +11,6 @@ import json
 import os
 import time
 
-from lorch.checksum import sha256_file
 from lorch.conformance.driver import Line
 from lorch.conformance.idempotency import (
     across_restart,
@@ -32,8 +31,9 @@ from lorch.conformance.session import (
     line_numbers,
     no_terminal,
 )
-from lorch.paths import safe_relpath
-from lorch.protocol import TERMINAL_EVENTS
+from lorch.store.paths import safe_relpath
+from lorch.wire.checksum import sha256_file
+from lorch.wire.vocabulary import TERMINAL_EVENTS
 
 # The heartbeat statuses that may follow each status.
 STATUS_NEXT = {

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from lorch.atomic import atomic_write_bytes
 from lorch.conformance import kit
+from lorch.store.atomic import atomic_write_bytes
 
 
 @click.command("conformance", context_settings={"ignore_unknown_options": True})
@@ -88,7 +88,7 @@ def conformance(
     transport: str,
     command: tuple[str, ...],
 ) -> None:
-    """ConformanceCheck that the agent started by COMMAND is protocol-correct and idempotent."""
+    """Check that the agent started by COMMAND is protocol-correct and idempotent."""
     expected = kit.read_expected(expected_failures)
     if transport == "acp":
         from lorch.conformance.acp_battery import run_acp_battery

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorch import procs, protocol
-from lorch.errors import FramingError, SchemaError
-from lorch.redact import Redactor, secret_values
+from lorch.agents import procs
+from lorch.wire import protocol
+from lorch.wire.errors import FramingError, SchemaError
+from lorch.wire.redact import Redactor, secret_values
 
 
 @dataclass

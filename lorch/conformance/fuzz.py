@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from lorch.conformance.session import Session, Verdict
-from lorch.errors import UsageError
+from lorch.wire.errors import UsageError
 
 REQUIRED = (
     "message_id",

@@ -6,7 +6,6 @@ import time
 import uuid
 from typing import Any
 
-from lorch.checksum import sha256_file
 from lorch.conformance.session import (
     Exchange,
     Session,
@@ -17,7 +16,8 @@ from lorch.conformance.session import (
     line_numbers,
     no_terminal,
 )
-from lorch.protocol import TERMINAL_EVENTS
+from lorch.wire.checksum import sha256_file
+from lorch.wire.vocabulary import TERMINAL_EVENTS
 
 
 def _repeat(s: Session, ex: Exchange, what: str) -> Verdict:

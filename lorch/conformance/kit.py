@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorch import reports
 from lorch.conformance.checks import CHECKS
 from lorch.conformance.session import CheckOutcome, ConformanceCheck, Session, Verdict
-from lorch.errors import AgentError, AgentStartError, UsageError
+from lorch.testing import reports
+from lorch.wire.errors import AgentError, AgentStartError, UsageError
 
 
 def _not_run(session: Session) -> Verdict:

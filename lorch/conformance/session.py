@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorch import snapshot
-from lorch.canonical import idempotency_key
-from lorch.checksum import sha256_file
+from lorch.app.launch import find_executable
 from lorch.conformance.driver import AgentUnderTest, Line, Transcript
-from lorch.errors import AgentStartError
-from lorch.launch import find_executable
-from lorch.protocol import TERMINAL_EVENTS, now_rfc3339
-from lorch.reports import Status
+from lorch.store import snapshot
+from lorch.testing.reports import Status
+from lorch.wire.canonical import idempotency_key
+from lorch.wire.checksum import sha256_file
+from lorch.wire.errors import AgentStartError
+from lorch.wire.protocol import now_rfc3339
+from lorch.wire.vocabulary import TERMINAL_EVENTS
 
 ACTION_FOR = {
     "builder": "implement",

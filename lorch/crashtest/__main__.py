@@ -1,5 +1,5 @@
 import sys
 
-from lorch.cli import main
+from lorch.app.cli import main
 
 sys.exit(main(["crashtest", *sys.argv[1:]]))

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorch import scenarios
+from lorch.app import scenarios
 from lorch.crashtest.launcher import PROCS, lorch_argv, lorch_env
 from lorch.crashtest.workspace import final_status, read_records, workspace_files
-from lorch.errors import UsageError
+from lorch.wire.errors import UsageError
 
 # Fields that differ between two clean runs without meaning anything.
 VOLATILE = {
@@ -131,7 +131,7 @@ def _check_expected(
 def _terminal_events(records: list[dict[str, Any]]) -> list[str]:
     """The agents' terminal events, as scenario.json lists them (``event:status``
     for reviews)."""
-    from lorch.protocol import TERMINAL_EVENTS
+    from lorch.wire.vocabulary import TERMINAL_EVENTS
 
     out = []
     for r in records:

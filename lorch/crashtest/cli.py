@@ -19,7 +19,7 @@ from lorch.crashtest.harness import (
 from lorch.crashtest.harness import (
     crashtest as run,
 )
-from lorch.errors import UsageError
+from lorch.wire.errors import UsageError
 
 
 def parse_offsets(spec: str | None) -> list[int] | None:

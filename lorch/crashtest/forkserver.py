@@ -27,16 +27,16 @@ import tempfile
 import threading
 from typing import Any
 
-from lorch.errors import LorchError
+from lorch.wire.errors import LorchError
 
-# lorch.acp.port: the ACP SDK is slow to import; a scenario with ACP roles needs it in every run.
-# The tools' CLIs: lorch.cli.main registers them at every start.
+# lorch.agents.acp.port: the ACP SDK is slow to import; a scenario with ACP roles
+# needs it in every run. The tools' CLIs: the crash harness runs its own commands.
 PRELOAD = (
-    "lorch.cli",
-    "lorch.runner",
-    "lorch.verify",
-    "lorch.transcript",
-    "lorch.acp.port",
+    "lorch.app.cli",
+    "lorch.app.runner",
+    "lorch.app.verify",
+    "lorch.engine.transcript",
+    "lorch.agents.acp.port",
     "lorch.crashtest.cli",
     "lorch.conformance.cli",
 )
@@ -64,7 +64,7 @@ def _child(
                 os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 2)
         os.environ.clear()
         os.environ.update(env)
-        from lorch.cli import main
+        from lorch.app.cli import main
 
         rc = main(args)
     finally:

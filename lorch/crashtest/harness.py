@@ -27,14 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorch import ledger, procs, scenarios
+from lorch.agents import procs
+from lorch.app import scenarios
 from lorch.crashtest import invariants
 from lorch.crashtest.baseline import Baseline, record_baseline, scenario_args
 from lorch.crashtest.invariants import Broken, check_receipts_before_end
 from lorch.crashtest.launcher import PROCS, RUN_TIMEOUT, Trail, lorch_argv, lorch_env
 from lorch.crashtest.verdict import check_invariants, check_write_ahead
 from lorch.crashtest.workspace import final_status, read_records, the_ledger
-from lorch.errors import UsageError
+from lorch.store import ledger
+from lorch.wire.errors import UsageError
 
 MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt", "powercut", "external")
 DEFAULT_MODES = ("kill", "torn", "agent", "powerloss", "double", "corrupt")

@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorch import store
+from lorch.core.state import Pending, State
 from lorch.crashtest.workspace import final_status, read_records
-from lorch.errors import StorageError
-from lorch.protocol import Record
-from lorch.workflow import Pending, State
+from lorch.store import derived_files as store
+from lorch.wire.errors import StorageError
+from lorch.wire.protocol import Record
 
 # lorch's own directories: a temp file left in one of them is lorch's.
 LORCH_DIRS = ("events", "state", "receipts", "snapshots", "transcripts", "logs")

@@ -18,9 +18,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorch import procs
+from lorch.agents import procs
+from lorch.app.launch import PRIVATE_VARS, with_scripts_path
 from lorch.crashtest.forkserver import ForkServer
-from lorch.launch import PRIVATE_VARS, with_scripts_path
 
 RUN_TIMEOUT = 120.0
 TIMED_OUT = -999  # the exit code of a run killed for outliving its timeout

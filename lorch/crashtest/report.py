@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorch import reports
 from lorch.crashtest.baseline import Baseline
 from lorch.crashtest.harness import Result
+from lorch.testing import reports
 
 
 def table(results: list[Result]) -> str:

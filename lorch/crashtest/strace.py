@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorch import scenarios
+from lorch.app import scenarios
 from lorch.crashtest.launcher import lorch_argv
-from lorch.errors import UsageError
+from lorch.wire.errors import UsageError
 
 SYSCALLS = (
     "openat,open,creat,write,pwrite64,ftruncate,truncate,fsync,fdatasync,"
     "rename,renameat,renameat2,link,linkat,unlink,unlinkat,mkdir,mkdirat,rmdir,close,"
-    # Which processes are bubblewrap setting a sandbox up (lorch/sandbox.py): what
+    # Which processes are bubblewrap setting a sandbox up (lorch/agents/sandbox.py): what
     # they create is in a mount namespace of their own, not in the workspace.
     "execve,clone,clone3,fork,vfork"
 )

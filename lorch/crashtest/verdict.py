@@ -18,8 +18,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lorch import scenarios
-from lorch.canonical import canonical_json
+from lorch.agents.procs import group_alive
+from lorch.app import scenarios
 from lorch.crashtest import invariants
 from lorch.crashtest.baseline import Baseline
 from lorch.crashtest.effects import effects_problem
@@ -31,8 +31,8 @@ from lorch.crashtest.workspace import (
     the_ledger,
     workspace_files,
 )
-from lorch.errors import LedgerError
-from lorch.procs import group_alive
+from lorch.wire.canonical import canonical_json
+from lorch.wire.errors import LedgerError
 
 INVARIANTS = (
     "write_ahead",
@@ -143,7 +143,7 @@ def _verified(run: Resumed) -> None:
     path = the_ledger(run.ws)
     assert path is not None
     if run.status == "completed":
-        from lorch.verify import verify
+        from lorch.app.verify import verify
 
         problems = [f"{k}: {v[0]}" for k, v in verify(run.ws, path.stem).items() if v]
         if problems:

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorch import ledger, snapshot
-from lorch.checksum import sha256_file
-from lorch.workflow import replay
+from lorch.core.workflow import replay
+from lorch.store import ledger, snapshot
+from lorch.wire.checksum import sha256_file
 
 
 def workspace_files(ws: Path) -> dict[str, str]:

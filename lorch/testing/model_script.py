@@ -44,7 +44,7 @@ from typing import Any, cast
 
 import jsonschema
 
-from lorch.errors import LorchError
+from lorch.wire.errors import LorchError
 
 DEFAULT_COMMAND_PATTERN = r"ik:[0-9a-f]{64}"
 DEFAULT_MODEL = "claude-sonnet-4-5"

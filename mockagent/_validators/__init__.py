@@ -1,1 +1,1 @@
-"""Validators generated from schemas/v1 by `python -m lorch._validators` (do not edit)."""
+"""Validators generated from schemas/v1 by `python -m lorch.wire._validators` (do not edit)."""

@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from lorch import protocol
-from lorch.acp.port import AcpPort, AcpSettings
-from lorch.checkpoint import Checkpoints
-from lorch.launch import base_env
-from lorch.redact import Redactor
-from lorch.transport import Inbox, Incoming, Launch, SendContext
+from lorch.agents.acp.host import AcpSettings
+from lorch.agents.acp.port import AcpPort
+from lorch.agents.transport import Inbox, Incoming, Launch, SendContext
+from lorch.app.launch import base_env
+from lorch.store.checkpoint import Checkpoints
+from lorch.wire import protocol, vocabulary
+from lorch.wire.redact import Redactor
 from tests.orchestrator.conftest import lorch  # noqa: F401  (the e2e runner fixture)
 
 AGENT = Path(__file__).resolve().parent.parent / "agents" / "acp_agent.py"
@@ -114,7 +115,7 @@ class Harness:
             if item.kind == "exit" or (
                 item.kind == "event"
                 and item.message is not None
-                and item.message["event"] in protocol.TERMINAL_EVENTS
+                and item.message["event"] in vocabulary.TERMINAL_EVENTS
             ):
                 return seen, item
             seen.append(item)

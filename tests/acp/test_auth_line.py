@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from lorch.acp.port import AcpPort, AcpSettings, describe_session
-from lorch.errors import AgentError
-from lorch.redact import Redactor
-from lorch.transport import Inbox, Launch
+from lorch.agents.acp.host import AcpSettings
+from lorch.agents.acp.port import AcpPort, describe_session
+from lorch.agents.transport import Inbox, Launch
+from lorch.wire.errors import AgentError
+from lorch.wire.redact import Redactor
 
 from .conftest import AGENT
 

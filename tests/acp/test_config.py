@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from lorch import config, prompts
-from lorch.errors import ConfigError
+from lorch.agents.acp import prompts
+from lorch.app import config
+from lorch.wire.errors import ConfigError
 
 BASE: dict[str, Any] = {
     "version": "1",

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from lorch import ledger, protocol
-from lorch.scenarios import load, materialize
+from lorch.app.scenarios import load, materialize
+from lorch.store import ledger
+from lorch.wire import vocabulary
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +26,7 @@ def _records(ws: Path) -> list[dict[str, Any]]:
 def _terminals(ws: Path) -> list[str]:
     out = []
     for r in _records(ws):
-        if r.get("event") in protocol.TERMINAL_EVENTS and r["from"]["agent_type"] != "system":
+        if r.get("event") in vocabulary.TERMINAL_EVENTS and r["from"]["agent_type"] != "system":
             out.append(r["event"] + (f":{r['status']}" if r["event"] == "review.completed" else ""))
     return out
 

@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from lorch import protocol, schemas
-from lorch.transport import SendContext
+from lorch.agents.transport import SendContext
+from lorch.wire import protocol, schemas
 
 from .conftest import Harness, command, decisions, lines, shown
 

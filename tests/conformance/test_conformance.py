@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lorch.conformance import run_battery
-from lorch.errors import AgentStartError
+from lorch.wire.errors import AgentStartError
 
 pytestmark = pytest.mark.e2e
 

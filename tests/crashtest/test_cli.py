@@ -66,7 +66,7 @@ def test_bad_input(args: list[str], text: str) -> None:
 def test_scenario_whose_baseline_fails(tmp_path: Path) -> None:
     import shutil
 
-    from lorch.resources import scenarios_dir
+    from lorch.wire.resources import scenarios_dir
 
     bad = tmp_path / "bad"
     shutil.copytree(scenarios_dir() / "tests-failing", bad)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from lorch.app.scenarios import materialize
 from lorch.crashtest.forkserver import ForkServer
 from lorch.crashtest.launcher import PROCS, Trail, lorch_argv, lorch_env
-from lorch.errors import LorchError
-from lorch.scenarios import materialize
+from lorch.wire.errors import LorchError
 
 
 @pytest.fixture

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from lorch.app.scenarios import resolve
 from lorch.crashtest import Options, crashtest
 from lorch.crashtest.baseline import scenario_args
 from lorch.crashtest.harness import DEFAULT_MODES
 from lorch.crashtest.invariants import Broken
 from lorch.crashtest.verdict import check_decisions_once
-from lorch.scenarios import resolve
 
 
 def decision(question: str) -> dict[str, object]:

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from lorch.app.scenarios import materialize
 from lorch.crashtest import INVARIANTS, invariants, verdict
 from lorch.crashtest.invariants import Broken
 from lorch.crashtest.workspace import read_records
-from lorch.scenarios import materialize
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lorch.crashtest import Options, crashtest
-from lorch.resources import scenarios_dir
+from lorch.wire.resources import scenarios_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -188,7 +188,7 @@ def test_correct_lorch_survives_every_strict_power_cut() -> None:
 
 
 def test_strace_missing_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorch.errors import UsageError
+    from lorch.wire.errors import UsageError
 
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
     if shutil.which("strace") is not None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorch.canonical import canonical_json, digest, idempotency_key
+from lorch.wire.canonical import canonical_json, digest, idempotency_key
 
 json_scalars = (
     st.none()

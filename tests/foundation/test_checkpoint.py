@@ -1,4 +1,4 @@
-"""Workspace checkpoints (lorch/checkpoint.py): take, changed, restore."""
+"""Workspace checkpoints (lorch/store/checkpoint.py): take, changed, restore."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorch.checkpoint import Checkpoints
-from lorch.errors import StorageError
+from lorch.store.checkpoint import Checkpoints
+from lorch.wire.errors import StorageError
 
 
 def ck(ws: Path) -> Checkpoints:
@@ -205,7 +205,7 @@ def test_stale_git_lock_from_a_killed_process_is_cleared(tmp_path: Path) -> None
 
 def test_the_store_keeps_only_what_must_persist(tmp_path: Path) -> None:
     """No config, hooks or info in the store: its git takes them from a private
-    directory (lorch/storegit.py). Those of a store made by an older lorch go."""
+    directory (lorch/store/storegit.py). Those of a store made by an older lorch go."""
     store = tmp_path / "state/checkpoints.git"
     for rel in ("config", "hooks/pre-commit", "info/exclude", "description"):
         write(store, rel, "old")
@@ -260,7 +260,7 @@ def test_durable_store_restores_too(tmp_path: Path) -> None:
 _RESTORE = """
 import sys
 from pathlib import Path
-from lorch.checkpoint import Checkpoints
+from lorch.store.checkpoint import Checkpoints
 ws = Path(sys.argv[1])
 Checkpoints(ws, ws / "state" / "checkpoints.git", durable=False).restore(sys.argv[2])
 """
@@ -442,7 +442,7 @@ def test_a_git_left_running_by_a_killed_lorch_keeps_the_store_locked(tmp_path: P
     )
     (fake / "git").chmod(0o755)
     code = (
-        "import sys; from pathlib import Path; from lorch.checkpoint import Checkpoints; "
+        "import sys; from pathlib import Path; from lorch.store.checkpoint import Checkpoints; "
         "Checkpoints(Path(sys.argv[1]), Path(sys.argv[2]), durable=False).take()"
     )
     taker = subprocess.Popen(
@@ -762,7 +762,7 @@ def test_a_rollback_deletes_exactly_what_the_checkpoints_rules_do_not_ignore(
 _KILLED_TAKE = """
 import os, sys
 from pathlib import Path
-from lorch.checkpoint import Checkpoints
+from lorch.store.checkpoint import Checkpoints
 c = Checkpoints(Path(sys.argv[1]), Path(sys.argv[1]) / "state" / "checkpoints.git", durable=False)
 c.take()
 print(c._git_setup.private, flush=True)

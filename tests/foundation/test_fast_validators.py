@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from lorch import ledger, schemas
-from lorch._validators import generate
-from lorch.resources import scenarios_dir, schema_path
-from lorch.runner import Console, run
-from lorch.scenarios import materialize
+from lorch.app.runner import Console, run
+from lorch.app.scenarios import materialize
+from lorch.store import ledger
+from lorch.wire import schemas
+from lorch.wire._validators import generate
+from lorch.wire.resources import scenarios_dir, schema_path
 from mockagent import schemacheck
 
 MOCKAGENT = ("command", "fixture")
@@ -33,7 +34,7 @@ def reference(name: str) -> Draft202012Validator:
 def test_generated_validator_is_current(package: str, name: str) -> None:
     path = generate.generated_path(name, package)
     assert path.read_text(encoding="utf-8") == generate.generate(name, package), (
-        f"{path} is stale: run `python -m lorch._validators`"
+        f"{path} is stale: run `python -m lorch.wire._validators`"
     )
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lorch import ledger, protocol
-from lorch.errors import LedgerError, UsageError
-from lorch.failpoint import parse
+from lorch.store import ledger
+from lorch.store.failpoint import parse
+from lorch.wire import protocol
+from lorch.wire.errors import LedgerError, UsageError
 
 
 def rec(n: int) -> dict[str, object]:
@@ -129,7 +130,7 @@ def test_bad_failpoint_spec(spec: str) -> None:
 SCRIPT = """
 import sys
 from pathlib import Path
-from lorch import ledger
+from lorch.store import ledger
 sys.path.insert(0, {tests!r})
 from test_ledger import rec
 lg, _ = ledger.Ledger.open(Path({path!r}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from lorch.pipewriter import PipeWriter
+from lorch.agents.pipewriter import PipeWriter
 
 
 def read_all(fd: int, n: int) -> bytes:

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorch import protocol
-from lorch.errors import BadEncoding, BadJSON, LineTooLong, SchemaError
+from lorch.wire import protocol, vocabulary
+from lorch.wire.errors import BadEncoding, BadJSON, LineTooLong, SchemaError
 
-MAX = protocol.MAX_LINE
+MAX = vocabulary.MAX_LINE
 
 
 def event(**over: object) -> dict[str, object]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lorch.provenance import EMITS, refusal
+from lorch.engine.provenance import EMITS, refusal
 
 CMD = {"correlation_id": "corr-T-1-1", "task_id": "T-1", "to": {"agent_type": "builder"}}
 

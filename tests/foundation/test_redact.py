@@ -7,8 +7,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorch import protocol
-from lorch.redact import MASK, Redactor, secret_values
+from lorch.wire import protocol, vocabulary
+from lorch.wire.redact import MASK, Redactor, secret_values
 
 SECRET = "hunter2-Swordfish-9f8e7d"
 R = Redactor([SECRET])
@@ -62,7 +62,7 @@ def test_a_secret_straddling_the_prefix_cut_shows_none_of_it() -> None:
 
 def test_a_secret_cut_by_the_line_limit_shows_none_of_it() -> None:
     splitter = protocol.LineSplitter()
-    line = b"y" * 78 + SECRET.encode() + b"z" * (protocol.MAX_LINE + 10)
+    line = b"y" * 78 + SECRET.encode() + b"z" * (vocabulary.MAX_LINE + 10)
     (item,) = list(splitter.feed(line + b"\n"))
     assert isinstance(item, protocol.LineTooLong)
     error = protocol.ProtocolError.of(item, b"")

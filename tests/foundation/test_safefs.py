@@ -1,4 +1,7 @@
-"""lorch.safefs: no symlink followed, no FIFO opened blocking, reads bounded (issue 22 point 3)."""
+"""lorch.store.safefs: no symlink followed, no FIFO opened blocking, reads bounded.
+
+Issue 22 point 3.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorch import atomic, safefs
-from lorch.errors import PathEscape, StorageError
-from lorch.paths import lorch_owned, sha256_regular, verdict_owner
+from lorch.store import atomic, safefs
+from lorch.store.paths import lorch_owned, sha256_regular, verdict_owner
+from lorch.wire.errors import PathEscape, StorageError
 
 
 @pytest.fixture
@@ -236,7 +239,7 @@ def test_lorch_s_own_paths_are_named_in_one_place() -> None:
     assert verdict_owner("src/reviews/T-1.json") is None
 
 
-# -- lorch's own files (lorch.atomic) ----------------------------------------------
+# -- lorch's own files (lorch.store.atomic) ----------------------------------------------
 
 
 def test_lorch_s_own_writes_refuse_a_symlinked_folder_below_the_workspace(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lorch import schemas
+from lorch.wire import schemas
 
 TS = "2026-11-24T12:00:00.123Z"
 IK = "ik:" + "a" * 64

@@ -10,11 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from lorch import schemas, snapshot, store
-from lorch.atomic import atomic_create_bytes, atomic_write_bytes, atomic_write_json, ensure_dir
-from lorch.checksum import is_checksum, sha256_bytes, sha256_file
-from lorch.errors import PathEscape, SchemaError, StorageError
-from lorch.paths import safe_relpath
+from lorch.store import derived_files as store
+from lorch.store import snapshot
+from lorch.store.atomic import (
+    atomic_create_bytes,
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_dir,
+)
+from lorch.store.paths import safe_relpath
+from lorch.wire import schemas
+from lorch.wire.checksum import is_checksum, sha256_bytes, sha256_file
+from lorch.wire.errors import PathEscape, SchemaError, StorageError
 
 
 def test_sha256_file_streams_and_matches_hashlib(tmp_path: Path) -> None:
@@ -188,7 +195,7 @@ def test_index_keeps_other_runs(tmp_path: Path) -> None:
 
 
 def test_atomic_create_many_keeps_taken_names_and_leaves_no_temp_files(tmp_path: Path) -> None:
-    from lorch.atomic import atomic_create_many
+    from lorch.store.atomic import atomic_create_many
 
     d = tmp_path / "receipts"
     d.mkdir()
@@ -202,8 +209,8 @@ def test_atomic_create_many_keeps_taken_names_and_leaves_no_temp_files(tmp_path:
 
 
 def test_receipt_batch_skips_a_taken_step_number(tmp_path: Path) -> None:
-    from lorch.derived import ReceiptWriter
-    from lorch.workflow import Pending
+    from lorch.core.state import Pending
+    from lorch.engine.derived import ReceiptWriter
 
     def pending(i: int) -> Pending:
         cmd = {

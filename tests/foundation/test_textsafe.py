@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorch.textsafe import visible
+from lorch.wire.textsafe import visible
 
 DANGEROUS = (
     {c for c in range(0x20) if c not in (0x09, 0x0A)}
@@ -42,6 +42,6 @@ def test_nothing_dangerous_survives(text: str) -> None:
 
 
 def test_one_line_form_escapes_newlines_and_tabs() -> None:
-    from lorch.textsafe import visible_line
+    from lorch.wire.textsafe import visible_line
 
     assert visible_line("a\nb\tc\r\x1b") == "a\\nb\\tc\\x0d\\x1b"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from lorch import atomic, failpoint, store
-from lorch.checksum import sha256_file_stat
-from lorch.errors import UsageError
-from lorch.paths import links_problem
-from lorch.scenarios import materialize
+from lorch.app.scenarios import materialize
+from lorch.store import atomic, failpoint
+from lorch.store import derived_files as store
+from lorch.store.paths import links_problem
+from lorch.wire.checksum import sha256_file_stat
+from lorch.wire.errors import UsageError
 
 
 @pytest.fixture(params=[0o000, 0o022, 0o277])
@@ -127,7 +128,7 @@ def test_an_orphan_is_ended_only_while_its_start_time_matches() -> None:
     import subprocess
     import sys
 
-    from lorch import procs
+    from lorch.agents import procs
 
     p = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True

@@ -21,10 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorch import protocol, schemas
-from lorch.redact import Redactor
-from lorch.steps import Check, Finish, Send
-from lorch.workflow import State, next_step
+from lorch.core.state import State
+from lorch.core.steps import Check, Finish, Send
+from lorch.core.workflow import next_step
+from lorch.wire import protocol, schemas
+from lorch.wire.redact import Redactor
 
 SECRET = "hunter2-supersecret-value"
 REDACTOR = Redactor([SECRET])
@@ -416,7 +417,7 @@ def test_limits_are_exact() -> None:
 )
 @pytest.mark.parametrize("name", SYSTEM_EVENTS)
 def test_malformed_system_records_do_not_break_the_fold(name: str, payload: Any) -> None:
-    from lorch import transcript
+    from lorch.engine import transcript
 
     state = started_state()
     record = system(name, payload)

@@ -1,4 +1,4 @@
-"""Checkpoints that rescan only what changed (lorch/watch.py) record exactly
+"""Checkpoints that rescan only what changed (lorch/store/watch.py) record exactly
 what a full scan records: each take is compared with a second store that scans
 everything, after random edits of every kind, and the fallbacks to a full scan
 are each forced once."""
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorch import watch
-from lorch.checkpoint import Checkpoints
+from lorch.store import watch
+from lorch.store.checkpoint import Checkpoints
 
 pytestmark = pytest.mark.skipif(
     not watch.enabled(),

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 PROBE = """
 import json, sys
-from lorch import resources, schemas
-from lorch.scenarios import load, materialize
+from lorch.wire import resources, schemas
+from lorch.app.scenarios import load, materialize
 assert "_data" in str(resources.schemas_dir()), resources.schemas_dir()
 schemas.validator("command")
 names = resources.scenario_names()

@@ -1,4 +1,4 @@
-"""The workspace lock (lorch/wslock.py): a live lorch is named and refused; what
+"""The workspace lock (lorch/store/wslock.py): a live lorch is named and refused; what
 a killed lorch left holding the lock is waited for."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from lorch import wslock
-from lorch.errors import UsageError
-from lorch.wslock import workspace_lock
+from lorch.store import wslock
+from lorch.store.wslock import workspace_lock
+from lorch.wire.errors import UsageError
 
 # Takes the lock, says "held", and holds it until its stdin closes.
 HOLD = (
-    "import sys; from pathlib import Path; from lorch.wslock import workspace_lock\n"
+    "import sys; from pathlib import Path; from lorch.store.wslock import workspace_lock\n"
     "with workspace_lock(Path(sys.argv[1])):\n"
     "    print('held', flush=True); sys.stdin.read()\n"
 )
@@ -26,7 +26,7 @@ HOLD = (
 # (as a killed lorch leaves a child it forked, not yet exec'd): the child's pid
 # is printed, and it holds the lock until its stdin closes.
 LEAVE = (
-    "import subprocess, sys; from pathlib import Path; import lorch.wslock as w\n"
+    "import subprocess, sys; from pathlib import Path; import lorch.store.wslock as w\n"
     "import os\n"
     "(Path(sys.argv[1]) / 'state').mkdir(exist_ok=True)\n"
     "fd = os.open(Path(sys.argv[1]) / 'state' / 'lock', os.O_RDWR | os.O_CREAT, 0o600)\n"

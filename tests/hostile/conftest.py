@@ -76,7 +76,7 @@ def protocol_errors(ws: Path) -> list[dict[str, Any]]:
 
 def answered_by(ws: Path) -> list[tuple[str, str]]:
     """(role, terminal event) of every accepted-looking agent answer, in order."""
-    from lorch.protocol import TERMINAL_EVENTS
+    from lorch.wire.vocabulary import TERMINAL_EVENTS
 
     return [
         (r["from"]["agent_type"], r["event"])

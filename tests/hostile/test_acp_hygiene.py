@@ -20,11 +20,13 @@ from typing import Any
 import pytest
 
 import tests.acp.conftest as acp_conftest
-from lorch import ledger, procs, protocol
-from lorch.acp.wire import ACP_LINE_MAX_BYTES
-from lorch.errors import AgentError, StorageError
-from lorch.scenarios import materialize
-from lorch.transport import Incoming, SendContext
+from lorch.agents import procs
+from lorch.agents.acp.wire import ACP_LINE_MAX_BYTES
+from lorch.agents.transport import Incoming, SendContext
+from lorch.app.scenarios import materialize
+from lorch.store import ledger
+from lorch.wire import protocol, vocabulary
+from lorch.wire.errors import AgentError, StorageError
 
 from ..acp.conftest import Harness, command, lines
 
@@ -72,7 +74,7 @@ def is_error(item: Incoming) -> bool:
     return item.kind in ("error", "exit") or (
         item.kind == "event"
         and item.message is not None
-        and item.message["event"] in protocol.TERMINAL_EVENTS
+        and item.message["event"] in vocabulary.TERMINAL_EVENTS
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lorch.crashtest import Options, crashtest
-from lorch.resources import scenarios_dir
+from lorch.wire.resources import scenarios_dir
 
 from .conftest import AGENT
 

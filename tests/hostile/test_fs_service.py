@@ -1,7 +1,7 @@
 """lorch's ACP file service and permission answers against a hostile ACP agent (issue 22, point 3).
 
 The agent (tests/agents/acp_fs_attacker.py) is a real process on the real ACP
-SDK; lorch's side is the real :class:`~lorch.acp.port.AcpPort`. Each test is
+SDK; lorch's side is the real :class:`~lorch.agents.acp.port.AcpPort`. Each test is
 one class of attack the red team found working; the sandbox is not involved.
 """
 
@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 
-from lorch import protocol
-from lorch.acp.client import READ_LIMIT
-from lorch.acp.port import AcpPort, AcpSettings
-from lorch.checkpoint import Checkpoints
-from lorch.redact import Redactor
-from lorch.transport import Inbox, Incoming, Launch, SendContext
+from lorch.agents.acp.client import READ_LIMIT
+from lorch.agents.acp.host import AcpSettings
+from lorch.agents.acp.port import AcpPort
+from lorch.agents.transport import Inbox, Incoming, Launch, SendContext
+from lorch.store.checkpoint import Checkpoints
+from lorch.wire import protocol, vocabulary
+from lorch.wire.redact import Redactor
 from tests.acp.conftest import command
 
 AGENT = Path(__file__).resolve().parent.parent / "agents" / "acp_fs_attacker.py"
@@ -85,7 +86,7 @@ class Attack:
             if item.kind == "exit" or (
                 item.kind == "event"
                 and item.message is not None
-                and item.message["event"] in protocol.TERMINAL_EVENTS
+                and item.message["event"] in vocabulary.TERMINAL_EVENTS
             ):
                 return seen, item
             seen.append(item)
@@ -427,7 +428,7 @@ def test_lorch_s_own_files_replace_a_planted_symlink_never_write_through_it(
 def test_a_raw_input_too_deep_or_too_large_to_check_is_refused(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from lorch.acp.policy import Policy
+    from lorch.agents.acp.policy import Policy
 
     options = [
         SimpleNamespace(option_id="allow", kind="allow_once"),
@@ -452,7 +453,7 @@ def test_a_raw_input_too_deep_or_too_large_to_check_is_refused(tmp_path: Path) -
 
 
 def test_a_fifo_or_symlink_as_a_verdict_file_is_refused_without_blocking(tmp_path: Path) -> None:
-    from lorch.acp.events import VerdictError, artifacts, read_verdict
+    from lorch.agents.acp.events import VerdictError, artifacts, read_verdict
 
     ws = tmp_path / "ws"
     (ws / "reviews").mkdir(parents=True)

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorch import ledger, protocol
+from lorch.store import ledger
+from lorch.wire import protocol
 from tests.foundation.test_total_parser import events, lines_of, mutations
 
 from .conftest import AGENT, ROLES

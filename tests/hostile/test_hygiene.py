@@ -92,7 +92,7 @@ def test_an_agent_s_auth_message_is_shown_escaped_in_lorch_s_last_line(
 
 
 def test_doctor_shows_an_agent_s_name_and_stderr_escaped(tmp_path: Path, lorch) -> None:  # type: ignore[no-untyped-def]
-    from lorch.scenarios import materialize
+    from lorch.app.scenarios import materialize
 
     ws = tmp_path / "ws"
     materialize("acp-exactly-once", ws)
@@ -245,8 +245,9 @@ CONTENTS = st.one_of(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=CONTENTS)
 def test_any_content_of_a_workspace_file_is_read_totally(rel: str, data: bytes) -> None:
-    from lorch import cli, store
-    from lorch.errors import StorageError
+    from lorch.app import cli
+    from lorch.store import derived_files as store
+    from lorch.wire.errors import StorageError
 
     with tempfile.TemporaryDirectory() as d:
         ws = Path(d)
@@ -276,7 +277,7 @@ def _stray_of(ws: Path, role: str) -> tuple[int, int]:
 
 
 def _alive(pid: int, started: int) -> bool:
-    from lorch import procs
+    from lorch.agents import procs
 
     return procs.start_time(pid) == started and not procs.is_zombie(pid)
 
@@ -322,9 +323,9 @@ def test_an_exited_agent_s_pipe_is_not_read_from_what_it_left_behind(tmp_path: P
     # The agent says its last words, leaves a process out of its group holding its
     # stdout, and exits. Its exit ends its channel: its last words count, the pipe is
     # closed, and what the stray writes afterwards is never read (it gets EPIPE).
-    from lorch.redact import Redactor
-    from lorch.supervisor import AgentProcess
-    from lorch.transport import Inbox, Launch
+    from lorch.agents.ndjson import AgentProcess
+    from lorch.agents.transport import Inbox, Launch
+    from lorch.wire.redact import Redactor
 
     event = {
         "kind": "event",
@@ -399,7 +400,7 @@ def test_an_exited_agent_s_pipe_is_not_read_from_what_it_left_behind(tmp_path: P
 
 SUBREAPER = """
 import asyncio, json, os, subprocess, sys, time
-from lorch import procs
+from lorch.agents import procs
 
 assert procs.become_subreaper()
 helper = subprocess.Popen(["sleep", "60"])  # lorch's own group: a helper such as git

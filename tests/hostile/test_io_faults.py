@@ -1,7 +1,7 @@
 """A disk that fails under lorch: one line, never a traceback, and a run that
 resumes once the disk is fixed (issue 14, point 5).
 
-``LORCH_IO_FAULT=ERRNO:PATH-TEXT[:N]`` (lorch/failpoint.py) fails lorch's own
+``LORCH_IO_FAULT=ERRNO:PATH-TEXT[:N]`` (lorch/store/failpoint.py) fails lorch's own
 writes to matching paths from the N-th on, as a full, read-only or broken disk
 would, at every place lorch writes.
 """

@@ -24,12 +24,13 @@ from typing import Any
 
 import pytest
 
-from lorch import config, procs, sandbox
-from lorch.errors import ConfigError
-from lorch.launch import BASE_ENV, ConfiguredAgents
-from lorch.redact import Redactor
-from lorch.scenarios import materialize
-from lorch.transport import Launch
+from lorch.agents import procs, sandbox
+from lorch.agents.transport import Launch
+from lorch.app import config
+from lorch.app.launch import BASE_ENV, ConfiguredAgents
+from lorch.app.scenarios import materialize
+from lorch.wire.errors import ConfigError
+from lorch.wire.redact import Redactor
 
 BWRAP = sandbox.probe()
 needs_bwrap = pytest.mark.skipif(BWRAP.bwrap is None, reason=f"no sandbox here: {BWRAP.why}")

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from lorch import ledger
-from lorch.scenarios import materialize
+from lorch.app.scenarios import materialize
+from lorch.store import ledger
 
 Record = dict[str, Any]
 

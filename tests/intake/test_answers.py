@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from lorch import intake
-from lorch.asking import ConsolePrompter, Flags, decide
-from lorch.intake import Question, interpret
+from lorch.core import intake
+from lorch.core.intake import Question, interpret
+from lorch.engine.asking import ConsolePrompter, Flags, decide
 
 
 def test_questions_read_numbers_paths_and_words() -> None:
@@ -90,7 +90,7 @@ def test_yes_accepts_the_proposal_but_not_a_conflict() -> None:
 
 
 def test_decisions_match_the_event_schema() -> None:
-    from lorch import schemas
+    from lorch.wire import schemas
 
     for q, text in ((INSTR, "x"), (PLAN, "m"), (TASKS, "")):
         d = interpret(q, text, "tty")
@@ -152,6 +152,6 @@ def test_answer_problems_name_the_field(payload: Record, field: str) -> None:
 def test_orchestration_schema_is_a_valid_schema() -> None:
     from jsonschema import Draft202012Validator
 
-    from lorch.resources import schema_path
+    from lorch.wire.resources import schema_path
 
     Draft202012Validator.check_schema(json.loads(schema_path("orchestration").read_text()))

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorch import discovery
-from lorch.canonical import idempotency_key
-from lorch.discovery import discover, headings, score
+from lorch.engine import discovery
+from lorch.engine.discovery import discover, headings, score
+from lorch.wire.canonical import idempotency_key
 
 
 def write(root: Path, files: dict[str, str]) -> None:

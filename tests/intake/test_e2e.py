@@ -292,7 +292,7 @@ def test_no_task_and_no_orchestration_agent_is_a_configuration_error(
     tmp_path: Path, lorch_in: Run
 ) -> None:
     ws = tmp_path / "ws"
-    from lorch.scenarios import materialize
+    from lorch.app.scenarios import materialize
 
     materialize("happy-path", ws)
     cfg = json.loads((ws / "lorch.json").read_text())

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from lorch import intake
-from lorch.intake import Ask, Discover, interpret
-from lorch.intake_steps import system_record
-from lorch.steps import Check, Finish, Send, StartTask
-from lorch.workflow import State, next_step
+from lorch.core import intake
+from lorch.core.intake import Ask, Discover, interpret
+from lorch.core.state import State
+from lorch.core.steps import Check, Finish, Send, StartTask
+from lorch.core.workflow import next_step
+from lorch.engine.intake_steps import system_record
 
 Record = dict[str, Any]
 Agent = Callable[[Record], Record]

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lorch.canonical import idempotency_key
-from lorch.protocol import TERMINAL_EVENTS
+from lorch.wire.canonical import idempotency_key
+from lorch.wire.vocabulary import TERMINAL_EVENTS
 
 SNAP = "snap-0123456789ab"
 

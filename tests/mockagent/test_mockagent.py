@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from lorch import protocol
-from lorch.resources import scenarios_dir
+from lorch.wire import protocol, vocabulary
+from lorch.wire.resources import scenarios_dir
 
 from .driver import Agent, command, journal, wait_for
 
@@ -187,7 +187,7 @@ def test_real_files_with_true_checksums(mockagent_bin: str, ws: Path) -> None:
     evs = a.events()
     a.close()
     arts = evs[-1]["artifacts"]
-    from lorch.checksum import sha256_file
+    from lorch.wire.checksum import sha256_file
 
     for art in arts:
         assert (art["sha256"], art["size"]) == sha256_file(ws / art["path"])
@@ -447,7 +447,7 @@ def test_faults(mockagent_bin: str, ws: Path, fault: dict[str, Any], check: str)
     elif check == "garbage":
         assert b"this is not json {{{" in out
     elif check == "oversized":
-        assert any(len(x) > protocol.MAX_LINE for x in out)
+        assert any(len(x) > vocabulary.MAX_LINE for x in out)
     elif check == "half":
         assert a.buf.startswith(b'{"kind":"event"') and rc == 1
     elif check == "wrong_task":

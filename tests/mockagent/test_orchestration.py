@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from lorch import intake, protocol
+from lorch.core import intake
+from lorch.wire import protocol
 from tests.mockagent.driver import Agent, command
 
 pytestmark = pytest.mark.e2e

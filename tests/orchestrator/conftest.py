@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from lorch import ledger
-from lorch.scenarios import materialize
+from lorch.app.scenarios import materialize
+from lorch.store import ledger
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -64,7 +64,7 @@ def completions(ws: Path) -> collections.Counter[str]:
 
 
 def terminal_events(ws: Path, run_id: str | None = None) -> list[str]:
-    from lorch.protocol import TERMINAL_EVENTS
+    from lorch.wire.vocabulary import TERMINAL_EVENTS
 
     out = []
     for r in records(ws, run_id):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lorch.commands import CAUSE_LEN, error_cause
+from lorch.core.commands import CAUSE_LEN, error_cause
 
 
 def test_message_error_details_and_place() -> None:

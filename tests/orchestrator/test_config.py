@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from lorch import config
-from lorch.errors import ConfigError
-from lorch.resources import scenarios_dir
+from lorch.app import config
+from lorch.wire.errors import ConfigError
+from lorch.wire.resources import scenarios_dir
 
 from .conftest import records
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorch import configcheck
-from lorch.cli import main
-from lorch.configcli import _MISSING, get_in, indent_of, key_text, parse_key, set_in, unset_in
+from lorch.app import configcheck
+from lorch.app.cli import main
+from lorch.app.configcli import _MISSING, get_in, indent_of, key_text, parse_key, set_in, unset_in
 
 MOCK: dict[str, Any] = {
     "version": "1",
@@ -384,7 +384,7 @@ def test_set_prints_the_warnings_of_the_result(
 def test_set_says_an_unfinished_run_recorded_the_previous_file(
     ws: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lorch.store import update_index
+    from lorch.store.derived_files import update_index
 
     write(ws, MOCK)
     entry = {
@@ -653,7 +653,7 @@ def test_concurrent_sets_through_the_real_binary_all_land(
 def test_the_first_runs_lorch_json_passes_a_strict_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], agent: str | None
 ) -> None:
-    from lorch.firstrun import default_config
+    from lorch.app.firstrun import default_config
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lorch.configedit import PRESETS, parse_answer
-from lorch.known_agents import GEMINI
+from lorch.agents.known_agents import GEMINI
+from lorch.app.configedit import PRESETS, parse_answer
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lorch import schemas
-from lorch.scenarios import load
+from lorch.app.scenarios import load
+from lorch.wire import schemas
 
 from .conftest import Runner, completions, records, run_ids, terminal_events
 
@@ -135,7 +135,7 @@ def test_sigkill_at_every_record_then_resume(
     final = {p.relative_to(base): p.read_bytes() for p in (base / "src").rglob("*") if p.is_file()}
     for k in range(1, n + 1, 3 if mode in ("agent",) else 2):
         ws = tmp_path / f"{mode}-{k}"
-        from lorch.scenarios import materialize
+        from lorch.app.scenarios import materialize
 
         materialize("review-loop", ws)
         first = lorch("run", "--workspace", str(ws), env={"LORCH_CRASH_AT": f"{mode}:{k}"})
@@ -163,7 +163,7 @@ def test_bad_failpoint_is_refused_before_any_run_is_made(scenario, lorch: Runner
 def test_resume_picks_the_last_written_of_runs_started_in_the_same_second(
     tmp_path: Path,
 ) -> None:
-    from lorch.runner import find_unfinished
+    from lorch.app.runner import find_unfinished
 
     events = tmp_path / "events"
     events.mkdir()

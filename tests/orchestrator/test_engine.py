@@ -21,13 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorch import ledger
-from lorch.engine import Engine, Outcome
-from lorch.errors import AgentError, FramingError
-from lorch.policy import RolePolicy, RunPolicy
-from lorch.redact import Redactor
-from lorch.transport import Inbox, Incoming, SendContext
-from lorch.workflow import State, replay
+from lorch.agents.transport import Inbox, Incoming, SendContext
+from lorch.core.policy import RolePolicy, RunPolicy
+from lorch.core.state import State
+from lorch.core.workflow import replay
+from lorch.engine.loop import Engine, Outcome
+from lorch.store import ledger
+from lorch.wire.errors import AgentError, FramingError
+from lorch.wire.redact import Redactor
 
 RUN_ID = "run-20261201-120000-0badc0de"
 TASK = {"id": "T-1", "title": "a task"}
@@ -165,7 +166,7 @@ class FakeAgents:
         return ["builder", "reviewer", "spec_maintainer"]
 
     def check(self, role: str) -> None:
-        from lorch.errors import ConfigError
+        from lorch.wire.errors import ConfigError
 
         if role in self.bad_config:
             raise ConfigError(self.bad_config[role])
@@ -612,7 +613,7 @@ def test_replaying_any_prefix_of_the_ledger_gives_the_live_state(
 
 
 def test_counters_in_messages_match_the_recorded_policy(tmp_path: Path) -> None:
-    from lorch import transcript
+    from lorch.engine import transcript
 
     # Restarts run out before attempts: restart 1 of 1, then the run fails on restarts.
     policy = dataclasses.replace(POLICY, max_restarts=1, max_attempts=3, backoff_initial_s=0.0)
@@ -647,7 +648,7 @@ def test_counters_in_messages_match_the_recorded_policy(tmp_path: Path) -> None:
 
 
 def test_a_command_over_the_message_limit_is_not_sent(tmp_path: Path) -> None:
-    from lorch.errors import ConfigError
+    from lorch.wire.errors import ConfigError
 
     rig = Rig(tmp_path, policy=dataclasses.replace(POLICY, message_max_bytes=16_384))
     with pytest.raises(ConfigError) as e:
@@ -710,7 +711,7 @@ def test_preflight_waits_for_every_role_before_the_first_command(tmp_path: Path)
 def test_a_role_that_fails_its_start_up_check_stops_the_run_first(
     tmp_path: Path, startup: Callable[[FakePort], None], says: str
 ) -> None:
-    from lorch.errors import AgentNotReady
+    from lorch.wire.errors import AgentNotReady
 
     rig = Rig(tmp_path)
     rig.agents.startup = {"builder": _ready, "reviewer": startup, "spec_maintainer": _ready}
@@ -724,7 +725,7 @@ def test_a_role_that_fails_its_start_up_check_stops_the_run_first(
 
 
 def test_preflight_checks_every_role_before_starting_any(tmp_path: Path) -> None:
-    from lorch.errors import ConfigError
+    from lorch.wire.errors import ConfigError
 
     rig = Rig(tmp_path)
     rig.agents.bad_config["spec_maintainer"] = "lorch.json: $.agents.spec_maintainer.cmd: fixture x"
@@ -734,7 +735,7 @@ def test_preflight_checks_every_role_before_starting_any(tmp_path: Path) -> None
 
 
 def test_an_agent_that_cannot_start_at_all_stops_the_run_first(tmp_path: Path) -> None:
-    from lorch.errors import AgentNotReady
+    from lorch.wire.errors import AgentNotReady
 
     rig = Rig(tmp_path)
     rig.agents.fail_start.add("reviewer")
@@ -763,8 +764,8 @@ def counting_takes(rig: Rig) -> list[str]:
 def test_a_turn_end_checkpoint_is_recorded_once_and_reused_while_nothing_came_between(
     tmp_path: Path,
 ) -> None:
-    from lorch.checkpoint import Checkpoints
-    from lorch.transport import TurnCheckpoint
+    from lorch.agents.transport import TurnCheckpoint
+    from lorch.store.checkpoint import Checkpoints
 
     def builder(port: FakePort, cmd: dict[str, Any]) -> None:
         # Like the ACP transport: it checkpoints the turn's end itself.
@@ -836,7 +837,7 @@ def test_a_command_of_another_role_between_two_checkpoints_means_a_new_one(
 
 
 def test_a_checkpoint_another_process_recorded_is_taken_again(tmp_path: Path) -> None:
-    from lorch.checkpoint import TurnCheckpoints
+    from lorch.engine.turn_checkpoints import TurnCheckpoints
 
     ws = tmp_path / "ws"
     ws.mkdir()

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from lorch import scenarios
-from lorch.checkpoint import Checkpoints
+from lorch.app import scenarios
 from lorch.crashtest.effects import effects_problem
 from lorch.crashtest.workspace import workspace_files
+from lorch.store.checkpoint import Checkpoints
 from tests.appender_scenario import scenario
 from tests.orchestrator.conftest import Runner, records
 
@@ -144,7 +144,7 @@ def test_without_lorch_idempotency_a_resend_doubles_the_effect(
 
 
 def test_needs_checkpoints_predicate() -> None:
-    from lorch.config import AgentConfig
+    from lorch.app.config import AgentConfig
 
     assert not AgentConfig("builder", [sys.executable]).needs_checkpoints
     assert AgentConfig("builder", [sys.executable], idempotency="lorch").needs_checkpoints

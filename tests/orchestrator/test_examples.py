@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lorch import config
-from lorch.cli import main
-from lorch.known_agents import known
+from lorch.agents.known_agents import known
+from lorch.app import config
+from lorch.app.cli import main
 
 from .conftest import Runner, records, run_ids
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lorch import config, firstrun
+from lorch.app import config, firstrun
 
 from .conftest import Runner, run_ids
 
@@ -219,7 +219,7 @@ def test_the_first_run_names_the_other_agents_it_found(tmp_path: Path) -> None:
 
 def test_the_docs_give_each_agent_the_command_and_variables_the_first_run_writes() -> None:
     """docs/real-agents.md and the first run agree: one source of truth, checked."""
-    from lorch.known_agents import CLAUDE, CODEX, GEMINI
+    from lorch.agents.known_agents import CLAUDE, CODEX, GEMINI
 
     docs = (Path(__file__).resolve().parents[2] / "docs" / "real-agents.md").read_text()
     for agent in (CLAUDE, CODEX, GEMINI):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lorch.config import MESSAGE_MIN_BYTES
+from lorch.app.config import MESSAGE_MIN_BYTES
 
 from .conftest import Runner, records
 

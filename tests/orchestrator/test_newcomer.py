@@ -87,7 +87,7 @@ def test_commands_refuse_a_workspace_that_does_not_exist(tmp_path: Path, lorch: 
 def test_crashtest_takes_the_workspace(tmp_path: Path, lorch: Runner) -> None:
     import shutil
 
-    from lorch.resources import scenarios_dir
+    from lorch.wire.resources import scenarios_dir
 
     shutil.copytree(scenarios_dir() / "happy-path", tmp_path / "mine")
     r = lorch(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lorch.scenarios import materialize
+from lorch.app.scenarios import materialize
 
 from .conftest import Runner, records, terminal_events
 

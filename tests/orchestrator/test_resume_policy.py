@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from lorch import policy as policies
-from lorch.config import load
-from lorch.drift import compare, identity
+from lorch.app.config import load, run_policy
+from lorch.app.drift import compare, identity
+from lorch.core import policy as policies
 
 from .conftest import Runner, records
 
@@ -114,12 +114,12 @@ def test_a_changed_task_would_change_keys_and_is_refused(scenario, lorch: Runner
 
 
 def test_compare_lists_every_policy_field_that_changed(tmp_path: Path) -> None:
-    from lorch.scenarios import materialize
+    from lorch.app.scenarios import materialize
 
     ws = tmp_path / "ws"
     materialize("happy-path", ws)
     config = load(ws)
-    started = {"policy": policies.from_config(config).as_record(), **identity(config)}
+    started = {"policy": run_policy(config).as_record(), **identity(config)}
     recorded = policies.from_record(started["policy"], policies.RunPolicy())
     task = dict(config.task or {})
     assert not compare(started, recorded, task, config).any

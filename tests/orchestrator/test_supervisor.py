@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lorch.redact import Redactor, secret_values
-from lorch.supervisor import AgentProcess
-from lorch.timing import Backoff, Watchdog
-from lorch.transport import Inbox, Launch
+from lorch.agents.ndjson import AgentProcess
+from lorch.agents.transport import Inbox, Launch
+from lorch.engine.timing import Backoff, Watchdog
+from lorch.wire.redact import Redactor, secret_values
 
 
 class FakeClock:
@@ -180,7 +180,7 @@ def test_an_item_posted_from_another_thread_ends_the_wait() -> None:
     # get must return the item, not wait out its timeout.
     import threading
 
-    from lorch.transport import Incoming
+    from lorch.agents.transport import Incoming
 
     inbox = Inbox()
     item = Incoming("reviewer", 3, "heartbeat")
@@ -204,7 +204,7 @@ def test_an_item_posted_from_another_thread_ends_the_wait() -> None:
 def test_items_posted_together_arrive_in_order_with_one_wake_up() -> None:
     import os
 
-    from lorch.transport import Incoming
+    from lorch.agents.transport import Incoming
 
     inbox = Inbox()
     items = [Incoming("builder", 1, "heartbeat", raw_size=n) for n in range(5)]
@@ -239,7 +239,7 @@ def test_waiting_for_a_readable_fd_keeps_the_inbox_draining(tmp_path: Path) -> N
     # the descriptor is readable.
     import threading
 
-    from lorch.transport import Incoming
+    from lorch.agents.transport import Incoming
 
     inbox = Inbox()
     r, w = os.pipe()

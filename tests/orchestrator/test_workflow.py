@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorch import protocol
-from lorch.steps import Check, Finish, Send
-from lorch.workflow import State, next_step
+from lorch.core.state import State
+from lorch.core.steps import Check, Finish, Send
+from lorch.core.workflow import next_step
+from lorch.wire import protocol
 
 TASK = {"id": "T-0042", "goal": "g"}
 SNAP = "snap-0123456789ab"

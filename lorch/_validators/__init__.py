@@ -1,1 +1,0 @@
-"""Validators generated from schemas/v1 (see lorch/schemas.py)."""

@@ -1,0 +1,1 @@
+"""Validators generated from schemas/v1 (see lorch/wire/schemas.py)."""
