@@ -3,13 +3,13 @@
 The editor walks a section's fields (task(s), agents, policy), each prompt
 showing the field's value now (the file's, else its default). An answer is
 validated with the whole file at once, the way ``lorch config set`` validates
-(:mod:`lorch.configcheck`): an answer that brings an error is refused with one
+(:mod:`lorch.app.configcheck`): an answer that brings an error is refused with one
 line naming the field, the rule and the fix, and asked again; a new warning is
 shown and the answer kept. A role can be given one of the agents in
 :data:`PRESETS`, with the settings docs/real-agents.md gives it. Nothing is
 written until the user saves: then a unified diff of the file, a y/N
 confirmation, and the same locked, validated, atomic write with a backup as
-``config set`` (:func:`lorch.configcli._write`).
+``config set`` (:func:`lorch.app.configcli._write`).
 
 Answers are lines of stdin, on a terminal or piped from a script (off a
 terminal each answer is echoed after its prompt, so the output reads like the
