@@ -28,6 +28,7 @@ import contextlib
 import copy
 import difflib
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -108,17 +109,19 @@ class Preset:
     name: str
     block: Callable[[str], dict[str, Any]]  # the role's settings, by role
     note: str
+    keys: tuple[str, ...] = ()  # the variables that carry its key (one is enough)
 
     def shown_cmd(self, role: str) -> str:
         return " ".join(self.block(role)["cmd"])
 
 
-def _vendor(agent: KnownAgent) -> Preset:
+def _vendor(agent: KnownAgent, more: str = "") -> Preset:
     return Preset(
         agent.name,
         lambda role: acp_role(agent),
         f"{agent.name} reads its key from {' or '.join(agent.keys)}: set it in lorch's "
-        f"environment (pass_env passes it on), or log in once ({agent.login})",
+        f"environment (pass_env passes it on), or log in once ({agent.login}){more}",
+        agent.keys,
     )
 
 
@@ -128,7 +131,7 @@ PRESETS = (
         lambda role: {"cmd": ["mockagent", "--type", role]},
         "mockagent is lorch's scripted agent: it answers every command without a model or a key",
     ),
-    _vendor(CLAUDE),
+    _vendor(CLAUDE, '; as root (containers, CI) it also needs "env": {"IS_SANDBOX": "1"}'),
     _vendor(CODEX),
     _vendor(GEMINI),
     Preset(
@@ -141,6 +144,7 @@ PRESETS = (
         "goose reads its provider and model from GOOSE_PROVIDER and GOOSE_MODEL and the "
         "provider's key (ANTHROPIC_API_KEY here): for another provider, put its key "
         "variable in pass_env instead",
+        ("ANTHROPIC_API_KEY",),
     ),
     Preset(
         "OpenHands",
@@ -152,6 +156,7 @@ PRESETS = (
         "OpenHands takes its model and key from LLM_MODEL and LLM_API_KEY (LLM_BASE_URL for a "
         "gateway); to use what the OpenHands CLI saved instead, drop --override-with-envs "
         "and run without lorch's sandbox, which hides your HOME",
+        ("LLM_API_KEY",),
     ),
 )
 
@@ -536,6 +541,12 @@ class Editor:
             block = {k: v for k, v in old.items() if k in NEUTRAL} if exists else {}
             if self.change(base, {**preset.block(role), **block}):
                 self.say(preset.note)
+                if preset.keys and not any(os.environ.get(k) for k in preset.keys):
+                    keys = preset.keys
+                    which = (
+                        f"{keys[0]} is not" if len(keys) == 1 else f"none of {', '.join(keys)} is"
+                    )
+                    self.say(f"note: {which} set in lorch's environment now")
                 exists = True
                 break
         if not exists:

@@ -175,13 +175,17 @@ def test_piped_no_changes_is_not_a_write(ws: Path, clean_env: dict[str, str]) ->
 
 
 def test_piped_known_agent_gets_the_documented_block(ws: Path, clean_env: dict[str, str]) -> None:
-    r = piped(ws, clean_env, "a", "reviewer", "4", "", "", "", "", "", "", "s", "y")
+    env = {k: v for k, v in clean_env.items() if k not in GEMINI.keys}
+    r = piped(ws, env, "a", "reviewer", "4", "", "", "", "", "", "", "s", "y")
     assert r.returncode == 0, r.stdout + r.stderr
     reviewer = json.loads((ws / "lorch.json").read_text())["agents"]["reviewer"]
     assert reviewer == {"transport": "acp", "cmd": ["gemini", "--acp"], "pass_env": GEMINI.pass_env}
     assert reviewer == documented_block("Gemini CLI")
     assert "GEMINI_API_KEY" in reviewer["pass_env"]
     assert "Gemini CLI reads its key from GEMINI_API_KEY or GOOGLE_API_KEY" in r.stdout
+    assert "note: none of GEMINI_API_KEY, GOOGLE_API_KEY is set in lorch's environment now" in (
+        r.stdout
+    )
     result = check(ws, clean_env)
     assert result.returncode == 0, result.stdout
     assert "valid, no warnings" in result.stdout
@@ -194,12 +198,14 @@ def test_piped_known_agent_for_a_missing_role_keeps_others(
     doc["agents"]["builder"]["sandbox"] = "bwrap"
     (ws / "lorch.json").write_text(json.dumps(doc, indent=2) + "\n")
     answers = ["a", "orchestration", "1", *[""] * 6, "builder", "2", *[""] * 5, "", "s", "y"]
-    r = piped(ws, clean_env, *answers)
+    r = piped(ws, {**clean_env, "ANTHROPIC_API_KEY": "x"}, *answers)
     assert r.returncode == 0, r.stdout + r.stderr
     agents = json.loads((ws / "lorch.json").read_text())["agents"]
     assert agents["orchestration"] == {"cmd": ["mockagent", "--type", "orchestration"]}
     # The known agent replaces the command and keys; the role's sandbox stays.
     assert agents["builder"] == {**documented_block("Claude Code"), "sandbox": "bwrap"}
+    assert 'as root (containers, CI) it also needs "env": {"IS_SANDBOX": "1"}' in r.stdout
+    assert "note: none of" not in r.stdout  # the key is set
     # An ACP builder without a test command loads, with a warning shown at once.
     assert "warning: $.task.test_cmd: task T-1 has no test_cmd" in r.stdout
 
