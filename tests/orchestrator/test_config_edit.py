@@ -232,6 +232,19 @@ def test_piped_remove_restores_the_default(ws: Path, clean_env: dict[str, str]) 
     assert json.loads((ws / "lorch.json").read_text())["policy"] == {}
 
 
+def test_policy_is_asked_in_the_spelling_the_file_uses(
+    tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "lorch.json").write_bytes((DOCS / "examples" / "spec-8.2.json").read_bytes())
+    r = piped(ws, clean_env, "p", "", "5", ".", "s", "y")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "lorch> policy.retry.max_attempts [3]: 5\n" in r.stdout
+    policy = json.loads((ws / "lorch.json").read_text())["policy"]
+    assert policy["retry"]["max_attempts"] == 5 and "max_attempts" not in policy
+
+
 def test_secrets_are_masked_in_prompts_and_diff(ws: Path, clean_env: dict[str, str]) -> None:
     doc = json.loads((ws / "lorch.json").read_text())
     doc["agents"]["builder"]["env"] = {"SERVICE_TOKEN": SECRET}
