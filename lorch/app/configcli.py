@@ -1,4 +1,4 @@
-"""``lorch config``: show, get, set, unset and check ``lorch.json`` from the command line.
+"""``lorch config``: show, get, set, unset, check and edit ``lorch.json`` from the command line.
 
 Keys are dotted paths with list indexes, as lorch's messages name fields
 (``agents.builder.cmd[0]``, ``policy.backoff.max_s``; a leading ``$.`` is
@@ -426,7 +426,7 @@ def _unfinished(workspace: Path) -> None:
 
 @click.group("config", context_settings={"help_option_names": ["-h", "--help"]})
 def config_group() -> None:
-    """Show, get, set, unset and check lorch.json (docs/configuration.md)."""
+    """Show, get, set, unset, check and edit lorch.json (docs/configuration.md)."""
 
 
 def _loaded(workspace: Path) -> Config:
@@ -540,6 +540,21 @@ def unset_cmd(workspace: Path, key: str) -> None:
             _echo(f"{path}: {key_text(parts)} is not set; nothing changed")
             return
         _write(workspace, key_text(parts), old, new)
+
+
+@config_group.command("edit")
+@EXISTING_WORKSPACE
+def edit_cmd(workspace: Path) -> None:
+    """Edit lorch.json section by section, each answer checked; a diff before saving.
+
+    Answers come from the terminal or, piped, one per line. Exit 0 saved (or
+    nothing to save), 1 quit without saving (docs/configuration.md).
+    """
+    from lorch.app.configedit import edit
+
+    code = edit(workspace)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
 @config_group.command("check")

@@ -488,7 +488,7 @@ def test_every_error_has_a_path_and_a_fix(ws: Path, capsys: pytest.CaptureFixtur
     assert rc == 2
     fixes = {p["path"]: p["fix"] for p in problems}
     assert fixes["$.policy.retry"] == "rename 'max_atempts' to 'max_attempts'"
-    assert fixes["$.policy.max_rounds"] == "set a whole number >= 1"
+    assert fixes["$.policy.max_rounds"].startswith("set a whole number >= 1 (review rounds")
     assert fixes["$.policy.concurrency"] == "set 1 or remove it"
     assert fixes["$.agents.builder.transport"].startswith('set one of "ndjson", "acp" (ndjson:')
     assert fixes["$.agents.reviewer"].startswith("add $.agents.reviewer.cmd: a list of non-empty")
