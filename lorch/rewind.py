@@ -173,8 +173,8 @@ def run_steps(workspace: Path, run_id: str) -> tuple[State, list[Step]]:
 
 def turn_files(workspace: Path, step: Step) -> list[str] | None:
     """Every path the step's turn changed, from the checkpoint store (None: it cannot tell)."""
-    if step.post is None:
-        return None
+    if step.post is None or not (workspace / STORE).is_dir():
+        return None  # (and a status never makes a store)
     ck = Checkpoints(workspace, workspace.absolute() / STORE, watch=False)
     try:
         return ck.changed(step.pre, step.post)
@@ -190,7 +190,7 @@ def rewind(
     """Restore the checkpoint before (``after``: after) step ``to`` of finished run ``run_id``."""
     phase = "post" if after else "pre"
 
-    def target(ck: Checkpoints) -> tuple[str, str, Record]:
+    def target() -> tuple[str, str, Record]:
         state, found = run_steps(workspace, run_id)
         if not state.finished:
             raise UsageError(
@@ -214,16 +214,8 @@ def rewind(
         return run_id, tree, {"step": to, "phase": phase}
 
     def same(done: Rewound) -> bool:
-        p = done.payload
-        return (
-            not done.undo
-            and done.run_id == run_id
-            and (p.get("step"), p.get("phase"))
-            == (
-                to,
-                phase,
-            )
-        )
+        asked = (run_id, to, phase)
+        return not done.undo and (done.run_id, done.payload["step"], done.payload["phase"]) == asked
 
     return _perform(workspace, target, same, say)
 
@@ -231,7 +223,7 @@ def rewind(
 def undo(workspace: Path, *, say: Say | None = None) -> Outcome:
     """Restore the workspace as the last rewind not undone yet found it."""
 
-    def target(ck: Checkpoints) -> tuple[str, str, Record]:
+    def target() -> tuple[str, str, Record]:
         last = to_undo(workspace)
         if last is None:
             raise UsageError(f"{workspace}: no rewind to undo (`lorch rewind` records each one)")
@@ -287,7 +279,7 @@ def rewound_note(workspace: Path, run_id: str) -> str | None:
 
 def _perform(
     workspace: Path,
-    target: Callable[[Checkpoints], tuple[str, str, Record]],
+    target: Callable[[], tuple[str, str, Record]],
     same: Callable[[Rewound], bool],
     say: Say | None,
 ) -> Outcome:
@@ -299,7 +291,7 @@ def _perform(
             if finished is not None and same(finished[0]):
                 done, restored = finished
                 return Outcome(done, str(done.payload["tree"]), restored, ck.unheld(), True)
-            run_id, tree, fields = target(ck)
+            run_id, tree, fields = target()
             saved = ck.take()
             if saved == tree:
                 return Outcome(None, tree, [], ck.unheld(), finished is not None)
@@ -344,7 +336,8 @@ def _finish_interrupted(workspace: Path, ck: Checkpoints) -> tuple[Rewound, list
         return None
     found = _recorded(workspace, str(noted["run_id"]), int(noted["record"]))
     if found is None:
-        # Killed before its record reached the ledger: nothing was moved.
+        # Killed before its record reached the ledger (or a note that is not
+        # the ledger's last record, which no kill leaves): nothing was moved.
         (workspace / MARKER).unlink(missing_ok=True)
         return None
     restored = ck.rollback(str(found.payload["tree"]), spare=str(found.payload["saved"]))
@@ -354,14 +347,13 @@ def _finish_interrupted(workspace: Path, ck: Checkpoints) -> tuple[Rewound, list
 
 
 def _recorded(workspace: Path, run_id: str, n: int) -> Rewound | None:
-    """Record ``n`` of the run's ledger, if it is a rewind."""
+    """Record ``n`` of the run's ledger if it is a rewind and the ledger's last record."""
     path = workspace / "events" / f"{run_id}.ndjson"
     if "/" in run_id or not path.is_file():
         return None
-    for r in rewinds(ledger.read(path), run_id):
-        if r.record == n:
-            return r
-    return None
+    records = list(ledger.read(path))
+    found = rewinds(records[n - 1 :], run_id) if len(records) == n else []
+    return Rewound(run_id, n, found[0].payload) if found else None
 
 
 def _read_marker(workspace: Path) -> dict[str, Any] | None:
