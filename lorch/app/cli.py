@@ -332,7 +332,7 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
             record.get("event", "")
         ).startswith(("spec.", "error", "orchestration.")):
             _echo(f"{'':<16} → {record['event']} {record.get('status', '')}".rstrip())
-        elif record.get("event") in INTAKE_RECORDS:
+        elif record.get("event") in (*INTAKE_RECORDS, "system.rewind"):
             shown = transcript.line(record)
             if shown is not None:
                 _echo(shown[1])
@@ -345,6 +345,41 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
             progress = "not started"
         _echo(f"task {task.get('id')}: {progress}")
     _echo(f"status: {state.status}" + (f" ({state.failure})" if state.failure else ""))
+    from lorch.rewind import status_lines
+
+    for line in status_lines(workspace, run_id):
+        _echo(line)
+
+
+@cli.command("rewind")
+@EXISTING_WORKSPACE
+@click.option("--run", "run_id", help="The run (default: the latest).")
+@click.option("--to", "step", metavar="STEP", help="The step (`lorch status --run ID` lists them).")
+@click.option("--after", is_flag=True, help="To the checkpoint after the step's turn, not before.")
+@click.option("--undo", is_flag=True, help="Restore the workspace as the last rewind found it.")
+def rewind_cmd(
+    workspace: Path, run_id: str | None, step: str | None, after: bool, undo: bool
+) -> None:
+    """Put the workspace back to before (or after) an agent's turn of a finished run."""
+    from lorch import rewind
+    from lorch.errors import UsageError
+
+    say = lambda text: _echo(text, err=True)  # noqa: E731
+    if undo:
+        if step is not None or after or run_id is not None:
+            raise UsageError("lorch rewind --undo takes no --run, --to or --after")
+        outcome = rewind.undo(workspace, say=say)
+    else:
+        if step is None:
+            raise UsageError(
+                "lorch rewind: give --to STEP (or --undo); `lorch status --run ID` lists the steps"
+            )
+        if run_id is None:
+            run_id = latest_run(workspace)
+            click.echo(f"run {run_id} (the latest)")
+        outcome = rewind.rewind(workspace, run_id, step, after=after, say=say)
+    for line in rewind.outcome_lines(outcome, workspace):
+        _echo(line)
 
 
 def latest_run(workspace: Path) -> str:

@@ -55,7 +55,19 @@ def verify(workspace: Path, run_id: str) -> Rules:
             f"run status is {state.status}" + (f": {state.failure}" if state.failure else "")
         )
     _check_state_files(workspace, run_id, state, rules)
+    _rewound(workspace, run_id, rules)
     return rules
+
+
+def _rewound(workspace: Path, run_id: str, rules: Rules) -> None:
+    """A workspace rewound after the run (``lorch rewind``) fails the file rules, saying why."""
+    from lorch.rewind import rewound_note
+
+    failed = [name for name in ("receipts_match_files", "verdicts_as_captured") if rules[name]]
+    note = rewound_note(workspace, run_id) if failed else None
+    if note is not None:
+        for name in failed:
+            rules[name].append(note)
 
 
 @dataclass

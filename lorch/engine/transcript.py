@@ -263,6 +263,13 @@ _SYSTEM: dict[str, Callable[[dict[str, Any]], Line]] = {
     "system.resumed": _resumed,
     "system.checkpoint": _checkpoint,
     "system.rollback": _rollback,
+    "system.rewind": lambda p: (
+        "lorch",
+        f"[lorch] {'undo: ' if p.get('undo') else ''}rewound the workspace to "
+        f"{'after' if p.get('phase') == 'post' else 'before'} step {p.get('step')} "
+        f"(checkpoint {str(p.get('tree'))[:12]}; it was {str(p.get('saved'))[:12]}): "
+        f"{p.get('changed_count', 0)} path(s) differ",
+    ),
     "system.discovery": _discovery,
     "system.task_started": _task_started,
     "system.permission": _permission,

@@ -157,7 +157,7 @@ class Checkpoints:
         """Make the workspace equal to checkpoint ``tree`` (crash-safe; see module doc)."""
         self.rollback(tree)
 
-    def rollback(self, tree: str) -> list[str]:
+    def rollback(self, tree: str, *, spare: str | None = None) -> list[str]:
         """:meth:`restore`, returning the paths it rewrote, created or removed.
 
         Only what the turn did is undone (docs/storage.md, "What a rollback
@@ -166,6 +166,11 @@ class Checkpoints:
         ignore it. An ignored file was never held, so lorch cannot know whether
         the turn made it: it stays. The workspace's ignore files now are the
         turn's and are never consulted; ``tree``'s are written back first.
+
+        ``spare``: another checkpoint whose ignore rules protect a path too
+        (``lorch rewind``: the workspace's rules before the rewind, which its
+        own checkpoint recorded; they are read from the store, so a rewind cut
+        short and run again judges by the same rules).
         """
         with self._locked():
             # An index this object left consistent with the workspace stays so
@@ -187,6 +192,8 @@ class Checkpoints:
             changed = self._listed("diff-files", "-z", "--name-only", "--no-renames")
             # Judged before anything is written, by the tree's rules alone.
             made = self._made_by_turn(held, changed, [p for p in held if _is_rules(p)])
+            if spare is not None and made:
+                made = self._spared(made, spare)
             # The first files written back are the tree's ignore files: a
             # rollback cut short leaves the pre-turn rules, if anything, behind.
             first = [p for p in changed if _is_rules(p)]
@@ -343,6 +350,48 @@ class Checkpoints:
         for p in self._walk(walked, scratch):
             made[p] = self._mode(p)
         return made
+
+    def _spared(self, made: dict[str, bytes | None], spare: str) -> dict[str, bytes | None]:
+        """``made`` without the paths that checkpoint ``spare``'s ignore rules ignore."""
+        if self._object_type(spare) != "tree":
+            raise StorageError(f"{self.store}: checkpoint {spare} is not in the checkpoint store")
+        scratch = self._git_setup.rules_dir()
+        listed = self._git("ls-tree", "-r", "-z", "--full-tree", spare)
+        for entry in listed.split("\0"):
+            meta, _, rel = entry.partition("\t")
+            if not rel or not _is_rules(rel) or not meta.startswith("100"):
+                continue
+            blob = self._run(("cat-file", "blob", meta.split()[2]))
+            if blob.returncode != 0:
+                raise StorageError(
+                    f"checkpoints in {self.store}: cannot read {rel} of checkpoint {spare}"
+                )
+            target = scratch / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blob.stdout)
+        ignored = self._ignored_by(scratch, list(made))
+        return {p: mode for p, mode in made.items() if p not in ignored}
+
+    def unheld(self) -> list[str]:
+        """What the workspace holds that no checkpoint does (ignored paths, hidden
+        directories such as ``.git/``), lorch's own paths left out; a directory
+        all of whose content is unheld is named once, with a trailing "/"."""
+        with self._locked():
+            out = self._listed(
+                "ls-files", "-z", "--others", "--ignored", "--exclude-standard", "--directory"
+            )
+        if os.path.lexists(self.workspace / ".git"):
+            out.append(
+                ".git/" if (self.workspace / ".git").is_dir() else ".git"
+            )  # git never lists it
+        dirs = {p for p in out if p.endswith("/")}
+        return sorted(
+            p
+            for p in set(out)
+            if p not in EXCLUDED_FILES
+            and p.rstrip("/").split("/", 1)[0] not in EXCLUDED
+            and not any(p.startswith(d) and p != d for d in dirs)
+        )
 
     def _walk(self, top: list[str], scratch: Path | None) -> list[str]:
         """The files below directories ``top`` (each ending in "/"), level by level;

@@ -789,3 +789,33 @@ def test_the_private_directory_of_a_killed_lorch_is_removed_by_the_next(tmp_path
     assert mine.is_dir() and other._git_setup.private.is_dir()
     c.close()
     assert not mine.exists(), "a closed store's git leaves nothing behind"
+
+
+def test_a_spare_checkpoints_ignore_rules_keep_what_they_ignore(tmp_path: Path) -> None:
+    """``lorch rewind``: a file ignored just before the rewind is never removed, even
+    when the checkpoint restored has no rule for it; what no rule ignores goes."""
+    write(tmp_path, "src/app.py", "v1")
+    c = ck(tmp_path)
+    target = c.take()
+    write(tmp_path, ".gitignore", "*.log\nbuild/\n")
+    write(tmp_path, "run.log", "the user's log")
+    write(tmp_path, "build/out/x.o", "obj")
+    write(tmp_path, "notes.txt", "made later")
+    write(tmp_path, "src/app.py", "v2")
+    saved = c.take()
+    assert c.rollback(target, spare=saved) == [".gitignore", "notes.txt", "src/app.py"]
+    assert (tmp_path / "src/app.py").read_text() == "v1"
+    assert not (tmp_path / ".gitignore").exists() and not (tmp_path / "notes.txt").exists()
+    assert (tmp_path / "run.log").read_text() == "the user's log"
+    assert (tmp_path / "build/out/x.o").read_text() == "obj"
+    # Without the spare, the restored checkpoint's rules alone judge: both go.
+    c.restore(saved)
+    assert (tmp_path / "notes.txt").is_file() and (tmp_path / ".gitignore").is_file()
+    assert c.rollback(target) == [
+        ".gitignore",
+        "build/out/x.o",
+        "notes.txt",
+        "run.log",
+        "src/app.py",
+    ]
+    assert not (tmp_path / "run.log").exists()

@@ -220,6 +220,112 @@ def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={},
             if 'event' in data_keys:
                 data_keys.remove('event')
                 data__event = data['event']
+                if not (isinstance(data__event, str) and data__event == 'system.rewind'):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.event must be same as const definition: system.rewind', value=data__event, name='' + (name_prefix or 'data') + '.event', rule='const')
+    except (JsonSchemaValueException, JsonSchemaValuesException):
+        pass
+    else:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['payload']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'payload' in data_keys:
+                data_keys.remove('payload')
+                data__payload = data['payload']
+                if not isinstance(data__payload, dict):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must be object', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='type')
+                data__payload_is_dict = isinstance(data__payload, dict)
+                if data__payload_is_dict:
+                    data__payload__missing_keys = set(['step', 'phase', 'tree', 'saved', 'changed', 'changed_count']) - data__payload.keys()
+                    if data__payload__missing_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must contain ' + (str(sorted(data__payload__missing_keys)) + ' properties'), value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='required')
+                    data__payload_keys = set(data__payload.keys())
+                    if 'step' in data__payload_keys:
+                        data__payload_keys.remove('step')
+                        data__payload__step = data__payload['step']
+                        if not isinstance(data__payload__step, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.step must be string', value=data__payload__step, name='' + (name_prefix or 'data') + '.payload.step', rule='type')
+                        if isinstance(data__payload__step, str):
+                            data__payload__step_len = len(data__payload__step)
+                            if data__payload__step_len < 1:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.step must be longer than or equal to 1 characters', value=data__payload__step, name='' + (name_prefix or 'data') + '.payload.step', rule='minLength')
+                            if data__payload__step_len > 256:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.step must be shorter than or equal to 256 characters', value=data__payload__step, name='' + (name_prefix or 'data') + '.payload.step', rule='maxLength')
+                    if 'phase' in data__payload_keys:
+                        data__payload_keys.remove('phase')
+                        data__payload__phase = data__payload['phase']
+                        if not (isinstance(data__payload__phase, str) and data__payload__phase == 'pre' or (isinstance(data__payload__phase, str) and data__payload__phase == 'post')):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + ".payload.phase must be one of ['pre', 'post']", value=data__payload__phase, name='' + (name_prefix or 'data') + '.payload.phase', rule='enum')
+                    if 'tree' in data__payload_keys:
+                        data__payload_keys.remove('tree')
+                        data__payload__tree = data__payload['tree']
+                        if not isinstance(data__payload__tree, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.tree must be string', value=data__payload__tree, name='' + (name_prefix or 'data') + '.payload.tree', rule='type')
+                        if isinstance(data__payload__tree, str):
+                            if not REGEX_PATTERNS['^[0-9a-f]{40}$'].search(data__payload__tree):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.tree must match pattern ^[0-9a-f]{40}$', value=data__payload__tree, name='' + (name_prefix or 'data') + '.payload.tree', rule='pattern')
+                    if 'saved' in data__payload_keys:
+                        data__payload_keys.remove('saved')
+                        data__payload__saved = data__payload['saved']
+                        if not isinstance(data__payload__saved, str):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.saved must be string', value=data__payload__saved, name='' + (name_prefix or 'data') + '.payload.saved', rule='type')
+                        if isinstance(data__payload__saved, str):
+                            if not REGEX_PATTERNS['^[0-9a-f]{40}$'].search(data__payload__saved):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.saved must match pattern ^[0-9a-f]{40}$', value=data__payload__saved, name='' + (name_prefix or 'data') + '.payload.saved', rule='pattern')
+                    if 'changed' in data__payload_keys:
+                        data__payload_keys.remove('changed')
+                        data__payload__changed = data__payload['changed']
+                        if not isinstance(data__payload__changed, (list, tuple)):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed must be array', value=data__payload__changed, name='' + (name_prefix or 'data') + '.payload.changed', rule='type')
+                        data__payload__changed_is_list = isinstance(data__payload__changed, (list, tuple))
+                        if data__payload__changed_is_list:
+                            data__payload__changed_len = len(data__payload__changed)
+                            if data__payload__changed_len > 100:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed must contain less than or equal to 100 items', value=data__payload__changed, name='' + (name_prefix or 'data') + '.payload.changed', rule='maxItems')
+                            for data__payload__changed_x, data__payload__changed_item in enumerate(data__payload__changed):
+                                if not isinstance(data__payload__changed_item, str):
+                                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + ' must be string', value=data__payload__changed_item, name='' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + '', rule='type')
+                                if isinstance(data__payload__changed_item, str):
+                                    data__payload__changed_item_len = len(data__payload__changed_item)
+                                    if data__payload__changed_item_len < 1:
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + ' must be longer than or equal to 1 characters', value=data__payload__changed_item, name='' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + '', rule='minLength')
+                                    if data__payload__changed_item_len > 4096:
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + ' must be shorter than or equal to 4096 characters', value=data__payload__changed_item, name='' + (name_prefix or 'data') + '.payload.changed[{data__payload__changed_x}]'.format(**locals()) + '', rule='maxLength')
+                    if 'changed_count' in data__payload_keys:
+                        data__payload_keys.remove('changed_count')
+                        data__payload__changedcount = data__payload['changed_count']
+                        if not isinstance(data__payload__changedcount, int) and (not (isinstance(data__payload__changedcount, float) and data__payload__changedcount.is_integer())) or isinstance(data__payload__changedcount, bool):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed_count must be integer', value=data__payload__changedcount, name='' + (name_prefix or 'data') + '.payload.changed_count', rule='type')
+                        if isinstance(data__payload__changedcount, (int, float, Decimal)) and (not isinstance(data__payload__changedcount, bool)):
+                            if data__payload__changedcount < 0:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.changed_count must be bigger than or equal to 0', value=data__payload__changedcount, name='' + (name_prefix or 'data') + '.payload.changed_count', rule='minimum')
+                    if 'undo' in data__payload_keys:
+                        data__payload_keys.remove('undo')
+                        data__payload__undo = data__payload['undo']
+                        if not isinstance(data__payload__undo, bool):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.undo must be boolean', value=data__payload__undo, name='' + (name_prefix or 'data') + '.payload.undo', rule='type')
+                    if 'undoes' in data__payload_keys:
+                        data__payload_keys.remove('undoes')
+                        data__payload__undoes = data__payload['undoes']
+                        if not isinstance(data__payload__undoes, int) and (not (isinstance(data__payload__undoes, float) and data__payload__undoes.is_integer())) or isinstance(data__payload__undoes, bool):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.undoes must be integer', value=data__payload__undoes, name='' + (name_prefix or 'data') + '.payload.undoes', rule='type')
+                        if isinstance(data__payload__undoes, (int, float, Decimal)) and (not isinstance(data__payload__undoes, bool)):
+                            if data__payload__undoes < 1:
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload.undoes must be bigger than or equal to 1', value=data__payload__undoes, name='' + (name_prefix or 'data') + '.payload.undoes', rule='minimum')
+                    if data__payload_keys:
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.payload must not contain ' + str(data__payload_keys) + ' properties', value=data__payload, name='' + (name_prefix or 'data') + '.payload', rule='additionalProperties')
+    try:
+        data_is_dict = isinstance(data, dict)
+        if data_is_dict:
+            data__missing_keys = set(['event']) - data.keys()
+            if data__missing_keys:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain ' + (str(sorted(data__missing_keys)) + ' properties'), value=data, name='' + (name_prefix or 'data') + '', rule='required')
+            data_keys = set(data.keys())
+            if 'event' in data_keys:
+                data_keys.remove('event')
+                data__event = data['event']
                 if not (isinstance(data__event, str) and data__event == 'system.permission'):
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.event must be same as const definition: system.permission', value=data__event, name='' + (name_prefix or 'data') + '.event', rule='const')
     except (JsonSchemaValueException, JsonSchemaValuesException):
@@ -571,8 +677,8 @@ def validate_https___lorch_dev_schemas_v1_event_v1_json(data, custom_formats={},
         if 'event' in data_keys:
             data_keys.remove('event')
             data__event = data['event']
-            if not (isinstance(data__event, str) and data__event == 'builder.progress' or (isinstance(data__event, str) and data__event == 'builder.completed') or (isinstance(data__event, str) and data__event == 'review.completed') or (isinstance(data__event, str) and data__event == 'spec.updated') or (isinstance(data__event, str) and data__event == 'spec.no_changes_needed') or (isinstance(data__event, str) and data__event == 'spec.changes_requested') or (isinstance(data__event, str) and data__event == 'orchestration.proposed_tasks') or (isinstance(data__event, str) and data__event == 'orchestration.needs_clarification') or (isinstance(data__event, str) and data__event == 'orchestration.plan_conflict') or (isinstance(data__event, str) and data__event == 'artifact.produced') or (isinstance(data__event, str) and data__event == 'error') or (isinstance(data__event, str) and data__event == 'log') or (isinstance(data__event, str) and data__event == 'system.run_started') or (isinstance(data__event, str) and data__event == 'system.snapshot') or (isinstance(data__event, str) and data__event == 'system.agent_started') or (isinstance(data__event, str) and data__event == 'system.agent_exited') or (isinstance(data__event, str) and data__event == 'system.agent_restarted') or (isinstance(data__event, str) and data__event == 'system.protocol_error') or (isinstance(data__event, str) and data__event == 'system.command_failed') or (isinstance(data__event, str) and data__event == 'system.artifact_rejected') or (isinstance(data__event, str) and data__event == 'system.resumed') or (isinstance(data__event, str) and data__event == 'system.discovery') or (isinstance(data__event, str) and data__event == 'system.task_started') or (isinstance(data__event, str) and data__event == 'system.run_completed') or (isinstance(data__event, str) and data__event == 'system.run_failed') or (isinstance(data__event, str) and data__event == 'system.run_aborted') or (isinstance(data__event, str) and data__event == 'system.user_decision') or (isinstance(data__event, str) and data__event == 'system.checkpoint') or (isinstance(data__event, str) and data__event == 'system.rollback') or (isinstance(data__event, str) and data__event == 'system.permission') or (isinstance(data__event, str) and data__event == 'system.verdict') or (isinstance(data__event, str) and data__event == 'system.verdict_changed')):
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".event must be one of ['builder.progress', 'builder.completed', 'review.completed', 'spec.updated', 'spec.no_changes_needed', 'spec.changes_requested', 'orchestration.proposed_tasks', 'orchestration.needs_clarification', 'orchestration.plan_conflict', 'artifact.produced', 'error', 'log', 'system.run_started', 'system.snapshot', 'system.agent_started', 'system.agent_exited', 'system.agent_restarted', 'system.protocol_error', 'system.command_failed', 'system.artifact_rejected', 'system.resumed', 'system.discovery', 'system.task_started', 'system.run_completed', 'system.run_failed', 'system.run_aborted', 'system.user_decision', 'system.checkpoint', 'system.rollback', 'system.permission', 'system.verdict', 'system.verdict_changed']", value=data__event, name='' + (name_prefix or 'data') + '.event', rule='enum')
+            if not (isinstance(data__event, str) and data__event == 'builder.progress' or (isinstance(data__event, str) and data__event == 'builder.completed') or (isinstance(data__event, str) and data__event == 'review.completed') or (isinstance(data__event, str) and data__event == 'spec.updated') or (isinstance(data__event, str) and data__event == 'spec.no_changes_needed') or (isinstance(data__event, str) and data__event == 'spec.changes_requested') or (isinstance(data__event, str) and data__event == 'orchestration.proposed_tasks') or (isinstance(data__event, str) and data__event == 'orchestration.needs_clarification') or (isinstance(data__event, str) and data__event == 'orchestration.plan_conflict') or (isinstance(data__event, str) and data__event == 'artifact.produced') or (isinstance(data__event, str) and data__event == 'error') or (isinstance(data__event, str) and data__event == 'log') or (isinstance(data__event, str) and data__event == 'system.run_started') or (isinstance(data__event, str) and data__event == 'system.snapshot') or (isinstance(data__event, str) and data__event == 'system.agent_started') or (isinstance(data__event, str) and data__event == 'system.agent_exited') or (isinstance(data__event, str) and data__event == 'system.agent_restarted') or (isinstance(data__event, str) and data__event == 'system.protocol_error') or (isinstance(data__event, str) and data__event == 'system.command_failed') or (isinstance(data__event, str) and data__event == 'system.artifact_rejected') or (isinstance(data__event, str) and data__event == 'system.resumed') or (isinstance(data__event, str) and data__event == 'system.discovery') or (isinstance(data__event, str) and data__event == 'system.task_started') or (isinstance(data__event, str) and data__event == 'system.run_completed') or (isinstance(data__event, str) and data__event == 'system.run_failed') or (isinstance(data__event, str) and data__event == 'system.run_aborted') or (isinstance(data__event, str) and data__event == 'system.user_decision') or (isinstance(data__event, str) and data__event == 'system.checkpoint') or (isinstance(data__event, str) and data__event == 'system.rollback') or (isinstance(data__event, str) and data__event == 'system.rewind') or (isinstance(data__event, str) and data__event == 'system.permission') or (isinstance(data__event, str) and data__event == 'system.verdict') or (isinstance(data__event, str) and data__event == 'system.verdict_changed')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".event must be one of ['builder.progress', 'builder.completed', 'review.completed', 'spec.updated', 'spec.no_changes_needed', 'spec.changes_requested', 'orchestration.proposed_tasks', 'orchestration.needs_clarification', 'orchestration.plan_conflict', 'artifact.produced', 'error', 'log', 'system.run_started', 'system.snapshot', 'system.agent_started', 'system.agent_exited', 'system.agent_restarted', 'system.protocol_error', 'system.command_failed', 'system.artifact_rejected', 'system.resumed', 'system.discovery', 'system.task_started', 'system.run_completed', 'system.run_failed', 'system.run_aborted', 'system.user_decision', 'system.checkpoint', 'system.rollback', 'system.rewind', 'system.permission', 'system.verdict', 'system.verdict_changed']", value=data__event, name='' + (name_prefix or 'data') + '.event', rule='enum')
         if 'status' in data_keys:
             data_keys.remove('status')
             data__status = data['status']
