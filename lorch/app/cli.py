@@ -345,7 +345,7 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
             progress = "not started"
         _echo(f"task {task.get('id')}: {progress}")
     _echo(f"status: {state.status}" + (f" ({state.failure})" if state.failure else ""))
-    from lorch.rewind import status_lines
+    from lorch.app.rewind import status_lines
 
     for line in status_lines(workspace, run_id):
         _echo(line)
@@ -361,8 +361,8 @@ def rewind_cmd(
     workspace: Path, run_id: str | None, step: str | None, after: bool, undo: bool
 ) -> None:
     """Put the workspace back to before (or after) an agent's turn of a finished run."""
-    from lorch import rewind
-    from lorch.errors import UsageError
+    from lorch.app import rewind
+    from lorch.wire.errors import UsageError
 
     say = lambda text: _echo(text, err=True)  # noqa: E731
     if undo:

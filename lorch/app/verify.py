@@ -61,7 +61,7 @@ def verify(workspace: Path, run_id: str) -> Rules:
 
 def _rewound(workspace: Path, run_id: str, rules: Rules) -> None:
     """A workspace rewound after the run (``lorch rewind``) fails the file rules, saying why."""
-    from lorch.rewind import rewound_note
+    from lorch.app.rewind import rewound_note
 
     failed = [name for name in ("receipts_match_files", "verdicts_as_captured") if rules[name]]
     note = rewound_note(workspace, run_id) if failed else None

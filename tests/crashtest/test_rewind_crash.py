@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
-from lorch import ledger, scenarios
+from lorch.app import scenarios
+from lorch.app.verify import verify
 from lorch.crashtest import invariants, states, strace, syscalls
 from lorch.crashtest.launcher import lorch_argv, lorch_env
-from lorch.storegit import EXCLUDED, EXCLUDED_FILES
-from lorch.verify import verify
+from lorch.store import ledger
+from lorch.store.storegit import EXCLUDED, EXCLUDED_FILES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

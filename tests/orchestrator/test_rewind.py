@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from lorch import ledger
-from lorch.scenarios import materialize
-from lorch.storegit import EXCLUDED, EXCLUDED_FILES
+from lorch.app.scenarios import materialize
+from lorch.store import ledger
+from lorch.store.storegit import EXCLUDED, EXCLUDED_FILES
 
 from .conftest import Runner, run_ids
 

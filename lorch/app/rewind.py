@@ -2,12 +2,12 @@
 
 Every turn of a role lorch makes exactly-once (every ACP role; NDJSON roles
 with ``"idempotency": "lorch"``) has a checkpoint before it and one after it in
-the private store (``lorch/checkpoint.py``), recorded in the ledger as
+the private store (``lorch/store/checkpoint.py``), recorded in the ledger as
 ``system.checkpoint`` (phase ``pre``/``post``). A **step** is one command, named
 by its correlation id (``lorch status --run ID`` lists them): its attempts
 share it, and it names the task.
 
-A rewind, under the workspace lock (``lorch/wslock.py``: refused while a run
+A rewind, under the workspace lock (``lorch/store/wslock.py``: refused while a run
 is active), in this order:
 
 1. checkpoint the workspace as it is (``saved``), so that ``--undo`` can bring
@@ -44,14 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorch import ledger, transcript
-from lorch.atomic import atomic_write_json
-from lorch.checkpoint import LISTED, STORE, Checkpoints
-from lorch.errors import StorageError, UsageError
-from lorch.protocol import Record
-from lorch.recorder import Recorder
-from lorch.workflow import State
-from lorch.wslock import workspace_lock
+from lorch.core.state import State
+from lorch.engine import transcript
+from lorch.engine.recorder import Recorder
+from lorch.engine.turn_checkpoints import LISTED
+from lorch.store import ledger
+from lorch.store.atomic import atomic_write_json
+from lorch.store.checkpoint import STORE, Checkpoints
+from lorch.store.wslock import workspace_lock
+from lorch.wire.errors import StorageError, UsageError
+from lorch.wire.protocol import Record
 
 MARKER = Path("state") / "rewind.json"
 EVENT = "system.rewind"
