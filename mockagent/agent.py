@@ -15,7 +15,6 @@ import time
 
 from mockagent import faults
 from mockagent import files as workspace_files
-from mockagent.schemacheck import schema_problem
 from mockagent.wire import (
     ACTIONS,
     ID_RE,
@@ -33,8 +32,9 @@ from mockagent.wire import (
     sha256_hex,
 )
 
-# Only what the first heartbeat needs is imported up front; the rest (hashlib,
-# fcntl, random, the fixture code, jsonschema) on first use.
+# Only what the first heartbeat needs is imported up front; the rest (the
+# command validator, hashlib, fcntl, random, the fixture code, jsonschema) on
+# first use.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import random
@@ -201,6 +201,8 @@ class Agent:
         if action not in ACTIONS:
             self.emit(self.error_event(cmd, "unknown_action", f"unknown action {action!r}"))
             return
+        from mockagent.schemacheck import schema_problem
+
         problem = schema_problem(cmd)
         if problem is not None:
             self.emit(self.error_event(cmd, "schema_violation", problem))
