@@ -13,8 +13,6 @@ import sys
 import threading
 import time
 
-from mockagent import faults
-from mockagent import files as workspace_files
 from mockagent.wire import (
     ACTIONS,
     ID_RE,
@@ -42,6 +40,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     from mockagent.journal import Journal
+
+
+class Fatal(Exception):
+    """The agent must stop (an injected fault asked for it)."""
 
 
 class Agent:
@@ -352,6 +354,9 @@ class Agent:
         Non-terminal events stream out as they happen (with their delays); the
         terminal one is left for the caller to send once the work is durable.
         """
+        from mockagent import faults
+        from mockagent import files as workspace_files
+
         resp = self._rendered_response(cmd, attempt)
         self.dribble = resp.get("dribble")
         fault = resp.get("fault")
@@ -416,6 +421,8 @@ class Agent:
         if arts is None and kind in TERMINAL and files:
             arts = files
         elif arts is not None:
+            from mockagent import files as workspace_files
+
             arts = [workspace_files.fixture_artifact(self, a, written) for a in arts]
         return self.event(
             cmd, kind, status=spec.get("status"), payload=spec.get("payload") or {}, artifacts=arts
@@ -470,7 +477,7 @@ def serve(opts: AgentOptions) -> int:
             continue
         try:
             agent.handle_line(line)
-        except faults.Fatal:
+        except Fatal:
             break
     agent.heartbeat("stopping")
     agent.stop.set()

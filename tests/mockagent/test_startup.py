@@ -60,14 +60,12 @@ PLAIN = {
     "mockagent.agent",
     "mockagent.wire",
     "mockagent.journal",
-    "mockagent.faults",
-    "mockagent.files",
 }
 # A valid fixture: read and checked by the generated validator.
 FIXTURE = PLAIN | {"mockagent.fixture", "mockagent.schemacheck", "mockagent._validators"}
 WITH_FIXTURE = FIXTURE | {"mockagent._validators.fixture"}
 # A command answered with the role's default answer: checked, worked, journaled.
-ONE_COMMAND = FIXTURE | {"mockagent._validators.command"}
+ONE_COMMAND = FIXTURE | {"mockagent._validators.command", "mockagent.faults", "mockagent.files"}
 
 
 def imported(tmp: Path, code: str, *args: str, stdin: bytes = b"") -> set[str]:
