@@ -66,10 +66,17 @@ def _path(parts: Any) -> str:
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a fixture; raise FixtureError with the JSON path of the mistake."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.loads(f.read())
+        with open(path, "rb") as f:
+            raw = f.read()
+        # Decoded whole, so a bad byte is named by its place in the file; newlines
+        # as a text-mode read leaves them (the line numbers of a JSON error).
+        data = json.loads(raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n"))
     except FileNotFoundError:
         raise FixtureError(f"{path}: no such fixture file") from None
+    except OSError as e:
+        raise FixtureError(f"{path}: cannot read the fixture: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise FixtureError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except json.JSONDecodeError as e:
         raise FixtureError(
             f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"

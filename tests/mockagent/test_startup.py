@@ -348,6 +348,33 @@ def test_note_keys_are_accepted_and_no_fixture_is_missing(tmp_path: Path) -> Non
     assert str(e.value) == f"{tmp_path}/none.json: no such fixture file"
 
 
+def test_an_unreadable_fixture_gets_one_line_too(tmp_path: Path) -> None:
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "latin1.json").write_bytes(b'{"comment": "caf\xe9"}')
+    (tmp_path / "crlf.json").write_bytes(b'{"responses":\r\n\r\n{,}}')
+    for name, message in (
+        ("dir.json", "cannot read the fixture: Is a directory"),
+        ("latin1.json", "not UTF-8 text (byte 16: invalid continuation byte)"),
+        (
+            "crlf.json",
+            "invalid JSON at line 3 column 2: Expecting property name enclosed in double quotes",
+        ),
+    ):
+        with pytest.raises(FixtureError) as e:
+            load(tmp_path / name)
+        assert str(e.value) == f"{tmp_path}/{name}: {message}"
+    r = subprocess.run(
+        [sys.executable, "-m", "mockagent", "validate", str(tmp_path / "dir.json")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"mockagent: {tmp_path}/dir.json: cannot read the fixture: Is a directory\n",
+    )
+
+
 def test_the_known_top_level_keys_are_the_schemas() -> None:
     schema = json.loads(schema_path("fixture").read_text())
     assert tuple(schema["properties"]) == TOP_LEVEL
