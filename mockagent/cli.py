@@ -121,7 +121,8 @@ def quick_parse(argv: list[str]) -> Args | None:
         else:
             spelling, eq, value = token.partition("=")
             opt = _BY_SPELLING.get(spelling)
-            if not eq or opt is None or opt[2] is None:
+            # argparse drops a value of "--" (`--id=--` gives []): its to judge.
+            if not eq or opt is None or opt[2] is None or value == "--":
                 return None
             i += 1
         read, extra = opt[2], opt[3]
