@@ -8,7 +8,8 @@
 - import time of each entry point, as `python -X importtime` reports it (which
   inflates it a little): `lorch --help`, `lorch run` (the same one-round run)
   and `mockagent` (a plain start, stdin at EOF): the modules imported beyond a
-  bare Python and the sum of their import times; and the wall of `lorch --help`.
+  bare Python and the sum of their import times; and the wall and CPU of
+  `lorch --help`.
 Medians of N runs.
 Goal (issue 26): time to first command <= 3x the Go original's (9-16 ms there).
 Run: python bench/orchestrator_startup.py [--quick] [--runs N]
@@ -99,13 +100,19 @@ def imports(argv: list[str], cwd: Path) -> dict[str, int]:
     return found
 
 
-def help_wall(runs: int) -> float:
-    times = []
+def help_cost(runs: int) -> tuple[float, float]:
+    """Median wall and CPU (ms) of `lorch --help`."""
+    walls, cpus = [], []
+    devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run([LORCH, "--help"], stdout=subprocess.DEVNULL, check=True)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+        pid = os.posix_spawn(LORCH, [LORCH, "--help"], os.environ, file_actions=devnull)
+        _, status, usage = os.wait4(pid, 0)
+        walls.append((time.perf_counter() - t0) * 1000)
+        cpus.append((usage.ru_utime + usage.ru_stime) * 1000)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"lorch --help exited with {os.waitstatus_to_exitcode(status)}")
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -140,7 +147,7 @@ def main() -> None:
                 counts.append(len(own))
                 totals.append(sum(own.values()) / 1000)
             profile[name] = (counts, totals)
-        help_ms = help_wall(runs)
+        help_wall, help_cpu = help_cost(runs)
     print(f"medians of {runs} runs")
     print(
         f"time to first command (lorch run start -> first command in the ledger): "
@@ -150,7 +157,7 @@ def main() -> None:
         f"one-round run: wall {statistics.median(walls):.0f} ms, "
         f"CPU {statistics.median(cpus):.0f} ms (lorch and its three agents)"
     )
-    print(f"lorch --help: wall {help_ms:.0f} ms")
+    print(f"lorch --help: wall {help_wall:.0f} ms, CPU {help_cpu:.0f} ms")
     print("imports beyond a bare Python (python -X importtime):")
     for name, (counts, totals) in profile.items():
         print(
