@@ -97,7 +97,7 @@ _BY_SPELLING = {spelling: opt for opt in _OPTIONS for spelling in opt[0]}
 def quick_parse(argv: list[str]) -> Args | None:
     """``argv`` read without argparse, or None for anything argparse must judge.
 
-    Importing argparse and building the parser is a tenth of a start's CPU, and
+    Importing argparse and building the parser costs a start ~3 ms of CPU, and
     lorch always passes exact spellings with plain values. This reads only those
     (``--opt value``, ``--opt=value``, flags, each option any number of times,
     the last one winning); help, abbreviations, a value that looks like an option,
@@ -121,7 +121,7 @@ def quick_parse(argv: list[str]) -> Args | None:
         else:
             spelling, eq, value = token.partition("=")
             opt = _BY_SPELLING.get(spelling)
-            # argparse drops a value of "--" (`--id=--` gives []): its to judge.
+            # argparse drops a value of "--" (`--id=--` gives []): left to it.
             if not eq or opt is None or opt[2] is None or value == "--":
                 return None
             i += 1
