@@ -13,9 +13,6 @@ import sys
 import threading
 import time
 
-from mockagent import faults
-from mockagent import files as workspace_files
-from mockagent.schemacheck import schema_problem
 from mockagent.wire import (
     ACTIONS,
     ID_RE,
@@ -33,8 +30,9 @@ from mockagent.wire import (
     sha256_hex,
 )
 
-# Only what the first heartbeat needs is imported up front; the rest (hashlib,
-# fcntl, random, the fixture code, jsonschema) on first use.
+# Only what the first heartbeat needs is imported up front; the rest (the
+# command validator, hashlib, fcntl, random, the fixture code, jsonschema) on
+# first use.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import random
@@ -42,6 +40,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     from mockagent.journal import Journal
+
+
+class Fatal(Exception):
+    """The agent must stop (an injected fault asked for it)."""
 
 
 class Agent:
@@ -201,6 +203,8 @@ class Agent:
         if action not in ACTIONS:
             self.emit(self.error_event(cmd, "unknown_action", f"unknown action {action!r}"))
             return
+        from mockagent.schemacheck import schema_problem
+
         problem = schema_problem(cmd)
         if problem is not None:
             self.emit(self.error_event(cmd, "schema_violation", problem))
@@ -350,6 +354,9 @@ class Agent:
         Non-terminal events stream out as they happen (with their delays); the
         terminal one is left for the caller to send once the work is durable.
         """
+        from mockagent import faults
+        from mockagent import files as workspace_files
+
         resp = self._rendered_response(cmd, attempt)
         self.dribble = resp.get("dribble")
         fault = resp.get("fault")
@@ -414,6 +421,8 @@ class Agent:
         if arts is None and kind in TERMINAL and files:
             arts = files
         elif arts is not None:
+            from mockagent import files as workspace_files
+
             arts = [workspace_files.fixture_artifact(self, a, written) for a in arts]
         return self.event(
             cmd, kind, status=spec.get("status"), payload=spec.get("payload") or {}, artifacts=arts
@@ -468,7 +477,7 @@ def serve(opts: AgentOptions) -> int:
             continue
         try:
             agent.handle_line(line)
-        except faults.Fatal:
+        except Fatal:
             break
     agent.heartbeat("stopping")
     agent.stop.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from mockagent.agent import Fatal
 from mockagent.wire import MAX_LINE
 
 TYPE_CHECKING = False
@@ -12,10 +13,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from mockagent.agent import Agent
-
-
-class Fatal(Exception):
-    """The agent must stop (an injected fault asked for it)."""
 
 
 def fires(agent: Agent, fault: dict[str, Any], attempt: int, call: int) -> bool:

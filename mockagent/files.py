@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from mockagent.wire import atomic_write, sha256_hex
 
 TYPE_CHECKING = False
@@ -12,13 +14,12 @@ if TYPE_CHECKING:
 
 
 def write_file(agent: Agent, spec: dict[str, Any], data: bytes | None = None) -> dict[str, Any]:
-    from pathlib import Path
-
     from mockagent.fixture import safe_target
 
-    target = safe_target(Path(agent.o.workspace), spec["path"])
+    target = safe_target(agent.o.workspace, spec["path"])
     if data is None and "content_file" in spec:
-        data = (Path(agent.o.fixture_dir) / spec["content_file"]).read_bytes()
+        with open(os.path.join(agent.o.fixture_dir, spec["content_file"]), "rb") as f:
+            data = f.read()
     elif data is None:
         data = str(spec.get("content", "")).encode()
     atomic_write(target, data)

@@ -1,14 +1,23 @@
-"""Fixtures: loading, validation, response selection, templates, role defaults."""
+"""Fixtures: loading, validation, response selection, templates, role defaults.
+
+Loaded at the start of every agent given ``--script``: a fixture that is valid
+costs no more than reading it and one call of the generated validator (no
+pathlib, typing, jsonschema or difflib: those explain a rejected fixture).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
-from pathlib import Path, PurePosixPath
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 ROLES = ("builder", "reviewer", "spec_maintainer", "orchestration")
-# The schema's top-level keys (a shortcut: the schema is read only for another key).
+# The schema's top-level keys (a test holds them to the schema's properties).
 TOP_LEVEL = ("responses", "match", "expect_snapshot", "misbehave")
 SHA_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -19,12 +28,32 @@ class FixtureError(Exception):
 
 def schema_file(name: str) -> Path:
     """A v1 schema file, from the installed package or the source tree."""
+    from pathlib import Path
+
     here = Path(__file__).resolve().parent
     for base in (here.parent / "lorch" / "_data" / "schemas", here.parent / "schemas"):
         p = base / "v1" / f"{name}.v1.json"
         if p.is_file():
             return p
     raise FixtureError(f"mockagent installation is missing schemas/v1/{name}.v1.json")
+
+
+def _parts(path: str) -> list[str]:
+    """The names in a POSIX path, as pathlib sees them ("", "." and repeated "/" dropped)."""
+    return [p for p in path.split("/") if p and p != "."]
+
+
+def shown(path: str) -> str:
+    """``path`` as ``str(pathlib.PurePosixPath(path))`` writes it, without pathlib.
+
+    Messages name a fixture the way they did when it was read through pathlib
+    (``./fx.json`` is ``fx.json``); a property test compares the two.
+    """
+    root = ""
+    if path.startswith("/"):
+        # POSIX leaves the meaning of exactly two leading slashes to the system.
+        root = "//" if path.startswith("//") and not path.startswith("///") else "/"
+    return (root + "/".join(_parts(path))) or "."
 
 
 def _path(parts: Any) -> str:
@@ -34,12 +63,20 @@ def _path(parts: Any) -> str:
     return out
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a fixture; raise FixtureError with the JSON path of the mistake."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read()
+        # Decoded whole, so a bad byte is named by its place in the file; newlines
+        # as a text-mode read leaves them (the line numbers of a JSON error).
+        data = json.loads(raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n"))
     except FileNotFoundError:
         raise FixtureError(f"{path}: no such fixture file") from None
+    except OSError as e:
+        raise FixtureError(f"{path}: cannot read the fixture: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise FixtureError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except json.JSONDecodeError as e:
         raise FixtureError(
             f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
@@ -48,7 +85,7 @@ def load(path: Path) -> dict[str, Any]:
     return data  # type: ignore[no-any-return]
 
 
-def validate(data: Any, path: Path) -> None:
+def validate(data: Any, path: str | os.PathLike[str]) -> None:
     from mockagent.schemacheck import is_valid
 
     e = None
@@ -70,13 +107,11 @@ def validate(data: Any, path: Path) -> None:
         raise FixtureError(f"{path}: {_path(e.absolute_path)}: {_short(e.message)}{hint}")
     # Unknown top-level keys are notes ("comment": the original fixtures have
     # them), unless one is so close to a known key that it must be a typo.
-    unknown = [k for k in data if k not in TOP_LEVEL]
-    if unknown:
-        known = list(json.loads(schema_file("fixture").read_text(encoding="utf-8"))["properties"])
-        for key in unknown:
-            hint = "" if key in known else _hint(key, known)
-            if hint:
-                raise FixtureError(f"{path}: $.{key}: unknown key{hint}")
+    for key in data:
+        hint = "" if key in TOP_LEVEL else _hint(key, list(TOP_LEVEL))
+        if hint:
+            raise FixtureError(f"{path}: $.{key}: unknown key{hint}")
+    folder = os.path.dirname(path)
     for action, spec in (data.get("responses") or {}).items():
         for i, resp in enumerate(_responses(spec)):
             where = f"$.responses.{action}" + (f"[{i}]" if isinstance(spec, list) else "")
@@ -88,22 +123,46 @@ def validate(data: Any, path: Path) -> None:
                             'with "write": false is sent as claimed and needs a sha256:<64 hex>'
                         )
             for j, f in enumerate(resp.get("files", [])):
-                if "content_file" in f and not (path.parent / f["content_file"]).is_file():
+                if "content_file" in f and not os.path.isfile(
+                    os.path.join(folder, f["content_file"])
+                ):
                     raise FixtureError(
                         f"{path}: {where}.files[{j}].content_file: "
                         f"no such file {f['content_file']!r} next to the fixture"
                     )
     for rule in data.get("match", []):
         for j, f in enumerate(rule.get("response", {}).get("files", [])):
-            if "content_file" in f and not (path.parent / f["content_file"]).is_file():
+            if "content_file" in f and not os.path.isfile(os.path.join(folder, f["content_file"])):
                 raise FixtureError(f"{path}: $.match.files[{j}].content_file: missing file")
 
 
-def _hint(key: str, known: list[str]) -> str:
+def _hint(key: str, known: list[str], cutoff: float = 0.75) -> str:
+    """ "; did you mean 'x'?" for the known name closest to ``key``, if one is close.
+
+    A note key ("comment") is never close: difflib's own first bound, the share
+    of letters the two names have in common (its ``quick_ratio``, never below
+    the real ratio), rules out every known name without importing difflib.
+    """
+    if not any(_letters_ratio(key, k) >= cutoff for k in known):
+        return ""
     import difflib
 
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=cutoff)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _letters_ratio(a: str, b: str) -> float:
+    """``difflib.SequenceMatcher(None, b, a).quick_ratio()``, computed the same way."""
+    avail: dict[str, int] = {}
+    for c in b:
+        avail[c] = avail.get(c, 0) + 1
+    matches = 0
+    for c in a:
+        if avail.get(c, 0) > 0:
+            avail[c] -= 1
+            matches += 1
+    length = len(a) + len(b)
+    return 2.0 * matches / length if length else 1.0
 
 
 def _short(message: str, limit: int = 160) -> str:
@@ -167,11 +226,12 @@ def render(value: Any, ctx: dict[str, str]) -> Any:
     return value
 
 
-def safe_target(workspace: Path, rel: str) -> Path:
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or ".." in pure.parts or not rel:
+def safe_target(workspace: str, rel: str) -> str:
+    """``rel`` inside ``workspace`` (joined as pathlib joins them), or FixtureError."""
+    parts = _parts(rel)
+    if rel.startswith("/") or ".." in parts or not rel:
         raise FixtureError(f"file path {rel!r} must be relative and inside the workspace")
-    return workspace / pure
+    return os.path.join(workspace, *parts)
 
 
 def default_response(

@@ -4,14 +4,16 @@ mockagent checks every command and its fixture against the v1 schemas. Importing
 ``jsonschema`` and compiling a validator costs tens of milliseconds, at every
 start of every agent; the generated validators in ``mockagent/_validators``
 (made by fastjsonschema from the same schema files, kept current by a test)
-answer in microseconds. ``jsonschema`` is loaded only to explain a rejection.
+answer in microseconds. ``jsonschema`` is loaded only to explain a rejection,
+and each validator on its first use.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 class JsonSchemaException(ValueError):
@@ -39,14 +41,23 @@ class JsonSchemaValuesException(JsonSchemaException):
         self.errors = errors
 
 
-_checks: dict[str, Any] = {}
+_checks: dict[str, Callable[[Any], object]] = {}
+
+
+def _check(name: str) -> Callable[[Any], object]:
+    if name == "command":
+        from mockagent._validators.command import validate
+    elif name == "fixture":
+        from mockagent._validators.fixture import validate
+    else:
+        raise ValueError(f"mockagent has no validator for {name!r}")
+    _checks[name] = validate
+    return validate
 
 
 def is_valid(name: str, instance: Any) -> bool:
     """True when ``instance`` is valid against schemas/v1/<name>.v1.json."""
-    check = _checks.get(name)
-    if check is None:
-        check = _checks[name] = importlib.import_module(f"mockagent._validators.{name}").validate
+    check = _checks.get(name) or _check(name)
     try:
         check(instance)
     except JsonSchemaException:
@@ -63,6 +74,8 @@ def schema_problem(cmd: dict[str, Any]) -> str | None:
         return None
     global _validator
     if _validator is None:
+        import json
+
         from jsonschema import Draft202012Validator
 
         from mockagent.fixture import schema_file
