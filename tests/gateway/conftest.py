@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from lorch.gateway.server import Gateway
+from tests.gateway.upstream import Reply, Upstream
+
+
+@pytest.fixture
+def upstream() -> Iterator[Callable[[list[Reply]], Upstream]]:
+    started: list[Upstream] = []
+
+    def make(replies: list[Reply]) -> Upstream:
+        started.append(Upstream(replies))
+        return started[-1]
+
+    yield make
+    for u in started:
+        u.close()
+
+
+@pytest.fixture
+def gateway() -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def make(provider: str, url: str, **kwargs: Any) -> Gateway:
+        started.append(Gateway(provider, url, **kwargs).start())
+        return started[-1]
+
+    yield make
+    for g in started:
+        g.stop()
