@@ -155,7 +155,11 @@ def _chunk_bytes(value: Any, where: str) -> bytes:
 
 
 class Cassette:
-    """A cassette opened to append calls; thread-safe; each append is durable on return."""
+    """A cassette opened to append calls; thread-safe; each append is durable on return.
+
+    Its opener closes it (a context manager): gateways only append to it, and one
+    cassette may take the calls of several gateways (one per role of a run).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -179,6 +183,12 @@ class Cassette:
     def close(self) -> None:
         with self._lock:
             self._fh.close()
+
+    def __enter__(self) -> Cassette:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def load(path: str | os.PathLike[str]) -> list[Recorded]:

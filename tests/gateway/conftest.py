@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lorch.gateway.cassette import Cassette
 from lorch.gateway.server import Gateway
 from tests.gateway.upstream import Reply, Upstream
 
@@ -33,3 +35,16 @@ def gateway() -> Iterator[Callable[..., Gateway]]:
     yield make
     for g in started:
         g.stop()
+
+
+@pytest.fixture
+def cassette(tmp_path: Path) -> Iterator[Callable[[str], Cassette]]:
+    opened: list[Cassette] = []
+
+    def make(name: str = "calls.jsonl") -> Cassette:
+        opened.append(Cassette(tmp_path / name))
+        return opened[-1]
+
+    yield make
+    for c in opened:
+        c.close()
