@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import secrets
 import socket
 import threading
@@ -91,6 +92,12 @@ KEY_HEADERS = ("x-api-key", "authorization", "x-goog-api-key", "api-key")
 KEY_PARAMS = ("key", "api_key")
 
 OnCall = Callable[[dict[str, Any]], None]
+
+# aiohttp logs each malformed request with its traceback: a hostile agent could
+# flood lorch's terminal that way. The gateway's own logger swallows them.
+_QUIET = logging.getLogger("lorch.gateway.http")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 
 class GatewayError(LorchError):
@@ -219,10 +226,12 @@ class Gateway:
         return self
 
     async def _serve(self, sock: socket.socket) -> None:
+        asyncio.get_running_loop().set_exception_handler(self._on_loop_error)
         server = web.Server(
             self._handle,
             keepalive_timeout=self._header_timeout,
             access_log=None,
+            logger=_QUIET,
         )
         self._runner = web.ServerRunner(server, shutdown_timeout=self._shutdown_timeout)
         await self._runner.setup()
@@ -230,6 +239,11 @@ class Gateway:
         self._session = aiohttp.ClientSession(
             timeout=self._client_timeout, trust_env=False, auto_decompress=True
         )
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # Kept, not printed (lorch's terminal is not the agent's to write on); bounded.
+        if len(self.failures) < 100:
+            self.failures.append(f"gateway loop: {context.get('message', 'error')}")
 
     def stop(self) -> None:
         """Close every connection and the upstream session; calls in flight are cut."""
