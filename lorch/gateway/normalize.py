@@ -56,6 +56,8 @@ DEFAULT_DROP: tuple[str, ...] = ("metadata.user_id", "prompt_cache_key", "user")
 DEFAULT_HEADERS: tuple[str, ...] = ("anthropic-version", "anthropic-beta", "openai-beta")
 # Query parameters that carry credentials (Gemini's ``?key=``): never normalized in.
 SECRET_PARAMS = frozenset({"key", "api_key", "access_token"})
+CACHED_FROM = 256  # strings at least this long are normalized once
+CACHE_CHARS = 64 * 1024 * 1024  # the cache is emptied when it would hold more
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class Normalizer:
     _compiled: tuple[tuple[re.Pattern[str], str], ...] = field(
         init=False, repr=False, compare=False
     )
+    # An agent sends its whole conversation with every request: each long string
+    # is normalized once, then found here (Python's re takes ~40 ns a character).
+    _seen: dict[str, str] = field(init=False, repr=False, compare=False)
+    _seen_chars: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         compiled = []
@@ -79,6 +85,8 @@ class Normalizer:
                     f"normalizer rule {i + 1} ({pattern!r}) is not a regular expression: {e}"
                 ) from None
         object.__setattr__(self, "_compiled", tuple(compiled))
+        object.__setattr__(self, "_seen", {})
+        object.__setattr__(self, "_seen_chars", [0])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +124,19 @@ class Normalizer:
     # normalizing
 
     def text(self, s: str) -> str:
+        if len(s) < CACHED_FROM:
+            return self._apply(s)
+        done = self._seen.get(s)
+        if done is None:
+            done = self._apply(s)
+            if self._seen_chars[0] + len(s) > CACHE_CHARS:
+                self._seen.clear()
+                self._seen_chars[0] = 0
+            self._seen[s] = done
+            self._seen_chars[0] += len(s)
+        return done
+
+    def _apply(self, s: str) -> str:
         for pattern, replacement in self._compiled:
             s = pattern.sub(replacement, s)
         return s

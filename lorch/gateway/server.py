@@ -322,8 +322,15 @@ class Gateway:
         decoded = decode_json(body)
         call = classify(self.provider, request.method, path, decoded if is_json(decoded) else None)
         params = parse_qsl(query, keep_blank_values=True)
-        normalized = self.normalizer.request(request.method, path, params, request.headers, body)
-        print_ = fingerprint(normalized)
+        # Normalizing walks every string of the conversation: only worth it when a
+        # recording is kept or consulted (metering alone needs no fingerprint).
+        normalized: dict[str, Any] = {}
+        print_ = None
+        if self._cassette is not None or self._replay is not None:
+            normalized = self.normalizer.request(
+                request.method, path, params, request.headers, body
+            )
+            print_ = fingerprint(normalized)
         base = {
             "provider": self.provider,
             "model_call": call.model_call,
@@ -334,7 +341,7 @@ class Gateway:
             "fingerprint": print_,
             "context": context,
         }
-        if self._replay is not None:
+        if self._replay is not None and print_ is not None:
             recorded = self._replay.answer(print_)
             if recorded is not None:
                 return await self._from_record(request, recorded, base, started)
