@@ -180,7 +180,7 @@ class Meter:
         elif self._body and not self.overflow:
             try:
                 body = json.loads(bytes(self._body))
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 body = None
             for item in body if isinstance(body, list) else [body]:
                 self._on_object(item, whole=True)
@@ -218,7 +218,7 @@ class Meter:
             return
         try:
             obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return
         self._on_object(obj, whole=False)
 

@@ -6,9 +6,11 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from lorch.gateway.cassette import Cassette, load
 from lorch.gateway.server import Gateway
 from tests.gateway.http import request
 from tests.gateway.upstream import Reply, Upstream, json_reply
@@ -119,3 +121,20 @@ def test_slow_loris_clients_neither_stall_others_nor_stay_forever(
             conn.close()
     assert len(up.seen) == 1
     _still_serves(gw, up)
+
+
+def test_a_body_nested_too_deep_to_decode_is_still_forwarded_metered_and_recorded(
+    upstream: Callable[[list[Reply]], Upstream],
+    gateway: Callable[..., Gateway],
+    cassette: Callable[[], Cassette],
+) -> None:
+    up = upstream([json_reply({"type": "message", "usage": {"input_tokens": 3}})])
+    calls: list[dict[str, Any]] = []
+    recorded = cassette()
+    gw = gateway("anthropic", up.url, on_call=calls.append, cassette=recorded)
+    deep = b'{"model": "m", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    status, _, _ = request(gw.url + "/v1/messages", deep)
+    assert status == 200 and up.seen[0].body == deep
+    assert [c["input_tokens"] for c in calls] == [3]
+    [entry] = load(recorded.path)
+    assert entry.request["body"]["size"] == len(deep)
