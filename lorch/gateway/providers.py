@@ -52,6 +52,15 @@ _GEMINI_CALL = re.compile(
 MAX_EVENT = 16 * 1024 * 1024
 
 
+# An event is decoded only when it holds one of these (a cheap test of the bytes).
+_MARKERS = {
+    "anthropic": (b"message_start", b"message_delta", b"message_stop", b"error"),
+    "openai": (b"usage", b"response.completed", b"response.incomplete", b"response.failed",
+               b"error"),
+    "gemini": (b"usageMetadata", b"finishReason", b"modelVersion", b"error"),
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Call:
     """What a request is: a model call or not, the model it names, whether it streams."""
@@ -216,6 +225,8 @@ class Meter:
         if data.strip() == b"[DONE]":
             self.terminal = True
             return
+        if not any(marker in data for marker in _MARKERS[self.provider]):
+            return  # a delta: most of a stream, and nothing the meter reads
         try:
             obj = json.loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError):
