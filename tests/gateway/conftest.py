@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import pytest
 
 from lorch.gateway.cassette import Cassette
@@ -48,3 +49,19 @@ def cassette(tmp_path: Path) -> Iterator[Callable[[str], Cassette]]:
     yield make
     for c in opened:
         c.close()
+
+
+@pytest.fixture
+def sdk() -> Iterator[Callable[..., anthropic.Anthropic]]:
+    """Anthropic SDK clients for a gateway, each closed at the end of the test."""
+    made: list[anthropic.Anthropic] = []
+
+    def make(gw: Gateway, api_key: str = "sk-test", **kwargs: Any) -> anthropic.Anthropic:
+        made.append(
+            anthropic.Anthropic(base_url=gw.base_url, api_key=api_key, max_retries=0, **kwargs)
+        )
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import anthropic
 import pytest
 
 from lorch.gateway.server import Gateway
@@ -42,18 +41,14 @@ def endpoint() -> Iterator[ModelEndpoint]:
         yield ep
 
 
-def _client(gw: Gateway) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.base_url, api_key=KEY, max_retries=0)
-
-
 def test_anthropic_stream_passes_through_with_tool_calls_and_is_metered(
-    endpoint: ModelEndpoint, gateway: Callable[..., Gateway]
+    endpoint: ModelEndpoint, gateway: Callable[..., Gateway], sdk: Callable[..., Any]
 ) -> None:
     calls: list[dict[str, Any]] = []
     gw = gateway("anthropic", endpoint.url, on_call=calls.append)
     gw.set_context({"command": "ik:" + "ab" * 32, "attempt": 1})
     messages: Any = [{"role": "user", "content": "write hello.py"}]
-    with _client(gw).messages.stream(
+    with sdk(gw, KEY).messages.stream(
         model="claude-sonnet-4-5", max_tokens=100, messages=messages
     ) as stream:
         final = stream.get_final_message()
@@ -73,11 +68,11 @@ def test_anthropic_stream_passes_through_with_tool_calls_and_is_metered(
 
 
 def test_anthropic_non_streamed_call_is_metered(
-    endpoint: ModelEndpoint, gateway: Callable[..., Gateway]
+    endpoint: ModelEndpoint, gateway: Callable[..., Gateway], sdk: Callable[..., Any]
 ) -> None:
     calls: list[dict[str, Any]] = []
     gw = gateway("anthropic", endpoint.url, on_call=calls.append)
-    message = _client(gw).messages.create(
+    message = sdk(gw, KEY).messages.create(
         model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
     )
     [call] = calls
@@ -87,11 +82,11 @@ def test_anthropic_non_streamed_call_is_metered(
 
 
 def test_model_lists_and_token_counts_are_forwarded_but_not_metered(
-    endpoint: ModelEndpoint, gateway: Callable[..., Gateway]
+    endpoint: ModelEndpoint, gateway: Callable[..., Gateway], sdk: Callable[..., Any]
 ) -> None:
     calls: list[dict[str, Any]] = []
     gw = gateway("anthropic", endpoint.url, on_call=calls.append)
-    client = _client(gw)
+    client = sdk(gw, KEY)
     assert client.models.list().data[0].id == "claude-sonnet-4-5"
     count = client.messages.count_tokens(
         model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}]

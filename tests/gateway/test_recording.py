@@ -167,6 +167,7 @@ def test_the_anthropic_sdk_gets_the_same_answer_from_a_replay(
     endpoint: ModelEndpoint,
     gateway: Callable[..., Gateway],
     cassette: Callable[[], Cassette],
+    sdk: Callable[..., anthropic.Anthropic],
 ) -> None:
     calls = cassette()
     answers = []
@@ -175,7 +176,7 @@ def test_the_anthropic_sdk_gets_the_same_answer_from_a_replay(
         None,
     ):
         gw = gw or gateway("anthropic", DEAD, replay=Replay(load(calls.path), strict=True))
-        client = anthropic.Anthropic(base_url=gw.base_url, api_key="sk-test", max_retries=0)
+        client = sdk(gw)
         with client.messages.stream(
             model="claude-sonnet-4-5",
             max_tokens=10,

@@ -113,18 +113,15 @@ def test_the_client_cannot_redirect_the_upstream(
 
 
 def test_keys_and_authorization_never_reach_the_cassette(
-    gateway: Callable[..., Gateway], cassette: Callable[[], Cassette]
+    gateway: Callable[..., Gateway],
+    cassette: Callable[[], Cassette],
+    sdk: Callable[..., anthropic.Anthropic],
 ) -> None:
     script = Script.from_dict({"steps": [], "fallback": [{"type": "text", "text": "ok"}]})
     calls = cassette()
     with ModelEndpoint(script) as endpoint:
         gw = gateway("anthropic", endpoint.url, cassette=calls)
-        client = anthropic.Anthropic(
-            base_url=gw.base_url,
-            api_key=KEY,
-            max_retries=0,
-            default_headers={"Authorization": f"Bearer {TOKEN}"},
-        )
+        client = sdk(gw, KEY, default_headers={"Authorization": f"Bearer {TOKEN}"})
         with client.messages.stream(
             model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
         ) as stream:

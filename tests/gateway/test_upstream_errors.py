@@ -50,12 +50,14 @@ def test_error_statuses_pass_through_and_are_recorded(
 
 
 def test_the_sdk_sees_a_rate_limit_as_a_rate_limit(
-    upstream: Callable[[list[Reply]], Upstream], gateway: Callable[..., Gateway]
+    upstream: Callable[[list[Reply]], Upstream],
+    gateway: Callable[..., Gateway],
+    sdk: Callable[..., anthropic.Anthropic],
 ) -> None:
     error = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
     up = upstream([json_reply(error, status=429)])
     gw = gateway("anthropic", up.url)
-    client = anthropic.Anthropic(base_url=gw.base_url, api_key="sk-test", max_retries=0)
+    client = sdk(gw)
     with pytest.raises(anthropic.RateLimitError, match="slow down"):
         client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
 
