@@ -80,6 +80,7 @@ HOP_BY_HOP = frozenset(
         "transfer-encoding",
         "upgrade",
         "host",
+        "expect",  # the gateway has read the whole body already
         "content-length",
         # The upstream is asked for identity encoding: the gateway reads the stream.
         "accept-encoding",
