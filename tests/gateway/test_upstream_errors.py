@@ -92,6 +92,7 @@ def test_a_stream_the_upstream_cuts_is_cut_for_the_agent_and_recorded_as_dropped
     # Replayed, the cut is a cut again.
     player = gateway("anthropic", "http://127.0.0.1:9", replay=Replay([entry], strict=True))
     assert _cut_stream(player) == START
+    assert gw.failures == player.failures == []
 
 
 def test_an_unreachable_upstream_is_a_502_in_the_providers_shape(
