@@ -56,6 +56,7 @@ DEFAULT_DROP: tuple[str, ...] = ("metadata.user_id", "prompt_cache_key", "user")
 DEFAULT_HEADERS: tuple[str, ...] = ("anthropic-version", "anthropic-beta", "openai-beta")
 # Query parameters that carry credentials (Gemini's ``?key=``): never normalized in.
 SECRET_PARAMS = frozenset({"key", "api_key", "access_token"})
+_NOT_JSON: Any = object()  # what decode_json gives for a body that is not JSON
 CACHED_FROM = 256  # strings at least this long are normalized once
 CACHE_CHARS = 64 * 1024 * 1024  # the cache is emptied when it would hold more
 
@@ -162,14 +163,21 @@ class Normalizer:
         query: Iterable[tuple[str, str]],
         headers: Mapping[str, str],
         body: bytes,
+        decoded: Any = _NOT_JSON,
     ) -> dict[str, Any]:
-        """The normalized request (see the module docstring)."""
-        decoded = decode_json(body)
-        normalized_body: Any = {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
+        """The normalized request (see the module docstring).
+
+        ``decoded``: ``decode_json(body)`` when the caller has it already.
+        """
+        if decoded is _NOT_JSON:
+            decoded = decode_json(body)
+        normalized_body: Any = None
         if decoded is not _NOT_JSON:
             # A body nested deeper than the walk can go is kept by its digest.
             with contextlib.suppress(RecursionError):
                 normalized_body = self.body(decoded)
+        if normalized_body is None and decoded is not None:
+            normalized_body = {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
         kept = {k.lower(): v for k, v in headers.items() if k.lower() in self.headers}
         return {
             "method": method,
@@ -178,9 +186,6 @@ class Normalizer:
             "headers": dict(sorted(kept.items())),
             "body": normalized_body,
         }
-
-
-_NOT_JSON: Any = object()
 
 
 def decode_json(body: bytes) -> Any:

@@ -329,7 +329,7 @@ class Gateway:
         print_ = None
         if self._cassette is not None or self._replay is not None:
             normalized = self.normalizer.request(
-                request.method, path, params, request.headers, body
+                request.method, path, params, request.headers, body, decoded
             )
             print_ = fingerprint(normalized)
         base = {
