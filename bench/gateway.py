@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lorch.gateway.cassette import Cassette
-from lorch.gateway.server import Gateway
+from lorch.engine.gateway.cassette import Cassette
+from lorch.engine.gateway.server import Gateway
 
 
 def body(size: int) -> bytes:

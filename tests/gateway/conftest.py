@@ -7,8 +7,8 @@ from typing import Any
 import anthropic
 import pytest
 
-from lorch.gateway.cassette import Cassette
-from lorch.gateway.server import Gateway
+from lorch.engine.gateway.cassette import Cassette
+from lorch.engine.gateway.server import Gateway
 from tests.gateway.upstream import Reply, Upstream
 
 

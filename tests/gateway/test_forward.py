@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from lorch.gateway.server import Gateway
+from lorch.engine.gateway.server import Gateway
 from lorch.testing.model_endpoint import ModelEndpoint
 from lorch.testing.model_script import Script
 from tests.gateway.http import request

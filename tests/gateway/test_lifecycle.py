@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from lorch.gateway.cassette import Cassette
-from lorch.gateway.server import Gateway, GatewayError
+from lorch.engine.gateway.cassette import Cassette
+from lorch.engine.gateway.server import Gateway, GatewayError
 from tests.gateway.upstream import Reply, Upstream, sse
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorch.gateway.providers import Meter, classify, error_body
+from lorch.engine.gateway.providers import Meter, classify, error_body
 from lorch.testing import gemini_api, model_stream
 
 BLOCKS: list[dict[str, Any]] = [
@@ -82,7 +82,7 @@ def test_usage_the_provider_did_not_report_properly_is_none_never_an_error(junk:
 def test_an_event_over_the_limit_is_not_metered_but_the_next_one_is(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("lorch.gateway.providers.MAX_EVENT", 1000)
+    monkeypatch.setattr("lorch.engine.gateway.providers.MAX_EVENT", 1000)
     meter = Meter("openai", event_stream=True)
     meter.feed(b"data: " + b"x" * 5000 + b"\n\n")
     done = {"type": "response.completed", "response": {"usage": {"input_tokens": 5}}}

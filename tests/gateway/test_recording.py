@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorch.errors import ConfigError
-from lorch.gateway.cassette import Cassette, CassetteError, Recorded, load
-from lorch.gateway.normalize import Normalizer, fingerprint
-from lorch.gateway.replay import Replay
-from lorch.gateway.server import Gateway
+from lorch.engine.gateway.cassette import Cassette, CassetteError, Recorded, load
+from lorch.engine.gateway.normalize import Normalizer, fingerprint
+from lorch.engine.gateway.replay import Replay
+from lorch.engine.gateway.server import Gateway
 from lorch.testing.model_endpoint import ModelEndpoint
 from lorch.testing.model_script import Script
+from lorch.wire.errors import ConfigError
 from tests.gateway.http import request
 from tests.gateway.upstream import Reply, Upstream, json_reply, sse
 

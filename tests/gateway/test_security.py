@@ -8,11 +8,11 @@ from collections.abc import Callable
 import anthropic
 import pytest
 
-from lorch.errors import ConfigError
-from lorch.gateway.cassette import Cassette
-from lorch.gateway.server import Gateway
+from lorch.engine.gateway.cassette import Cassette
+from lorch.engine.gateway.server import Gateway
 from lorch.testing.model_endpoint import ModelEndpoint
 from lorch.testing.model_script import Script
+from lorch.wire.errors import ConfigError
 from tests.gateway.http import request
 from tests.gateway.upstream import Reply, Upstream, json_reply
 

@@ -11,9 +11,9 @@ from typing import Any
 import anthropic
 import pytest
 
-from lorch.gateway.cassette import Cassette, load
-from lorch.gateway.replay import Replay
-from lorch.gateway.server import Gateway
+from lorch.engine.gateway.cassette import Cassette, load
+from lorch.engine.gateway.replay import Replay
+from lorch.engine.gateway.server import Gateway
 from tests.gateway.http import request
 from tests.gateway.upstream import Reply, Upstream, json_reply, sse
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorch.resources import schema_path
+from lorch.wire.resources import schema_path
 from mockagent import cli
 from mockagent.fixture import (
     TOP_LEVEL,
@@ -111,7 +111,7 @@ def test_a_valid_fixture_costs_its_generated_validator_only(tmp_path: Path) -> N
     fx.write_text(json.dumps(body))
     args = ("--type", "builder", "-script", str(fx), "--workspace", str(tmp_path))
     got = imported(tmp_path, PROBE, *args)
-    # decimal: the generated validator's own import (python -m lorch._validators).
+    # decimal: the generated validator's own import (python -m lorch.wire._validators).
     check_imports(tmp_path, got, WITH_FIXTURE, "import json, re, threading, signal, decimal")
 
 

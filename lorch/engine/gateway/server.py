@@ -12,13 +12,13 @@ streamed back chunk by chunk as it arrives.
 Every model call ends in one *call record* (a plain dict, see :func:`record`)
 handed to ``on_call`` on the gateway's thread; calls that are not model calls
 (model lists, token counts) are forwarded and recorded in the cassette but not
-metered. With a :class:`~lorch.gateway.cassette.Cassette`, each upstream answer
+metered. With a :class:`~lorch.engine.gateway.cassette.Cassette`, each upstream answer
 is appended to it and fsynced before the answer's last byte is passed on: the
 gateway passes every chunk of an event stream at once, except that from the
 event that ends the answer on (``message_stop``, ``response.completed``, …; and
 for a body that is not an event stream, from the first chunk on) it holds back
 the last byte of each chunk until the upstream has finished and the call is
-durable. With a :class:`~lorch.gateway.replay.Replay`, a request it has a
+durable. With a :class:`~lorch.engine.gateway.replay.Replay`, a request it has a
 recording for is answered from the recording, chunk for chunk, with no upstream
 call; in strict replay a request with none is refused with an error in the
 provider's shape and one line saying where it differs from the nearest
@@ -51,10 +51,9 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from lorch.errors import ConfigError, LorchError
-from lorch.gateway.cassette import Cassette, Recorded
-from lorch.gateway.normalize import Normalizer, decode_json, fingerprint, is_json
-from lorch.gateway.providers import (
+from lorch.engine.gateway.cassette import Cassette, Recorded
+from lorch.engine.gateway.normalize import Normalizer, decode_json, fingerprint, is_json
+from lorch.engine.gateway.providers import (
     BASE_PATH,
     DEFAULT_UPSTREAM,
     PROVIDERS,
@@ -64,7 +63,8 @@ from lorch.gateway.providers import (
     classify,
     error_body,
 )
-from lorch.gateway.replay import Replay
+from lorch.engine.gateway.replay import Replay
+from lorch.wire.errors import ConfigError, LorchError
 
 MAX_BODY = 32 * 1024 * 1024
 HOP_BY_HOP = frozenset(
@@ -96,7 +96,7 @@ OnCall = Callable[[dict[str, Any]], None]
 
 # aiohttp logs each malformed request with its traceback: a hostile agent could
 # flood lorch's terminal that way. The gateway's own logger swallows them.
-_QUIET = logging.getLogger("lorch.gateway.http")
+_QUIET = logging.getLogger("lorch.engine.gateway.http")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 

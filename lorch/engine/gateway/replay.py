@@ -1,7 +1,7 @@
 """Replay: answering a request from a recorded call instead of the upstream.
 
 A request is answered from the record when its fingerprint (over the normalized
-request, :mod:`lorch.gateway.normalize`) equals that of a recorded call not used
+request, :mod:`lorch.engine.gateway.normalize`) equals that of a recorded call not used
 yet; the earliest such call answers, and is used up. Calls that are not model
 calls (model lists, token counts) are never used up: an agent asks for them
 again and again, and the answer does not spend anything.
@@ -22,8 +22,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from lorch.gateway.cassette import Recorded
-from lorch.gateway.normalize import distance, first_difference, leaves
+from lorch.engine.gateway.cassette import Recorded
+from lorch.engine.gateway.normalize import distance, first_difference, leaves
 
 
 class Replay:

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from lorch import atomic
-from lorch.canonical import canonical_json
-from lorch.checksum import is_checksum
-from lorch.errors import LorchError, StorageError
-from lorch.redact import Redactor
+from lorch.store import atomic
+from lorch.wire.canonical import canonical_json
+from lorch.wire.checksum import is_checksum
+from lorch.wire.errors import LorchError, StorageError
+from lorch.wire.redact import Redactor
 
 VERSION = 1
 OUTCOMES = ("complete", "dropped")

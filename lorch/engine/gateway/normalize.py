@@ -9,7 +9,7 @@ the same once their volatile parts are set aside. The normalized request is::
      "body": <the JSON body, normalized>}       # or {"sha256": …, "size": …} if not JSON
 
 and its fingerprint is the ``sha256:`` digest of its canonical JSON
-(:func:`lorch.canonical.digest`). The body is normalized in two steps:
+(:func:`lorch.wire.canonical.digest`). The body is normalized in two steps:
 
 1. **dropped fields**: each dotted path of ``drop`` (``metadata.user_id``) is
    removed wherever it is (a list on the way is walked item by item);
@@ -40,8 +40,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorch.canonical import digest
-from lorch.errors import ConfigError
+from lorch.wire.canonical import digest
+from lorch.wire.errors import ConfigError
 
 DEFAULT_RULES: tuple[tuple[str, str], ...] = (
     (r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", "<uuid>"),
