@@ -226,45 +226,40 @@ def gemini_offline_env(
 CODEX_MODEL = "gpt-5.3-codex"
 
 
-def codex_config(base_url: str, *, sandbox_mode: str) -> str:
-    """Codex's ``config.toml`` for an offline test: the endpoint as its model provider.
+def codex_args(base_url: str, *, sandbox_mode: str) -> list[str]:
+    """The ``codex-acp`` options (``-c`` config overrides) for an offline test.
 
-    A provider of its own, not the built-in ``openai`` one: with that one the
-    adapter refuses ``session/new`` until a client calls ACP ``authenticate`` (a
-    key in the environment is not enough), which lorch does not do. With this one
-    the key is read from ``OPENAI_API_KEY`` and no login is needed.
-    ``sandbox_mode`` is Codex's own sandbox for its commands.
+    The endpoint as a model provider of its own, not the built-in ``openai``
+    one: with that one the adapter refuses ``session/new`` until a client sends
+    ACP ``authenticate`` (a key in the environment is not enough), which lorch
+    does not do; with this one the key is read from ``OPENAI_API_KEY``.
+    ``sandbox_mode`` is Codex's own sandbox around its commands. On the command
+    line, not in ``config.toml``: a role's ``cmd`` in ``lorch.json`` says it all.
     """
-    return (
-        f'model_provider = "scripted"\n'
-        f'model = "{CODEX_MODEL}"\n'
-        f'sandbox_mode = "{sandbox_mode}"\n'
-        "check_for_update_on_startup = false\n"
-        "\n[analytics]\nenabled = false\n"
-        "\n[model_providers.scripted]\n"
-        'name = "scripted endpoint"\n'
-        f'base_url = "{base_url}/v1"\n'
-        'env_key = "OPENAI_API_KEY"\n'
-        'wire_api = "responses"\n'
+    provider = (
+        f'{{name="scripted endpoint", base_url="{base_url}/v1", '
+        'env_key="OPENAI_API_KEY", wire_api="responses"}'
     )
+    overrides = [
+        f"model_providers.scripted={provider}",
+        'model_provider="scripted"',
+        f'model="{CODEX_MODEL}"',
+        f'sandbox_mode="{sandbox_mode}"',
+        "check_for_update_on_startup=false",
+        "analytics.enabled=false",
+    ]
+    return [arg for o in overrides for arg in ("-c", o)]
 
 
-def codex_offline_env(
-    base_url: str, home: Path, *, sandbox_mode: str, path: str | None = None
-) -> dict[str, str]:
-    """The environment Codex (``codex-acp``) needs to work offline against ``base_url``.
+def codex_offline_env(base_url: str, *, path: str | None = None) -> dict[str, str]:
+    """The environment Codex (``codex-acp`` with :func:`codex_args`) needs offline.
 
-    A private ``HOME`` whose ``.codex/config.toml`` is :func:`codex_config` (its
-    sessions, logs and databases stay in the test), a dummy key, and the endpoint
-    as the proxy for everything else, so any request that is not to the model
-    shows up in the endpoint's log and is refused there.
+    A dummy key, and the endpoint as the proxy for everything else, so any
+    request that is not to the model shows up in the endpoint's log and is
+    refused there.
     """
-    config = home / ".codex" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(codex_config(base_url, sandbox_mode=sandbox_mode))
     return {
         "PATH": path if path is not None else os.environ.get("PATH", ""),
-        "HOME": str(home),
         "OPENAI_API_KEY": "sk-offline-test",
         "HTTPS_PROXY": base_url,
         "HTTP_PROXY": base_url,

@@ -45,6 +45,7 @@ ATTACK = (
     ' if {{ echo forged >> "$f"; }} 2>/dev/null; then echo "wrote $f";'
     ' else echo "refused $f"; fi; done; python3 hello.py > ran.txt'
 )
+NO_HELPER = "bwrap: execvp codex-linux-sandbox: No such file or directory"
 REFUSED = "refused lorch.json\nrefused events/*.ndjson\nrefused state/planted\n"
 
 
@@ -78,6 +79,11 @@ def _model_script() -> dict[str, Any]:
             | {"after_tool": "exec_command", "tool_error": False, "contains": REFUSED},
             "reply": [_text("hello.py written and run.")],
         },
+        {
+            "name": "no-sandbox-helper",
+            "when": {"tool_error": True, "contains": NO_HELPER},
+            "reply": [_text("Codex's sandbox could not start.")],
+        },
         {"name": "failed", "when": {"tool_error": True}, "reply": [_text("A tool failed.")]},
     ]
     return {"command_pattern": COMMAND_PATTERN, "steps": steps}
@@ -102,13 +108,17 @@ def _mock_fixtures(ws: Path) -> None:
     (ws / "fixtures" / "spec.json").write_text(json.dumps({"responses": {"update_spec": spec}}))
 
 
-def _workspace(root: Path, codex: list[str], url: str, home: Path, *, sandbox_mode: str) -> Path:
+def _workspace(
+    root: Path, codex: list[str], url: str, home: Path | None, *, sandbox_mode: str
+) -> Path:
     ws = root / "ws"
     (ws / "specs").mkdir(parents=True)
     (ws / "specs" / "SPEC.md").write_text("# hello\n\nhello.py prints a greeting.\n")
     _mock_fixtures(ws)
-    env = adapters.codex_offline_env(url, home, sandbox_mode=sandbox_mode)
+    env = adapters.codex_offline_env(url)
     del env["PATH"]  # lorch passes its own PATH
+    if home is not None:
+        env["HOME"] = str(home)
     config = {
         "version": "1",
         "task": {
@@ -120,7 +130,7 @@ def _workspace(root: Path, codex: list[str], url: str, home: Path, *, sandbox_mo
         "agents": {
             "builder": {
                 "transport": "acp",
-                "cmd": codex,
+                "cmd": [*codex, *adapters.codex_args(url, sandbox_mode=sandbox_mode)],
                 "env": env,
                 "prompts": {"implement": TAG + " You are the builder. $goal Work in $workspace."},
             },
@@ -185,7 +195,8 @@ def test_codex_builds_under_lorchs_sandbox_and_cannot_reach_lorchs_files(
     sandbox_mode: str,
 ) -> None:
     ep = endpoint_for(_model_script(), "codex")
-    home = home_outside_tmp if sandbox_mode == "workspace-write" else tmp_path / "home"
+    # Without a HOME of its own, lorch's private one (in the workspace, here under /tmp).
+    home = home_outside_tmp if sandbox_mode == "workspace-write" else None
     ws = _workspace(tmp_path, codex_acp, ep.url, home, sandbox_mode=sandbox_mode)
     config_before = (ws / "lorch.json").read_bytes()
     done = _run(lorch_bin, clean_env, ws)
@@ -204,3 +215,22 @@ def test_codex_builds_under_lorchs_sandbox_and_cannot_reach_lorchs_files(
     # lorch's files were out of its reach (the "done" step saw each attack refused).
     assert (ws / "lorch.json").read_bytes() == config_before
     assert not (ws / "state" / "planted").exists()
+
+
+@needs_bwrap
+def test_codex_s_own_sandbox_cannot_start_with_its_home_under_tmp(
+    codex_acp: list[str],
+    endpoint_for: Any,
+    lorch_bin: str,
+    clean_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """With lorch's private HOME in a workspace under /tmp, workspace-write breaks
+    every command (the edit tool still works): there, use danger-full-access."""
+    ep = endpoint_for(_model_script(), "codex")
+    ws = _workspace(tmp_path, codex_acp, ep.url, None, sandbox_mode="workspace-write")
+    done = _run(lorch_bin, clean_env, ws)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert (ws / "hello.py").read_text() == HELLO
+    assert not (ws / "ran.txt").exists()
+    assert [r.step for r in ep.requests] == ["patch", "attack", "no-sandbox-helper"]
