@@ -50,10 +50,20 @@ CLAUDE = KnownAgent(
 CLAUDE_OLD = KnownAgent(
     CLAUDE.name, "claude-code-acp", ("claude-code-acp",), CLAUDE.keys, CLAUDE.extra, CLAUDE.login
 )
+# codex-acp's built-in "openai" provider takes a key only through ACP
+# ``authenticate``, which lorch does not send: the first run names a provider of
+# its own that reads OPENAI_API_KEY (``-c`` config overrides, no file to write).
+CODEX_PROVIDER = (
+    "-c",
+    'model_provider="openai-key"',
+    "-c",
+    'model_providers.openai-key={name="OpenAI", base_url="https://api.openai.com/v1", '
+    'env_key="OPENAI_API_KEY", wire_api="responses"}',
+)
 CODEX = KnownAgent(
     "Codex",
     "codex-acp",
-    ("codex-acp",),
+    ("codex-acp", *CODEX_PROVIDER),
     ("OPENAI_API_KEY", "CODEX_API_KEY"),
     ("OPENAI_BASE_URL",),
     "`codex login`, kept in ~/.codex",

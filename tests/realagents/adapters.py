@@ -31,6 +31,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from lorch.agents.known_agents import CODEX_PROVIDER
+
 NPM_DIR = Path(__file__).resolve().parent / "npm"
 ADAPTER = "@zed-industries/claude-agent-acp"
 GEMINI = "@google/gemini-cli"
@@ -229,26 +231,21 @@ CODEX_MODEL = "gpt-5.3-codex"
 def codex_args(base_url: str, *, sandbox_mode: str) -> list[str]:
     """The ``codex-acp`` options (``-c`` config overrides) for an offline test.
 
-    The endpoint as a model provider of its own, not the built-in ``openai``
-    one: with that one the adapter refuses ``session/new`` until a client sends
-    ACP ``authenticate`` (a key in the environment is not enough), which lorch
-    does not do; with this one the key is read from ``OPENAI_API_KEY``.
-    ``sandbox_mode`` is Codex's own sandbox around its commands. On the command
-    line, not in ``config.toml``: a role's ``cmd`` in ``lorch.json`` says it all.
+    The model provider the first run gives Codex (:data:`CODEX_PROVIDER`: not
+    the built-in ``openai`` one, with which the adapter refuses ``session/new``
+    until a client sends ACP ``authenticate``; this one reads ``OPENAI_API_KEY``)
+    with the endpoint as its ``base_url``. ``sandbox_mode`` is Codex's own
+    sandbox around its commands. On the command line, not in ``config.toml``: a
+    role's ``cmd`` in ``lorch.json`` says it all.
     """
-    provider = (
-        f'{{name="scripted endpoint", base_url="{base_url}/v1", '
-        'env_key="OPENAI_API_KEY", wire_api="responses"}'
-    )
     overrides = [
-        f"model_providers.scripted={provider}",
-        'model_provider="scripted"',
+        f'model_providers.openai-key.base_url="{base_url}/v1"',
         f'model="{CODEX_MODEL}"',
         f'sandbox_mode="{sandbox_mode}"',
         "check_for_update_on_startup=false",
         "analytics.enabled=false",
     ]
-    return [arg for o in overrides for arg in ("-c", o)]
+    return [*CODEX_PROVIDER, *(arg for o in overrides for arg in ("-c", o))]
 
 
 def codex_offline_env(base_url: str, *, path: str | None = None) -> dict[str, str]:
