@@ -1,14 +1,15 @@
-"""lorch drives the real Codex as its builder, offline, inside lorch's sandbox.
+"""lorch drives the real Codex as its builder and reviewer, offline, inside lorch's sandbox.
 
-The builder is the pinned ``codex-acp`` adapter (Codex's own agent, a native
-binary) talking to the scripted endpoint's OpenAI Responses API through a model
-provider in its ``config.toml``; the reviewer and the spec maintainer are
-mockagent. Every role runs under the default sandbox (bubblewrap where it can
-run). Codex creates ``hello.py`` with its own ``apply_patch`` tool, runs it with
-its shell tool (``exec_command``), then tries with the shell what a hostile
-agent would: append to lorch's ledger and ``lorch.json``, plant a file in
-``state/``. The run completes with review; the work is there exactly once and
-none of lorch's files changed.
+Both are the pinned ``codex-acp`` adapter (Codex's own agent, a native binary)
+talking to the scripted endpoint's OpenAI Responses API through the model
+provider the first run names (``-c`` options, its ``base_url`` pointed at the
+endpoint); the spec maintainer is mockagent. Every role runs under the default
+sandbox (bubblewrap where it can run). The builder creates ``hello.py`` with
+Codex's own ``apply_patch`` tool, runs it with its shell tool
+(``exec_command``), then tries with the shell what a hostile agent would:
+append to lorch's ledger and ``lorch.json``, plant a file in ``state/``. The
+reviewer writes its verdict with ``apply_patch``. The run completes; the work is
+there exactly once and none of lorch's files changed.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ TASK = "T-0042"
 TAG = "[lorch $action $task_id round $round]"
 COMMAND_PATTERN = r"\[lorch [a-z_]+ T-0042 round \d+\]"
 IMPLEMENT = f"[lorch implement {TASK} round 1]"
+REVIEW = f"[lorch review {TASK} round 1]"
 HELLO = "print('hello')\n"
+VERDICT = {"status": "approved", "summary": "hello.py prints the greeting."}
+VERDICT_PATCH = (
+    f"*** Begin Patch\n*** Add File: reviews/{TASK}.json\n+{json.dumps(VERDICT)}\n*** End Patch\n"
+)
 PATCH = "*** Begin Patch\n*** Add File: hello.py\n+print('hello')\n*** End Patch\n"
 # One shell command: each attack says whether it worked, then the work is run
 # (braces doubled: reply strings are templates).
@@ -57,8 +63,8 @@ def _text(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
 
 
-def _after(turn: int) -> dict[str, Any]:
-    return {"prompt_contains": IMPLEMENT, "turn": turn, "has_tools": True}
+def _after(turn: int, prompt: str = IMPLEMENT) -> dict[str, Any]:
+    return {"prompt_contains": prompt, "turn": turn, "has_tools": True}
 
 
 def _model_script() -> dict[str, Any]:
@@ -80,6 +86,16 @@ def _model_script() -> dict[str, Any]:
             "reply": [_text("hello.py written and run.")],
         },
         {
+            "name": "review",
+            "when": _after(0, REVIEW),
+            "reply": [_tool("apply_patch", input=VERDICT_PATCH)],
+        },
+        {
+            "name": "review-done",
+            "when": _after(1, REVIEW) | {"after_tool": "apply_patch", "tool_error": False},
+            "reply": [_text("Approved.")],
+        },
+        {
             "name": "no-sandbox-helper",
             "when": {"tool_error": True, "contains": NO_HELPER},
             "reply": [_text("Codex's sandbox could not start.")],
@@ -89,36 +105,32 @@ def _model_script() -> dict[str, Any]:
     return {"command_pattern": COMMAND_PATTERN, "steps": steps}
 
 
-def _mock_fixtures(ws: Path) -> None:
-    review = {
-        "files": [
-            {"path": "reviews/{task_id}.json", "content": '{"status": "approved"}\n'},
-        ],
-        "events": [
-            {
-                "type": "review.completed",
-                "status": "approved",
-                "payload": {"review_path": "reviews/{task_id}.json", "summary": "approved"},
-            }
-        ],
+def _codex_role(
+    codex: list[str], url: str, home: Path | None, sandbox_mode: str, prompts: dict[str, str]
+) -> dict[str, Any]:
+    env = adapters.codex_offline_env(url)
+    del env["PATH"]  # lorch passes its own PATH
+    if home is not None:
+        home.mkdir(parents=True, exist_ok=True)
+        env["HOME"] = str(home)
+    return {
+        "transport": "acp",
+        "cmd": [*codex, *adapters.codex_args(url, sandbox_mode=sandbox_mode)],
+        "env": env,
+        "prompts": prompts,
     }
-    spec = {"events": [{"type": "spec.no_changes_needed", "payload": {"summary": "spec holds"}}]}
-    (ws / "fixtures").mkdir()
-    (ws / "fixtures" / "reviewer.json").write_text(json.dumps({"responses": {"review": review}}))
-    (ws / "fixtures" / "spec.json").write_text(json.dumps({"responses": {"update_spec": spec}}))
 
 
 def _workspace(
     root: Path, codex: list[str], url: str, home: Path | None, *, sandbox_mode: str
 ) -> Path:
+    """Codex as builder and reviewer (each with ``home``/ROLE as HOME, if given)."""
     ws = root / "ws"
     (ws / "specs").mkdir(parents=True)
     (ws / "specs" / "SPEC.md").write_text("# hello\n\nhello.py prints a greeting.\n")
-    _mock_fixtures(ws)
-    env = adapters.codex_offline_env(url)
-    del env["PATH"]  # lorch passes its own PATH
-    if home is not None:
-        env["HOME"] = str(home)
+    spec = {"events": [{"type": "spec.no_changes_needed", "payload": {"summary": "spec holds"}}]}
+    (ws / "fixtures").mkdir()
+    (ws / "fixtures" / "spec.json").write_text(json.dumps({"responses": {"update_spec": spec}}))
     config = {
         "version": "1",
         "task": {
@@ -128,15 +140,20 @@ def _workspace(
             "expected_outputs": ["hello.py"],
         },
         "agents": {
-            "builder": {
-                "transport": "acp",
-                "cmd": [*codex, *adapters.codex_args(url, sandbox_mode=sandbox_mode)],
-                "env": env,
-                "prompts": {"implement": TAG + " You are the builder. $goal Work in $workspace."},
-            },
-            "reviewer": {
-                "cmd": ["mockagent", "--script", "fixtures/reviewer.json", "--type", "reviewer"]
-            },
+            "builder": _codex_role(
+                codex,
+                url,
+                home and home / "builder",
+                sandbox_mode,
+                {"implement": TAG + " You are the builder. $goal Work in $workspace."},
+            ),
+            "reviewer": _codex_role(
+                codex,
+                url,
+                home and home / "reviewer",
+                sandbox_mode,
+                {"review": TAG + " You are the reviewer. Write your verdict in $workspace."},
+            ),
             "spec_maintainer": {
                 "cmd": ["mockagent", "--script", "fixtures/spec.json", "--type", "spec_maintainer"]
             },
@@ -210,7 +227,10 @@ def test_codex_builds_under_lorchs_sandbox_and_cannot_reach_lorchs_files(
     records = [json.loads(line) for line in ledger.read_text().splitlines()]
     events = [r.get("event") for r in records]
     assert "review.completed" in events, events
-    assert [r.step for r in ep.requests] == ["patch", "attack", "done"], ep.requests
+    steps = ["patch", "attack", "done", "review", "review-done"]
+    assert [r.step for r in ep.requests] == steps, ep.requests
+    # The reviewer's verdict, by its own apply_patch into its own reviews/.
+    assert json.loads((ws / "reviews" / f"{TASK}.json").read_text()) == VERDICT
 
     # lorch's files were out of its reach (the "done" step saw each attack refused).
     assert (ws / "lorch.json").read_bytes() == config_before
@@ -233,4 +253,5 @@ def test_codex_s_own_sandbox_cannot_start_with_its_home_under_tmp(
     assert done.returncode == 0, done.stderr + done.stdout
     assert (ws / "hello.py").read_text() == HELLO
     assert not (ws / "ran.txt").exists()
-    assert [r.step for r in ep.requests] == ["patch", "attack", "no-sandbox-helper"]
+    steps = ["patch", "attack", "no-sandbox-helper", "review", "review-done"]
+    assert [r.step for r in ep.requests] == steps
