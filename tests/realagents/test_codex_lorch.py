@@ -227,6 +227,8 @@ def test_codex_builds_under_lorchs_sandbox_and_cannot_reach_lorchs_files(
     records = [json.loads(line) for line in ledger.read_text().splitlines()]
     events = [r.get("event") for r in records]
     assert "review.completed" in events, events
+    # Inside its workspace Codex asks nothing in these modes: lorch's policy is not consulted.
+    assert "system.permission" not in events
     steps = ["patch", "attack", "done", "review", "review-done"]
     assert [r.step for r in ep.requests] == steps, ep.requests
     # The reviewer's verdict, by its own apply_patch into its own reviews/.
@@ -255,3 +257,14 @@ def test_codex_s_own_sandbox_cannot_start_with_its_home_under_tmp(
     assert not (ws / "ran.txt").exists()
     steps = ["patch", "attack", "no-sandbox-helper", "review", "review-done"]
     assert [r.step for r in ep.requests] == steps
+    # Without its sandbox Codex asks before each apply_patch; lorch's policy allows them.
+    (ledger,) = (ws / "events").glob("*.ndjson")
+    asked = [
+        (r["payload"]["role"], r["payload"]["kind"], r["payload"]["paths"], r["payload"]["allowed"])
+        for r in map(json.loads, ledger.read_text().splitlines())
+        if r.get("event") == "system.permission"
+    ]
+    assert asked == [
+        ("builder", "edit", ["hello.py"], True),
+        ("reviewer", "edit", [f"reviews/{TASK}.json"], True),
+    ]
