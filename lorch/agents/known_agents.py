@@ -29,6 +29,8 @@ class KnownAgent:
     extra: tuple[str, ...]
     # Where a login made once on this machine is kept (then no key is needed).
     login: str
+    # What else a key in the environment needs before the agent uses it ("": nothing).
+    key_use: str = ""
 
     @property
     def pass_env(self) -> list[str]:
@@ -48,13 +50,27 @@ CLAUDE = KnownAgent(
 CLAUDE_OLD = KnownAgent(
     CLAUDE.name, "claude-code-acp", ("claude-code-acp",), CLAUDE.keys, CLAUDE.extra, CLAUDE.login
 )
+# codex-acp's built-in "openai" provider takes a key only through ACP
+# ``authenticate``, which lorch does not send: the first run names a provider of
+# its own that reads OPENAI_API_KEY (``-c`` config overrides, no file to write).
+CODEX_PROVIDER = (
+    "-c",
+    'model_provider="openai-key"',
+    "-c",
+    'model_providers.openai-key={name="OpenAI", base_url="https://api.openai.com/v1", '
+    'env_key="OPENAI_API_KEY", wire_api="responses"}',
+)
 CODEX = KnownAgent(
     "Codex",
     "codex-acp",
-    ("codex-acp",),
+    ("codex-acp", *CODEX_PROVIDER),
     ("OPENAI_API_KEY", "CODEX_API_KEY"),
     ("OPENAI_BASE_URL",),
     "`codex login`, kept in ~/.codex",
+    # codex-acp asks the client to authenticate (ACP ``authenticate``, which lorch
+    # does not send) before it reads a key for its built-in provider.
+    "and name it as env_key of a model provider (`-c` in its cmd, or its config.toml; "
+    "codex-acp reads no key from the environment for its built-in openai provider)",
 )
 GEMINI = KnownAgent(
     "Gemini CLI",
@@ -98,14 +114,22 @@ def key_hint(
     """What to do about a missing key: the variables to set, or the ones set in
     ``environ`` (lorch's) but not ``passed`` to the agent."""
     unpassed = [k for k in agent.keys if environ.get(k) and k not in passed]
+    given = [k for k in agent.keys if k in passed]
+    if agent.key_use and given:
+        return (
+            f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} passed, "
+            f"but {agent.name} does not use {'it' if len(given) == 1 else 'them'} alone: "
+            f"{agent.key_use.removeprefix('and ')}, or log in once ({agent.login})"
+        )
     if unpassed:
         return (
             f"{' and '.join(unpassed)} {'is' if len(unpassed) == 1 else 'are'} set in lorch's "
             f"environment but not passed to the agent: add {'it' if len(unpassed) == 1 else 'them'}"
             f" to $.agents.{role}.pass_env"
         )
+    use = f" {agent.key_use}" if agent.key_use else ""
     return (
-        f"set {' or '.join(agent.keys)} and list it in $.agents.{role}.pass_env, "
+        f"set {' or '.join(agent.keys)} and list it in $.agents.{role}.pass_env{use}, "
         f"or log in once ({agent.login})"
     )
 

@@ -1,8 +1,9 @@
-"""A scripted model endpoint: the Anthropic Messages API and the Gemini API, on 127.0.0.1.
+"""A scripted model endpoint: the Anthropic Messages, Gemini and OpenAI Responses APIs.
 
 It lets a real coding agent (Claude Code through its ACP adapter, or anything
 that talks to ``ANTHROPIC_BASE_URL``; Gemini CLI through ``GOOGLE_GEMINI_BASE_URL``,
-see :mod:`lorch.testing.gemini_api`) run offline and deterministically: every
+see :mod:`lorch.testing.gemini_api`; Codex through a model provider whose
+``base_url`` it is, see :mod:`lorch.testing.openai_api`) run offline and deterministically: every
 ``POST /v1/messages`` is answered by the first step of a script whose conditions
 match the request, streamed as the real API streams (``message_start``,
 ``content_block_start`` / ``content_block_delta`` (``text_delta``,
@@ -43,7 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 
-from lorch.testing import gemini_api, model_stream
+from lorch.testing import gemini_api, model_stream, openai_api
 from lorch.testing.model_script import Conversation, Script, ScriptError, Step, fill, matches
 
 MODELS = (
@@ -55,8 +56,8 @@ MAX_BODY = 64 * 1024 * 1024
 
 
 def is_model_call(path: str) -> bool:
-    """Whether ``path`` is a model call (Messages, or Gemini's generateContent)."""
-    return path == "/v1/messages" or gemini_api.route(path) is not None
+    """Whether ``path`` is a model call (Messages, Gemini's generateContent, Responses)."""
+    return path in ("/v1/messages", openai_api.PATH) or gemini_api.route(path) is not None
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _gemini_error(self, status: int, kind: str, message: str) -> None:
         self._send_json(status, gemini_api.error(status, message))
 
+    def _openai_error(self, status: int, kind: str, message: str) -> None:
+        self._send_json(status, openai_api.error(status, message))
+
     def _body(self) -> dict[str, Any] | None:
         try:
             length = int(self.headers.get("Content-Length", "0"))
@@ -366,6 +370,9 @@ class _Handler(BaseHTTPRequestHandler):
         if gemini is not None:
             self._gemini(path, body, *gemini)
             return
+        if path == openai_api.PATH:
+            self._responses(body)
+            return
         if path != "/v1/messages":
             self.ep._record(self._plain(404, "unknown path"))
             self._error(404, "not_found_error", f"the scripted endpoint does not serve {path}")
@@ -389,6 +396,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         events = gemini_api.events(blocks, model, usage)
+        if hold:
+            self._chunk(next(events))
+            if not self._hold(replace(base, held=True)):
+                return
+        else:
+            self.ep._record(base)
+        self._finish(events)
+
+    def _responses(self, body: dict[str, Any]) -> None:
+        """An OpenAI Responses ``POST /v1/responses`` request."""
+        conv = openai_api.conversation(body)
+        answer = self._answer(
+            conv, body, path=openai_api.PATH, refuse=self._openai_error, tool_ids="call"
+        )
+        if answer is None:
+            return
+        base, blocks, _stop, hold = answer
+        usage = (max(1, len(json.dumps(body)) // 4), max(1, len(json.dumps(blocks)) // 4))
+        model = base.model or self.ep.script.model
+        response_id = f"resp_{self.ep._next_id():024d}"
+        custom = openai_api.custom_tools(body)
+        if not base.stream:
+            self.ep._record(base)
+            self._send_json(200, openai_api.response(response_id, blocks, model, usage, custom))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        events = openai_api.events(response_id, blocks, model, usage, custom)
         if hold:
             self._chunk(next(events))
             if not self._hold(replace(base, held=True)):
@@ -447,6 +485,8 @@ class _Handler(BaseHTTPRequestHandler):
         model: str | None = None,
         stream: bool | None = None,
         gemini: bool = False,
+        refuse: Callable[[int, str, str], None] | None = None,
+        tool_ids: str = "toolu",
     ) -> tuple[Request, list[dict[str, Any]], str, bool] | None:
         """The record, blocks, stop reason and hold answering ``conv``; None once refused."""
         ep = self.ep
@@ -463,7 +503,8 @@ class _Handler(BaseHTTPRequestHandler):
             model=raw_model if isinstance(raw_model, str) else ep.script.model,
             stream=body.get("stream") is True if stream is None else stream,
         )
-        refuse = self._gemini_error if gemini else self._error
+        if refuse is None:
+            refuse = self._gemini_error if gemini else self._error
         if step is not None:
             reply, stop, name = step.reply, step.stop_reason, step.name
         elif ep.script.fallback is not None:
@@ -481,7 +522,7 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         for block in blocks:
             if block["type"] == "tool_use":
-                block["id"] = f"toolu_{ep._next_id():020d}"
+                block["id"] = f"{tool_ids}_{ep._next_id():020d}"
         if stop is None:
             stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
         return base, blocks, stop, hold

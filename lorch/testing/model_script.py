@@ -27,7 +27,7 @@ not a side query). A step may also say ``times`` (answer at most N requests),
 ``hold`` (hold its first N answers) and ``stop_reason`` (default ``tool_use``
 when the reply calls a tool, else ``end_turn``). In reply strings ``{cwd}`` is
 the working directory the agent's system prompt (or Gemini CLI's session
-context) names and ``{{`` / ``}}`` are
+context, or Codex's environment context) names and ``{{`` / ``}}`` are
 literal braces. A request no step matches gets ``fallback`` when the script has
 one, else a 400 error naming the request (the agent sees an API error, the log
 says ``unmatched``).
@@ -49,10 +49,12 @@ from lorch.wire.errors import LorchError
 DEFAULT_COMMAND_PATTERN = r"ik:[0-9a-f]{64}"
 DEFAULT_MODEL = "claude-sonnet-4-5"
 # Claude Code names its working directory in its system prompt; Gemini CLI lists
-# its workspace directories in the session context it sends as the first user text.
+# its workspace directories in the session context it sends as the first user text;
+# Codex names it in the environment context it sends as the first user text.
 _CWD_RE = re.compile(
     r"(?:Primary working directory|Working directory): *(\S[^\n]*)"
     r"|Workspace Directories:\**\n *- *(\S[^\n]*)"
+    r"|<cwd>([^<\n]+)</cwd>"
 )
 
 _BLOCK = {
@@ -267,7 +269,7 @@ class Conversation:
 
     def cwd(self) -> str | None:
         match = _CWD_RE.search(self.system) or _CWD_RE.search(self.all_text())
-        return (match.group(1) or match.group(2)).strip() if match else None
+        return next(g for g in match.groups() if g).strip() if match else None
 
 
 def matches(when: dict[str, Any], conv: Conversation) -> bool:

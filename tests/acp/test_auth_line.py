@@ -82,6 +82,35 @@ def test_codex_with_the_key_in_lorchs_environment_but_not_passed(
     ) in line
 
 
+def test_codex_with_the_key_passed_is_told_the_key_needs_a_model_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real codex-acp 0.16 with OPENAI_API_KEY passed and the built-in
+    # provider refuses the session all the same (tests/realagents/test_codex_lorch.py).
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    port = _port(tmp_path, "codex-acp", "Authentication required", ("OPENAI_API_KEY",))
+    line = _line(port)
+    assert (
+        "OPENAI_API_KEY is passed, but Codex does not use it alone: name it as env_key of a "
+        "model provider (`-c` in its cmd, or its config.toml; codex-acp reads no key from the "
+        "environment for its built-in openai provider), or log in once (`codex login`, kept "
+        "in ~/.codex)"
+    ) in line
+    assert SECRET not in line
+
+
+def test_codex_without_a_key_is_told_the_key_needs_a_model_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("OPENAI_API_KEY", "CODEX_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    line = _line(_port(tmp_path, "codex-acp", "Authentication required"))
+    assert (
+        "set OPENAI_API_KEY or CODEX_API_KEY and list it in $.agents.reviewer.pass_env and name "
+        "it as env_key of a model provider"
+    ) in line
+
+
 def test_gemini_s_reason_is_quoted_redacted_and_escaped(tmp_path: Path) -> None:
     reason = f"Gemini API key is missing or not configured.\x1b[2J\r[lorch] DONE {SECRET}"
     port = _port(tmp_path, "gemini", reason)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lorch.agents.known_agents import CODEX_PROVIDER
 from lorch.app import config, firstrun
 
 from .conftest import Runner, run_ids
@@ -163,13 +164,14 @@ def test_an_installed_acp_agent_is_chosen_when_lorch_can_drive_it(tmp_path: Path
     exe = bin_dir / "codex-acp"
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
-    assert firstrun.find_acp_agent(str(bin_dir)) == ["codex-acp"]
+    # With the model provider that reads its key (see known_agents.CODEX_PROVIDER).
+    assert firstrun.find_acp_agent(str(bin_dir)) == ["codex-acp", *CODEX_PROVIDER]
     assert firstrun.find_acp_agent(str(tmp_path)) is None
     cfg, which = firstrun.default_config(str(bin_dir))
     if firstrun.acp_supported():
         assert cfg["agents"]["builder"] == {
             "transport": "acp",
-            "cmd": ["codex-acp"],
+            "cmd": ["codex-acp", *CODEX_PROVIDER],
             "pass_env": [
                 "OPENAI_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL",
                 "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY",
@@ -185,7 +187,7 @@ def test_an_installed_acp_agent_is_chosen_when_lorch_can_drive_it(tmp_path: Path
     ("exe", "argv", "keys"),
     [
         ("claude-agent-acp", ["claude-agent-acp"], ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"]),
-        ("codex-acp", ["codex-acp"], ["OPENAI_API_KEY", "CODEX_API_KEY"]),
+        ("codex-acp", ["codex-acp", *CODEX_PROVIDER], ["OPENAI_API_KEY", "CODEX_API_KEY"]),
         ("gemini", ["gemini", "--acp"], ["GEMINI_API_KEY", "GOOGLE_API_KEY"]),
     ],
 )
@@ -213,7 +215,7 @@ def test_the_first_run_names_the_other_agents_it_found(tmp_path: Path) -> None:
         (bin_dir / exe).write_text("#!/bin/sh\n")
         (bin_dir / exe).chmod(0o755)
     cfg, which = firstrun.default_config(str(bin_dir))
-    assert cfg["agents"]["builder"]["cmd"] == ["codex-acp"]
+    assert cfg["agents"]["builder"]["cmd"] == ["codex-acp", *CODEX_PROVIDER]
     assert "also found: gemini" in which
 
 

@@ -1,7 +1,8 @@
 """The real ACP agents the offline tests drive, installed with npm from a pinned lock.
 
 ``tests/realagents/npm/package.json`` and its ``package-lock.json`` pin the
-agents (``@zed-industries/claude-agent-acp``, ``@google/gemini-cli``) and
+agents (``@zed-industries/claude-agent-acp``, ``@google/gemini-cli``,
+``@zed-industries/codex-acp`` with its native binary for this platform) and
 everything under them, by version and integrity hash. :func:`ensure_installed`
 runs ``npm ci`` with them into a cache directory named after the lock's digest
 (so a changed lock is a new install and an unchanged one is installed once per
@@ -12,9 +13,9 @@ the directory complete only after npm succeeded. ``.ci/run`` calls it before the
 The cache is ``$LORCH_NPM_CACHE`` if set, else ``$XDG_CACHE_HOME/lorch/npm``
 (``~/.cache/lorch/npm``).
 
-Environment for the agent: :func:`offline_env` (Claude Code) and
-:func:`gemini_offline_env` (Gemini CLI) — everything the agent needs to run
-against a local model endpoint and nothing else.
+Environment for the agent: :func:`offline_env` (Claude Code),
+:func:`gemini_offline_env` (Gemini CLI) and :func:`codex_offline_env` (Codex) —
+everything the agent needs to run against a local model endpoint and nothing else.
 """
 
 from __future__ import annotations
@@ -23,15 +24,19 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from lorch.agents.known_agents import CODEX_PROVIDER
+
 NPM_DIR = Path(__file__).resolve().parent / "npm"
 ADAPTER = "@zed-industries/claude-agent-acp"
 GEMINI = "@google/gemini-cli"
+CODEX = "@zed-industries/codex-acp"
 STAMP = ".lorch-installed"
 
 
@@ -87,6 +92,32 @@ def gemini(root: Path | None = None) -> Path:
     return (root or cache_dir()) / "node_modules" / ".bin" / "gemini"
 
 
+def codex_acp(root: Path | None = None) -> Path:
+    """The Codex ACP adapter's entry point inside an install (it runs the native binary)."""
+    return (root or cache_dir()) / "node_modules" / ".bin" / "codex-acp"
+
+
+# Node's names for this machine's platform and architecture, as the Codex adapter's
+# per-platform packages are named (``@zed-industries/codex-acp-linux-x64``).
+_NODE_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+_NODE_OS = {"linux": "linux", "darwin": "darwin", "win32": "win32"}
+
+
+def codex_native(root: Path | None = None) -> Path | None:
+    """The native Codex binary npm installs for this machine; None where none is published.
+
+    It comes in an optional dependency per platform, which npm skips silently
+    when optional dependencies are omitted: then the adapter exits at its first
+    start, so the install checks for it.
+    """
+    system = _NODE_OS.get(sys.platform)
+    arch = _NODE_ARCH.get(platform.machine().lower())
+    if system is None or arch is None:
+        return None
+    exe = "codex-acp.exe" if system == "win32" else "codex-acp"
+    return (root or cache_dir()) / "node_modules" / f"{CODEX}-{system}-{arch}" / "bin" / exe
+
+
 def ensure_installed(*, timeout: float = 900) -> Path:
     """Install the pinned agents if this machine does not have them yet; their root."""
     target = cache_dir()
@@ -109,12 +140,17 @@ def ensure_installed(*, timeout: float = 900) -> Path:
             )
         except subprocess.TimeoutExpired:
             raise InstallError(f"npm ci in {target} did not finish in {timeout:g}s") from None
-        if proc.returncode != 0 or not all(
-            p.exists() for p in (claude_agent_acp(target), gemini(target))
-        ):
+        native = codex_native(target)
+        wanted = [claude_agent_acp(target), gemini(target), codex_acp(target)]
+        if proc.returncode != 0 or not all(p.exists() for p in wanted):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             raise InstallError(
                 f"npm ci in {target} failed (exit {proc.returncode}): " + " | ".join(tail)
+            )
+        if native is not None and not native.exists():
+            raise InstallError(
+                f"npm ci in {target} did not install {native.relative_to(target)} "
+                "(are optional dependencies omitted? the Codex adapter needs it)"
             )
         (target / STAMP).write_text(adapter_version() + "\n")
     return target
@@ -187,6 +223,47 @@ def gemini_offline_env(
     return env
 
 
+# The model Codex is told to use: one its pinned version has metadata for (with
+# another it warns in the session and offers no apply_patch tool).
+CODEX_MODEL = "gpt-5.3-codex"
+
+
+def codex_args(base_url: str, *, sandbox_mode: str) -> list[str]:
+    """The ``codex-acp`` options (``-c`` config overrides) for an offline test.
+
+    The model provider the first run gives Codex (:data:`CODEX_PROVIDER`: not
+    the built-in ``openai`` one, with which the adapter refuses ``session/new``
+    until a client sends ACP ``authenticate``; this one reads ``OPENAI_API_KEY``)
+    with the endpoint as its ``base_url``. ``sandbox_mode`` is Codex's own
+    sandbox around its commands. On the command line, not in ``config.toml``: a
+    role's ``cmd`` in ``lorch.json`` says it all.
+    """
+    overrides = [
+        f'model_providers.openai-key.base_url="{base_url}/v1"',
+        f'model="{CODEX_MODEL}"',
+        f'sandbox_mode="{sandbox_mode}"',
+        "check_for_update_on_startup=false",
+        "analytics.enabled=false",
+    ]
+    return [*CODEX_PROVIDER, *(arg for o in overrides for arg in ("-c", o))]
+
+
+def codex_offline_env(base_url: str, *, path: str | None = None) -> dict[str, str]:
+    """The environment Codex (``codex-acp`` with :func:`codex_args`) needs offline.
+
+    A dummy key, and the endpoint as the proxy for everything else, so any
+    request that is not to the model shows up in the endpoint's log and is
+    refused there.
+    """
+    return {
+        "PATH": path if path is not None else os.environ.get("PATH", ""),
+        "OPENAI_API_KEY": "sk-offline-test",
+        "HTTPS_PROXY": base_url,
+        "HTTP_PROXY": base_url,
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+
+
 def main() -> int:
     try:
         root = ensure_installed()
@@ -195,6 +272,7 @@ def main() -> int:
         return 1
     print(f"{ADAPTER} {adapter_version()}: {claude_agent_acp(root)}")
     print(f"{GEMINI} {adapter_version(GEMINI)}: {gemini(root)}")
+    print(f"{CODEX} {adapter_version(CODEX)}: {codex_acp(root)}")
     return 0
 
 

@@ -26,6 +26,12 @@ def gemini_cli() -> list[str]:
     return [str(adapters.gemini(_installed())), "--acp"]
 
 
+@pytest.fixture(scope="session")
+def codex_acp() -> list[str]:
+    """The command that starts the pinned Codex ACP adapter (installed if needed)."""
+    return [str(adapters.codex_acp(_installed()))]
+
+
 def _installed() -> Path:
     """The pinned npm install's root; without node, a skip (a failure in CI)."""
     missing = adapters.without_node(os.environ)

@@ -31,7 +31,7 @@ def fake_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_the_pin_is_one_exact_version_with_integrity_hashes() -> None:
     package = json.loads((adapters.NPM_DIR / "package.json").read_text())
-    for name in (adapters.ADAPTER, adapters.GEMINI):
+    for name in (adapters.ADAPTER, adapters.GEMINI, adapters.CODEX):
         assert package["dependencies"][name] == adapters.adapter_version(name)  # exact
     lock = json.loads((adapters.NPM_DIR / "package-lock.json").read_text())
     deps = {k: v for k, v in lock["packages"].items() if k}
@@ -46,7 +46,7 @@ def test_installs_once_per_lock_and_marks_the_install_complete(fake_tools: Path)
         "npm",
         f'echo "$@" >> {count}\n'
         "mkdir -p node_modules/.bin && touch node_modules/.bin/claude-agent-acp "
-        "node_modules/.bin/gemini\n",
+        "node_modules/.bin/gemini node_modules/.bin/codex-acp\n" + _native_install(),
     )
     root = adapters.ensure_installed()
     assert root == adapters.cache_dir() and root.parent == fake_tools.parent / "cache"
@@ -59,6 +59,31 @@ def test_installs_once_per_lock_and_marks_the_install_complete(fake_tools: Path)
         adapters.NPM_DIR / "package-lock.json"
     ).read_bytes()
     assert adapters.claude_agent_acp(root).exists() and adapters.gemini(root).exists()
+    assert adapters.codex_acp(root).exists()
+
+
+def _native_install() -> str:
+    """What the stand-in npm runs to install Codex's native binary for this machine."""
+    native = adapters.codex_native(Path("."))
+    if native is None:
+        return ""
+    return f"mkdir -p {native.parent} && touch {native}\n"
+
+
+def test_an_install_without_codexs_native_binary_is_one_error_naming_it(
+    fake_tools: Path,
+) -> None:
+    if adapters.codex_native() is None:
+        pytest.skip("Codex publishes no native binary for this machine")
+    _tool(
+        fake_tools,
+        "npm",
+        "mkdir -p node_modules/.bin && touch node_modules/.bin/claude-agent-acp "
+        "node_modules/.bin/gemini node_modules/.bin/codex-acp\n",
+    )
+    with pytest.raises(adapters.InstallError, match=r"did not install .*codex-acp-.*optional"):
+        adapters.ensure_installed()
+    assert not (adapters.cache_dir() / adapters.STAMP).exists()
 
 
 def test_a_failed_npm_ci_is_one_error_with_what_npm_said(fake_tools: Path) -> None:
