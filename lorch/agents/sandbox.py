@@ -12,10 +12,10 @@ test command after an ACP builder turn — starts inside ``bwrap`` with this vie
   empty ``/tmp`` (what the agent must run from under ``/tmp`` — lorch's own
   installation, its program — is bound back read-only); ``/run/user`` hidden
   (session bus, ssh/gpg agents: a way out of any sandbox);
-- the workspace writable, except lorch's own paths (:data:`lorch.store.paths.LORCH_DIRS`
+- the workspace writable, except lorch's own paths (:data:`lorch.store.layout.LORCH_DIRS`
   hidden behind an empty read-only tmpfs, ``lorch.json`` unreadable) and
   ``.git/`` (read-only: git may look, hooks and config cannot be planted);
-- the verdict directory of another role (:data:`lorch.store.paths.VERDICT_DIRS`)
+- the verdict directory of another role (:data:`lorch.store.layout.VERDICT_DIRS`)
   read-only: only the reviewer writes ``reviews/``, only the spec maintainer
   ``spec_notes/``;
 - ``HOME`` a private directory of the role (``state/homes/<role>``, kept across
@@ -49,12 +49,13 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from lorch.store.paths import GIT_DIR, LORCH_DIRS, LORCH_FILES, VERDICT_DIRS
+from lorch.store import layout
+from lorch.store.layout import GIT_DIR, LORCH_DIRS, LORCH_FILES, VERDICT_DIRS
 from lorch.wire.errors import ConfigError
 
 MODES = ("auto", "bwrap", "none")
 # Where each role's private HOME lives: inside state/, which no agent sees.
-HOMES = Path("state") / "homes"
+HOMES = layout.HOMES
 TMP = "/tmp"
 # Per-user runtime directories: the session bus (systemd-run --user would start a
 # process outside any sandbox), ssh-agent, gpg-agent, keyrings.

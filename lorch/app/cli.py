@@ -18,6 +18,7 @@ from typing import Any, TextIO, cast
 
 import click
 
+from lorch.store import layout
 from lorch.wire.errors import LorchError
 
 
@@ -303,8 +304,7 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
     if run_id is None:
         runs = store.read_index(workspace)["runs"]
         known = {r["run_id"] for r in runs}
-        events = workspace / "events"
-        extra = sorted(p.stem for p in events.glob("run-*.ndjson")) if events.is_dir() else []
+        extra = sorted(p.stem for p in layout.runs(workspace))
         if not runs and not extra:
             _echo(f"no runs in {workspace}")
             return
@@ -315,7 +315,7 @@ def status_cmd(workspace: Path, run_id: str | None) -> None:
             if rid not in known:
                 _echo(f"{rid}  (not in the index; `lorch resume --run {rid}` rebuilds it)")
         return
-    path = workspace / "events" / f"{run_id}.ndjson"
+    path = layout.ledger(workspace, run_id)
     if not path.exists():
         raise UsageError(f"{workspace}: no run {run_id}")
     state = State()
@@ -386,11 +386,10 @@ def latest_run(workspace: Path) -> str:
     """The run whose ledger was started last (ids sort by their start second)."""
     from lorch.wire.errors import UsageError
 
-    events = workspace / "events"
-    runs = list(events.glob("run-*.ndjson")) if events.is_dir() else []
-    if not runs:
+    run_id = layout.latest_run(workspace)
+    if run_id is None:
         raise UsageError(f"{workspace}: no runs in this workspace")
-    return max(runs, key=lambda p: (p.stem[:19], p.stat().st_mtime_ns)).stem
+    return run_id
 
 
 @cli.command("verify")

@@ -28,11 +28,12 @@ import click
 from lorch.app import config, configcheck
 from lorch.app.cli import EXISTING_WORKSPACE, _echo
 from lorch.app.config import Config
+from lorch.store import layout
 from lorch.wire.errors import ConfigError, UsageError
 from lorch.wire.redact import MASK, SECRET_SUFFIXES, Redactor, secret_values
 from lorch.wire.vocabulary import DEFAULT_TIMEOUTS
 
-BACKUPS = Path("state") / "backups"
+BACKUPS = layout.BACKUPS
 
 # -- keys -----------------------------------------------------------------------
 

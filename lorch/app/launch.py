@@ -19,7 +19,7 @@ from lorch.agents.ndjson import NdjsonTransport
 from lorch.agents.transport import AgentPort, Inbox, Launch, Transport, unsandboxed
 from lorch.app.config import AgentConfig, Config
 from lorch.engine.timing import START_GRACE_S
-from lorch.store import failpoint
+from lorch.store import failpoint, layout
 from lorch.wire import _planted
 from lorch.wire.errors import ConfigError
 from lorch.wire.redact import Redactor
@@ -235,7 +235,7 @@ class ConfiguredAgents:
         # Where the one line saying agents run without a sandbox goes (once).
         self.notice = notice
         self._told = False
-        self.log_dir = log_dir or workspace / "logs"
+        self.log_dir = log_dir or workspace / layout.LOGS
         # By ``$.agents.ROLE.transport``; a new transport is one more entry here.
         self.transports: Mapping[str, Transport] = transports or {
             "ndjson": NdjsonTransport(),
@@ -348,7 +348,7 @@ class ConfiguredAgents:
             argv=argv,
             cwd=cwd,
             env=env,
-            log_path=self.log_dir / role / f"{run_id}.ndjson",
+            log_path=layout.agent_log(self.log_dir, role, run_id),
             generation=generation,
             redactor=self.redactor,
             on_stderr=self.on_stderr,

@@ -31,7 +31,7 @@ from lorch.engine.asking import ConsolePrompter, Prompter
 from lorch.engine.loop import Engine, Outcome
 from lorch.engine.turn_checkpoints import TurnCheckpoints
 from lorch.store import derived_files as store
-from lorch.store import ledger
+from lorch.store import layout, ledger
 from lorch.store.atomic import ensure_dir
 from lorch.store.wslock import workspace_lock
 from lorch.wire import _planted
@@ -213,7 +213,7 @@ def run(
 
         def body() -> Outcome:
             runner.ledger, _ = ledger.Ledger.open(
-                workspace / "events" / f"{run_id}.ndjson", fsync=config.policy.fsync
+                layout.ledger(workspace, run_id), fsync=config.policy.fsync
             )
             runner.start_run(run_id, task, run_policy(config), drift.identity(config))
             runner.write_index()
@@ -224,18 +224,7 @@ def run(
 
 
 def find_unfinished(workspace: Path) -> str:
-    events = workspace / "events"
-    # Newest first: by the second in the run id, then by last write (two runs
-    # started in the same second differ only in their random suffix).
-    candidates = (
-        sorted(
-            events.glob("run-*.ndjson"),
-            key=lambda p: (p.stem[:19], p.stat().st_mtime_ns),
-            reverse=True,
-        )
-        if events.is_dir()
-        else []
-    )
+    candidates = layout.runs(workspace)  # newest first
     for path in candidates:
         if not replay(ledger.read(path, validate=False)).finished:
             return path.stem
@@ -251,8 +240,8 @@ def find_unfinished(workspace: Path) -> str:
 
 def ledger_gone(workspace: Path, run_id: str) -> LorchError:
     """The error for a run lorch knows of (its index, its receipts) whose ledger is gone."""
-    rel = Path("events") / f"{run_id}.ndjson"
-    kept = workspace / "events" / f"{run_id}.ndjson.lorch"
+    rel = Path(layout.ledger_rel(run_id))
+    kept = layout.ledger(workspace, run_id).with_name(f"{rel.name}.lorch")
     if kept.exists():
         hint = f"lorch kept a copy when it noticed: rename {kept.name} to {rel.name}"
     else:
@@ -278,7 +267,7 @@ def resume(
     with workspace_lock(workspace, console.say):
         config = load(workspace)
         run_id = run_id or find_unfinished(workspace)
-        path = workspace / "events" / f"{run_id}.ndjson"
+        path = layout.ledger(workspace, run_id)
         if not path.exists():
             if any(r.get("run_id") == run_id for r in store.read_index(workspace)["runs"]):
                 raise ledger_gone(workspace, run_id)

@@ -18,7 +18,7 @@ from lorch.core.state import State
 from lorch.engine.derived import receipt
 from lorch.engine.recorder import fingerprint, read_verdict_file
 from lorch.store import derived_files as store
-from lorch.store import ledger
+from lorch.store import layout, ledger
 from lorch.store.paths import safe_relpath
 from lorch.wire import schemas
 from lorch.wire.checksum import sha256_file
@@ -31,9 +31,9 @@ Rules = dict[str, list[str]]
 
 def verify(workspace: Path, run_id: str) -> Rules:
     """Rule name → problems found (empty list: the rule holds)."""
-    path = workspace / "events" / f"{run_id}.ndjson"
+    path = layout.ledger(workspace, run_id)
     if not path.exists():
-        raise UsageError(f"{workspace}: no run {run_id} (no events/{run_id}.ndjson)")
+        raise UsageError(f"{workspace}: no run {run_id} (no {layout.ledger_rel(run_id)})")
     rules: Rules = {
         "ledger_replays": [],
         "terminal_event_for_every_command": [],
@@ -248,7 +248,7 @@ def _check_verdicts(workspace: Path, state: State, rules: Rules) -> None:
 
 
 def _check_state_files(workspace: Path, run_id: str, state: State, rules: Rules) -> None:
-    run_json = workspace / "state" / "run.json"
+    run_json = workspace / layout.RUN_JSON
     data = _derived(workspace, "state/run.json", rules)
     if isinstance(data, dict) and data.get("run_id") == run_id:
         if data.get("status") != state.status:

@@ -21,6 +21,7 @@ from typing import Any
 
 from lorch.conformance.driver import Line
 from lorch.store.checkpoint import Checkpoints
+from lorch.store.layout import CHECKPOINT_STORE
 from lorch.wire import protocol, vocabulary
 
 _OWN = frozenset({"_inner", "_ck", "_keys", "_synth"})
@@ -41,9 +42,7 @@ class UnderCheckpoints:
 
     def __init__(self, inner: Any, workspace: Path) -> None:
         object.__setattr__(self, "_inner", inner)
-        object.__setattr__(
-            self, "_ck", Checkpoints(workspace, workspace / "state" / "checkpoints.git")
-        )
+        object.__setattr__(self, "_ck", Checkpoints(workspace, workspace / CHECKPOINT_STORE))
         object.__setattr__(self, "_keys", {})
         object.__setattr__(self, "_synth", [])
 

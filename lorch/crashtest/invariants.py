@@ -18,11 +18,11 @@ from pathlib import Path
 from lorch.core.state import Pending, State
 from lorch.crashtest.workspace import final_status, read_records
 from lorch.store import derived_files as store
+from lorch.store.layout import LORCH_DIRS
 from lorch.wire.errors import StorageError
 from lorch.wire.protocol import Record
 
 # lorch's own directories: a temp file left in one of them is lorch's.
-LORCH_DIRS = ("events", "state", "receipts", "snapshots", "transcripts", "logs")
 TEMP_NAME = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]+$")
 
 

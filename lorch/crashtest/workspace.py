@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lorch.core.workflow import replay
-from lorch.store import ledger, snapshot
+from lorch.store import layout, ledger, snapshot
 from lorch.wire.checksum import sha256_file
 
 
@@ -17,7 +17,7 @@ def workspace_files(ws: Path) -> dict[str, str]:
 
 
 def the_ledger(ws: Path) -> Path | None:
-    found = sorted((ws / "events").glob("run-*.ndjson")) if (ws / "events").is_dir() else []
+    found = layout.runs(ws)
     return found[0] if found else None
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from lorch.core.state import Pending, State
 from lorch.engine import transcript
 from lorch.store import derived_files as store
+from lorch.store import layout
 from lorch.wire import protocol
 from lorch.wire.protocol import Record
 
@@ -83,7 +84,7 @@ def index_entry(state: State, now: str) -> Record:
         "snapshot_id": state.snapshot_id,
         "started_at": state.started_at or now,
         "updated_at": now,
-        "ledger": f"events/{state.run_id}.ndjson",
+        "ledger": layout.ledger_rel(state.run_id),
         "failure": state.failure,
     }
 

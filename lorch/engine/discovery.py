@@ -27,24 +27,13 @@ import stat
 from pathlib import Path
 from typing import TypedDict
 
+from lorch.store.layout import GIT_DIR, LORCH_DIRS, VERDICT_DIRS
+
 STRATEGY = "lorch-heuristic/1"
 SEARCH_PATHS = (".", "docs", "specs", "plans")
 EXTENSIONS = (".md", ".rst", ".txt")
 # Never searched: version control, dependencies, and what lorch itself writes.
-IGNORED = frozenset(
-    {
-        ".git",
-        "node_modules",
-        "events",
-        "state",
-        "receipts",
-        "snapshots",
-        "logs",
-        "transcripts",
-        "reviews",
-        "spec_notes",
-    }
-)
+IGNORED = frozenset({GIT_DIR, "node_modules", *LORCH_DIRS, *VERDICT_DIRS.values()})
 LOCATIONS = frozenset({"docs", "specs", "plans"})
 NAME_TOKENS = {"plan": 40, "spec": 30, "proposal": 25, "roadmap": 20}
 BASE = 10

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lorch.store import ledger
+from lorch.store import layout, ledger
 from lorch.store.atomic import atomic_write_chunks
 from lorch.wire.textsafe import visible
 
@@ -344,8 +344,8 @@ def render(record: dict[str, Any], *, color: bool) -> str | None:
 
 def rebuild(workspace: Path, run_id: str) -> Path:
     """Write ``transcripts/<run_id>.txt`` from the ledger (streaming, atomic)."""
-    src = workspace / "events" / f"{run_id}.ndjson"
-    target = workspace / "transcripts" / f"{run_id}.txt"
+    src = layout.ledger(workspace, run_id)
+    target = layout.transcript(workspace, run_id)
     lines = (render(record, color=False) for record in ledger.read(src, validate=False))
     atomic_write_chunks(target, (f"{text}\n".encode() for text in lines if text is not None))
     return target

@@ -6,7 +6,7 @@ the temp file is removed when the write fails. Files are 0600, directories 0700.
 
 lorch's own files never follow a symlink an agent planted: from the folder that
 holds lorch's own folders (the workspace: the parent of the first component of
-the path named in :data:`lorch.store.paths.LORCH_DIRS`) down, every directory is
+the path named in :data:`lorch.store.layout.LORCH_DIRS`) down, every directory is
 opened by descriptor without following a symlink (:mod:`lorch.store.safefs`); the
 temp file is created ``O_EXCL | O_NOFOLLOW`` and renamed relative to that
 descriptor. A symlink there is a :class:`StorageError` naming it. Above that
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lorch.store import failpoint, safefs
-from lorch.store.paths import LORCH_DIRS
+from lorch.store.layout import LORCH_DIRS
 from lorch.wire import _planted
 from lorch.wire.errors import StorageError
 

@@ -63,6 +63,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lorch.store.atomic import ensure_dir
+from lorch.store.layout import CHECKPOINT_STORE
 from lorch.store.storegit import EXCLUDED, EXCLUDED_FILES, StoreGit
 from lorch.store.watch import Dirty, Watch
 from lorch.wire.errors import StorageError
@@ -83,7 +84,7 @@ _EMPTY_BLOB = b"e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
 __all__ = ["EXCLUDED", "EXCLUDED_FILES", "STORE", "Checkpoints"]
 
 # The private store, relative to the workspace.
-STORE = Path("state") / "checkpoints.git"
+STORE = CHECKPOINT_STORE
 
 
 def _never_held(name: str, parent: str) -> bool:

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lorch.store import safefs
+from lorch.store import layout, safefs
 from lorch.store.atomic import atomic_create_many, atomic_write_json, json_bytes
 from lorch.wire import schemas
 from lorch.wire.errors import PathEscape, StorageError
@@ -28,7 +28,7 @@ DERIVED_MAX_BYTES = 64 << 20
 
 
 def receipts_dir(workspace: Path, task_id: str) -> Path:
-    return workspace / "receipts" / task_id
+    return layout.receipts(workspace, task_id)
 
 
 def iter_receipts(
@@ -40,7 +40,7 @@ def iter_receipts(
     StorageError naming it; with ``problems``, its line goes there instead and
     the file is skipped.
     """
-    base = workspace / "receipts"
+    base = layout.receipts(workspace)
     dirs = [base / task_id] if task_id else sorted(p for p in base.glob("*") if p.is_dir())
     out: list[tuple[int, str, Path, dict[str, Any]]] = []
     for d in dirs:
@@ -132,7 +132,7 @@ def write_receipts(
 
 def write_run_state(workspace: Path, state: dict[str, Any]) -> None:
     schemas.validate("run-state", state, source="state/run.json")
-    atomic_write_json(workspace / "state" / "run.json", state)
+    atomic_write_json(workspace / layout.RUN_JSON, state)
 
 
 def read_json(workspace: Path, rel: str) -> Any:
@@ -186,4 +186,4 @@ def update_index(workspace: Path, entry: dict[str, Any]) -> None:
     runs.sort(key=lambda r: (r.get("started_at", ""), r.get("run_id", "")))
     body = {"runs": runs}
     schemas.validate("index", body, source="state/index.json")
-    atomic_write_json(workspace / "state" / "index.json", body)
+    atomic_write_json(workspace / layout.INDEX_JSON, body)

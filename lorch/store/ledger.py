@@ -34,13 +34,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorch.store import failpoint
+from lorch.store import failpoint, layout
 from lorch.store.atomic import FILE_MODE, atomic_write_json, ensure_dir, fsync_dir, temp_name
 from lorch.wire import _planted, protocol
 from lorch.wire.errors import FramingError, LedgerError, SchemaError, StorageError
 from lorch.wire.protocol import Record
 
-KEY_FILE = Path("state") / "ledger.key"
+KEY_FILE = layout.LEDGER_KEY
 _KEY_BYTES = 32
 _SUFFIX = re.compile(rb',"chain":"hmac-sha256:([0-9a-f]{64})"}$')
 _SUFFIX_LEN = len(b',"chain":"hmac-sha256:"}') + 64
@@ -161,8 +161,7 @@ def unseal(key: bytes, prev: str, raw: bytes) -> tuple[bytes, str] | None:
 
 def head_path(ledger_path: Path) -> Path:
     """Where lorch notes how far a ledger reached (``state/heads/<run>.json``)."""
-    p = Path(ledger_path)
-    return p.parent.parent / "state" / "heads" / f"{p.stem}.json"
+    return layout.head(Path(ledger_path))
 
 
 def write_head(ledger_path: Path, records: int, chain: str) -> None:

@@ -15,18 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lorch.store import safefs
+from lorch.store.layout import GIT_DIR, LORCH_DIRS, LORCH_FILES, VERDICT_DIRS
 from lorch.wire.errors import PathEscape
-
-# lorch's own directories at the top of a workspace: the ledger, run state and
-# the checkpoint store (state/checkpoints.git), receipts, snapshot manifests,
-# agents' logs, transcripts.
-LORCH_DIRS = ("events", "state", "receipts", "snapshots", "logs", "transcripts")
-# lorch's own files at the top of a workspace.
-LORCH_FILES = ("lorch.json",)
-# git's directory, at any depth (hooks, config: what runs when git does).
-GIT_DIR = ".git"
-# The verdict directory of each role that writes one; no other role writes there.
-VERDICT_DIRS = {"reviewer": "reviews", "spec_maintainer": "spec_notes"}
 
 
 def lorch_owned(rel: str) -> str | None:

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from lorch.store.atomic import atomic_write_json
+from lorch.store.layout import LORCH_DIRS
 from lorch.wire.canonical import canonical_bytes
 from lorch.wire.protocol import now_rfc3339
 
 # lorch's own output folders: what lorch writes is not part of the work.
-OUTPUT_DIRS = frozenset({"events", "state", "receipts", "snapshots", "logs", "transcripts"})
+OUTPUT_DIRS = frozenset(LORCH_DIRS)
 EXCLUDED_NAMES = frozenset({"node_modules", "__pycache__"})
 
 

@@ -55,13 +55,13 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from lorch.store.layout import LORCH_DIRS, LORCH_FILES
 from lorch.wire.errors import StorageError
 
-# lorch's own directories at the top of the workspace (DESIGN.md §4): never
-# part of a checkpoint, never touched by a rollback.
-EXCLUDED = ("events", "state", "receipts", "logs", "snapshots", "transcripts")
-# lorch's own files at the top of the workspace: lorch.json holds secrets (env).
-EXCLUDED_FILES = ("lorch.json",)
+# lorch's own directories and files at the top of the workspace: never part
+# of a checkpoint, never touched by a rollback (lorch.json holds secrets).
+EXCLUDED = LORCH_DIRS
+EXCLUDED_FILES = LORCH_FILES
 
 # info/exclude: lorch's paths (anchored at the root) and every hidden directory,
 # at any depth. Hidden *files* (.gitignore, .env, ...) are part of the work.

@@ -25,12 +25,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from lorch.store import failpoint
+from lorch.store import failpoint, layout
 from lorch.store.atomic import ensure_dir, remove_stale_temps
+from lorch.store.layout import LORCH_DIRS
 from lorch.wire.errors import StorageError, UsageError
-
-# Where lorch's atomic writes leave their temp files (never the agents' folders).
-LORCH_TEMP_DIRS = ("state", "receipts", "snapshots", "transcripts", "events", "logs")
 
 # How long a lock left by a lorch that has ended may take to be let go.
 LOCK_WAIT_S = 30.0
@@ -119,8 +117,8 @@ def workspace_lock(
     workspace: Path, say: Callable[[str], None] | None = None, wait_s: float = LOCK_WAIT_S
 ) -> Iterator[None]:
     """One lorch process per workspace at a time."""
-    ensure_dir(workspace / "state")
-    path = workspace / "state" / "lock"
+    ensure_dir(workspace / layout.STATE)
+    path = workspace / layout.LOCK
     try:
         failpoint.io_fault(path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -130,7 +128,7 @@ def workspace_lock(
         acquire(fd, workspace, say, wait_s)
         # Holding the lock, no other lorch writes here: any temp file of an
         # atomic write is a crashed one's (docs/decisions.md D29).
-        remove_stale_temps([workspace / d for d in LORCH_TEMP_DIRS])
+        remove_stale_temps([workspace / d for d in LORCH_DIRS])
         yield
     finally:
         os.close(fd)
