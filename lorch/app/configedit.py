@@ -58,13 +58,12 @@ from lorch.app.configcli import (
 from lorch.app.firstrun import acp_role
 from lorch.engine.transcript import shown
 from lorch.wire.errors import ConfigError, UsageError
-from lorch.wire.vocabulary import DEFAULT_TIMEOUTS
+from lorch.wire.vocabulary import DEFAULT_TIMEOUTS, ROLES
 
 SAVED = 0
 NOT_SAVED = 1
 # An answer line longer than this is cut there (a file with no newline is not a hang).
 MAX_LINE = 1 << 20
-ROLES = ("builder", "reviewer", "spec_maintainer", "orchestration")
 TASK_FIELDS = ("id", "goal", "spec_path", "expected_outputs", "test_cmd")
 ROLE_FIELDS = ("cmd", "transport", "pass_env", "env", "sandbox")
 # A role's settings that mean the same for every agent: kept when a known agent

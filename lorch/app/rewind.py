@@ -48,7 +48,7 @@ from lorch.core.state import State
 from lorch.engine import transcript
 from lorch.engine.recorder import Recorder
 from lorch.engine.turn_checkpoints import LISTED
-from lorch.store import ledger
+from lorch.store import layout, ledger
 from lorch.store.atomic import atomic_write_json
 from lorch.store.checkpoint import STORE, Checkpoints
 from lorch.store.wslock import workspace_lock
@@ -109,7 +109,7 @@ class _Quiet:
 
 
 def ledger_path(workspace: Path, run_id: str) -> Path:
-    path = workspace / "events" / f"{run_id}.ndjson"
+    path = layout.ledger(workspace, run_id)
     if "/" in run_id or not path.is_file():
         raise UsageError(f"{workspace}: no run {run_id} (no events/{run_id}.ndjson)")
     return path
@@ -249,8 +249,7 @@ def to_undo(workspace: Path) -> Rewound | None:
 def _stack(workspace: Path) -> list[Rewound]:
     """The rewinds in effect, oldest first: every one recorded, less those undone."""
     found: list[tuple[str, Rewound]] = []
-    events = workspace / "events"
-    for path in sorted(events.glob("run-*.ndjson")) if events.is_dir() else []:
+    for path in sorted(layout.runs(workspace)):
         records = list(ledger.read(path))
         for r in rewinds(records, path.stem):
             found.append((str(records[r.record - 1].get("occurred_at", "")), r))
@@ -350,7 +349,7 @@ def _finish_interrupted(workspace: Path, ck: Checkpoints) -> tuple[Rewound, list
 
 def _recorded(workspace: Path, run_id: str, n: int) -> Rewound | None:
     """Record ``n`` of the run's ledger if it is a rewind and the ledger's last record."""
-    path = workspace / "events" / f"{run_id}.ndjson"
+    path = layout.ledger(workspace, run_id)
     if "/" in run_id or not path.is_file():
         return None
     records = list(ledger.read(path))

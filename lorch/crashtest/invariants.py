@@ -18,6 +18,7 @@ from pathlib import Path
 from lorch.core.state import Pending, State
 from lorch.crashtest.workspace import final_status, read_records
 from lorch.store import derived_files as store
+from lorch.store import layout
 from lorch.store.layout import LORCH_DIRS
 from lorch.wire.errors import StorageError
 from lorch.wire.protocol import Record
@@ -189,7 +190,7 @@ def check_snapshot_once(recs: list[Record], baseline: list[Record]) -> None:
 def receipt_files(ws: Path) -> dict[str, bytes]:
     """Every receipt file on disk (relative path → bytes), read before a resume."""
     out: dict[str, bytes] = {}
-    base = ws / "receipts"
+    base = layout.receipts(ws)
     if base.is_dir():
         for p in sorted(base.glob("*/step-*.json")):
             with contextlib.suppress(OSError):
