@@ -138,7 +138,7 @@ TOOLS = {
     "config": (
         "lorch.app.configcli",
         "config_group",
-        "Show, get, set, unset and check lorch.json (docs/configuration.md).",
+        "Show, get, set, unset, check and edit lorch.json (docs/configuration.md).",
     ),
 }
 
