@@ -173,13 +173,9 @@ class AcpPort:
         try:
             try:
                 proc = await procs.spawn_async(
-                    *self.argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
+                    self.argv,  # the leader of its own process group: killed as one
                     cwd=str(self.launch.cwd),
                     env=dict(self.launch.env),
-                    start_new_session=True,  # its own process group: killed as one
                     limit=STREAM_LIMIT,
                 )
             except OSError as e:
