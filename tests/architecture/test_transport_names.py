@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ast
 import pathlib
+from typing import Any
 
 from lorch.agents import registry
+from lorch.wire import schemas
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The agents layer (the registry, the transports), the config parser, and the
@@ -90,3 +92,33 @@ def test_no_transport_name_is_compared_outside_the_agents_layer() -> None:
             continue
         found += [f"{rel}:{n}" for n in comparisons(path.read_text(encoding="utf-8"))]
     assert found == [], "ask the transport's capabilities (lorch/agents/registry.py) instead"
+
+
+def _role_schema() -> dict[str, Any]:
+    role: dict[str, Any] = schemas.load_schema("config")["$defs"]["role"]
+    return role
+
+
+def test_the_registry_names_the_transports_the_config_schema_accepts() -> None:
+    assert set(registry.names()) == set(_role_schema()["properties"]["transport"]["enum"])
+    assert all(registry.in_schema(registry.capabilities(n)) for n in registry.names())
+
+
+def test_each_transport_carries_its_registry_entry() -> None:
+    from lorch.agents.acp.port import AcpTransport
+    from lorch.agents.ndjson import NdjsonTransport
+    from lorch.app.launch import ConfiguredAcpTransport
+
+    assert NdjsonTransport.capabilities is registry.NDJSON
+    assert AcpTransport.capabilities is registry.ACP
+    assert ConfiguredAcpTransport.capabilities is registry.ACP
+
+
+def test_a_transports_own_options_are_the_fields_the_schema_allows_only_with_it() -> None:
+    only = {
+        field
+        for field, rule in _role_schema()["else"]["properties"].items()
+        if "allowed only with" in rule.get("description", "")
+    }
+    assert set(registry.ACP.options) == only
+    assert registry.NDJSON.options == ()
