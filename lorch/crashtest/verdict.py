@@ -184,13 +184,11 @@ def _keyless_roles(ws: Path) -> set[str]:
         agents = json.loads((ws / "lorch.json").read_text(encoding="utf-8")).get("agents", {})
     except (OSError, ValueError):
         return set()
-    default = registry.DEFAULT.name
-    return {
-        role
+    kinds = {
+        role: registry.TRANSPORTS.get(str(spec.get("transport", registry.DEFAULT.name)))
         for role, spec in agents.items()
-        if (kind := registry.TRANSPORTS.get(spec.get("transport", default))) is not None
-        and kind.checkpointed_turns
     }
+    return {role for role, kind in kinds.items() if kind is not None and kind.checkpointed_turns}
 
 
 def _keys_completed_once(run: Resumed) -> None:
