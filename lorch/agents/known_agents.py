@@ -12,6 +12,8 @@ import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from lorch.agents import registry
+
 # What every agent that calls a model over HTTPS may need to get out through a
 # proxy (an ACP agent sees only the variables its role's pass_env names).
 PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY")
@@ -31,6 +33,15 @@ class KnownAgent:
     login: str
     # What else a key in the environment needs before the agent uses it ("": nothing).
     key_use: str = ""
+
+    @property
+    def transport(self) -> str:
+        """The transport its role names: every agent here speaks ACP."""
+        return registry.ACP.name
+
+    def started_by(self, transport: str) -> bool:
+        """Whether a role of ``transport`` (its name in lorch.json) starts it as it is meant to."""
+        return transport == self.transport
 
     @property
     def pass_env(self) -> list[str]:

@@ -30,9 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from lorch.agents import procs
+from lorch.agents import procs, registry
 from lorch.agents.pipewriter import PipeWriter
-from lorch.agents.transport import Inbox, Incoming, ItemKind, Launch, SendContext
+from lorch.agents.transport import AgentPort, Inbox, Incoming, ItemKind, Launch, SendContext
 from lorch.store import failpoint
 from lorch.store.atomic import ensure_dir, open_append
 from lorch.wire import protocol
@@ -45,8 +45,16 @@ READ_SIZE = 65536
 class NdjsonTransport:
     """Starts :class:`AgentProcess` ports (lorch's own NDJSON protocol)."""
 
+    capabilities = registry.NDJSON
+
     def start(self, launch: Launch, inbox: Inbox) -> AgentProcess:
         return AgentProcess(launch, inbox)
+
+    def check(self, port: AgentPort) -> str:
+        """Its start-up check is all there is: its first heartbeat came, or none is sent."""
+        if port.ready_within is None:
+            return "started (it sends no heartbeats: nothing to wait for)"
+        return f"ready ({port.awaits} came)"
 
 
 class AgentProcess:

@@ -1,9 +1,14 @@
 """Process groups: start, signal, stop, reap, and end orphans (DESIGN.md §5.6, §6).
 
-Everything lorch starts — agents (supervisor), agents under test (conformance),
-lorch itself (crash harness) — starts here as the leader of its own process
-group, so that one signal reaches every process it forks, and ends here: the
-group is signalled and the leader always reaped.
+Everything lorch starts that may outlive the call that starts it — agents
+(NDJSON, :mod:`lorch.agents.ndjson`; ACP, :mod:`lorch.agents.acp.port`), an
+ACP agent's terminals and the task's test command (:mod:`lorch.agents.acp`),
+agents under test (conformance), lorch itself (crash harness) — starts here
+(:func:`spawn`, or :func:`spawn_async` on an event loop) as the leader of its
+own process group, so that one signal reaches every process it forks, and
+ends here: the group is signalled and the leader always reaped. Short helpers
+lorch waits for (git, the sandbox's probe) stay in lorch's own group, which
+:func:`end_strays` spares.
 
 A process can leave its group (``setsid``). So ``lorch run`` makes itself a
 child subreaper (:func:`become_subreaper`, Linux): whatever an agent started
@@ -32,6 +37,7 @@ from typing import IO, Any
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
 
 _Stream = int | IO[bytes] | None
 
@@ -66,12 +72,34 @@ def spawn(
     return proc
 
 
-async def spawn_async(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
-    """``asyncio.create_subprocess_exec`` as :func:`spawn` starts a process: the leader
-    of a new process group, known to :func:`end_strays` as one of lorch's own."""
-    kwargs["start_new_session"] = True
+async def spawn_async(
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | str | None = None,
+    stdin: _Stream = PIPE,
+    stdout: _Stream = PIPE,
+    stderr: _Stream = PIPE,
+    limit: int | None = None,
+) -> asyncio.subprocess.Process:
+    """:func:`spawn` for an event loop (``asyncio.create_subprocess_exec``): the leader
+    of a new process group, known to :func:`end_strays` as one of lorch's own.
+
+    ``limit``: the longest line its stream readers take (asyncio's default if None).
+    Raises ``OSError`` when it cannot be started.
+    """
+    extra: dict[str, Any] = {} if limit is None else {"limit": limit}
     with _starting() as own:
-        proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # own process group: we signal the whole group
+            **extra,
+        )
         own(proc.pid)
     return proc
 

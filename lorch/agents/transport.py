@@ -37,8 +37,42 @@ ItemKind = Literal["event", "heartbeat", "ready", "error", "exit", "permission"]
 
 
 @dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What sets one transport apart, for the layers above it to ask instead of its name.
+
+    The registry (:mod:`lorch.agents.registry`) holds one per transport, by the
+    name ``$.agents.ROLE.transport`` gives; each transport class carries its own.
+
+    - ``name``: the transport's name in ``lorch.json``.
+    - ``heartbeats``: its agents send heartbeats, and the watchdog's timeouts
+      (``heartbeat_interval_s``, the start-up grace) apply to them.
+    - ``checkpointed_turns``: its agents see no idempotency key, so lorch makes
+      their effects exactly-once: the workspace is checkpointed around every
+      command whatever the role's ``idempotency`` (which defaults to
+      ``"lorch"``), the transport ends each turn with a :class:`TurnCheckpoint`
+      and may post ``permission`` items.
+    - ``runs_tests``: after a builder's turn the transport runs the task's
+      ``test_cmd`` itself (it builds the terminal event).
+    - ``start_timeout_s``: how long an agent may take to pass its start-up
+      check unless the role says (``timeouts_s.start``); None: the watchdog's
+      start-up grace (heartbeat interval times the misses allowed).
+    - ``check``: the word ``lorch doctor`` names its start-up line with.
+    - ``options``: the role fields (``$.agents.ROLE.*``) only this transport reads.
+    """
+
+    name: str
+    heartbeats: bool
+    checkpointed_turns: bool
+    runs_tests: bool
+    start_timeout_s: float | None
+    check: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TurnCheckpoint:
-    """The workspace checkpoint a transport took when a turn ended (ACP).
+    """The workspace checkpoint a transport took when a turn ended
+    (:attr:`Capabilities.checkpointed_turns`; ACP).
 
     ``tree`` is the git tree id, ``changed`` every path changed since the
     command's pre-command checkpoint, sorted. The engine records it as the
@@ -218,10 +252,17 @@ class AgentPort(Protocol):
 
 
 class Transport(Protocol):
-    """Starts agents of one kind (NDJSON, ACP, ...)."""
+    """Starts agents of one kind (NDJSON, ACP, ...); ``capabilities`` says what sets it apart."""
+
+    capabilities: Capabilities
 
     def start(self, launch: Launch, inbox: Inbox) -> AgentPort:
         """Start the agent ``launch`` describes; raise ``AgentError`` if it cannot start."""
+        ...
+
+    def check(self, port: AgentPort) -> str:
+        """``lorch doctor``'s check of a ``port`` that passed its start-up check:
+        what it found, in one line; ``AgentError`` (one line) when it fails."""
         ...
 
 

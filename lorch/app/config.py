@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorch.agents import registry
 from lorch.agents.acp import prompts
+from lorch.agents.transport import Capabilities
 from lorch.core.policy import RolePolicy, RunPolicy
 from lorch.wire import schemas
 from lorch.wire.canonical import digest
@@ -46,8 +48,9 @@ class AgentConfig:
     cwd: str | None = None
     heartbeat_interval_s: float = 10.0
     timeouts_s: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
-    # "ndjson" (lorch's own protocol) or "acp" (the Agent Client Protocol).
-    transport: str = "ndjson"
+    # "ndjson" (lorch's own protocol) or "acp" (the Agent Client Protocol):
+    # a name of lorch/agents/registry.py, whose capabilities ``kind`` gives.
+    transport: str = registry.DEFAULT.name
     # "agent": the agent answers a re-sent key from its own cache; "lorch": lorch
     # checkpoints the workspace around each command and rolls an interrupted one
     # back before sending it again (DESIGN.md §5.12).
@@ -69,9 +72,14 @@ class AgentConfig:
     max_updates_per_turn: int = 10_000
 
     @property
+    def kind(self) -> Capabilities:
+        """What this role's transport can do (lorch/agents/registry.py)."""
+        return registry.capabilities(self.transport)
+
+    @property
     def needs_checkpoints(self) -> bool:
         """True when lorch, not the agent, makes this role's effects exactly-once."""
-        return self.idempotency == "lorch" or self.transport == "acp"
+        return self.idempotency == "lorch" or self.kind.checkpointed_turns
 
 
 @dataclass(frozen=True)
@@ -312,6 +320,8 @@ def _policy(pol: dict[str, Any]) -> Policy:
 def _agent(
     role: str, spec: dict[str, Any], hb: float, policy_timeouts: dict[str, float]
 ) -> AgentConfig:
+    transport = spec.get("transport", registry.DEFAULT.name)
+    kind = registry.capabilities(transport)
     return AgentConfig(
         role=role,
         cmd=list(spec["cmd"]),
@@ -322,8 +332,8 @@ def _agent(
             **policy_timeouts,
             **{k: float(v) for k, v in spec.get("timeouts_s", {}).items()},
         },
-        transport=spec.get("transport", "ndjson"),
-        idempotency=spec.get("idempotency", "lorch" if spec.get("transport") == "acp" else "agent"),
+        transport=transport,
+        idempotency=spec.get("idempotency", "lorch" if kind.checkpointed_turns else "agent"),
         pass_env=tuple(spec.get("pass_env", ())),
         permissions=dict(spec.get("permissions", {})),
         prompts=dict(spec.get("prompts", {})),

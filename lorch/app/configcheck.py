@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorch.agents import registry
 from lorch.agents.known_agents import PROXY_VARS, known
 from lorch.app import config
 from lorch.app.config import Config
@@ -191,7 +192,10 @@ def _schema_fix(where: str, what: str) -> str:
         field = f"{where}.{required.group(1)}"
         return f"add {field}: {expected(field)}"
     if "allowed only with" in what:
-        return 'set "transport": "acp" on this role, or remove the field'
+        field = where.rsplit(".", 1)[-1]
+        owner = next((k.name for k in registry.TRANSPORTS.values() if field in k.options), None)
+        if owner is not None:
+            return f'set "transport": "{owner}" on this role, or remove the field'
     allowed = expected(where)
     if allowed.startswith(("a non-empty string", "a string")) and "is not of type 'string'" in what:
         return f"set {allowed}; quote it (lorch config set --string KEY VALUE)"
@@ -269,8 +273,8 @@ def warnings(cfg: Config) -> list[Problem]:
         base = f"$.agents.{role}"
         agent = known(a.cmd)
         if (
-            a.transport == "acp"
-            and agent is not None
+            agent is not None
+            and agent.started_by(a.transport)
             and "*" not in a.pass_env
             and not set(agent.keys) & set(a.pass_env)
         ):
@@ -326,10 +330,10 @@ def warnings(cfg: Config) -> list[Problem]:
                         f"{base}.pass_env",
                     )
                 )
-        if a.transport != "acp":
+        if a.kind.heartbeats:
             out += _timeout_warnings(raw, role, a.heartbeat_interval_s, a.timeouts_s)
     builder = cfg.agents.get("builder")
-    if builder is not None and builder.transport == "acp":
+    if builder is not None and builder.kind.runs_tests:
         listed = [("$.task", raw.get("task"))] if "task" in raw else []
         listed += [(f"$.tasks[{i}]", t) for i, t in enumerate(raw.get("tasks", []))]
         for where, task in listed:

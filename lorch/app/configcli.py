@@ -216,7 +216,7 @@ def effective(cfg: Config) -> list[Row]:
         if "start" not in a.timeouts_s:
             k = f"{r}.timeouts_s.start"
             origin(k, start_timeout(a, cfg.policy.heartbeat_misses), k, "policy.timeouts_s.start")
-        if a.transport == "acp":
+        if "fs" in a.kind.options:
             origin(f"{r}.fs", bool(a.fs), f"{r}.fs")
             origin(f"{r}.test_timeout_s", a.test_timeout_s, f"{r}.test_timeout_s")
             origin(f"{r}.max_updates_per_turn", a.max_updates_per_turn, f"{r}.max_updates_per_turn")

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lorch.agents.transport import AgentPort
+from lorch.agents.transport import AgentPort, Transport
 from lorch.app.config import Config
 from lorch.wire.errors import LorchError
 
@@ -92,8 +92,7 @@ def agent_checks(ws: Path, config: Config) -> list[tuple[str, bool, str]]:
                     out[role].append((f"start {role}", False, str(e)))
             unready = {u.role: u.reason for u in await_ready(inbox, ports)[0]}
             for port in ports:
-                acp = config.agents[port.role].transport == "acp"
-                out[port.role].append(_started(port, unready.get(port.role), acp))
+                out[port.role].append(_started(agents.transport(port.role), port, unready))
         finally:
             for port in ports:
                 port.close_input()
@@ -104,19 +103,15 @@ def agent_checks(ws: Path, config: Config) -> list[tuple[str, bool, str]]:
     return [line for role in sorted(out) for line in out[role]]
 
 
-def _started(port: AgentPort, failure: str | None, is_acp: bool) -> tuple[str, bool, str]:
-    name = f"{'acp' if is_acp else 'start'} {port.role}"
+def _started(
+    transport: Transport, port: AgentPort, unready: dict[str, str]
+) -> tuple[str, bool, str]:
+    """The start-up line: the transport's own check of a port that passed the engine's."""
+    name = f"{transport.capabilities.check} {port.role}"
+    failure = unready.get(port.role)
     if failure is not None:
         return (name, False, failure)
-    if is_acp:
-        # initialize answered: say what it answered, and whether a session opens.
-        from lorch.agents.acp.port import AcpPort, describe_session
-
-        assert isinstance(port, AcpPort)
-        try:
-            return (name, True, describe_session(port))
-        except LorchError as e:
-            return (name, False, str(e))
-    if port.ready_within is None:
-        return (f"start {port.role}", True, "started (it sends no heartbeats: nothing to wait for)")
-    return (f"start {port.role}", True, f"ready ({port.awaits} came)")
+    try:
+        return (name, True, transport.check(port))
+    except LorchError as e:
+        return (name, False, str(e))

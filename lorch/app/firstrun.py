@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from lorch.agents import registry
 from lorch.agents.known_agents import AGENTS, KnownAgent
 from lorch.wire.errors import ConfigError, UsageError
 
@@ -47,10 +48,7 @@ def is_empty(folder: Path) -> bool:
 
 def acp_supported() -> bool:
     """Whether this lorch's configuration schema knows the ACP transport."""
-    from lorch.wire import schemas
-
-    role = schemas.load_schema("config").get("$defs", {}).get("role", {})
-    return "acp" in role.get("properties", {}).get("transport", {}).get("enum", [])
+    return registry.in_schema(registry.ACP)
 
 
 def find_acp_agents(path: str | None = None) -> list[KnownAgent]:
@@ -66,7 +64,7 @@ def find_acp_agent(path: str | None = None) -> list[str] | None:
 
 def acp_role(agent: KnownAgent) -> dict[str, Any]:
     """A role running ``agent``: its command and the variables docs/real-agents.md gives it."""
-    return {"transport": "acp", "cmd": list(agent.argv), "pass_env": agent.pass_env}
+    return {"transport": agent.transport, "cmd": list(agent.argv), "pass_env": agent.pass_env}
 
 
 def default_config(path: str | None = None) -> tuple[dict[str, Any], str]:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from lorch.agents import sandbox
+from lorch.agents import registry, sandbox
 from lorch.agents.ndjson import NdjsonTransport
 from lorch.agents.transport import AgentPort, Inbox, Launch, Transport, unsandboxed
 from lorch.app.config import AgentConfig, Config
@@ -87,12 +87,6 @@ def _mockagent_option(cmd: list[str], name: str) -> str | None:
     return None
 
 
-# How long an ACP agent may take to answer `initialize`, unless
-# `$.agents.ROLE.timeouts_s.start` says (an NDJSON agent: the watchdog's
-# start-up grace, see start_timeout).
-ACP_START_S = 60.0
-
-
 # What an agent inherits from lorch's environment besides its ``pass_env``
 # (NDJSON and ACP alike; docs/security.md): enough for a CLI to start, nothing secret.
 BASE_ENV = (
@@ -121,8 +115,12 @@ def base_env(pass_env: tuple[str, ...], environ: Mapping[str, str] | None = None
     return {k: environ[k] for k in (*BASE_ENV, *pass_env) if k in environ}
 
 
-class AcpTransport:
-    """The ACP transport, imported when a role first needs it (the SDK is slow to import)."""
+class ConfiguredAcpTransport:
+    """The ACP transport (:class:`lorch.agents.acp.port.AcpTransport`) with each role's
+    settings from ``lorch.json``, imported when a role first needs it (the SDK is
+    slow to import)."""
+
+    capabilities = registry.ACP
 
     def __init__(self, workspace: Path, config: Config) -> None:
         self.workspace = workspace
@@ -130,6 +128,12 @@ class AcpTransport:
         self._transport: Transport | None = None
 
     def start(self, launch: Launch, inbox: Inbox) -> AgentPort:
+        return self._loaded().start(launch, inbox)
+
+    def check(self, port: AgentPort) -> str:
+        return self._loaded().check(port)
+
+    def _loaded(self) -> Transport:
         if self._transport is None:
             from lorch.agents.acp.host import AcpSettings
             from lorch.agents.acp.port import AcpTransport
@@ -158,7 +162,7 @@ class AcpTransport:
                 )
 
             self._transport = AcpTransport(settings)
-        return self._transport.start(launch, inbox)
+        return self._transport
 
 
 def serves_fs(cfg: AgentConfig) -> bool:
@@ -176,8 +180,8 @@ def start_timeout(cfg: AgentConfig, heartbeat_misses: int) -> float:
     """How long ``cfg``'s agent may take to pass its start-up check."""
     if "start" in cfg.timeouts_s:
         return cfg.timeouts_s["start"]
-    if cfg.transport == "acp":
-        return ACP_START_S
+    if cfg.kind.start_timeout_s is not None:
+        return cfg.kind.start_timeout_s
     # The watchdog's allowance for a starting agent (docs/decisions.md D31).
     return max(cfg.heartbeat_interval_s * heartbeat_misses, START_GRACE_S)
 
@@ -238,8 +242,8 @@ class ConfiguredAgents:
         self.log_dir = log_dir or workspace / layout.LOGS
         # By ``$.agents.ROLE.transport``; a new transport is one more entry here.
         self.transports: Mapping[str, Transport] = transports or {
-            "ndjson": NdjsonTransport(),
-            "acp": AcpTransport(workspace, config),
+            t.capabilities.name: t
+            for t in (NdjsonTransport(), ConfiguredAcpTransport(workspace, config))
         }
 
     def roles(self) -> list[str]:
@@ -354,18 +358,23 @@ class ConfiguredAgents:
             on_stderr=self.on_stderr,
             line_limit=self.config.policy.message_max_bytes,
             ready_within=start_timeout(cfg, self.config.policy.heartbeat_misses),
-            heartbeats=cfg.transport != "ndjson" or mockagent_heartbeats(cfg.cmd),
+            # Only a heartbeat transport's agent can be started without them.
+            heartbeats=not cfg.kind.heartbeats or mockagent_heartbeats(cfg.cmd),
             wrap=wrap,
         )
 
-    def start(
-        self, role: str, generation: int, run_id: str, snapshot_id: str | None, inbox: Inbox
-    ) -> AgentPort:
-        launch = self.launch(role, generation, run_id, snapshot_id)
-        kind = self.config.agents[role].transport
+    def transport(self, role: str) -> Transport:
+        """The transport that starts ``role``'s agent; ConfigError if there is none."""
+        kind = self._cfg(role).transport
         transport = self.transports.get(kind)
         if transport is None:
             raise ConfigError(
                 f"lorch.json: $.agents.{role}.transport: {kind!r} agents cannot be run yet"
             )
-        return transport.start(launch, inbox)
+        return transport
+
+    def start(
+        self, role: str, generation: int, run_id: str, snapshot_id: str | None, inbox: Inbox
+    ) -> AgentPort:
+        launch = self.launch(role, generation, run_id, snapshot_id)
+        return self.transport(role).start(launch, inbox)

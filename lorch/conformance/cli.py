@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from lorch.agents import registry
 from lorch.conformance import kit
 from lorch.store.atomic import atomic_write_bytes
 
@@ -66,8 +67,8 @@ from lorch.store.atomic import atomic_write_bytes
 )
 @click.option(
     "--transport",
-    type=click.Choice(["ndjson", "acp"]),
-    default="ndjson",
+    type=click.Choice(registry.names()),
+    default=registry.DEFAULT.name,
     show_default=True,
     help="acp: the idempotency battery for an Agent Client Protocol agent, bare and under "
     "lorch's checkpoints.",
@@ -90,7 +91,8 @@ def conformance(
 ) -> None:
     """Check that the agent started by COMMAND is protocol-correct and idempotent."""
     expected = kit.read_expected(expected_failures)
-    if transport == "acp":
+    if registry.capabilities(transport).checkpointed_turns:
+        # Its agents see no keys: the battery checks them bare and under lorch's checkpoints.
         from lorch.conformance.acp_battery import run_acp_battery
 
         report = run_acp_battery(

@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from lorch.agents import registry
 from lorch.agents.procs import group_alive
 from lorch.app import scenarios
 from lorch.crashtest import invariants
@@ -177,22 +178,27 @@ def _no_duplicate_work(run: Resumed) -> None:
         )
 
 
-def _acp_roles(ws: Path) -> set[str]:
+def _keyless_roles(ws: Path) -> set[str]:
+    """The roles whose transport shows its agents no idempotency key (ACP)."""
     try:
         agents = json.loads((ws / "lorch.json").read_text(encoding="utf-8")).get("agents", {})
     except (OSError, ValueError):
         return set()
-    return {role for role, spec in agents.items() if spec.get("transport") == "acp"}
+    kinds = {
+        role: registry.TRANSPORTS.get(str(spec.get("transport", registry.DEFAULT.name)))
+        for role, spec in agents.items()
+    }
+    return {role for role, kind in kinds.items() if kind is not None and kind.checkpointed_turns}
 
 
 def _keys_completed_once(run: Resumed) -> None:
     # ACP agents see no key (ACP has none) and keep no journal: only the roles
     # that speak lorch's protocol can be asked to have done each key once.
-    acp_roles = _acp_roles(run.ws)
+    keyless = _keyless_roles(run.ws)
     keys = {
         r["idempotency_key"]
         for r in run.recs
-        if r["kind"] == "command" and r["to"]["agent_type"] not in acp_roles
+        if r["kind"] == "command" and r["to"]["agent_type"] not in keyless
     }
     never = sorted(k for k in keys if run.done[k] == 0)
     if never and (run.ws / ".mockagent").is_dir():

@@ -404,7 +404,7 @@ from lorch.agents import procs
 
 assert procs.become_subreaper()
 helper = subprocess.Popen(["sleep", "60"])  # lorch's own group: a helper such as git
-kept = asyncio.run(procs.spawn_async("sleep", "60"))  # an ACP agent, say
+kept = asyncio.run(procs.spawn_async(["sleep", "60"], env=dict(os.environ)))  # an ACP agent
 agent = procs.spawn(
     [sys.executable, "-c", "import subprocess, sys; "
      "p = subprocess.Popen(['sleep', '60'], start_new_session=True); print(p.pid)"],

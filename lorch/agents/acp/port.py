@@ -32,7 +32,7 @@ from acp.connection import StreamDirection, StreamEvent
 from pydantic import ValidationError
 
 from lorch import __version__
-from lorch.agents import known_agents, procs
+from lorch.agents import known_agents, procs, registry
 from lorch.agents.acp.client import Client, lenient_session_updates
 from lorch.agents.acp.events import one_line
 from lorch.agents.acp.host import AcpSettings
@@ -43,7 +43,7 @@ from lorch.agents.acp.terminals import Terminals
 from lorch.agents.acp.turn import AUTH_REQUIRED, Turn
 from lorch.agents.acp.wire import ACP_LINE_MAX_BYTES, AcpFault, Wire
 from lorch.agents.procs import signal_group
-from lorch.agents.transport import Inbox, Incoming, Launch, SendContext
+from lorch.agents.transport import AgentPort, Inbox, Incoming, Launch, SendContext
 from lorch.store.atomic import ensure_dir, open_append
 from lorch.wire import protocol
 from lorch.wire.errors import AgentError
@@ -65,6 +65,8 @@ CANCEL_GRACE_S = 0.5
 class AcpTransport:
     """Starts ACP agents; ``settings`` maps a role to its :class:`AcpSettings`."""
 
+    capabilities = registry.ACP
+
     def __init__(self, settings: Callable[[str], AcpSettings]) -> None:
         self.settings = settings
 
@@ -73,6 +75,12 @@ class AcpTransport:
         port = AcpPort(launch, inbox, self.settings(launch.role))
         port.begin()
         return port
+
+    def check(self, port: AgentPort) -> str:
+        """What the agent answered to ``initialize``, once a session opens too."""
+        if not isinstance(port, AcpPort):
+            raise TypeError(f"not an ACP port: {port!r}")
+        return describe_session(port)
 
 
 class AcpPort:
@@ -165,13 +173,9 @@ class AcpPort:
         try:
             try:
                 proc = await procs.spawn_async(
-                    *self.argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
+                    self.argv,  # the leader of its own process group: killed as one
                     cwd=str(self.launch.cwd),
                     env=dict(self.launch.env),
-                    start_new_session=True,  # its own process group: killed as one
                     limit=STREAM_LIMIT,
                 )
             except OSError as e:

@@ -101,13 +101,11 @@ class Terminals:
             except PathEscape as e:
                 raise sdk.RequestError.invalid_params({"details": f"cwd {cwd}: {e}"}) from None
         proc = await procs.spawn_async(
-            *self.wrap([command, *args], where),
+            self.wrap([command, *args], where),
             cwd=str(where),
             env={**self.env, **env},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
+            stdin=procs.DEVNULL,
+            stderr=procs.STDOUT,
         )
         term = Terminal(proc, min(limit or TERMINAL_OUTPUT_LIMIT, TERMINAL_OUTPUT_LIMIT))
         term.reader = asyncio.get_running_loop().create_task(term.read())

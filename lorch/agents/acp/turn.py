@@ -167,14 +167,13 @@ class Turn:
         timeout = port.settings.test_timeout_s
         try:
             proc = await procs.spawn_async(
-                # In the builder's sandbox: it runs what the builder wrote.
-                *port.launch.wrap(argv, port.settings.workspace),
+                # In the builder's sandbox: it runs what the builder wrote; its own
+                # process group: whatever it starts ends with it.
+                port.launch.wrap(argv, port.settings.workspace),
                 cwd=str(port.settings.workspace),
                 env=dict(port.launch.env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # its own group: whatever it starts ends with it
+                stdin=procs.DEVNULL,
+                stderr=procs.STDOUT,
             )
         except OSError as e:
             summary = f"{shown}: cannot run: {e.strerror}"
