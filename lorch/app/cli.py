@@ -12,7 +12,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -90,30 +90,36 @@ EXISTING_WORKSPACE = click.option(
 )
 
 
-class _Group(click.Group):
-    """lorch's commands, and the tools' commands imported only when one is used.
+class LazyGroup(click.Group):
+    """A group whose commands in ``lazy`` are imported only when one is used.
 
-    The crash harness, the conformance kit and ``lorch config`` live in their
-    own modules; ``lorch run`` never imports them (``lorch --help`` neither:
-    their one-line help is kept here).
+    ``lazy`` maps a command's name to its module, the command's attribute there
+    and its one-line help, which ``--help`` shows without importing the module
+    (a test holds each equal to the command's own).
     """
 
+    def __init__(
+        self, *args: Any, lazy: Mapping[str, tuple[str, str, str]] | None = None, **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self.lazy = dict(lazy or {})
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *TOOLS})
+        return sorted({*super().list_commands(ctx), *self.lazy})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in TOOLS and name not in self.commands:
+        if name in self.lazy and name not in self.commands:
             import importlib
 
-            module, attr, _ = TOOLS[name]
+            module, attr, _ = self.lazy[name]
             self.add_command(getattr(importlib.import_module(module), attr), name)
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []
         for name in self.list_commands(ctx):
-            if name in TOOLS and name not in self.commands:
-                rows.append((name, TOOLS[name][2]))
+            if name in self.lazy and name not in self.commands:
+                rows.append((name, self.lazy[name][2]))
                 continue
             command = self.get_command(ctx, name)
             if command is not None and not command.hidden:
@@ -123,7 +129,9 @@ class _Group(click.Group):
                 formatter.write_dl(rows)
 
 
-# The tools' commands: module, attribute, one-line help (see _Group).
+# The tools' commands (and lorch config): module, attribute, one-line help.
+# The crash harness, the conformance kit and lorch config live in their own
+# modules; `lorch run` and `lorch --help` import none of them.
 TOOLS = {
     "crashtest": (
         "lorch.crashtest.cli",
@@ -144,7 +152,8 @@ TOOLS = {
 
 
 @click.group(
-    cls=_Group,
+    cls=LazyGroup,
+    lazy=TOOLS,
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from lorch.app import config, configcheck
-from lorch.app.cli import EXISTING_WORKSPACE, _echo
+from lorch.app.cli import EXISTING_WORKSPACE, LazyGroup, _echo
 from lorch.app.config import Config
 from lorch.store import layout
 from lorch.wire.errors import ConfigError, UsageError
@@ -425,7 +425,22 @@ def _unfinished(workspace: Path) -> None:
 # -- the commands ---------------------------------------------------------------
 
 
-@click.group("config", context_settings={"help_option_names": ["-h", "--help"]})
+# `config edit` lives in lorch/app/configedit.py, which uses this module's helpers.
+COMMANDS = {
+    "edit": (
+        "lorch.app.configedit",
+        "edit_cmd",
+        "Edit lorch.json section by section, each answer checked; a diff before saving.",
+    ),
+}
+
+
+@click.group(
+    "config",
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 def config_group() -> None:
     """Show, get, set, unset, check and edit lorch.json (docs/configuration.md)."""
 
@@ -541,21 +556,6 @@ def unset_cmd(workspace: Path, key: str) -> None:
             _echo(f"{path}: {key_text(parts)} is not set; nothing changed")
             return
         _write(workspace, key_text(parts), old, new)
-
-
-@config_group.command("edit")
-@EXISTING_WORKSPACE
-def edit_cmd(workspace: Path) -> None:
-    """Edit lorch.json section by section, each answer checked; a diff before saving.
-
-    Answers come from the terminal or, piped, one per line. Exit 0 saved (or
-    nothing to save), 1 quit without saving (docs/configuration.md).
-    """
-    from lorch.app.configedit import edit
-
-    code = edit(workspace)
-    if code:
-        raise click.exceptions.Exit(code)
 
 
 @config_group.command("check")

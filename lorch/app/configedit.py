@@ -36,8 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import click
+
 from lorch.agents.known_agents import CLAUDE, CODEX, GEMINI, KnownAgent
 from lorch.app import config, configcheck
+from lorch.app.cli import EXISTING_WORKSPACE
 from lorch.app.configcli import (
     _MISSING,
     Masker,
@@ -604,3 +607,16 @@ def _isatty() -> bool:
         return sys.stdin.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+@click.command("edit")
+@EXISTING_WORKSPACE
+def edit_cmd(workspace: Path) -> None:
+    """Edit lorch.json section by section, each answer checked; a diff before saving.
+
+    Answers come from the terminal or, piped, one per line. Exit 0 saved (or
+    nothing to save), 1 quit without saving (docs/configuration.md).
+    """
+    code = edit(workspace)
+    if code:
+        raise click.exceptions.Exit(code)

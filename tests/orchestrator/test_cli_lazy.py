@@ -14,7 +14,9 @@ from lorch.app import cli
 
 
 def test_each_lazy_command_help_is_its_own_short_help() -> None:
-    for name, (module, attr, short) in cli.TOOLS.items():
+    from lorch.app import configcli
+
+    for name, (module, attr, short) in [*cli.TOOLS.items(), *configcli.COMMANDS.items()]:
         command = getattr(importlib.import_module(module), attr)
         assert command.get_short_help_str(1000) == short, name
 
@@ -51,6 +53,7 @@ NDJSON_RUN_IMPORTS = [
     "lorch.agents.ndjson",
     "lorch.agents.pipewriter",
     "lorch.agents.procs",
+    "lorch.agents.registry",
     "lorch.agents.sandbox",
     "lorch.agents.transport",
     "lorch.app",
