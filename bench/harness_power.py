@@ -281,8 +281,8 @@ MUTANTS = [
         "resume",
         (
             (
-                "        if state.snapshot_id is None:\n            runner.take_snapshot()",
-                "        if True:\n            runner.take_snapshot()",
+                "        if state.snapshot_id is None:\n            recorder.take_snapshot()",
+                "        if True:\n            recorder.take_snapshot()",
             ),
         ),
     ),
