@@ -33,8 +33,8 @@ from lorch.engine.turn_checkpoints import TurnCheckpoints
 from lorch.store import derived_files as store
 from lorch.store import layout, ledger
 from lorch.store.atomic import ensure_dir
+from lorch.store.faults import NO_FAULTS, Faults
 from lorch.store.wslock import workspace_lock
-from lorch.wire import _planted
 from lorch.wire.errors import (
     AgentNotReady,
     ConfigError,
@@ -125,6 +125,7 @@ def new_engine(
     console: Console,
     prompter: Prompter | None = None,
     agents: tuple[ConfiguredAgents, Redactor] | None = None,
+    faults: Faults = NO_FAULTS,
 ) -> Engine:
     """An engine recording to ``log`` (opened) whose agents and limits come from ``config``."""
     configured, redactor = agents or configured_agents(workspace, config, console)
@@ -137,6 +138,7 @@ def new_engine(
         redactor,
         turns=turns,
         prompter=prompter or ConsolePrompter(out=console.out),
+        faults=faults,
     )
 
 
@@ -201,6 +203,7 @@ def run(
     console: Console | None = None,
     prompter: Prompter | None = None,
 ) -> Outcome:
+    faults = Faults.from_env()  # tests' hooks: a bad LORCH_CRASH_AT is refused before any file
     console = console or Console()
     workspace = workspace.resolve()
     ensure_dir(workspace)
@@ -217,8 +220,10 @@ def run(
             # Before the run exists: a command not found, a broken fixture (exit 2).
             agents[0].check(role)
         run_id = new_run_id()
-        log, _ = ledger.Ledger.open(layout.ledger(workspace, run_id), fsync=config.policy.fsync)
-        runner = new_engine(workspace, log, config, console, prompter, agents)
+        log, _ = ledger.Ledger.open(
+            layout.ledger(workspace, run_id), fsync=config.policy.fsync, faults=faults
+        )
+        runner = new_engine(workspace, log, config, console, prompter, agents, faults)
 
         def body() -> Outcome:
             runner.recorder.start_run(run_id, task, run_policy(config), drift.identity(config))
@@ -266,6 +271,7 @@ def resume(
     accept_config_change: bool = False,
     prompter: Prompter | None = None,
 ) -> Outcome:
+    faults = Faults.from_env()  # tests' hooks: a bad LORCH_CRASH_AT is refused before any file
     console = console or Console()
     workspace = workspace.resolve()
     if not workspace.is_dir():
@@ -278,19 +284,24 @@ def resume(
             if any(r.get("run_id") == run_id for r in store.read_index(workspace)["runs"]):
                 raise ledger_gone(workspace, run_id)
             raise UsageError(f"{workspace}: no run {run_id} (no {path.relative_to(workspace)})")
-        log, torn = open_recorded(path, config.policy.fsync)
-        runner = new_engine(workspace, log, config, console, prompter)
-        resumed = _Resume(runner, config, path, run_id, torn, console, accept_config_change)
+        log, torn = open_recorded(path, config.policy.fsync, faults)
+        runner = new_engine(workspace, log, config, console, prompter, faults=faults)
+        resumed = _Resume(runner, config, path, run_id, torn, console, accept_config_change, faults)
         return _guard(runner, resumed.body)
 
 
-def open_recorded(path: Path, fsync: bool) -> tuple[ledger.Ledger, ledger.TornTail | None]:
+def open_recorded(
+    path: Path, fsync: bool, faults: Faults
+) -> tuple[ledger.Ledger, ledger.TornTail | None]:
     """The ledger of the run to resume, opened for appends; the torn last line it cut."""
-    if _planted.enabled("no_torn_cut"):
+    if faults.planted_bug("no_torn_cut"):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         found = ledger.scan(path)
-        return ledger.Ledger(path, fd, found.records, fsync=fsync, chain=found.chain), None
-    return ledger.Ledger.open(path, fsync=fsync)
+        opened = ledger.Ledger(
+            path, fd, found.records, fsync=fsync, chain=found.chain, faults=faults
+        )
+        return opened, None
+    return ledger.Ledger.open(path, fsync=fsync, faults=faults)
 
 
 @dataclass
@@ -302,12 +313,14 @@ class _Resume:
     torn: ledger.TornTail | None
     console: Console
     accept_config_change: bool
+    faults: Faults
 
     def body(self) -> Outcome:
         runner, state = self.runner, self.runner.state
         recorder, torn = runner.recorder, self.torn
         recorder.replay(self.path)
-        if _planted.enabled("reask_on_resume") and state.queue is None:
+        planted = self.faults.planted_bug
+        if planted("reask_on_resume") and state.queue is None:
             # A resume that does not trust the recorded instruction asks it again.
             state.intake.answered.pop("instruction", None)
             state.intake.instruction = None
@@ -324,7 +337,7 @@ class _Resume:
         if state.finished:
             # A crash right after the run's last record can leave its agents winding
             # down (an ACP agent takes a while to exit on EOF): end them all the same.
-            if not _planted.enabled("no_orphan_kill"):
+            if not planted("no_orphan_kill"):
                 end_orphans(state)
             recorder.write_derived()
             self.console.say(
@@ -333,7 +346,7 @@ class _Resume:
             )
             return Outcome(self.run_id, state.status, state.failure or "")
         changes = self.config_changes()
-        killed = [] if _planted.enabled("no_orphan_kill") else end_orphans(state)
+        killed = [] if planted("no_orphan_kill") else end_orphans(state)
         if state.snapshot_id is None:
             recorder.take_snapshot()
         recorder.system(

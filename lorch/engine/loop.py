@@ -34,10 +34,10 @@ from lorch.engine.recorder import Recorder, Sink
 from lorch.engine.roster import Roster
 from lorch.engine.timing import Backoff, Watchdog
 from lorch.engine.turn_checkpoints import TurnCheckpoints
-from lorch.store import failpoint
+from lorch.store.faults import NO_FAULTS, Faults
 from lorch.store.ledger import Ledger
 from lorch.store.paths import artifact_problems, missing_outputs
-from lorch.wire import _planted, protocol, vocabulary
+from lorch.wire import protocol, vocabulary
 from lorch.wire.errors import AgentError, AuthRequired, ConfigError, LineTooLong
 from lorch.wire.protocol import Record
 from lorch.wire.redact import Redactor
@@ -79,6 +79,7 @@ class Engine:
         rng: random.Random | None = None,
         turns: TurnCheckpoints | None = None,
         prompter: Prompter | None = None,
+        faults: Faults = NO_FAULTS,
     ) -> None:
         self.recorder = recorder
         self.roster = roster
@@ -88,6 +89,8 @@ class Engine:
         # Who answers intake's questions (docs/intake.md): flags, then stdin.
         self.prompter: Prompter = prompter or ConsolePrompter()
         self.rng = rng or random.Random()
+        # Planted bugs (tests only; none in production).
+        self.faults = faults
         # Checkpoints around the commands of roles lorch makes exactly-once.
         self.turns = turns or TurnCheckpoints(recorder.workspace)
         # The checkpoint the transport took as the attempt in flight ended, if it did.
@@ -110,11 +113,12 @@ class Engine:
         inbox: Inbox | None = None,
         turns: TurnCheckpoints | None = None,
         prompter: Prompter | None = None,
+        faults: Faults = NO_FAULTS,
     ) -> Engine:
         """An engine for ``workspace``: its records go to ``log`` (opened), its agents are these."""
         recorder = Recorder(workspace, log, console, redactor, clock)
-        roster = Roster(recorder, agents, clock, inbox)
-        return cls(recorder, roster, rng=rng, turns=turns, prompter=prompter)
+        roster = Roster(recorder, agents, clock, inbox, faults)
+        return cls(recorder, roster, rng=rng, turns=turns, prompter=prompter, faults=faults)
 
     @property
     def state(self) -> State:
@@ -212,7 +216,7 @@ class Engine:
 
     def send(self, step: Send) -> None:
         cmd = step.command
-        if step.resend and _planted.enabled("new_key_on_resend"):
+        if step.resend and self.faults.planted_bug("new_key_on_resend"):
             cmd = {**cmd, "idempotency_key": "ik:" + os.urandom(32).hex()}
         role = cmd["to"]["agent_type"]
         try:
@@ -232,10 +236,9 @@ class Engine:
         self._turn_end = None
         self._said = ""
         self.recorder.append(
-            cmd, sync=not _planted.enabled("skip_command_fsync"), show=False, line=line
+            cmd, sync=not self.faults.planted_bug("skip_command_fsync"), show=False, line=line
         )
-        failpoint.busy_role[:] = [role]
-        try:
+        with self.roster.groups.working(role):
             # Durable now: send it first, then do what can wait while the agent works.
             sent = port.send(cmd, line, SendContext(checkpoint=tree))
             self.recorder.show_if_durable()
@@ -245,8 +248,6 @@ class Engine:
             self.recorder.derived.write_state(self.state, force=False)
             self.recorder.derived.release()
             self.wait_for_answer(cmd, port)
-        finally:
-            failpoint.busy_role[:] = []
 
     def encode_command(self, cmd: Record) -> bytes:
         limit = self.policy.message_max_bytes
@@ -414,7 +415,7 @@ class Engine:
         if (
             terminal
             and name != "error"
-            and _planted.enabled("receipt_before_ledger")
+            and self.faults.planted_bug("receipt_before_ledger")
             and p is not None
             and snap
             and receipts is not None

@@ -19,7 +19,7 @@ from lorch.agents import procs
 from lorch.agents.transport import AgentPort, Agents, Inbox, Unready, await_ready
 from lorch.engine.recorder import Recorder
 from lorch.engine.timing import START_GRACE_S, Watchdog
-from lorch.store import failpoint
+from lorch.store.faults import NO_FAULTS, Faults
 from lorch.wire.errors import AgentError, AgentNotReady, LorchError
 from lorch.wire.protocol import Record
 from lorch.wire.vocabulary import ROLES
@@ -34,8 +34,11 @@ class Roster:
         agents: Agents,
         clock: Callable[[], float],
         inbox: Inbox | None = None,
+        faults: Faults = NO_FAULTS,
     ) -> None:
         self.recorder = recorder
+        # The groups a crash point kills (tests only): this roster is their only writer.
+        self.groups = faults.agents
         self.agents = agents
         self.clock = clock
         self.ports: dict[str, AgentPort] = {}
@@ -71,7 +74,7 @@ class Roster:
         self.watchdogs[role] = Watchdog(
             self.clock, interval, policy.heartbeat_misses, start_grace=START_GRACE_S
         )
-        failpoint.agent_groups[role] = port.pgid
+        self.groups.started(role, port.pgid)
         started: Record = {
             "role": role,
             "pid": port.pid,
@@ -87,8 +90,8 @@ class Roster:
     def _forget(self, role: str) -> AgentPort | None:
         port = self.ports.pop(role, None)
         self.watchdogs.pop(role, None)
-        if port is not None and failpoint.agent_groups.get(role) == port.pgid:
-            del failpoint.agent_groups[role]
+        if port is not None:
+            self.groups.forgot(role, port.pgid)
         return port
 
     def stop_agents(self) -> None:
