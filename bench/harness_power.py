@@ -123,8 +123,8 @@ MUTANTS = [
         "atomic",
         (
             (
-                '        if not _planted.enabled("no_dir_fsync"):\n            _sync(dfd, target.parent)\n',
-                "",
+                "            raise\n        _sync(dfd, target.parent)\n",
+                "            raise\n",
             ),
         ),
         "powercut",
@@ -142,8 +142,8 @@ MUTANTS = [
         "atomic",
         (
             (
-                '        if not _planted.enabled("no_dir_fsync"):\n            for parent in sorted(',
-                "        if False:\n            for parent in sorted(",
+                "        for parent in sorted(dirs):\n            _sync(dirs[parent], parent)\n",
+                "",
             ),
         ),
         "powercut",
@@ -184,7 +184,7 @@ MUTANTS = [
     Mutant(
         "runner: a command is sent before its record is fsynced",
         "runner",
-        (('sync=not _planted.enabled("skip_command_fsync")', "sync=False"),),
+        (('sync=not self.faults.planted_bug("skip_command_fsync")', "sync=False"),),
     ),
     Mutant(
         "runner: artifact hashes are not compared",
@@ -213,7 +213,7 @@ MUTANTS = [
         "runner",
         (
             (
-                '        if step.resend and _planted.enabled("new_key_on_resend"):',
+                '        if step.resend and self.faults.planted_bug("new_key_on_resend"):',
                 "        if step.resend:",
             ),
         ),
@@ -221,7 +221,7 @@ MUTANTS = [
     Mutant(
         "runner: a receipt is written as soon as the terminal event arrives, before the ledger",
         "receipts",
-        (('            and _planted.enabled("receipt_before_ledger")\n', ""),),
+        (('            and self.faults.planted_bug("receipt_before_ledger")\n', ""),),
     ),
     # -- workflow -----------------------------------------------------------------
     Mutant(
@@ -270,7 +270,7 @@ MUTANTS = [
         "resume",
         (
             (
-                '        killed = [] if _planted.enabled("no_orphan_kill") else end_orphans(state)',
+                '        killed = [] if planted("no_orphan_kill") else end_orphans(state)',
                 "        killed = []",
             ),
         ),
@@ -281,8 +281,8 @@ MUTANTS = [
         "resume",
         (
             (
-                "        if state.snapshot_id is None:\n            runner.take_snapshot()",
-                "        if True:\n            runner.take_snapshot()",
+                "        if state.snapshot_id is None:\n            recorder.take_snapshot()",
+                "        if True:\n            recorder.take_snapshot()",
             ),
         ),
     ),

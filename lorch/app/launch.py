@@ -19,13 +19,12 @@ from lorch.agents.ndjson import NdjsonTransport
 from lorch.agents.transport import AgentPort, Inbox, Launch, Transport, unsandboxed
 from lorch.app.config import AgentConfig, Config
 from lorch.engine.timing import START_GRACE_S
-from lorch.store import failpoint, layout
-from lorch.wire import _planted
+from lorch.store import failpoint, faults, layout
 from lorch.wire.errors import ConfigError
 from lorch.wire.redact import Redactor
 
 # Set only for lorch itself: an agent must never inherit a crash or a planted bug.
-PRIVATE_VARS = (failpoint.ENV, _planted.ENV)
+PRIVATE_VARS = (failpoint.ENV, faults.PLANT_ENV)
 
 
 def scripts_dir() -> str:

@@ -33,8 +33,8 @@ from lorch.engine.turn_checkpoints import TurnCheckpoints
 from lorch.store import derived_files as store
 from lorch.store import layout, ledger
 from lorch.store.atomic import ensure_dir
+from lorch.store.faults import NO_FAULTS, Faults
 from lorch.store.wslock import workspace_lock
-from lorch.wire import _planted
 from lorch.wire.errors import (
     AgentNotReady,
     ConfigError,
@@ -103,13 +103,10 @@ def _task(config: Config, task_id: str | None) -> dict[str, Any] | None:
     return {"id": task_id}
 
 
-def new_engine(
-    workspace: Path,
-    config: Config,
-    console: Console,
-    prompter: Prompter | None = None,
-) -> Engine:
-    """An engine for ``workspace`` whose agents and limits come from ``config``."""
+def configured_agents(
+    workspace: Path, config: Config, console: Console
+) -> tuple[ConfiguredAgents, Redactor]:
+    """The agents ``config`` names, and the redactor for what lorch records of them."""
     redactor = Redactor(secret_values(dict(os.environ), *(a.env for a in config.agents.values())))
     agents = ConfiguredAgents(
         workspace,
@@ -118,14 +115,30 @@ def new_engine(
         on_stderr=console.say if console.verbose else None,
         notice=console.say,
     )
+    return agents, redactor
+
+
+def new_engine(
+    workspace: Path,
+    log: ledger.Ledger,
+    config: Config,
+    console: Console,
+    prompter: Prompter | None = None,
+    agents: tuple[ConfiguredAgents, Redactor] | None = None,
+    faults: Faults = NO_FAULTS,
+) -> Engine:
+    """An engine recording to ``log`` (opened) whose agents and limits come from ``config``."""
+    configured, redactor = agents or configured_agents(workspace, config, console)
     turns = TurnCheckpoints(workspace, durable=config.policy.fsync)
-    return Engine(
+    return Engine.build(
         workspace,
-        agents,
+        log,
+        configured,
         console,
         redactor,
         turns=turns,
         prompter=prompter or ConsolePrompter(out=console.out),
+        faults=faults,
     )
 
 
@@ -139,26 +152,26 @@ def _guard(runner: Engine, body: Callable[[], Outcome]) -> Outcome:
     try:
         return body()
     except KeyboardInterrupt:
-        runner.stop_event.set()
+        runner.roster.stop_event.set()
         try:
-            runner.stop_agents()
+            runner.roster.stop_agents()
         except KeyboardInterrupt:
             # A second Ctrl-C: stop waiting for agents to wind down, kill them
             # (no agent is left behind), and still leave a resumable run.
             _ignore_sigint()
-            for role in list(runner.ports):
+            for role in list(runner.roster.ports):
                 with contextlib.suppress(LorchError, OSError):
-                    runner.kill_agent(role)
+                    runner.roster.kill_agent(role)
         _ignore_sigint()
         with contextlib.suppress(LorchError, OSError):
-            runner.write_derived()
+            runner.recorder.write_derived()
         raise Interrupted(
             f"interrupted; agents stopped. Resume with: lorch resume --workspace "
             f"{runner.workspace} --run {runner.state.run_id}"
         ) from None
     except AgentNotReady as e:
         # Before any agent got a command: nothing to undo, the run goes on once fixed.
-        runner.stop_agents()
+        runner.roster.stop_agents()
         raise AgentNotReady(
             f"{e}. No agent got a command; once fixed: lorch resume --workspace "
             f"{runner.workspace} --run {runner.state.run_id} (with --accept-config-change "
@@ -167,7 +180,7 @@ def _guard(runner: Engine, body: Callable[[], Outcome]) -> Outcome:
     except StorageError as e:
         # A full or failing disk mid-run: the ledger holds everything up to the
         # failed write (a torn line at most, which resume cuts).
-        runner.stop_agents()
+        runner.roster.stop_agents()
         if not runner.state.run_id:
             raise
         raise StorageError(
@@ -175,11 +188,11 @@ def _guard(runner: Engine, body: Callable[[], Outcome]) -> Outcome:
             f"{runner.workspace} --run {runner.state.run_id}"
         ) from None
     except BaseException:
-        runner.stop_agents()
+        runner.roster.stop_agents()
         raise
     finally:
         with contextlib.suppress(LorchError, OSError):
-            runner.flush_derived()
+            runner.recorder.flush_derived()
         runner.close()
 
 
@@ -190,6 +203,7 @@ def run(
     console: Console | None = None,
     prompter: Prompter | None = None,
 ) -> Outcome:
+    faults = Faults.from_env()  # tests' hooks: a bad LORCH_CRASH_AT is refused before any file
     console = console or Console()
     workspace = workspace.resolve()
     ensure_dir(workspace)
@@ -201,23 +215,20 @@ def run(
                 "mock agents (scenario happy-path)"
             )
         task = _task(config, task_id)
-        runner = new_engine(workspace, config, console, prompter)
-        try:
-            for role in config.agents:
-                # Before the run exists: a command not found, a broken fixture (exit 2).
-                runner.agents.check(role)
-        except BaseException:
-            runner.close()
-            raise
+        agents = configured_agents(workspace, config, console)
+        for role in config.agents:
+            # Before the run exists: a command not found, a broken fixture (exit 2).
+            agents[0].check(role)
         run_id = new_run_id()
+        log, _ = ledger.Ledger.open(
+            layout.ledger(workspace, run_id), fsync=config.policy.fsync, faults=faults
+        )
+        runner = new_engine(workspace, log, config, console, prompter, agents, faults)
 
         def body() -> Outcome:
-            runner.ledger, _ = ledger.Ledger.open(
-                layout.ledger(workspace, run_id), fsync=config.policy.fsync
-            )
-            runner.start_run(run_id, task, run_policy(config), drift.identity(config))
-            runner.write_index()
-            runner.take_snapshot()
+            runner.recorder.start_run(run_id, task, run_policy(config), drift.identity(config))
+            runner.recorder.write_index()
+            runner.recorder.take_snapshot()
             return runner.drive()
 
         return _guard(runner, body)
@@ -260,6 +271,7 @@ def resume(
     accept_config_change: bool = False,
     prompter: Prompter | None = None,
 ) -> Outcome:
+    faults = Faults.from_env()  # tests' hooks: a bad LORCH_CRASH_AT is refused before any file
     console = console or Console()
     workspace = workspace.resolve()
     if not workspace.is_dir():
@@ -272,9 +284,24 @@ def resume(
             if any(r.get("run_id") == run_id for r in store.read_index(workspace)["runs"]):
                 raise ledger_gone(workspace, run_id)
             raise UsageError(f"{workspace}: no run {run_id} (no {path.relative_to(workspace)})")
-        runner = new_engine(workspace, config, console, prompter)
-        resumed = _Resume(runner, config, path, run_id, console, accept_config_change)
+        log, torn = open_recorded(path, config.policy.fsync, faults)
+        runner = new_engine(workspace, log, config, console, prompter, faults=faults)
+        resumed = _Resume(runner, config, path, run_id, torn, console, accept_config_change, faults)
         return _guard(runner, resumed.body)
+
+
+def open_recorded(
+    path: Path, fsync: bool, faults: Faults
+) -> tuple[ledger.Ledger, ledger.TornTail | None]:
+    """The ledger of the run to resume, opened for appends; the torn last line it cut."""
+    if faults.planted_bug("no_torn_cut"):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        found = ledger.scan(path)
+        opened = ledger.Ledger(
+            path, fd, found.records, fsync=fsync, chain=found.chain, faults=faults
+        )
+        return opened, None
+    return ledger.Ledger.open(path, fsync=fsync, faults=faults)
 
 
 @dataclass
@@ -283,14 +310,17 @@ class _Resume:
     config: Config
     path: Path
     run_id: str
+    torn: ledger.TornTail | None
     console: Console
     accept_config_change: bool
+    faults: Faults
 
     def body(self) -> Outcome:
         runner, state = self.runner, self.runner.state
-        torn = self.open_ledger()
-        runner.replay(self.path)
-        if _planted.enabled("reask_on_resume") and state.queue is None:
+        recorder, torn = runner.recorder, self.torn
+        recorder.replay(self.path)
+        planted = self.faults.planted_bug
+        if planted("reask_on_resume") and state.queue is None:
             # A resume that does not trust the recorded instruction asks it again.
             state.intake.answered.pop("instruction", None)
             state.intake.instruction = None
@@ -307,19 +337,19 @@ class _Resume:
         if state.finished:
             # A crash right after the run's last record can leave its agents winding
             # down (an ACP agent takes a while to exit on EOF): end them all the same.
-            if not _planted.enabled("no_orphan_kill"):
+            if not planted("no_orphan_kill"):
                 end_orphans(state)
-            runner.write_derived()
+            recorder.write_derived()
             self.console.say(
                 f"[lorch] run {self.run_id} already {state.status}"
                 + (f": {state.failure}" if state.failure else "")
             )
             return Outcome(self.run_id, state.status, state.failure or "")
         changes = self.config_changes()
-        killed = [] if _planted.enabled("no_orphan_kill") else end_orphans(state)
+        killed = [] if planted("no_orphan_kill") else end_orphans(state)
         if state.snapshot_id is None:
-            runner.take_snapshot()
-        runner.system(
+            recorder.take_snapshot()
+        recorder.system(
             "system.resumed",
             {
                 "torn_tail": None if torn is None else {"line": torn.line, "size": torn.size},
@@ -327,29 +357,17 @@ class _Resume:
                 **changes,
             },
         )
-        uncaptured = runner.missing_capture()
+        uncaptured = recorder.missing_capture()
         if uncaptured is not None:
             # The crash came between the answer and its capture: capture it now,
             # before its check (which still compares it with what the agent claimed).
-            runner.capture_verdict(uncaptured)
-        runner.write_index()
+            recorder.capture_verdict(uncaptured)
+        recorder.write_index()
         return runner.drive()
-
-    def open_ledger(self) -> ledger.TornTail | None:
-        fsync = self.config.policy.fsync
-        if _planted.enabled("no_torn_cut"):
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-            found = ledger.scan(self.path)
-            self.runner.ledger = ledger.Ledger(
-                self.path, fd, found.records, fsync=fsync, chain=found.chain
-            )
-            return None
-        self.runner.ledger, torn = ledger.Ledger.open(self.path, fsync=fsync)
-        return torn
 
     def start_afresh(self) -> None:
         config = self.config
-        self.runner.start_run(
+        self.runner.recorder.start_run(
             self.run_id, _task(config, None), run_policy(config), drift.identity(config)
         )
 

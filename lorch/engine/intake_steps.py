@@ -10,6 +10,7 @@ built, so a crash between the two never asks the question again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -25,7 +26,7 @@ IntakeStep = Discover | Ask | StartTask
 
 
 class Host(Protocol):
-    """What the engine offers: its workspace, state, and the write-ahead append."""
+    """What the engine's recorder offers: its workspace, state, and the write-ahead append."""
 
     workspace: Path
     state: State
@@ -33,10 +34,6 @@ class Host(Protocol):
     def append(self, record: Record) -> None: ...
 
     def sync(self) -> None: ...
-
-    def wait_readable(self, fd: int) -> None:
-        """Return once ``fd`` is readable; the agents' output is read meanwhile."""
-        ...
 
 
 def system_record(name: str, payload: Record, task_id: str, status: str | None = None) -> Record:
@@ -55,15 +52,15 @@ def system_record(name: str, payload: Record, task_id: str, status: str | None =
     return record
 
 
-def perform(host: Host, step: IntakeStep, prompter: Prompter) -> None:
-    """Do ``step`` and record it."""
+def perform(host: Host, step: IntakeStep, prompter: Prompter, idle: Callable[[int], None]) -> None:
+    """Do ``step`` and record it; ``idle(fd)`` waits for ``fd`` while agents' output is read."""
     if isinstance(step, Discover):
         metadata = discover(host.workspace)
         host.append(system_record("system.discovery", {"metadata": dict(metadata)}, INTAKE_TASK))
     elif isinstance(step, Ask):
         # Everything before the question is on disk and on screen before lorch waits.
         host.sync()
-        decision = decide(prompter, step.question, idle=host.wait_readable)
+        decision = decide(prompter, step.question, idle=idle)
         host.append(
             system_record(
                 "system.user_decision", decision.payload, INTAKE_TASK, status=decision.status

@@ -23,19 +23,21 @@ from pathlib import Path
 from lorch.agents.known_agents import silence_hint
 from lorch.agents.transport import AgentPort, Agents, Inbox, Incoming, SendContext, TurnCheckpoint
 from lorch.core.build_loop import answer_problem
-from lorch.core.state import Pending
+from lorch.core.policy import RunPolicy
+from lorch.core.state import Pending, State
 from lorch.core.steps import Check, Finish, Send
 from lorch.core.workflow import after_failure, next_step
 from lorch.engine import intake_steps, provenance
 from lorch.engine.asking import ConsolePrompter, Prompter
 from lorch.engine.derived import RECEIPT_DELAY_S
-from lorch.engine.recorder import Sink
+from lorch.engine.recorder import Recorder, Sink
 from lorch.engine.roster import Roster
 from lorch.engine.timing import Backoff, Watchdog
 from lorch.engine.turn_checkpoints import TurnCheckpoints
-from lorch.store import failpoint
+from lorch.store.faults import NO_FAULTS, Faults
+from lorch.store.ledger import Ledger
 from lorch.store.paths import artifact_problems, missing_outputs
-from lorch.wire import _planted, protocol, vocabulary
+from lorch.wire import protocol, vocabulary
 from lorch.wire.errors import AgentError, AuthRequired, ConfigError, LineTooLong
 from lorch.wire.protocol import Record
 from lorch.wire.redact import Redactor
@@ -62,12 +64,46 @@ def _deadline(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class Engine(Roster):
-    """Drives one run. Every limit it applies is the recorded one (``state.policy``)."""
+class Engine:
+    """Drives one run. Every limit it applies is the recorded one (``state.policy``).
+
+    It is given the run's :class:`Recorder` (which holds the opened ledger) and
+    its :class:`Roster` (the agents); :meth:`build` makes both for a ledger.
+    """
 
     def __init__(
         self,
+        recorder: Recorder,
+        roster: Roster,
+        *,
+        rng: random.Random | None = None,
+        turns: TurnCheckpoints | None = None,
+        prompter: Prompter | None = None,
+        faults: Faults = NO_FAULTS,
+    ) -> None:
+        self.recorder = recorder
+        self.roster = roster
+        self.workspace = recorder.workspace
+        self.agents = roster.agents
+        self.clock = roster.clock
+        # Who answers intake's questions (docs/intake.md): flags, then stdin.
+        self.prompter: Prompter = prompter or ConsolePrompter()
+        self.rng = rng or random.Random()
+        # Planted bugs (tests only; none in production).
+        self.faults = faults
+        # Checkpoints around the commands of roles lorch makes exactly-once.
+        self.turns = turns or TurnCheckpoints(recorder.workspace)
+        # The checkpoint the transport took as the attempt in flight ended, if it did.
+        self._turn_end: TurnCheckpoint | None = None
+        # The last ``log`` message of the attempt in flight (redacted): what a
+        # timeout's line quotes.
+        self._said = ""
+
+    @classmethod
+    def build(
+        cls,
         workspace: Path,
+        log: Ledger,
         agents: Agents,
         console: Sink,
         redactor: Redactor,
@@ -77,22 +113,31 @@ class Engine(Roster):
         inbox: Inbox | None = None,
         turns: TurnCheckpoints | None = None,
         prompter: Prompter | None = None,
+        faults: Faults = NO_FAULTS,
+    ) -> Engine:
+        """An engine for ``workspace``: its records go to ``log`` (opened), its agents are these."""
+        recorder = Recorder(workspace, log, console, redactor, clock)
+        roster = Roster(recorder, agents, clock, inbox, faults)
+        return cls(recorder, roster, rng=rng, turns=turns, prompter=prompter, faults=faults)
+
+    @property
+    def state(self) -> State:
+        return self.recorder.state
+
+    @property
+    def policy(self) -> RunPolicy:
+        """The run's limits, as its ledger records them."""
+        return self.recorder.policy
+
+    def system(
+        self, name: str, payload: Record, correlation_id: str | None = None, *, sync: bool = True
     ) -> None:
-        super().__init__(workspace, agents, console, redactor, clock, inbox)
-        # Who answers intake's questions (docs/intake.md): flags, then stdin.
-        self.prompter: Prompter = prompter or ConsolePrompter()
-        self.rng = rng or random.Random()
-        # Checkpoints around the commands of roles lorch makes exactly-once.
-        self.turns = turns or TurnCheckpoints(workspace)
-        # The checkpoint the transport took as the attempt in flight ended, if it did.
-        self._turn_end: TurnCheckpoint | None = None
-        # The last ``log`` message of the attempt in flight (redacted): what a
-        # timeout's line quotes.
-        self._said = ""
+        self.recorder.system(name, payload, correlation_id, sync=sync)
 
     def close(self) -> None:
         self.turns.close()
-        super().close()
+        self.roster.close()
+        self.recorder.close()
 
     def backoff(self, n: int) -> float:
         """The delay before retry ``n`` (0-based), under the run's recorded policy."""
@@ -114,15 +159,15 @@ class Engine(Roster):
                 continue
             if isinstance(step, Send):
                 if not started:
-                    self.preflight()
+                    self.roster.preflight()
                     started = True
                 self.send(step)
                 continue
-            intake_steps.perform(self, step, self.prompter)
+            intake_steps.perform(self.recorder, step, self.prompter, self.roster.wait_readable)
 
     def finish(self, step: Finish) -> Outcome:
         # Every receipt is on disk before the run's end is recorded.
-        self.flush_derived()
+        self.recorder.flush_derived()
         if not self.state.finished:
             if step.status == "completed":
                 self.system("system.run_completed", {"reason": ""})
@@ -130,8 +175,8 @@ class Engine(Roster):
                 self.system("system.run_aborted", {"reason": step.reason})
             else:
                 self.system("system.run_failed", {"reason": step.reason})
-        self.stop_agents()
-        self.write_derived()
+        self.roster.stop_agents()
+        self.recorder.write_derived()
         return Outcome(self.state.run_id, self.state.status, self.state.failure or "")
 
     def _fresh(self, action: str) -> tuple[str, str]:
@@ -152,7 +197,7 @@ class Engine(Roster):
             problems, code = missing_outputs(self.workspace, pending.command), "missing_output"
         if not problems:
             self.state.accept()
-            self._accepted()
+            self.recorder.accepted()
             return
         corr = pending.command["correlation_id"]
         for path, reason in problems:
@@ -171,11 +216,11 @@ class Engine(Roster):
 
     def send(self, step: Send) -> None:
         cmd = step.command
-        if step.resend and _planted.enabled("new_key_on_resend"):
+        if step.resend and self.faults.planted_bug("new_key_on_resend"):
             cmd = {**cmd, "idempotency_key": "ik:" + os.urandom(32).hex()}
         role = cmd["to"]["agent_type"]
         try:
-            port = self.agent(role)
+            port = self.roster.agent(role)
         except AgentError as e:
             self.fail_attempt(cmd, str(e), "agent_start_failed", role=role, kill=False)
             self.restart(role, str(e))
@@ -190,20 +235,19 @@ class Engine(Roster):
         line = self.encode_command(cmd)  # the same bytes go to the ledger and to the agent
         self._turn_end = None
         self._said = ""
-        self.append(cmd, sync=not _planted.enabled("skip_command_fsync"), show=False, line=line)
-        failpoint.busy_role[:] = [role]
-        try:
+        self.recorder.append(
+            cmd, sync=not self.faults.planted_bug("skip_command_fsync"), show=False, line=line
+        )
+        with self.roster.groups.working(role):
             # Durable now: send it first, then do what can wait while the agent works.
             sent = port.send(cmd, line, SendContext(checkpoint=tree))
-            self._show_if_durable()
+            self.recorder.show_if_durable()
             if not sent:
                 self.on_agent_gone(cmd, port)
                 return
-            self.derived.write_state(self.state, force=False)
-            self.derived.release()
+            self.recorder.derived.write_state(self.state, force=False)
+            self.recorder.derived.release()
             self.wait_for_answer(cmd, port)
-        finally:
-            failpoint.busy_role[:] = []
 
     def encode_command(self, cmd: Record) -> bytes:
         limit = self.policy.message_max_bytes
@@ -219,24 +263,25 @@ class Engine(Roster):
     def wait_for_answer(self, cmd: Record, port: AgentPort) -> None:
         role = port.role
         timeout = self.policy.timeout(role, cmd["action"])
-        watchdog = self.watchdogs[role]
+        watchdog = self.roster.watchdogs[role]
         watchdog.reset()
         watchdog.arm(timeout)
-        release_at = self.clock() + RECEIPT_DELAY_S if self.derived.held else None
+        derived = self.recorder.derived
+        release_at = self.clock() + RECEIPT_DELAY_S if derived.held else None
         try:
             while True:
                 wait = min(watchdog.next_check_in(), 0.5)
                 if release_at is not None:
                     if self.clock() >= release_at:
-                        self.derived.release(force=True)
+                        derived.release(force=True)
                         release_at = None
                     else:
                         wait = min(wait, max(release_at - self.clock(), 0.0))
-                if self._events_waiting:
+                if self.recorder.events_waiting:
                     wait = min(wait, GROUP_COMMIT_S)
-                item = self.inbox.get(timeout=max(wait, 0.001))
-                if item is None and self._events_waiting:
-                    self.sync()  # a quiet moment: make the events durable, show them
+                item = self.roster.inbox.get(timeout=max(wait, 0.001))
+                if item is None and self.recorder.events_waiting:
+                    self.recorder.sync()  # a quiet moment: make the events durable, show them
                 if item is not None and self.handle(item, cmd, port):
                     return
                 if self._watchdog_fired(cmd, role, watchdog, timeout):
@@ -264,7 +309,7 @@ class Engine(Roster):
     def _timed_out(self, cmd: Record, role: str, timeout: float) -> str:
         """The timeout's line: the role, and the last thing its agent said (message, stderr)."""
         line = f"{cmd['action']} timed out after {timeout:g} s"
-        port = self.ports.get(role)
+        port = self.roster.ports.get(role)
         said = [f'{role} last said "{self._said}"'] if self._said else []
         if port is not None and port.last_stderr:
             said.append(f"{role}'s last stderr line: {port.last_stderr}")
@@ -274,11 +319,11 @@ class Engine(Roster):
 
     def handle(self, item: Incoming, cmd: Record, port: AgentPort) -> bool:
         """Act on one item from an agent; True when the command's attempt is over."""
-        current = self.ports.get(item.role)
+        current = self.roster.ports.get(item.role)
         if current is None or current.generation != item.generation:
             return False  # a predecessor's last words
         if item.kind == "heartbeat":
-            self.watchdogs[item.role].beat()
+            self.roster.watchdogs[item.role].beat()
             return False
         if item.kind == "ready":
             return False  # its start-up check, already passed (await_ready)
@@ -288,7 +333,7 @@ class Engine(Roster):
                 self._permission(item.message.get("payload") or {}, cmd)
             return False
         if item.message is None or not working:
-            self.sync()  # what follows kills or records: the past must be durable first
+            self.recorder.sync()  # what follows kills or records: the past must be durable first
         if item.kind == "exit":
             return self._on_exit(item, cmd, current, working)
         if item.error is not None:
@@ -310,7 +355,7 @@ class Engine(Roster):
         if working and msg.get("event") == "log":
             said = (msg.get("payload") or {}).get("message")
             if isinstance(said, str) and said.strip():
-                self._said = visible_line(self.redactor.text(said.strip()))[:SAID_LIMIT]
+                self._said = visible_line(self.recorder.redactor.text(said.strip()))[:SAID_LIMIT]
         return self._on_event(msg)
 
     def _permission(self, decision: Record, cmd: Record) -> None:
@@ -329,10 +374,10 @@ class Engine(Roster):
             "attempt": cmd["retry"]["attempt"],
         }
         self.system("system.permission", payload, cmd["correlation_id"], sync=False)
-        self._events_waiting = True
+        self.recorder.events_appended()
 
     def _on_exit(self, item: Incoming, cmd: Record, port: AgentPort, working: bool) -> bool:
-        rc = self.kill_agent(item.role)
+        rc = self.roster.kill_agent(item.role)
         self.system(
             "system.agent_exited",
             {"role": item.role, "pid": port.pid, "returncode": rc if rc is not None else -1},
@@ -354,7 +399,7 @@ class Engine(Roster):
         error: protocol.ProtocolError,
         failure: str,
     ) -> bool:
-        payload = error.payload(item.role, self.redactor)
+        payload = error.payload(item.role, self.recorder.redactor)
         self.system("system.protocol_error", payload, cmd["correlation_id"] if working else None)
         if not working:
             return False
@@ -366,27 +411,27 @@ class Engine(Roster):
         name = msg.get("event")
         terminal = name in vocabulary.TERMINAL_EVENTS
         p = self.state.pending
-        receipts, snap = self.derived.receipts, self.state.snapshot_id
+        receipts, snap = self.recorder.derived.receipts, self.state.snapshot_id
         if (
             terminal
             and name != "error"
-            and _planted.enabled("receipt_before_ledger")
+            and self.faults.planted_bug("receipt_before_ledger")
             and p is not None
             and snap
             and receipts is not None
         ):
             receipts.write(Pending(p.command, msg, [*p.event_ids, msg["message_id"]]), snap)
-        self.append(msg, trusted=True, sync=False)
-        self._events_waiting = True
+        self.recorder.append(msg, trusted=True, sync=False)
+        self.recorder.events_appended()
         if name == "error":
-            self.sync()
+            self.recorder.sync()
             payload = msg.get("payload") or {}
             if payload.get("code") == "auth_required":
                 # No retry can help: stop with the agent's one line; the ledger keeps the
                 # failed attempt, so a resume once the credentials are set goes on.
                 raise AuthRequired(str(payload.get("message") or "the agent needs authentication"))
             p = self.state.pending
-            self.sleep(self.backoff(p.attempt if p else 0))
+            self.roster.sleep(self.backoff(p.attempt if p else 0))
             return True
         return terminal
 
@@ -405,10 +450,10 @@ class Engine(Roster):
             cmd["correlation_id"],
         )
         if kill:
-            self.kill_agent(role or cmd["to"]["agent_type"])
+            self.roster.kill_agent(role or cmd["to"]["agent_type"])
 
     def on_agent_gone(self, cmd: Record, port: AgentPort) -> None:
-        rc = self.kill_agent(port.role)
+        rc = self.roster.kill_agent(port.role)
         self.fail_attempt(
             cmd, f"agent {port.role} closed its input (code {rc})", "agent_exited", kill=False
         )
@@ -430,4 +475,4 @@ class Engine(Roster):
                 "reason": reason,
             },
         )
-        self.sleep(delay)
+        self.roster.sleep(delay)

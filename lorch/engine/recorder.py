@@ -36,6 +36,7 @@ from lorch.wire import protocol
 from lorch.wire.checksum import sha256_bytes
 from lorch.wire.errors import PathEscape
 from lorch.wire.protocol import Record
+from lorch.wire.redact import Redactor
 
 # A verdict file's bytes go into the ledger up to this size; a larger file is
 # recorded by its digest alone (and is no verdict the workflow can read).
@@ -51,12 +52,22 @@ class Sink(Protocol):
 
 
 class Recorder:
-    def __init__(self, workspace: Path, console: Sink, clock: Callable[[], float]) -> None:
+    """Writes one run's records to its ledger, opened before (``Ledger.open``)."""
+
+    def __init__(
+        self,
+        workspace: Path,
+        log: ledger.Ledger,
+        console: Sink,
+        redactor: Redactor,
+        clock: Callable[[], float],
+    ) -> None:
         self.workspace = workspace
+        self.ledger = log
         self.console = console
+        self.redactor = redactor
         self.clock = clock
         self.state = State()
-        self.ledger: ledger.Ledger | None = None
         self.derived = Derived(workspace, clock)
         self._unshown: list[Record] = []
         self._events_waiting = False  # agents' events appended, not yet synced
@@ -85,7 +96,6 @@ class Recorder:
         docs/decisions.md D16). ``show=False`` leaves the transcript lines for
         the caller to show (a command is shown once it is on its way).
         """
-        assert self.ledger is not None
         if record.get("event") in ENDS:
             self._verdicts_changed()
         if not trusted:
@@ -94,7 +104,7 @@ class Recorder:
         self._fold(record)
         self._unshown.append(record)
         if show:
-            self._show_if_durable()
+            self.show_if_durable()
         p = self.state.pending
         if p is not None and p.terminal is record and record.get("event") in VERDICT_EVENTS:
             self.capture_verdict(p, sync=sync)
@@ -126,15 +136,23 @@ class Recorder:
                 },
             )
 
+    @property
+    def events_waiting(self) -> bool:
+        """Agents' events appended and not yet synced (the next quiet moment syncs them)."""
+        return self._events_waiting
+
+    def events_appended(self) -> None:
+        """Records were appended unsynced for the next quiet moment (group commit)."""
+        self._events_waiting = True
+
     def sync(self) -> None:
         """Make every appended record durable, then show the ones not shown yet."""
-        if self.ledger is not None:
-            self.ledger.sync()
+        self.ledger.sync()
         self._events_waiting = False
         self._show()
 
-    def _show_if_durable(self) -> None:
-        if self.ledger is not None and not self.ledger.unsynced:
+    def show_if_durable(self) -> None:
+        if not self.ledger.unsynced:
             self._show()
 
     def _show(self) -> None:
@@ -145,6 +163,8 @@ class Recorder:
     def system(
         self, name: str, payload: Record, correlation_id: str | None = None, *, sync: bool = True
     ) -> None:
+        """A record of lorch's own; what it quotes of an agent (reasons, stderr) is redacted."""
+        payload = self.redactor.value(payload)
         self.append(
             {
                 "kind": "event",
@@ -190,9 +210,9 @@ class Recorder:
         if record.get("event") == "system.run_started":
             self.derived.start(self.state.run_id, self.state.task_id)
         if self.state.accepted != accepted:
-            self._accepted()
+            self.accepted()
 
-    def _accepted(self) -> None:
+    def accepted(self) -> None:
         # Held in memory until the answer is durable and lorch is waiting.
         assert self.state.last_accepted is not None
         self.derived.accepted(self.state.last_accepted, self.state.snapshot_id)
@@ -233,13 +253,12 @@ class Recorder:
 
     def _note_head(self) -> None:
         # How far the ledger reached: a ledger later found shorter was cut (ledger.check_head).
-        if self.ledger is not None and self.ledger.records:
+        if self.ledger.records:
             self.ledger.note_head()
 
     def close(self) -> None:
         self.derived.close()
-        if self.ledger is not None:
-            self.ledger.close()
+        self.ledger.close()
 
 
 def read_verdict_file(workspace: Path, rel: str) -> Record:

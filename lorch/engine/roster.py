@@ -1,10 +1,11 @@
 """The engine's agents: started on demand, checked, stopped — each start and exit recorded.
 
-:class:`Roster` is the layer of the engine between the record
-(:class:`~lorch.engine.recorder.Recorder`) and the loop
-(:class:`~lorch.engine.loop.Engine`): it starts a role's agent through the agent
-interface (``lorch/agents/transport.py``), waits for its start-up check, records
-``system.agent_started`` / ``system.agent_exited``, and stops or kills it. It
+:class:`Roster` is the part of the engine between the record
+(:class:`~lorch.engine.recorder.Recorder`, which it is given) and the loop
+(:class:`~lorch.engine.loop.Engine`, which is given both): it starts a role's
+agent through the agent interface (``lorch/agents/transport.py``), waits for
+its start-up check, records ``system.agent_started`` / ``system.agent_exited``,
+and stops or kills it. It
 knows agents only through :class:`~lorch.agents.transport.Agents` and
 :class:`~lorch.agents.transport.AgentPort`.
 """
@@ -13,34 +14,33 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from lorch.agents import procs
 from lorch.agents.transport import AgentPort, Agents, Inbox, Unready, await_ready
-from lorch.engine.recorder import Recorder, Sink
+from lorch.engine.recorder import Recorder
 from lorch.engine.timing import START_GRACE_S, Watchdog
-from lorch.store import failpoint
+from lorch.store.faults import NO_FAULTS, Faults
 from lorch.wire.errors import AgentError, AgentNotReady, LorchError
 from lorch.wire.protocol import Record
-from lorch.wire.redact import Redactor
 from lorch.wire.vocabulary import ROLES
 
 
-class Roster(Recorder):
+class Roster:
     """The agents of one run, by role; every limit is the recorded one (``state.policy``)."""
 
     def __init__(
         self,
-        workspace: Path,
+        recorder: Recorder,
         agents: Agents,
-        console: Sink,
-        redactor: Redactor,
         clock: Callable[[], float],
-        inbox: Inbox | None,
+        inbox: Inbox | None = None,
+        faults: Faults = NO_FAULTS,
     ) -> None:
-        super().__init__(workspace, console, clock)
+        self.recorder = recorder
+        # The groups a crash point kills (tests only): this roster is their only writer.
+        self.groups = faults.agents
         self.agents = agents
-        self.redactor = redactor
+        self.clock = clock
         self.ports: dict[str, AgentPort] = {}
         self.watchdogs: dict[str, Watchdog] = {}
         self.inbox = inbox or Inbox()
@@ -67,32 +67,31 @@ class Roster(Recorder):
 
     def _start(self, role: str) -> AgentPort:
         self.generation += 1
-        port = self.agents.start(
-            role, self.generation, self.state.run_id, self.state.snapshot_id, self.inbox
-        )
+        state, policy = self.recorder.state, self.recorder.policy
+        port = self.agents.start(role, self.generation, state.run_id, state.snapshot_id, self.inbox)
         self.ports[role] = port
-        interval = self.policy.heartbeat_interval(role) if port.sends_heartbeats else float("inf")
+        interval = policy.heartbeat_interval(role) if port.sends_heartbeats else float("inf")
         self.watchdogs[role] = Watchdog(
-            self.clock, interval, self.policy.heartbeat_misses, start_grace=START_GRACE_S
+            self.clock, interval, policy.heartbeat_misses, start_grace=START_GRACE_S
         )
-        failpoint.agent_groups[role] = port.pgid
+        self.groups.started(role, port.pgid)
         started: Record = {
             "role": role,
             "pid": port.pid,
             "pgid": port.pgid,
-            "argv": [self.redactor.text(a) for a in port.argv],
+            "argv": [self.recorder.redactor.text(a) for a in port.argv],
         }
         if port.start_time is not None:
             # With pid and pgid, names this process for good: resume ends only it.
             started["start_time"] = port.start_time
-        self.system("system.agent_started", started)
+        self.recorder.system("system.agent_started", started)
         return port
 
     def _forget(self, role: str) -> AgentPort | None:
         port = self.ports.pop(role, None)
         self.watchdogs.pop(role, None)
-        if port is not None and failpoint.agent_groups.get(role) == port.pgid:
-            del failpoint.agent_groups[role]
+        if port is not None:
+            self.groups.forgot(role, port.pgid)
         return port
 
     def stop_agents(self) -> None:
@@ -112,12 +111,6 @@ class Roster(Recorder):
         if failed is not None:
             raise failed
 
-    def system(
-        self, name: str, payload: Record, correlation_id: str | None = None, *, sync: bool = True
-    ) -> None:
-        """A record of lorch's own; what it quotes of an agent (reasons, stderr) is redacted."""
-        super().system(name, self.redactor.value(payload), correlation_id, sync=sync)
-
     def preflight(self) -> None:
         """Start every configured role and check each before any gets a command.
 
@@ -130,7 +123,8 @@ class Roster(Recorder):
         configured = self.agents.roles()
         # The orchestration agent is needed only until intake has decided (a run
         # with a task, or one resumed after the decision, never asks it again).
-        intake = self.state.intake.active and self.state.queue is None
+        state = self.recorder.state
+        intake = state.intake.active and state.queue is None
         roles = [r for r in ROLES if r in configured and (r != "orchestration" or intake)]
         for role in roles:
             self.agents.check(role)  # a ConfigError naming the role and field
@@ -154,7 +148,7 @@ class Roster(Recorder):
         self.inbox.requeue(kept)  # heartbeats, a ready agent's words: the engine's to act on
         for u in unready:
             port = self._forget(u.role)
-            self.system(
+            self.recorder.system(
                 "system.agent_exited",
                 {
                     "role": u.role,
@@ -181,4 +175,3 @@ class Roster(Recorder):
 
     def close(self) -> None:
         self.inbox.close()
-        super().close()

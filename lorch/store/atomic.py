@@ -28,7 +28,6 @@ from typing import IO, Any
 
 from lorch.store import failpoint, safefs
 from lorch.store.layout import LORCH_DIRS
-from lorch.wire import _planted
 from lorch.wire.errors import StorageError
 
 FILE_MODE = 0o600
@@ -218,8 +217,7 @@ def atomic_write_chunks(path: str | os.PathLike[str], chunks: Iterable[bytes]) -
             if isinstance(e, OSError):
                 raise StorageError(f"cannot write {target}: {e.strerror}") from e
             raise
-        if not _planted.enabled("no_dir_fsync"):
-            _sync(dfd, target.parent)
+        _sync(dfd, target.parent)
     finally:
         os.close(dfd)
 
@@ -271,9 +269,8 @@ def atomic_create_many(items: list[tuple[Path, bytes]]) -> list[bool]:
                 results.append(True)
             except FileExistsError:
                 results.append(False)
-        if not _planted.enabled("no_dir_fsync"):
-            for parent in sorted(dirs):
-                _sync(dirs[parent], parent)
+        for parent in sorted(dirs):
+            _sync(dirs[parent], parent)
     except OSError as e:
         raise StorageError(f"cannot write {items[len(results)][0]}: {e.strerror}") from e
     finally:

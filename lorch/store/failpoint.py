@@ -12,7 +12,9 @@ counted in the ledger file, whoever appended the earlier records) is written:
                   that fills up in the middle of a run does (lorch goes on to
                   report it; no crash).
 
-Unset, it costs one attribute check per append. The crash harness is its user.
+Unset, it costs one attribute check per append. The crash harness is its user;
+the entry point parses it once into ``lorch/store/faults.py``'s ``Faults``, which
+the ledger is given.
 
 ``LORCH_IO_FAULT=ERRNO:TEXT[:N]`` makes lorch's writes to any path containing
 ``TEXT`` fail with ``ERRNO`` (``ENOSPC``, ``EROFS``, ``EACCES``, ``EIO``, …)
@@ -36,11 +38,6 @@ ENV = "LORCH_CRASH_AT"
 IO_ENV = "LORCH_IO_FAULT"
 MODES = ("after", "torn", "agent", "powerloss", "diskfull")
 
-# Process groups of the agents this lorch process runs, by role, and the role
-# currently working on a command. The supervisor keeps these up to date.
-agent_groups: dict[str, int] = {}
-busy_role: list[str] = []
-
 
 @dataclass(frozen=True)
 class Failpoint:
@@ -55,19 +52,6 @@ class Failpoint:
         """True when writing record ``n`` must fail as on a full disk."""
         return self.mode == "diskfull" and n == self.k
 
-    def after_durable(self, n: int) -> None:
-        if n != self.k:
-            return
-        if self.mode == "after":
-            kill_self()
-        elif self.mode == "agent":
-            for role in busy_role:
-                _kill_group(agent_groups.get(role))
-        elif self.mode == "powerloss":
-            for pgid in list(agent_groups.values()):
-                _kill_group(pgid)
-            kill_self()
-
 
 def parse(spec: str) -> Failpoint:
     mode, sep, k = spec.partition(":")
@@ -78,16 +62,11 @@ def parse(spec: str) -> Failpoint:
     return Failpoint(mode, int(k))
 
 
-def from_env() -> Failpoint | None:
-    spec = os.environ.get(ENV)
-    return parse(spec) if spec else None
-
-
 def kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _kill_group(pgid: int | None) -> None:
+def kill_group(pgid: int) -> None:
     if pgid:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from lorch.store import failpoint, layout
 from lorch.store.atomic import FILE_MODE, atomic_write_json, ensure_dir, fsync_dir, temp_name
-from lorch.wire import _planted, protocol
+from lorch.store.faults import NO_FAULTS, Faults
+from lorch.wire import protocol
 from lorch.wire.errors import FramingError, LedgerError, SchemaError, StorageError
 from lorch.wire.protocol import Record
 
@@ -356,6 +357,7 @@ class Ledger:
         fsync: bool = True,
         key: bytes | None = None,
         chain: str = "",
+        faults: Faults = NO_FAULTS,
     ) -> None:
         self.path = path
         self._fd = fd
@@ -363,8 +365,9 @@ class Ledger:
         self._fsync = fsync
         self._key = key if key is not None else load_key(path, create=True)
         self.chain = chain or genesis(self._key, path.name)  # the digest the next line chains to
-        self._failpoint = failpoint.from_env()
-        self._skip_fsync = _planted.enabled("ledger_fsync_skipped")
+        self._faults = faults
+        self._failpoint = faults.crash
+        self._skip_fsync = faults.planted_bug("ledger_fsync_skipped")
         st = os.fstat(fd)
         self._inode = (st.st_dev, st.st_ino)
         # Bytes known to be on disk: a simulated power loss keeps only these.
@@ -373,14 +376,19 @@ class Ledger:
 
     @classmethod
     def open(
-        cls, path: Path, *, fsync: bool = True, create: bool = True
+        cls,
+        path: Path,
+        *,
+        fsync: bool = True,
+        create: bool = True,
+        faults: Faults = NO_FAULTS,
     ) -> tuple[Ledger, TornTail | None]:
         """Open for append; cut a torn tail first and report it.
 
         A line that is not lorch's (the chain does not hold) is a
-        :class:`ForgedRecord` and the file is left as it is.
+        :class:`ForgedRecord` and the file is left as it is. ``faults``: the
+        crash point and planted bugs the entry point was given (tests only).
         """
-        failpoint.from_env()  # a bad LORCH_CRASH_AT is refused before any file is made
         path = Path(path)
         torn = None
         records = 0
@@ -413,7 +421,8 @@ class Ledger:
             raise StorageError(f"cannot open ledger {path}: {e.strerror}") from e
         if torn is None and records == 0:
             fsync_dir(path.parent)
-        return cls(path, fd, records, fsync=fsync, key=key, chain=chain), torn
+        opened = cls(path, fd, records, fsync=fsync, key=key, chain=chain, faults=faults)
+        return opened, torn
 
     def append(self, record: Record, *, sync: bool = True, line: bytes | None = None) -> int:
         """Append one record; return its 1-based number in the file.
@@ -457,7 +466,7 @@ class Ledger:
         if fp is not None:
             if fp.mode == "powerloss" and fp.k == n:
                 self._lose_power(n)
-            fp.after_durable(n)
+            self._faults.after_durable(n)
         return n
 
     def _still_here(self) -> None:

@@ -131,9 +131,10 @@ SCRIPT = """
 import sys
 from pathlib import Path
 from lorch.store import ledger
+from lorch.store.faults import Faults
 sys.path.insert(0, {tests!r})
 from test_ledger import rec
-lg, _ = ledger.Ledger.open(Path({path!r}))
+lg, _ = ledger.Ledger.open(Path({path!r}), faults=Faults.from_env())
 for i in range(10):
     lg.append(rec(i))
 print("survived")

@@ -227,8 +227,10 @@ class Rig:
         self.inbox = FakeInbox(self.clock)
         self.agents = FakeAgents(self.inbox, scripts or {}, heartbeats)
         self.policy = policy
-        self.engine = Engine(
+        log, _ = ledger.Ledger.open(self.ws / "events" / f"{RUN_ID}.ndjson", fsync=False)
+        self.engine = Engine.build(
             self.ws,
+            log,
             self.agents,
             Quiet(),
             Redactor([]),
@@ -239,10 +241,11 @@ class Rig:
 
     def run(self, task: dict[str, Any] = TASK) -> Outcome:
         e = self.engine
-        e.ledger, _ = ledger.Ledger.open(self.ws / "events" / f"{RUN_ID}.ndjson", fsync=False)
         try:
-            e.start_run(RUN_ID, dict(task), self.policy, {"config_digest": "sha256:" + "0" * 64})
-            e.take_snapshot()
+            e.recorder.start_run(
+                RUN_ID, dict(task), self.policy, {"config_digest": "sha256:" + "0" * 64}
+            )
+            e.recorder.take_snapshot()
             return e.drive()
         finally:
             e.close()
@@ -529,7 +532,7 @@ def test_every_agent_is_stopped_at_the_end(tmp_path: Path, terminal: str) -> Non
     rig = Rig(tmp_path, {"spec_maintainer": spec})
     assert rig.run().status == "completed"
     assert rig.agents.started and not any(p.running for p in rig.agents.started)
-    assert rig.engine.ports == {}
+    assert rig.engine.roster.ports == {}
 
 
 # -- the ledger is the only input: replaying any prefix gives the live state ----
@@ -597,13 +600,13 @@ def test_replaying_any_prefix_of_the_ledger_gives_the_live_state(
         rig = Rig(Path(tmp), scripted(plan, list(verdicts)), policy=policy)
         rig.agents.exactly_once = exactly_once  # checkpoints around their commands
         live: list[State] = []
-        fold = rig.engine._fold
+        fold = rig.engine.recorder._fold
 
         def recording(record: dict[str, Any]) -> None:
             fold(record)
             live.append(copy.deepcopy(rig.engine.state))
 
-        rig.engine._fold = recording  # type: ignore[method-assign]
+        rig.engine.recorder._fold = recording  # type: ignore[method-assign]
         outcome = rig.run()
         records = rig.records()
     assert outcome.status in ("completed", "failed")
