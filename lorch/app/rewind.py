@@ -38,6 +38,7 @@ from a ledger that says its steps' files are there (docs/rewind.md).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from lorch.store.checkpoint import STORE, Checkpoints
 from lorch.store.wslock import workspace_lock
 from lorch.wire.errors import StorageError, UsageError
 from lorch.wire.protocol import Record
+from lorch.wire.redact import Redactor, secret_values
 
 MARKER = Path("state") / "rewind.json"
 EVENT = "system.rewind"
@@ -315,9 +317,13 @@ def _perform(
 def _record(workspace: Path, run_id: str, payload: Record) -> Rewound:
     """Append the rewind to the run's ledger, noted first in state/rewind.json."""
     path = ledger_path(workspace, run_id)
-    rec = Recorder(workspace, _Quiet(), time.monotonic)
+    # The record names paths and trees only; the environment's secrets are
+    # redacted from it anyway, as from every record lorch writes.
+    log, _ = ledger.Ledger.open(path, create=False)
+    rec = Recorder(
+        workspace, log, _Quiet(), Redactor(secret_values(dict(os.environ))), time.monotonic
+    )
     try:
-        rec.ledger, _ = ledger.Ledger.open(path, create=False)
         rec.replay(path)
         n = rec.ledger.records + 1
         done = Rewound(run_id, n, payload)
