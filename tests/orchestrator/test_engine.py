@@ -28,6 +28,7 @@ from lorch.policy import RolePolicy, RunPolicy
 from lorch.redact import Redactor
 from lorch.transport import Inbox, Incoming, SendContext
 from lorch.workflow import State, replay
+from tests.conftest import examples
 
 RUN_ID = "run-20261201-120000-0badc0de"
 TASK = {"id": "T-1", "title": "a task"}
@@ -577,7 +578,7 @@ def answer_fields(role: str) -> dict[str, Any]:
     return {"status": "approved"} if role == "reviewer" else {}
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     plan=st.fixed_dictionaries(
         {
