@@ -77,3 +77,15 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+@pytest.fixture(autouse=True)
+def _nested_sessions_stand_alone(request: pytest.FixtureRequest) -> None:
+    """A pytester session is a test run of its own, not part of this one's xdist
+    run: it must not inherit a worker's identity (the lorch plugin shares crash
+    baselines between the workers of one ``PYTEST_XDIST_TESTRUNUID``)."""
+    if "pytester" not in request.fixturenames:
+        return
+    mp = request.getfixturevalue("monkeypatch")
+    for var in [v for v in os.environ if v.startswith("PYTEST_XDIST_")]:
+        mp.delenv(var)
