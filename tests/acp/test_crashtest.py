@@ -12,7 +12,12 @@ import pytest
 
 from lorch.crashtest.harness import DEFAULT_MODES, Options, crashtest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    pytest.mark.xdist_group("crash-matrix"),
+]
 
 
 def test_acp_scenario_survives_a_crash_at_every_offset_in_every_mode() -> None:

@@ -16,7 +16,7 @@ import pytest
 from lorch.crashtest import Options, crashtest
 from tests.appender_scenario import scenario
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("crash-matrix")]
 
 MODES = ["kill", "torn", "agent", "powerloss", "double"]
 

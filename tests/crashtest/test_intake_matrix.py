@@ -30,6 +30,7 @@ def test_the_intake_scenario_scripts_its_answers() -> None:
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.xdist_group("crash-matrix")
 @pytest.mark.timeout(1500)
 def test_full_matrix_with_intake() -> None:
     modes = list(DEFAULT_MODES)

@@ -7,7 +7,7 @@ import pytest
 from lorch.crashtest import Options, crashtest
 from lorch.crashtest.harness import Result
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("crash-matrix")]
 
 
 MODES = ["kill", "torn", "agent", "powerloss", "double", "corrupt"]

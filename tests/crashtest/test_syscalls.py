@@ -157,6 +157,7 @@ def _failures(bug: str, modes: list[str], opts: Options) -> dict[str, str]:
 @needs_strace
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.xdist_group("crash-matrix")
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     ("bug", "invariant"),
@@ -183,6 +184,7 @@ def test_bugs_hidden_by_lorchs_bookkeeping_are_caught(bug: str, invariant: str) 
 @needs_strace
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.xdist_group("crash-matrix")
 @pytest.mark.timeout(900)
 def test_correct_lorch_survives_every_strict_power_cut() -> None:
     assert _failures("", ["powercut"], Options(jobs=2, cuts="lost")) == {}

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from lorch.store.checkpoint import Checkpoints
 from lorch.wire.errors import StorageError
+from tests.conftest import examples
 
 
 def ck(ws: Path) -> Checkpoints:
@@ -357,7 +358,7 @@ def _parents(rel: str) -> list[str]:
 
 
 @settings(
-    max_examples=40,
+    max_examples=examples(40),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -704,7 +705,7 @@ _RULE_FILES = st.sampled_from([".gitignore", "data/.gitignore", "src/.gitignore"
 
 
 @settings(
-    max_examples=30,
+    max_examples=examples(30),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

@@ -21,6 +21,7 @@ from lorch.wire import schemas
 from lorch.wire._validators import generate
 from lorch.wire.resources import scenarios_dir, schema_path
 from mockagent import schemacheck
+from tests.conftest import examples
 
 MOCKAGENT = ("command", "fixture")
 
@@ -141,7 +142,7 @@ def _mutate(doc: Any, path: tuple[Any, ...], how: str, value: Any) -> Any:
     return doc
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_engines_agree_on_broken_documents(corpus: dict[str, list[Any]], data: Any) -> None:
     name = data.draw(st.sampled_from([*schemas.NAMES, "fixture"]))

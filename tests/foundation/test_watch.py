@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from lorch.store import watch
 from lorch.store.checkpoint import Checkpoints
+from tests.conftest import examples
 
 pytestmark = pytest.mark.skipif(
     not watch.enabled(),
@@ -134,7 +135,7 @@ def _edit(ws: Path, data: st.DataObject) -> None:
         put(ws, f"{data.draw(st.sampled_from(DIRS[1:]))}/new/deeper/f.py")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_every_take_equals_a_full_scan(
     tmp_path_factory: pytest.TempPathFactory, data: st.DataObject

@@ -16,7 +16,7 @@ from lorch.wire.resources import scenarios_dir
 
 from .conftest import AGENT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("crash-matrix")]
 
 
 def hostile_scenario(tmp_path: Path) -> Path:

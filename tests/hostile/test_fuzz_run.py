@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from lorch.store import ledger
 from lorch.wire import protocol
+from tests.conftest import examples
 from tests.foundation.test_total_parser import events, lines_of, mutations
 
 from .conftest import AGENT, ROLES
@@ -71,7 +72,7 @@ def lines_for(event: dict[str, Any], ops: list[tuple[str, int, bytes]], seed: in
 @pytest.mark.parametrize("always", [False, True], ids=["once", "every-attempt"])
 def test_fuzzed_builder_lines_in_a_real_run(always: bool, tmp_path: Path, lorch) -> None:  # type: ignore[no-untyped-def]
     @settings(
-        max_examples=4,
+        max_examples=examples(4),
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
@@ -88,7 +89,10 @@ def test_fuzzed_builder_lines_in_a_real_run(always: bool, tmp_path: Path, lorch)
 @pytest.mark.timeout(900)
 def test_many_fuzzed_runs(tmp_path: Path, lorch) -> None:  # type: ignore[no-untyped-def]
     @settings(
-        max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        max_examples=examples(40),
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
     )
     @given(events, mutations, st.integers(0, 2**32), st.booleans())
     def one(

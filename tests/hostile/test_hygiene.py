@@ -28,6 +28,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import examples
+
 from .conftest import (
     Workspace,
     assert_clean_exit,
@@ -242,7 +244,7 @@ CONTENTS = st.one_of(
 
 
 @pytest.mark.parametrize("rel", ["state/index.json", "state/run.json", "receipts/T-1/step-1.json"])
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=CONTENTS)
 def test_any_content_of_a_workspace_file_is_read_totally(rel: str, data: bytes) -> None:
     from lorch.app import cli

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from lorch.engine import discovery
 from lorch.engine.discovery import discover, headings, score
 from lorch.wire.canonical import idempotency_key
+from tests.conftest import examples
 
 
 def write(root: Path, files: dict[str, str]) -> None:
@@ -154,7 +155,7 @@ def _key(metadata: object) -> str:
     return idempotency_key("intake", "intake", "snap-000000000000", {"d": metadata}, [])
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE)
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=FIXTURE)
 @given(files=TREES, seed=st.integers(0, 2**16))
 def test_same_tree_same_metadata_whatever_the_order(
     tmp_path_factory: pytest.TempPathFactory, files: dict[str, str], seed: int
@@ -180,7 +181,7 @@ def test_same_tree_same_metadata_whatever_the_order(
     shutil.rmtree(b)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=FIXTURE)
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=FIXTURE)
 @given(files=TREES, seed=st.integers(0, 2**16))
 def test_independent_of_directory_listing_order(
     tmp_path_factory: pytest.TempPathFactory, files: dict[str, str], seed: int

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -121,36 +120,6 @@ def test_fault_scenarios_record_their_faults(scenario, lorch: Runner) -> None:  
         import shutil
 
         shutil.rmtree(ws)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["after", "torn", "powerloss", "agent"])
-def test_sigkill_at_every_record_then_resume(
-    mode: str, scenario, lorch: Runner, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    base = scenario("review-loop")
-    r = lorch("run", "--workspace", str(base))
-    assert r.returncode == 0
-    n = len(records(base))
-    final = {p.relative_to(base): p.read_bytes() for p in (base / "src").rglob("*") if p.is_file()}
-    for k in range(1, n + 1, 3 if mode in ("agent",) else 2):
-        ws = tmp_path / f"{mode}-{k}"
-        from lorch.app.scenarios import materialize
-
-        materialize("review-loop", ws)
-        first = lorch("run", "--workspace", str(ws), env={"LORCH_CRASH_AT": f"{mode}:{k}"})
-        if mode != "agent":
-            assert first.returncode == -signal.SIGKILL, (k, first.stderr)
-        resumed = lorch("resume", "--workspace", str(ws))
-        assert resumed.returncode == 0, (k, resumed.stdout, resumed.stderr)
-        rid = run_ids(ws)[0]
-        assert lorch("verify", "--workspace", str(ws), "--run", rid).returncode == 0
-        done = completions(ws)
-        assert max(done.values()) == 1, (k, done)
-        keys = {x["idempotency_key"] for x in records(ws) if x["kind"] == "command"}
-        assert set(done) == keys
-        got = {p.relative_to(ws): p.read_bytes() for p in (ws / "src").rglob("*") if p.is_file()}
-        assert got == final
 
 
 def test_bad_failpoint_is_refused_before_any_run_is_made(scenario, lorch: Runner) -> None:  # type: ignore[no-untyped-def]

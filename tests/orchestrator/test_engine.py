@@ -29,6 +29,7 @@ from lorch.engine.loop import Engine, Outcome
 from lorch.store import ledger
 from lorch.wire.errors import AgentError, FramingError
 from lorch.wire.redact import Redactor
+from tests.conftest import examples
 
 RUN_ID = "run-20261201-120000-0badc0de"
 TASK = {"id": "T-1", "title": "a task"}
@@ -581,7 +582,7 @@ def answer_fields(role: str) -> dict[str, Any]:
     return {"status": "approved"} if role == "reviewer" else {}
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     plan=st.fixed_dictionaries(
         {

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from lorch.testing.model_endpoint import ModelEndpoint
 from lorch.testing.model_script import Script, ScriptError
+from tests.conftest import examples
 
 IK = "ik:" + "ab" * 32
 CWD_SYSTEM = "You are an agent.\n - Primary working directory: /work/space\n"
@@ -137,7 +138,7 @@ _RAW_EVENTS = {
 }
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     text=st.text(min_size=1, max_size=200),
     tool_input=st.dictionaries(
