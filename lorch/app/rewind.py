@@ -53,7 +53,7 @@ from lorch.store import layout, ledger
 from lorch.store.atomic import atomic_write_json
 from lorch.store.checkpoint import STORE, Checkpoints
 from lorch.store.wslock import workspace_lock
-from lorch.wire.errors import StorageError, UsageError
+from lorch.wire.errors import LorchError, StorageError, UsageError
 from lorch.wire.protocol import Record
 from lorch.wire.redact import Redactor, secret_values
 
@@ -267,8 +267,16 @@ def _stack(workspace: Path) -> list[Rewound]:
 
 
 def rewound_note(workspace: Path, run_id: str) -> str | None:
-    """What ``lorch verify`` adds when the run's files were rewound after it (and not undone)."""
-    left = [r for r in _stack(workspace) if r.run_id == run_id]
+    """What ``lorch verify`` adds when the run's files were rewound after it (and not undone).
+
+    None too when a ledger of the workspace cannot be read: verify reports a
+    damaged ledger through its own rules, and a note must not hide that.
+    """
+    try:
+        stack = _stack(workspace)
+    except LorchError:
+        return None
+    left = [r for r in stack if r.run_id == run_id]
     if not left:
         return None
     return (
