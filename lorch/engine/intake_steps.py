@@ -19,59 +19,54 @@ from lorch.core.state import State
 from lorch.core.steps import StartTask
 from lorch.engine.asking import Prompter, decide
 from lorch.engine.discovery import discover
-from lorch.wire import protocol
 from lorch.wire.protocol import Record
 
 IntakeStep = Discover | Ask | StartTask
 
 
 class Host(Protocol):
-    """What the engine's recorder offers: its workspace, state, and the write-ahead append."""
+    """What the engine's recorder offers: its workspace, state, its records and syncs."""
 
     workspace: Path
     state: State
 
-    def append(self, record: Record) -> None: ...
+    def system(
+        self,
+        name: str,
+        payload: Record,
+        correlation_id: str | None = None,
+        *,
+        sync: bool = True,
+        task_id: str | None = None,
+        status: str | None = None,
+    ) -> None: ...
 
     def sync(self) -> None: ...
-
-
-def system_record(name: str, payload: Record, task_id: str, status: str | None = None) -> Record:
-    record: Record = {
-        "kind": "event",
-        "message_id": protocol.new_message_id("evt"),
-        "correlation_id": CORRELATION,
-        "task_id": task_id,
-        "from": {"agent_type": "system"},
-        "event": name,
-        "payload": payload,
-        "occurred_at": protocol.now_rfc3339(),
-    }
-    if status is not None:
-        record["status"] = status
-    return record
 
 
 def perform(host: Host, step: IntakeStep, prompter: Prompter, idle: Callable[[int], None]) -> None:
     """Do ``step`` and record it; ``idle(fd)`` waits for ``fd`` while agents' output is read."""
     if isinstance(step, Discover):
         metadata = discover(host.workspace)
-        host.append(system_record("system.discovery", {"metadata": dict(metadata)}, INTAKE_TASK))
+        host.system(
+            "system.discovery", {"metadata": dict(metadata)}, CORRELATION, task_id=INTAKE_TASK
+        )
     elif isinstance(step, Ask):
         # Everything before the question is on disk and on screen before lorch waits.
         host.sync()
         decision = decide(prompter, step.question, idle=idle)
-        host.append(
-            system_record(
-                "system.user_decision", decision.payload, INTAKE_TASK, status=decision.status
-            )
+        host.system(
+            "system.user_decision",
+            decision.payload,
+            CORRELATION,
+            task_id=INTAKE_TASK,
+            status=decision.status,
         )
     else:
         task = step.task
-        host.append(
-            system_record(
-                "system.task_started",
-                {"task": task, "index": step.index, "of": step.of},
-                str(task["id"]),
-            )
+        host.system(
+            "system.task_started",
+            {"task": task, "index": step.index, "of": step.of},
+            CORRELATION,
+            task_id=str(task["id"]),
         )

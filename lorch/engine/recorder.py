@@ -161,21 +161,28 @@ class Recorder:
         self._unshown.clear()
 
     def system(
-        self, name: str, payload: Record, correlation_id: str | None = None, *, sync: bool = True
+        self,
+        name: str,
+        payload: Record,
+        correlation_id: str | None = None,
+        *,
+        sync: bool = True,
+        task_id: str | None = None,
+        status: str | None = None,
     ) -> None:
-        """A record of lorch's own; what it quotes of an agent (reasons, stderr) is redacted."""
-        payload = self.redactor.value(payload)
+        """A record of lorch's own: the one builder of every ``system.*`` event.
+
+        What it quotes (an agent's reasons and stderr, a user's answers) is
+        redacted here, whoever asks for the record.
+        """
         self.append(
-            {
-                "kind": "event",
-                "message_id": protocol.new_message_id("evt"),
-                "correlation_id": correlation_id or self.state.run_id,
-                "task_id": self.state.task_id,
-                "from": {"agent_type": "system"},
-                "event": name,
-                "payload": payload,
-                "occurred_at": protocol.now_rfc3339(),
-            },
+            system_event(
+                name,
+                self.redactor.value(payload),
+                correlation_id or self.state.run_id,
+                task_id or self.state.task_id,
+                status,
+            ),
             sync=sync,
         )
 
@@ -301,3 +308,22 @@ def read_verdict_file(workspace: Path, rel: str) -> Record:
 def fingerprint(found: Record) -> str:
     """What a verdict file's state is compared by: its digest, or why it has none."""
     return str(found.get("sha256") or found.get("problem") or "missing")
+
+
+def system_event(
+    name: str, payload: Record, correlation_id: str, task_id: str, status: str | None = None
+) -> Record:
+    """The shape of a ``system.*`` record (redact ``payload`` first: :meth:`Recorder.system`)."""
+    record: Record = {
+        "kind": "event",
+        "message_id": protocol.new_message_id("evt"),
+        "correlation_id": correlation_id,
+        "task_id": task_id,
+        "from": {"agent_type": "system"},
+        "event": name,
+        "payload": payload,
+        "occurred_at": protocol.now_rfc3339(),
+    }
+    if status is not None:
+        record["status"] = status
+    return record

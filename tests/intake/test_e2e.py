@@ -350,3 +350,33 @@ def test_verify_checks_every_task_of_the_run(intake_ws: Callable[..., Path], lor
     assert r.returncode == 1
     assert "task T-2: no spec.updated or spec.no_changes_needed event" in r.stdout
     assert "task T-1:" not in r.stdout
+
+
+def test_a_secret_in_an_answer_never_reaches_the_ledger(
+    intake_ws: Callable[..., Path], lorch_in: Run
+) -> None:
+    # Intake's records are lorch's own: built and redacted by the one builder of
+    # system events, like every other (issue 23 point 5).
+    secret = "sk-intake-0123456789abcdef"
+    ws = intake_ws()
+    r = lorch_in(
+        ws,
+        "run",
+        "--instruction",
+        f"Manage PLAN.md with key {secret}",
+        "--answer",
+        "Hello",
+        "--plan",
+        "PLAN.md",
+        "--tasks",
+        "T-2",
+        env={"ANTHROPIC_API_KEY": secret},
+    )
+    assert r.returncode == 0, r.stderr
+    (path,) = sorted((ws / "events").glob("run-*.ndjson"))
+    raw = path.read_text()
+    assert "Manage PLAN.md with key" in raw
+    assert secret not in raw
+    # What lorch keeps of the run: the transcript too.
+    for kept in (ws / "transcripts").glob("*.txt"):
+        assert secret not in kept.read_text()

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from lorch.core import intake
-from lorch.core.intake import Ask, Discover, interpret
+from lorch.core.intake import CORRELATION, Ask, Discover, interpret
 from lorch.core.state import State
 from lorch.core.steps import Check, Finish, Send, StartTask
 from lorch.core.workflow import next_step
-from lorch.engine.intake_steps import system_record
+from lorch.engine.recorder import system_event
 
 Record = dict[str, Any]
 Agent = Callable[[Record], Record]
@@ -54,7 +54,7 @@ def event(cmd: Record, name: str, payload: Record, status: str | None = None) ->
 
 
 def system(name: str, payload: Record, status: str | None = None) -> Record:
-    return system_record(name, payload, "intake", status)
+    return system_event(name, payload, CORRELATION, "intake", status)
 
 
 PROPOSAL = {
