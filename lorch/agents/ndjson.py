@@ -27,14 +27,20 @@ import termios
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, Any
 
 from lorch.agents import procs, registry
 from lorch.agents.pipewriter import PipeWriter
-from lorch.agents.transport import AgentPort, Inbox, Incoming, ItemKind, Launch, SendContext
+from lorch.agents.transport import (
+    AgentPort,
+    Inbox,
+    Incoming,
+    ItemKind,
+    Launch,
+    SendContext,
+    open_agent_log,
+)
 from lorch.store import failpoint
-from lorch.store.atomic import ensure_dir, open_append
 from lorch.wire import protocol
 from lorch.wire.errors import AgentError, FramingError, StorageError
 from lorch.wire.textsafe import visible
@@ -81,7 +87,7 @@ class AgentProcess:
         self._log_path = log_path
         self._log_lock = threading.Lock()
         self._log_error: OSError | None = None  # a failed log write, raised on the next call
-        self._log: IO[str] = _open_log(log_path)
+        self._log: IO[str] = open_agent_log(log_path)
         try:
             self.proc = procs.spawn(argv, cwd=launch.cwd, env=launch.env)
         except OSError as e:
@@ -347,13 +353,6 @@ class AgentProcess:
             except OSError as e:  # the last flush, on a full or read-only disk
                 self._log_error = self._log_error or e
         self._raise_log_error()
-
-
-def _open_log(path: Path) -> IO[str]:
-    """The agent's log, appended to; 0600 in a 0700 folder whatever the umask."""
-    ensure_dir(path.parent)
-    # Never through a symlink an agent planted, mode set on the descriptor (D42).
-    return open_append(path)
 
 
 def _readable(fds: list[int | None], timeout: float | None) -> set[int]:

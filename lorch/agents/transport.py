@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import IO, Literal, Protocol
 
+from lorch.store.atomic import ensure_dir, open_append
 from lorch.wire.errors import FramingError, SchemaError
 from lorch.wire.protocol import Record
 from lorch.wire.redact import Redactor
@@ -469,3 +470,13 @@ class Inbox:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def open_agent_log(path: Path) -> IO[str]:
+    """An agent's log, appended to, for every transport: 0600 in a 0700 folder.
+
+    Never through a symlink an agent planted, the mode set on the descriptor
+    whatever the umask (docs/decisions.md D42).
+    """
+    ensure_dir(path.parent)
+    return open_append(path)

@@ -43,8 +43,7 @@ from lorch.agents.acp.terminals import Terminals
 from lorch.agents.acp.turn import AUTH_REQUIRED, Turn
 from lorch.agents.acp.wire import ACP_LINE_MAX_BYTES, AcpFault, Wire
 from lorch.agents.procs import signal_group
-from lorch.agents.transport import AgentPort, Inbox, Incoming, Launch, SendContext
-from lorch.store.atomic import ensure_dir, open_append
+from lorch.agents.transport import AgentPort, Inbox, Incoming, Launch, SendContext, open_agent_log
 from lorch.wire import protocol
 from lorch.wire.errors import AgentError
 from lorch.wire.protocol import Record
@@ -132,9 +131,7 @@ class AcpPort:
         self._held: tuple[str, str] = ("", "")  # streamed text held back from the log
         self._exit_posted = False
         self._flush_due = False
-        # Never through a symlink an agent planted, mode set on the descriptor (D42).
-        ensure_dir(launch.log_path.parent)
-        self._log: IO[str] = open_append(launch.log_path)
+        self._log: IO[str] = open_agent_log(launch.log_path)
 
     # -- start ---------------------------------------------------------------------
 
